@@ -1,0 +1,25 @@
+"""mim-engine kernels: the engine's ops, each with reference, torch and triton paths.
+
+Importing the package registers every Triton kernel (see ``registered_kernels``) when triton is
+installed; the ops themselves import triton only when the triton backend is used.
+"""
+import os
+
+# Triton 3.9 warns that its FMA-contraction default flips in 3.10: pin it so results do not
+# change with the Triton version (the compile report and the runtime agree on this setting).
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+from ._dispatch import BACKENDS, BackendUnavailableError, resolve_backend, triton_available  # noqa: E402
+from ._registry import LaunchConfig, RegisteredKernel, registered_kernels  # noqa: E402
+from .deviation_adanorm import deviation_adanorm  # noqa: E402
+from .modules import DeviationAdaNorm  # noqa: E402
+
+if triton_available():
+    from .deviation_adanorm import triton_kernels as _adanorm_kernels  # noqa: E402,F401
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS", "BackendUnavailableError", "DeviationAdaNorm", "LaunchConfig", "RegisteredKernel",
+    "deviation_adanorm", "registered_kernels", "resolve_backend",
+]

@@ -1,0 +1,69 @@
+"""The registry of every Triton kernel the engine can launch.
+
+Each op registers its ``@triton.jit`` kernels with the argument signature they are launched with
+and every launch configuration the launcher can pick (autotune configs included). The compile
+report (``python -m tools.compile_report``) compiles every entry ahead of time for sm_80 and
+sm_90a and reads the cubin; later, the AOT kernel library is built from the same entries.
+
+Signature strings follow ``triton.tools.compile``: ``"*fp32"`` is a pointer, ``"i32"`` an int,
+``"fp32"`` a float; a suffix ``":16"`` says the launcher guarantees divisibility by 16 (device
+allocations are 16-byte aligned, so the JIT specializes pointers that way). ``"{dtype}"`` in a
+type is replaced by each of the kernel's ``dtypes`` in turn.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Tuple
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """One way a launcher can start a kernel: its constexpr values, warps and stages."""
+
+    constexprs: Mapping[str, Any]
+    num_warps: int
+    num_stages: int = 1
+
+    def label(self) -> str:
+        parts = [f"{k}={v}" for k, v in sorted(self.constexprs.items())]
+        parts += [f"warps={self.num_warps}", f"stages={self.num_stages}"]
+        return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class RegisteredKernel:
+    op: str
+    kernel: Callable  # a triton JITFunction (an InterpretedFunction under TRITON_INTERPRET=1)
+    signature: Mapping[str, str]
+    configs: Tuple[LaunchConfig, ...]
+    dtypes: Tuple[str, ...] = ("fp32",)
+    notes: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.kernel.__name__
+
+    def variants(self) -> Iterator[Tuple[str, Dict[str, str], LaunchConfig]]:
+        """Yield (dtype, concrete signature, config) for every specialization to compile."""
+        for dtype in self.dtypes:
+            sig = {k: v.replace("{dtype}", dtype) for k, v in self.signature.items()}
+            for cfg in self.configs:
+                yield dtype, sig, cfg
+
+
+_REGISTRY: List[RegisteredKernel] = []
+
+
+def register_kernel(op: str, kernel: Callable, signature: Mapping[str, str],
+                    configs, dtypes=("fp32",), notes: str = "") -> RegisteredKernel:
+    entry = RegisteredKernel(op=op, kernel=kernel, signature=dict(signature),
+                             configs=tuple(configs), dtypes=tuple(dtypes), notes=notes)
+    if any(e.op == op and e.name == entry.name for e in _REGISTRY):
+        raise ValueError(f"kernel {entry.name} of op {op} is registered twice")
+    _REGISTRY.append(entry)
+    return entry
+
+
+def registered_kernels() -> Tuple[RegisteredKernel, ...]:
+    """Every registered kernel, in registration order."""
+    return tuple(_REGISTRY)

@@ -1,0 +1,98 @@
+"""``deviation_adanorm``: input checks, the autograd Function and backend dispatch."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._checks import KERNEL_DTYPES, check_positive_float, check_same, check_tensor
+from .._dispatch import resolve_backend
+from .reference import deviation_adanorm_reference
+from .torch_path import adanorm_backward_torch, adanorm_forward_torch
+
+
+def _triton_module():
+    from . import triton_kernels  # imported lazily: triton is only needed when it is used
+    return triton_kernels
+
+
+class DeviationAdaNormFunction(torch.autograd.Function):
+    """Saves v and scale (inputs) and the per-row mean and 1/std (B·N·2 floats: backward then
+    skips two reductions over G). shift is not needed by backward and is not saved."""
+
+    @staticmethod
+    def forward(ctx, v, scale, shift, eps, backend):
+        if backend == "triton":
+            out, mean, rstd = _triton_module().adanorm_forward_triton(v, scale, shift, eps)
+        else:
+            out, mean, rstd = adanorm_forward_torch(v, scale, shift, eps)
+        ctx.save_for_backward(v, scale, mean, rstd)
+        ctx.backend = backend
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        v, scale, mean, rstd = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        if ctx.backend == "triton":
+            grads = _triton_module().adanorm_backward_triton(grad_out, v, scale, mean, rstd)
+        else:
+            grads = adanorm_backward_torch(grad_out, v, scale, mean, rstd)
+        return (*grads, None, None)
+
+
+def _check_inputs(v, scale, shift, eps) -> float:
+    check_tensor("v", v)
+    check_tensor("scale", scale)
+    check_tensor("shift", shift)
+    check_same(("v", "scale", "shift"), (v, scale, shift))
+    if v.dim() != 3:
+        raise ValueError(f"v must be 3-D (B, T, G), got shape {tuple(v.shape)}")
+    B, T, G = v.shape
+    if T < 2:
+        raise ValueError(f"v must hold T >= 2 frames (frame 0 is the source), got T={T}")
+    if G < 1:
+        raise ValueError("v must have G >= 1 features, got G=0")
+    if scale.dim() != 4 or tuple(scale.shape[:2]) != (B, T - 1) or scale.shape[3] != G:
+        raise ValueError(f"scale must have shape (B, T-1, R, G) = ({B}, {T - 1}, R, {G}), "
+                         f"got {tuple(scale.shape)}")
+    if shift.shape != scale.shape:
+        raise ValueError(f"shift must have the shape of scale (B, T-1, R, G) = {tuple(scale.shape)}, "
+                         f"got {tuple(shift.shape)}")
+    return check_positive_float("eps", eps)
+
+
+def deviation_adanorm(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float = 1e-5,
+                      backend: Optional[str] = None) -> torch.Tensor:
+    """DIT deviation maps Δ (paper eq. 2) for N = T − 1 driving frames and R = λ regions.
+
+    Args:
+        v: (B, T, G) standardized motion features V_nor of T frames; frame 0 is the source.
+        scale, shift: (B, T − 1, R, G) the DIT's k_sc and k_sh per frame and region.
+        eps: ε under the square root (> 0).
+        backend: "auto" (default), "reference", "torch" or "triton"; see ``kernels._dispatch``.
+
+    Returns:
+        Δ of shape (B, T − 1, R, G) in v's dtype:
+        Δ[:, i−1, r] = (v_i − v_0) / sqrt(var(v_i − v_0) + ε) · scale[:, i−1, r] + shift[:, i−1, r],
+        the variance being the population variance over G, computed in fp32 (fp64 for fp64).
+
+    Example:
+        >>> v = torch.randn(2, 5, 768)
+        >>> scale, shift = torch.randn(2, 4, 10, 768), torch.randn(2, 4, 10, 768)
+        >>> deviation_adanorm(v, scale, shift).shape
+        torch.Size([2, 4, 10, 768])
+    """
+    eps = _check_inputs(v, scale, shift, eps)
+    chosen = resolve_backend(backend, v.device, "deviation_adanorm")
+    if chosen == "reference":
+        return deviation_adanorm_reference(v, scale, shift, eps)
+    if chosen == "triton":
+        check_tensor("v", v, KERNEL_DTYPES)
+        if v.shape[2] > _triton_module().MAX_G:
+            raise ValueError(f"v has G={v.shape[2]} features; the triton kernel holds a row in "
+                             f"registers and takes G <= {_triton_module().MAX_G}; use backend='torch'")
+    if scale.numel() == 0:
+        return torch.empty_like(scale)
+    return DeviationAdaNormFunction.apply(v.contiguous(), scale.contiguous(), shift.contiguous(),
+                                          eps, chosen)
