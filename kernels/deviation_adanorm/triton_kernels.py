@@ -80,7 +80,8 @@ def _adanorm_bwd_kernel(grad_out_ptr, v_ptr, scale_ptr, mean_ptr, rstd_ptr,
         tl.store(grad_scale_ptr + at, (grad_out * normalized).to(grad_scale_ptr.dtype.element_ty),
                  mask=in_row)
     dot = tl.sum(grad_normalized * deviation, axis=0) / G
-    grad_deviation = rstd * grad_normalized - (rstd * rstd * rstd * dot) * (deviation - mean)
+    centered = tl.where(in_row, deviation - mean, 0.0)
+    grad_deviation = rstd * grad_normalized - (rstd * rstd * rstd * dot) * centered
     grad_source = grad_v_ptr + b * (N + 1) * G
     tl.store(grad_source + (i + 1) * G + offs, grad_deviation.to(grad_v_ptr.dtype.element_ty),
              mask=in_row)
