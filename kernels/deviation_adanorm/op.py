@@ -1,7 +1,7 @@
 """``deviation_adanorm``: input checks, the autograd Function and backend dispatch."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -16,16 +16,46 @@ def _triton_module():
     return triton_kernels
 
 
+@torch.library.custom_op("mim::deviation_adanorm_fwd", mutates_args=())
+def _forward_op(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float,
+                backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, per-row mean, per-row 1/std) on the torch or triton path."""
+    if backend == "triton":
+        return _triton_module().adanorm_forward_triton(v, scale, shift, eps)
+    return adanorm_forward_torch(v, scale, shift, eps)
+
+
+@_forward_op.register_fake
+def _(v, scale, shift, eps, backend):
+    stats_dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
+    stats = v.new_empty(v.shape[:1] + (v.shape[1] - 1,), dtype=stats_dtype)
+    return torch.empty_like(scale), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("mim::deviation_adanorm_bwd", mutates_args=())
+def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor,
+                 rstd: torch.Tensor, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(grad_v, grad_scale); grad_shift is grad_out itself and stays outside the op."""
+    if backend == "triton":
+        return _triton_module().adanorm_backward_triton(grad_out, v, scale, mean, rstd)
+    return adanorm_backward_torch(grad_out, v, scale, mean, rstd)
+
+
+@_backward_op.register_fake
+def _(grad_out, v, scale, mean, rstd, backend):
+    return torch.empty_like(v), torch.empty_like(scale)
+
+
 class DeviationAdaNormFunction(torch.autograd.Function):
     """Saves v and scale (inputs) and the per-row mean and 1/std (B·N·2 floats: backward then
-    skips two reductions over G). shift is not needed by backward and is not saved."""
+    skips two reductions over G). shift is not needed by backward and is not saved.
+
+    Forward and backward are the custom ops ``mim::deviation_adanorm_fwd`` / ``_bwd`` (with fake
+    implementations), so ``torch.compile`` traces through this Function without a graph break."""
 
     @staticmethod
     def forward(ctx, v, scale, shift, eps, backend):
-        if backend == "triton":
-            out, mean, rstd = _triton_module().adanorm_forward_triton(v, scale, shift, eps)
-        else:
-            out, mean, rstd = adanorm_forward_torch(v, scale, shift, eps)
+        out, mean, rstd = _forward_op(v, scale, shift, eps, backend)
         ctx.save_for_backward(v, scale, mean, rstd)
         ctx.backend = backend
         return out
@@ -34,11 +64,8 @@ class DeviationAdaNormFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         v, scale, mean, rstd = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        if ctx.backend == "triton":
-            grads = _triton_module().adanorm_backward_triton(grad_out, v, scale, mean, rstd)
-        else:
-            grads = adanorm_backward_torch(grad_out, v, scale, mean, rstd)
-        return (*grads, None, None)
+        grad_v, grad_scale = _backward_op(grad_out, v, scale, mean, rstd, ctx.backend)
+        return grad_v, grad_scale, grad_out, None, None
 
 
 def _check_inputs(v, scale, shift, eps) -> float:

@@ -36,7 +36,7 @@ def adanorm_forward_torch(v, scale, shift, eps):
 
 
 def adanorm_backward_torch(grad_out, v, scale, mean, rstd):
-    """Returns (grad_v, grad_scale, grad_shift) in the inputs' dtype."""
+    """Returns (grad_v, grad_scale) in the inputs' dtype (grad_shift is grad_out itself)."""
     compute = _compute_dtype(v)
     grad = grad_out.to(compute)
     deviation = _deviation(v)
@@ -47,4 +47,4 @@ def adanorm_backward_torch(grad_out, v, scale, mean, rstd):
     dot = (grad_normalized * deviation).mean(dim=-1, keepdim=True)
     grad_deviation = rstd * grad_normalized - rstd.pow(3) * dot * (deviation - mean)
     grad_v = torch.cat([-grad_deviation.sum(dim=1, keepdim=True), grad_deviation], dim=1)
-    return grad_v.to(v.dtype), grad_scale.to(scale.dtype), grad_out
+    return grad_v.to(v.dtype), grad_scale.to(scale.dtype)

@@ -134,7 +134,7 @@ def adanorm_forward_triton(v: torch.Tensor, scale: torch.Tensor, shift: torch.Te
 
 
 def adanorm_backward_triton(grad_out, v, scale, mean, rstd):
-    """Contiguous inputs → (grad_v, grad_scale, grad_shift); grad_shift is grad_out itself."""
+    """Contiguous inputs → (grad_v, grad_scale); grad_shift is grad_out itself."""
     B, T, G = v.shape
     N, R = T - 1, scale.shape[2]
     grad_v = torch.empty_like(v)
@@ -143,4 +143,4 @@ def adanorm_backward_triton(grad_out, v, scale, mean, rstd):
     cfg = launch_config(G)
     _adanorm_bwd_kernel[(B * N,)](grad_out, v, scale, mean, rstd, grad_v, grad_scale, arrivals,
                                   N, R, G, num_warps=cfg.num_warps, **cfg.constexprs)
-    return grad_v, grad_scale, grad_out
+    return grad_v, grad_scale
