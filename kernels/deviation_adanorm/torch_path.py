@@ -43,7 +43,7 @@ def adanorm_backward_torch(grad_out, v, scale, mean, rstd):
     mean = mean.to(compute).unsqueeze(-1)
     rstd = rstd.to(compute).unsqueeze(-1)
     grad_scale = grad * (deviation * rstd).unsqueeze(2)
-    grad_normalized = torch.einsum("bnrg,bnrg->bng", grad, scale.to(compute))
+    grad_normalized = torch.linalg.vecdot(grad, scale.to(compute), dim=2)
     dot = (grad_normalized * deviation).mean(dim=-1, keepdim=True)
     grad_deviation = rstd * grad_normalized - rstd.pow(3) * dot * (deviation - mean)
     grad_v = torch.cat([-grad_deviation.sum(dim=1, keepdim=True), grad_deviation], dim=1)

@@ -1,0 +1,74 @@
+# mim-engine developer entry points.
+#   make venv       create .venv and install the package (editable) with its dev extras
+#   make test       run the test suite (tests/); pass extra pytest flags with PYTEST_ARGS=...
+#   make bench      kernel microbenchmarks (bench/), the Triton compile report, the traffic counter
+#   make clean      remove build artifacts (keeps .venv)
+#   make distclean  clean, and remove .venv too
+
+PYTHON      ?= python3
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+PIP         := $(VPY) -m pip
+STAMP       := $(VENV)/.installed
+
+TORCH_VERSION   ?= 2.13.0
+# Fallback index for the CPU build when pip cannot find a local +cpu wheel.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# 1 when an NVIDIA driver is present: CUDA torch from PyPI and the `cuda` extras.
+CUDA        ?= $(if $(shell command -v nvidia-smi 2>/dev/null),1,0)
+# Set to 0 to skip the (slow, compiled) `cuda` extras on a CUDA machine.
+CUDA_EXTRAS ?= 1
+
+PYTEST_ARGS ?=
+BENCH_ARGS  ?=
+
+.PHONY: all venv test bench clean distclean
+
+all: test
+
+venv: $(STAMP)
+
+# Reinstalls when the packaging metadata changes; otherwise up to date.
+$(STAMP): setup.py pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+ifeq ($(CUDA),1)
+# CUDA build from PyPI. Where pip's config has find-links holding a local +cpu wheel of
+# the same version, that wheel wins (2.13.0+cpu sorts above 2.13.0): then uninstall it and
+# ask again with pip's config files and PIP_FIND_LINKS left out.
+	$(PIP) install "torch==$(TORCH_VERSION)"
+	$(VPY) -c 'import sys, torch; sys.exit(torch.version.cuda is None)' \
+	  || { $(PIP) uninstall -y torch && \
+	       env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(PIP) install "torch==$(TORCH_VERSION)"; }
+	$(PIP) install -e ".[dev]"
+ifeq ($(CUDA_EXTRAS),1)
+# causal-conv1d and flash-attn compile against the installed torch. They are optional
+# (the engine falls back to its own paths), so a failed build only warns.
+	{ $(PIP) install "setuptools>=64" wheel packaging ninja && \
+	  $(PIP) install --no-build-isolation -e ".[dev,cuda]"; } \
+	  || echo "warning: the 'cuda' extras did not install; continuing without them" >&2
+endif
+else
+# The +cpu pin guarantees never pulling the multi-GB CUDA build.
+	$(PIP) install "torch==$(TORCH_VERSION)+cpu" \
+	  || $(PIP) install "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX)
+	$(PIP) install -e ".[dev]"
+endif
+	touch $@
+
+test: venv
+	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
+
+bench: venv
+	$(VPY) -m pytest bench -q --benchmark-only --benchmark-sort=name \
+	  --benchmark-columns=median,iqr,rounds --benchmark-json=bench/results/microbench.json $(BENCH_ARGS)
+	$(VPY) -m tools.compile_report
+	$(VPY) -m bench.traffic
+
+clean:
+	rm -rf build dist .eggs *.egg-info .pytest_cache
+	find . -path ./$(VENV) -prune -o -path ./.git -prune -o \
+	  -type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

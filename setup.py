@@ -1,0 +1,27 @@
+"""Packaging for mim-engine (see shared DESIGN.md: distribution ``mim-engine``)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mim-engine",
+    version="0.1.0",
+    description=(
+        "Triton-kernel training and inference engine for MIM, "
+        "Mamba-enhanced implicit motion learning for audio-driven portrait animation"
+    ),
+    packages=find_packages(include=["kernels*", "mim*", "tools*", "bench*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "triton>=3.2",
+        "numpy",
+        "safetensors",
+    ],
+    extras_require={
+        # GPU-only accelerations; the engine runs without them (own paths are used instead).
+        # causal-conv1d and flash-attn compile against the installed torch: install them
+        # with --no-build-isolation (the Makefile does).
+        "cuda": ["causal-conv1d", "flash-attn", "nvtx"],
+        "dev": ["pytest", "pytest-benchmark"],
+    },
+)
