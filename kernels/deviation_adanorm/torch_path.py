@@ -1,6 +1,8 @@
 """Fast PyTorch path of the deviation map, with its own memory-lean autograd.
 
-Forward is four ATen calls (subtract, var_mean, rsqrt, addcmul) in fp32 (fp64 for fp64 inputs);
+Forward is a handful of ATen calls (subtract, var_mean, rsqrt, addcmul) with statistics in fp32
+(fp64 for fp64 inputs); the R-sized tensors are never copied to fp32: mixed-dtype ops read them in
+their own dtype and write the output straight into a tensor of that dtype;
 backward uses the closed-form gradient below instead of replaying an autograd graph, from the
 inputs plus the per-row mean and 1/std that forward returns (B·N·2 floats).
 
@@ -31,8 +33,9 @@ def adanorm_forward_torch(v, scale, shift, eps):
     deviation = _deviation(v)
     variance, mean = torch.var_mean(deviation, dim=-1, correction=0, keepdim=True)
     rstd = torch.rsqrt(variance + eps)
-    out = torch.addcmul(shift.to(compute), (deviation * rstd).unsqueeze(2), scale.to(compute))
-    return out.to(v.dtype), mean.squeeze(-1), rstd.squeeze(-1)
+    out = torch.empty_like(scale)
+    torch.addcmul(shift, (deviation * rstd).unsqueeze(2), scale, out=out)
+    return out, mean.squeeze(-1), rstd.squeeze(-1)
 
 
 def adanorm_backward_torch(grad_out, v, scale, mean, rstd):
@@ -42,9 +45,10 @@ def adanorm_backward_torch(grad_out, v, scale, mean, rstd):
     deviation = _deviation(v)
     mean = mean.to(compute).unsqueeze(-1)
     rstd = rstd.to(compute).unsqueeze(-1)
-    grad_scale = grad * (deviation * rstd).unsqueeze(2)
-    grad_normalized = torch.linalg.vecdot(grad, scale.to(compute), dim=2)
+    grad_scale = torch.empty_like(scale)
+    torch.mul(grad, (deviation * rstd).unsqueeze(2), out=grad_scale)
+    grad_normalized = (grad * scale).sum(dim=2)
     dot = (grad_normalized * deviation).mean(dim=-1, keepdim=True)
     grad_deviation = rstd * grad_normalized - rstd.pow(3) * dot * (deviation - mean)
     grad_v = torch.cat([-grad_deviation.sum(dim=1, keepdim=True), grad_deviation], dim=1)
-    return grad_v.to(v.dtype), grad_scale.to(scale.dtype)
+    return grad_v.to(v.dtype), grad_scale
