@@ -11,15 +11,20 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from ._dispatch import BACKENDS, BackendUnavailableError, resolve_backend, triton_available  # noqa: E402
 from ._registry import LaunchConfig, RegisteredKernel, registered_kernels  # noqa: E402
+from .causal_conv1d import causal_conv1d, causal_conv1d_update  # noqa: E402
 from .deviation_adanorm import deviation_adanorm  # noqa: E402
+from .mamba import Mamba  # noqa: E402
 from .modules import DeviationAdaNorm  # noqa: E402
+from .selective_state_update import selective_state_update  # noqa: E402
 
 if triton_available():
     from .deviation_adanorm import triton_kernels as _adanorm_kernels  # noqa: E402,F401
+    from .selective_state_update import triton_kernels as _state_update_kernels  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "BackendUnavailableError", "DeviationAdaNorm", "LaunchConfig", "RegisteredKernel",
-    "deviation_adanorm", "registered_kernels", "resolve_backend",
+    "BACKENDS", "BackendUnavailableError", "DeviationAdaNorm", "LaunchConfig", "Mamba",
+    "RegisteredKernel", "causal_conv1d", "causal_conv1d_update", "deviation_adanorm",
+    "registered_kernels", "resolve_backend", "selective_state_update",
 ]

@@ -1,0 +1,93 @@
+"""``selective_scan``: input checks and backend dispatch (Mamba-1 selective scan, real A)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._checks import check_same, check_tensor
+from .._dispatch import resolve_backend
+from .reference import selective_scan_reference
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state):
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        check_tensor(name, t)
+    optional = [(n, t) for n, t in (("D", D), ("z", z), ("delta_bias", delta_bias),
+                                    ("initial_state", initial_state)) if t is not None]
+    for name, t in optional:
+        check_tensor(name, t)
+    check_same(("u", "delta", "B", "C") + (("z",) if z is not None else ()),
+               (u, delta, B, C) + ((z,) if z is not None else ()))
+    devices = [("A", A)] + [(n, t) for n, t in optional if n != "z"]
+    for name, t in devices:
+        if t.device != u.device:
+            raise ValueError(f"{name} is on {t.device} but u is on {u.device}; pass tensors on one device")
+    if u.dim() != 3:
+        raise ValueError(f"u must be 3-D (batch, dim, L), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must have the shape of u (batch, dim, L) = {tuple(u.shape)}, "
+                         f"got {tuple(delta.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must have the shape of u (batch, dim, L) = {tuple(u.shape)}, got {tuple(z.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be 2-D (dim, N) = ({dim}, N), got shape {tuple(A.shape)}")
+    if A.is_complex():
+        raise TypeError("A must be real; complex A is not supported")
+    state = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 3:
+            expected = (batch, state, length)
+        elif t.dim() == 4:
+            expected = (batch, t.shape[1], state, length)
+            if t.shape[1] < 1 or dim % t.shape[1] != 0:
+                raise ValueError(f"{name} has {t.shape[1]} groups, which do not divide dim={dim}")
+        else:
+            raise ValueError(f"{name} must be (batch, N, L) or (batch, G, N, L) = ({batch}, [G,] {state}, "
+                             f"{length}), got shape {tuple(t.shape)}")
+        if tuple(t.shape) != expected:
+            raise ValueError(f"{name} must have shape {expected} (batch, [G,] N, L), got {tuple(t.shape)}")
+    if B.dim() != C.dim() or (B.dim() == 4 and B.shape[1] != C.shape[1]):
+        raise ValueError(f"B and C must have the same groups, got shapes {tuple(B.shape)} and {tuple(C.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (dim,):
+            raise ValueError(f"{name} must have shape (dim,) = ({dim},), got {tuple(t.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (batch, dim, state):
+        raise ValueError(f"initial_state must have shape (batch, dim, N) = ({batch}, {dim}, {state}), "
+                         f"got {tuple(initial_state.shape)}")
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                   delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+                   return_last_state: bool = False, initial_state: Optional[torch.Tensor] = None,
+                   backend: Optional[str] = None):
+    """The Mamba-1 selective scan, as ``mamba_ssm``'s ``selective_scan_fn`` for real A.
+
+    Args:
+        u, delta: (batch, dim, L) input and time step Δ; z (optional) the same shape, the gate.
+        A: (dim, N) real state matrix (negative for a stable scan).
+        B, C: (batch, N, L), or (batch, G, N, L) with G groups dividing dim.
+        D, delta_bias: (dim,) optional skip weight and Δ bias.
+        delta_softplus: apply softplus to Δ (+ bias).
+        return_last_state: also return h at the last step, (batch, dim, N), float32.
+        initial_state: optional h before the first step, (batch, dim, N); gradients flow through it
+            and through the returned last state, so a long sequence can be scanned in chunks.
+        backend: "auto", "reference", "torch" or "triton" (see ``kernels._dispatch``).
+
+    Returns:
+        out (batch, dim, L) in u's dtype, and the last state when ``return_last_state``.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    chosen = resolve_backend(backend, u.device, "selective_scan")
+    args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
+    if chosen == "reference":
+        out, last = selective_scan_reference(*args[:9], return_last_state=True, initial_state=initial_state)
+    elif chosen == "triton":
+        from .triton_kernels import selective_scan_triton
+        out, last = selective_scan_triton(*args)
+    else:
+        from .cpu_path import selective_scan_cpu
+        out, last = selective_scan_cpu(*args)
+    return (out, last) if return_last_state else out

@@ -1,0 +1,57 @@
+"""The literal selective-scan recurrence (Mamba-1, real A): the ground truth for the tests.
+
+With dt = delta (+ delta_bias) (→ softplus if asked), for every batch b, channel d, state n and
+time t:
+
+    h[b, d, n, t] = exp(dt[b, d, t] · A[d, n]) · h[b, d, n, t−1] + dt[b, d, t] · B[b, g(d), n, t] · u[b, d, t]
+    y[b, d, t]    = Σ_n C[b, g(d), n, t] · h[b, d, n, t] + D[d] · u[b, d, t]
+    out           = y · silu(z)  (when z is given)
+
+with h[·, −1] = initial_state (zeros by default) and g(d) = d // (dim / G) the group of channel d
+(B and C of shape (batch, N, L) are one group). One time step per iteration, in float32 (float64
+for float64 inputs): slow, obviously right, differentiable by autograd.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _per_channel(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """(batch, N, L) or (batch, G, N, L) → (batch, dim, N, L), each channel seeing its group."""
+    if x.dim() == 3:
+        return x.unsqueeze(1).expand(x.shape[0], dim, *x.shape[1:])
+    return x.repeat_interleave(dim // x.shape[1], dim=1)
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                             delta_softplus=False, return_last_state=False,
+                             initial_state: Optional[torch.Tensor] = None):
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, dim, length = u.shape
+    u32, dt = u.to(compute), delta.to(compute)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    A32 = A.to(compute)
+    B_ch = _per_channel(B.to(compute), dim)
+    C_ch = _per_channel(C.to(compute), dim)
+    if initial_state is None:
+        h = u32.new_zeros(batch, dim, A.shape[1])
+    else:
+        h = initial_state.to(compute)
+    ys = []
+    for t in range(length):
+        decay = torch.exp(dt[:, :, t, None] * A32)
+        h = decay * h + (dt[:, :, t] * u32[:, :, t])[:, :, None] * B_ch[:, :, :, t]
+        ys.append((h * C_ch[:, :, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1) if ys else u32.new_zeros(batch, dim, 0)
+    if D is not None:
+        y = y + D.to(compute)[:, None] * u32
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    out = y.to(u.dtype)
+    return (out, h) if return_last_state else out
