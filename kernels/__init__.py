@@ -14,11 +14,13 @@ from ._registry import LaunchConfig, RegisteredKernel, registered_kernels  # noq
 from .causal_conv1d import causal_conv1d, causal_conv1d_update  # noqa: E402
 from .deviation_adanorm import deviation_adanorm  # noqa: E402
 from .mamba import Mamba  # noqa: E402
+from .selective_scan import selective_scan  # noqa: E402
 from .modules import DeviationAdaNorm  # noqa: E402
 from .selective_state_update import selective_state_update  # noqa: E402
 
 if triton_available():
     from .deviation_adanorm import triton_kernels as _adanorm_kernels  # noqa: E402,F401
+    from .selective_scan import triton_kernels as _selective_scan_kernels  # noqa: E402,F401
     from .selective_state_update import triton_kernels as _state_update_kernels  # noqa: E402,F401
 
 __version__ = "0.1.0"
@@ -26,5 +28,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "DeviationAdaNorm", "LaunchConfig", "Mamba",
     "RegisteredKernel", "causal_conv1d", "causal_conv1d_update", "deviation_adanorm",
-    "registered_kernels", "resolve_backend", "selective_state_update",
+    "registered_kernels", "resolve_backend", "selective_scan", "selective_state_update",
 ]

@@ -1,0 +1,478 @@
+"""Triton kernels of the Mamba-1 selective scan (real A), forward and backward, their launchers and
+the autograd Function.
+
+Shapes: u, delta, z, out (batch, dim, L); A (dim, N); B, C (batch, G, N, L) (a 3-D B/C is G = 1);
+D, delta_bias (dim,); initial and last state (batch, dim, N) in fp32. Channel d reads the B/C of
+group g = d // (dim / G). With dt = delta + delta_bias (softplus if asked):
+h_t = exp(dt_t·A)·h_{t−1} + dt_t·B_t·u_t, y_t = Σ_n C_t·h_t + D·u_t, out = y·silu(z).
+
+Tiling. A program owns BLOCK_D channels of one group of one batch row and walks time in chunks of
+T_CHUNK steps with the state h (BLOCK_D, N) in registers. Per chunk it loads (BLOCK_D, T_CHUNK)
+tiles of u, delta and z, contiguous along L (a warp reads 32 consecutive steps of a row), applies
+delta_bias and softplus, then for each state n loads the rows B[n] and C[n] of its group and scans
+the pairs (exp(dt·A[:, n]), dt·u·B[n]) along time with ``tl.associative_scan`` (T_CHUNK = 32 is
+one warp: the scan is register shuffles). The scan's cumulative decay times column n of the
+carried state, plus its cumulative input, is h[:, n] over the chunk; its last step becomes the new
+column n. y accumulates C[n]·h[:, n]; D·u and the silu(z) gate are applied before out is stored.
+Looping over n keeps every tile 2-D: a (BLOCK_D, N, T_CHUNK) tile holds N times the registers, so
+at N = 16 it would leave BLOCK_D·T_CHUNK ≈ 256, and either the checkpoints (4·N/T_CHUNK bytes per
+(b, d, t) each way) or backward's dB/dC partials (16·N/BLOCK_D bytes per (b, d, t), below) would
+outweigh u itself. Reading and replacing column n of the carried state is 2·BLOCK_D·N_PAD selects
+per n, beside the BLOCK_D·T_CHUNK elements scanned (each a few operations and 5 shuffle levels).
+
+Traffic in bytes, with P = batch·dim, s the input dtype's size, n_c = ceil(L / T_CHUNK), J =
+ceil((dim / G) / BLOCK_D) programs per group, [x] = 1 when x is given, else 0:
+- forward reads u, delta (and z) once, B and C once (the J programs of a group run side by side
+  and share them through L2), A, D, delta_bias and the initial state once; it writes out once, one
+  fp32 checkpoint of the state at the start of every chunk (saved for backward) and the last
+  state:
+      P·L·s·(3 + [z]) + 2·batch·G·N·L·s + P·N·4·(n_c + 1 + [initial_state])
+        + dim·4·(N + [D] + [delta_bias]).
+- backward walks the chunks in reverse. For each it recomputes the chunk's states from its
+  checkpoint (the forward scan again) and y (for dz), then scans the adjoint
+  dh_t = C_t·dy_t + exp(dt_{t+1}·A)·dh_{t+1} backward in time (reverse=True) from the gradient
+  carried in from the chunk after it (the last state's gradient for the last chunk); dt_{t+1} is a
+  second, shifted load of the delta tile, and grad_out, z and delta are loaded again after the loop
+  over n for dz and softplus' rather than held in registers through it: those re-reads are of
+  lines the program has just read (L1/L2), not device memory. No (batch, dim, L, N) tensor
+  exists. dB and dC sum over the channels of a group, which live in J programs: each program
+  writes its (N, L) rows of dB and dC to a (batch, G, J, N, L) fp32 buffer that torch sums over J
+  (deterministic, unlike float atomics; per (b, d, t) that is 16·N/BLOCK_D bytes written and read,
+  8 at N = 16 with the wide config). dA (batch, dim, N), dD and ddelta_bias (batch, dim) sum over
+  time in registers and over batch in torch. The kernel moves
+      P·L·s·(5 + 2·[z]) + 2·batch·G·N·L·s + P·N·4·(n_c + 2 + [grad_last_state])
+        + 2·batch·G·J·N·L·4 + (P + dim)·4·([D] + [delta_bias]) + dim·N·4,
+  and torch's sums then read 2·batch·G·J·N·L·4 + P·4·(N + [D] + [delta_bias]) and write dB, dC
+  (2·batch·G·N·L·4; when s < 4 read once more and written in s bytes), dA, dD, ddelta_bias.
+
+Optional inputs are runtime flags, not constexprs: an absent D, delta_bias, initial state or
+last-state gradient is a masked-off load (no bytes), z and softplus are uniform branches, so each
+(config, dtype) is one binary.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .._checks import KERNEL_DTYPES, check_tensor
+from .._registry import LaunchConfig, register_kernel
+
+T_CHUNK = 32
+STATE_PADS = (16, 32, 64)
+MAX_N = STATE_PADS[-1]
+# Offsets inside a program are int32: BLOCK_D·L, N·L and BLOCK_D·n_chunks·N stay below 2^31.
+MAX_L = 2 ** 31 // (2 * MAX_N) - 1
+# SMs of the GPU a launch is planned for when there is none (the interpreter): an H100's.
+SM_COUNT_CPU = 132
+
+
+@triton.jit
+def _first_order_combine(decay_left, value_left, decay_right, value_right):
+    """Compose h ↦ decay_left·h + value_left, then h ↦ decay_right·h + value_right."""
+    return decay_left * decay_right, decay_right * value_left + value_right
+
+
+@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)) as torch computes it (x itself above 20), with an accurate log1p(e):
+    log(w)·e / (w − 1) for w = 1 + e, and e itself where w rounds to 1."""
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    log1p_e = tl.where(w == 1.0, e, tl.log(w) * (e / tl.where(w == 1.0, 1.0, w - 1.0)))
+    return tl.where(x > 20.0, x, log1p_e)
+
+
+@triton.jit
+def _selective_scan_fwd_kernel(
+        u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
+        out_ptr, checkpoint_ptr, last_state_ptr,
+        dim, L, N, groups, group_dim, n_chunks,
+        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+        BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """BLOCK_D channels of one (batch, group): out (batch, dim, L), checkpoint (batch, dim, n_c, N)
+    (the state at each chunk's start), last state (batch, dim, N)."""
+    pid = tl.program_id(0).to(tl.int64)
+    blocks = tl.cdiv(group_dim, BLOCK_D)
+    group = (pid // blocks) % groups
+    batch = pid // (blocks * groups)
+    first_channel = group * group_dim + (pid % blocks) * BLOCK_D
+    first_row = batch * dim + first_channel
+    # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
+    u_ptr += first_row * L
+    delta_ptr += first_row * L
+    z_ptr += first_row * L
+    out_ptr += first_row * L
+    B_ptr += (batch * groups + group) * N * L
+    C_ptr += (batch * groups + group) * N * L
+    A_ptr += first_channel * N
+    D_ptr += first_channel
+    delta_bias_ptr += first_channel
+    initial_state_ptr += first_row * N
+    last_state_ptr += first_row * N
+    checkpoint_ptr += first_row * n_chunks * N
+    rows = tl.arange(0, BLOCK_D)
+    in_dim = (pid % blocks) * BLOCK_D + rows < group_dim
+    steps = tl.arange(0, T_CHUNK)
+    states = tl.arange(0, N_PAD)
+    state_mask = in_dim[:, None] & (states < N)[None, :]
+    state_offsets = rows[:, None] * N + states[None, :]
+    # A flag (0 or 1) times a bound masks off what is absent (no bytes are read).
+    D = tl.load(D_ptr + rows, mask=in_dim & (rows < BLOCK_D * has_D), other=0.0)
+    bias = tl.load(delta_bias_ptr + rows, mask=in_dim & (rows < BLOCK_D * has_delta_bias),
+                   other=0.0)
+    state = tl.load(initial_state_ptr + state_offsets,
+                    mask=in_dim[:, None] & (states < N * has_initial_state)[None, :], other=0.0)
+    for chunk in range(n_chunks):
+        t = chunk * T_CHUNK + steps
+        in_time = t < L
+        tile = in_dim[:, None] & in_time[None, :]
+        offsets = rows[:, None] * L + t[None, :]
+        u = tl.load(u_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + offsets, mask=tile, other=0.0).to(tl.float32) + bias[:, None]
+        if delta_softplus != 0:
+            dt = _softplus(dt)
+        dt = tl.where(tile, dt, 0.0)
+        dt_u = dt * u
+        y = D[:, None] * u
+        tl.store(checkpoint_ptr + rows[:, None] * (n_chunks * N) + chunk * N + states[None, :],
+                 state, mask=state_mask)
+        for n in range(N):
+            A_n = tl.load(A_ptr + rows * N + n, mask=in_dim, other=0.0)
+            B_n = tl.load(B_ptr + n * L + t, mask=in_time, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + n * L + t, mask=in_time, other=0.0).to(tl.float32)
+            decay, drive = tl.associative_scan((tl.exp(dt * A_n[:, None]), dt_u * B_n[None, :]),
+                                               axis=1, combine_fn=_first_order_combine)
+            h_start = tl.sum(tl.where(states[None, :] == n, state, 0.0), axis=1)
+            h = decay * h_start[:, None] + drive
+            y += h * C_n[None, :]
+            h_end = tl.sum(tl.where(steps[None, :] == T_CHUNK - 1, h, 0.0), axis=1)
+            state = tl.where(states[None, :] == n, h_end[:, None], state)
+        if has_z != 0:
+            z = tl.load(z_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=tile)
+    tl.store(last_state_ptr + state_offsets, state, mask=state_mask)
+
+
+@triton.jit
+def _selective_scan_bwd_kernel(
+        u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, checkpoint_ptr,
+        grad_out_ptr, grad_last_state_ptr,
+        grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
+        grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
+        grad_delta_bias_part_ptr,
+        dim, L, N, groups, group_dim, n_chunks,
+        has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+        BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """BLOCK_D channels of one (batch, group), chunks in reverse: du, ddelta, dz (batch, dim, L),
+    d initial state (batch, dim, N); partials dB, dC (batch, G, J, N, L), dA (batch, dim, N),
+    dD, ddelta_bias (batch, dim), all fp32 but du/ddelta/dz."""
+    pid = tl.program_id(0).to(tl.int64)
+    blocks = tl.cdiv(group_dim, BLOCK_D)
+    group = (pid // blocks) % groups
+    batch = pid // (blocks * groups)
+    first_channel = group * group_dim + (pid % blocks) * BLOCK_D
+    first_row = batch * dim + first_channel
+    # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
+    u_ptr += first_row * L
+    delta_ptr += first_row * L
+    z_ptr += first_row * L
+    grad_out_ptr += first_row * L
+    grad_u_ptr += first_row * L
+    grad_delta_ptr += first_row * L
+    grad_z_ptr += first_row * L
+    B_ptr += (batch * groups + group) * N * L
+    C_ptr += (batch * groups + group) * N * L
+    grad_B_part_ptr += pid * N * L
+    grad_C_part_ptr += pid * N * L
+    A_ptr += first_channel * N
+    D_ptr += first_channel
+    delta_bias_ptr += first_channel
+    grad_last_state_ptr += first_row * N
+    grad_initial_state_ptr += first_row * N
+    grad_A_part_ptr += first_row * N
+    grad_D_part_ptr += first_row
+    grad_delta_bias_part_ptr += first_row
+    checkpoint_ptr += first_row * n_chunks * N
+    rows = tl.arange(0, BLOCK_D)
+    in_dim = (pid % blocks) * BLOCK_D + rows < group_dim
+    steps = tl.arange(0, T_CHUNK)
+    states = tl.arange(0, N_PAD)
+    state_mask = in_dim[:, None] & (states < N)[None, :]
+    state_offsets = rows[:, None] * N + states[None, :]
+    D = tl.load(D_ptr + rows, mask=in_dim & (rows < BLOCK_D * has_D), other=0.0)
+    bias = tl.load(delta_bias_ptr + rows, mask=in_dim & (rows < BLOCK_D * has_delta_bias),
+                   other=0.0)
+    # The gradient reaching the state at the end of the current chunk from the steps after it.
+    grad_state = tl.load(grad_last_state_ptr + state_offsets,
+                         mask=in_dim[:, None] & (states < N * has_grad_last_state)[None, :],
+                         other=0.0)
+    grad_A = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
+    grad_D = tl.zeros([BLOCK_D], dtype=tl.float32)
+    grad_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for back in range(n_chunks):
+        chunk = n_chunks - 1 - back
+        t = chunk * T_CHUNK + steps
+        in_time = t < L
+        tile = in_dim[:, None] & in_time[None, :]
+        offsets = rows[:, None] * L + t[None, :]
+        u = tl.load(u_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + offsets, mask=tile, other=0.0).to(tl.float32) + bias[:, None]
+        # dt one step later, inside this chunk; 0 past its end makes the adjoint's decay 1 there.
+        has_next = tile & (steps < T_CHUNK - 1)[None, :] & (t + 1 < L)[None, :]
+        dt_next = tl.load(delta_ptr + offsets + 1, mask=has_next, other=0.0).to(tl.float32)
+        dt_next += bias[:, None]
+        if delta_softplus != 0:
+            dt = _softplus(dt)
+            dt_next = _softplus(dt_next)
+        dt = tl.where(tile, dt, 0.0)
+        dt_next = tl.where(has_next, dt_next, 0.0)
+        grad_y = tl.load(grad_out_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
+        if has_z != 0:
+            z = tl.load(z_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
+            grad_y = grad_y * z * tl.sigmoid(z)
+        y = D[:, None] * u
+        grad_u = D[:, None] * grad_y
+        grad_dt = tl.zeros([BLOCK_D, T_CHUNK], dtype=tl.float32)
+        grad_D += tl.sum(grad_y * u, axis=1)
+        for n in range(N):
+            A_n = tl.load(A_ptr + rows * N + n, mask=in_dim, other=0.0)
+            B_n = tl.load(B_ptr + n * L + t, mask=in_time, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + n * L + t, mask=in_time, other=0.0).to(tl.float32)
+            h_start = tl.load(checkpoint_ptr + rows * (n_chunks * N) + chunk * N + n, mask=in_dim,
+                              other=0.0)
+            step_decay = tl.exp(dt * A_n[:, None])
+            step_drive = dt * u * B_n[None, :]
+            decay, drive = tl.associative_scan((step_decay, step_drive), axis=1,
+                                               combine_fn=_first_order_combine)
+            h = decay * h_start[:, None] + drive
+            y += h * C_n[None, :]
+            grad_decay, grad_drive = tl.associative_scan(
+                (tl.exp(dt_next * A_n[:, None]), C_n[None, :] * grad_y), axis=1,
+                combine_fn=_first_order_combine, reverse=True)
+            grad_end = tl.sum(tl.where(states[None, :] == n, grad_state, 0.0), axis=1)
+            grad_h = grad_decay * grad_end[:, None] + grad_drive
+            grad_h_dt = grad_h * dt
+            grad_u += grad_h_dt * B_n[None, :]
+            decayed = h - step_drive  # exp(dt_t·A)·h_{t−1}
+            grad_dt += grad_h * (u * B_n[None, :] + A_n[:, None] * decayed)
+            tl.store(grad_B_part_ptr + n * L + t, tl.sum(grad_h_dt * u, axis=0), mask=in_time)
+            tl.store(grad_C_part_ptr + n * L + t, tl.sum(grad_y * h, axis=0), mask=in_time)
+            grad_A_n = tl.sum(grad_h_dt * decayed, axis=1)
+            grad_A += tl.where(states[None, :] == n, grad_A_n[:, None], 0.0)
+            grad_start = tl.sum(tl.where(steps[None, :] == 0, grad_h * step_decay, 0.0), axis=1)
+            grad_state = tl.where(states[None, :] == n, grad_start[:, None], grad_state)
+        tl.store(grad_u_ptr + offsets, grad_u.to(grad_u_ptr.dtype.element_ty), mask=tile)
+        # grad_out, z and delta again (from L1/L2: this program read them above) for dz and
+        # softplus', rather than holding them in registers through the loop over n.
+        if has_z != 0:
+            grad_out = tl.load(grad_out_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
+            gate = tl.sigmoid(z)
+            grad_z = grad_out * y * gate * (1.0 + z * (1.0 - gate))
+            tl.store(grad_z_ptr + offsets, grad_z.to(grad_z_ptr.dtype.element_ty), mask=tile)
+        grad_dt = tl.where(tile, grad_dt, 0.0)
+        if delta_softplus != 0:
+            delta = tl.load(delta_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
+            delta += bias[:, None]
+            grad_dt = tl.where(delta > 20.0, grad_dt, grad_dt * tl.sigmoid(delta))
+        tl.store(grad_delta_ptr + offsets, grad_dt.to(grad_delta_ptr.dtype.element_ty), mask=tile)
+        grad_bias += tl.sum(grad_dt, axis=1)
+    tl.store(grad_initial_state_ptr + state_offsets, grad_state, mask=state_mask)
+    tl.store(grad_A_part_ptr + state_offsets, grad_A, mask=state_mask)
+    tl.store(grad_D_part_ptr + rows, grad_D, mask=in_dim & (rows < BLOCK_D * has_D))
+    tl.store(grad_delta_bias_part_ptr + rows, grad_bias,
+             mask=in_dim & (rows < BLOCK_D * has_delta_bias))
+
+
+def _configs(block_d: int, num_warps: int):
+    return tuple(LaunchConfig({"BLOCK_D": block_d, "N_PAD": pad, "T_CHUNK": T_CHUNK}, num_warps)
+                 for pad in STATE_PADS)
+
+
+# Widest first; a launcher takes the widest that starts enough programs (see launch_config).
+# Forward: 4 warps, 4 tile elements per thread, about 100 registers, so several programs share an
+# SM: ask for 2 per SM. Backward: 16 warps of at most 128 registers fill an SM's register file:
+# ask for 1 per SM. The narrow configs serve grids the wide ones leave short (small batch·dim).
+FORWARD_CONFIGS = _configs(16, 4) + _configs(4, 2)
+BACKWARD_CONFIGS = _configs(32, 16) + _configs(8, 8)
+FORWARD_PROGRAMS_PER_SM = 2
+BACKWARD_PROGRAMS_PER_SM = 1
+
+_COMMON_SIGNATURE = {
+    "dim": "i32", "L": "i32", "N": "i32", "groups": "i32", "group_dim": "i32", "n_chunks": "i32",
+    "has_z": "i32", "has_D": "i32", "has_delta_bias": "i32", "delta_softplus": "i32",
+    "BLOCK_D": "constexpr", "N_PAD": "constexpr", "T_CHUNK": "constexpr",
+}
+_INPUT_SIGNATURE = {
+    "u_ptr": "*{dtype}:16", "delta_ptr": "*{dtype}:16", "z_ptr": "*{dtype}:16",
+    "A_ptr": "*fp32:16", "B_ptr": "*{dtype}:16", "C_ptr": "*{dtype}:16", "D_ptr": "*fp32:16",
+    "delta_bias_ptr": "*fp32:16",
+}
+_FWD_SIGNATURE = {
+    **_INPUT_SIGNATURE, "initial_state_ptr": "*fp32:16", "out_ptr": "*{dtype}:16",
+    "checkpoint_ptr": "*fp32:16", "last_state_ptr": "*fp32:16", **_COMMON_SIGNATURE,
+    "has_initial_state": "i32",
+}
+_BWD_SIGNATURE = {
+    **_INPUT_SIGNATURE, "checkpoint_ptr": "*fp32:16", "grad_out_ptr": "*{dtype}:16",
+    "grad_last_state_ptr": "*fp32:16", "grad_u_ptr": "*{dtype}:16", "grad_delta_ptr": "*{dtype}:16",
+    "grad_z_ptr": "*{dtype}:16", "grad_initial_state_ptr": "*fp32:16",
+    "grad_B_part_ptr": "*fp32:16", "grad_C_part_ptr": "*fp32:16", "grad_A_part_ptr": "*fp32:16",
+    "grad_D_part_ptr": "*fp32:16", "grad_delta_bias_part_ptr": "*fp32:16", **_COMMON_SIGNATURE,
+    "has_grad_last_state": "i32",
+}
+_NOTES = "A, D, delta_bias and states in fp32; N_PAD = the state size N rounded up to 16, 32, 64"
+register_kernel("selective_scan", _selective_scan_fwd_kernel, _FWD_SIGNATURE, FORWARD_CONFIGS,
+                dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
+register_kernel("selective_scan", _selective_scan_bwd_kernel, _BWD_SIGNATURE, BACKWARD_CONFIGS,
+                dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return SM_COUNT_CPU
+
+
+def launch_config(configs, programs_per_sm: int, batch: int, groups: int, group_dim: int, N: int,
+                  device: torch.device, t_chunk: Optional[int] = None) -> LaunchConfig:
+    """The widest of ``configs`` for N states (and chunks of ``t_chunk`` steps, if given) that
+    starts ``programs_per_sm`` programs per SM, else the narrowest."""
+    pad = next(p for p in STATE_PADS if p >= N)
+    candidates = [c for c in configs if c.constexprs["N_PAD"] == pad
+                  and t_chunk in (None, c.constexprs["T_CHUNK"])]
+    target = programs_per_sm * _sm_count(device)
+    for cfg in candidates:
+        if batch * groups * triton.cdiv(group_dim, cfg.constexprs["BLOCK_D"]) >= target:
+            return cfg
+    return candidates[-1]
+
+
+def _grouped(x: torch.Tensor) -> torch.Tensor:
+    """B or C as a contiguous (batch, G, N, L) tensor."""
+    return (x.unsqueeze(1) if x.dim() == 3 else x).contiguous()
+
+
+def _fp32(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if x is None else x.to(torch.float32).contiguous()
+
+
+def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
+                                  initial_state):
+    """Contiguous u, delta, z (batch, dim, L), B, C (batch, G, N, L) in one dtype; A (dim, N), D,
+    delta_bias (dim,), initial_state (batch, dim, N) fp32 or None → (out, last_state, checkpoints
+    (batch, dim, n_chunks, N) fp32, the T_CHUNK between checkpoints)."""
+    batch, dim, L = u.shape
+    groups, N = B.shape[1], A.shape[1]
+    cfg = launch_config(FORWARD_CONFIGS, FORWARD_PROGRAMS_PER_SM, batch, groups, dim // groups, N,
+                        u.device)
+    n_chunks = triton.cdiv(L, cfg.constexprs["T_CHUNK"])
+    out = torch.empty_like(u)
+    checkpoints = torch.empty((batch, dim, n_chunks, N), device=u.device, dtype=torch.float32)
+    last_state = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
+    grid = (batch * groups * triton.cdiv(dim // groups, cfg.constexprs["BLOCK_D"]),)
+    if grid[0] == 0:  # no channel: every output is empty
+        return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"]
+    _selective_scan_fwd_kernel[grid](
+        u, delta, u if z is None else z, A, B, C, A if D is None else D,
+        A if delta_bias is None else delta_bias, A if initial_state is None else initial_state,
+        out, checkpoints, last_state,
+        dim, L, N, groups, dim // groups, n_chunks,
+        int(z is not None), int(D is not None), int(delta_bias is not None),
+        int(initial_state is not None), int(delta_softplus),
+        num_warps=cfg.num_warps, **cfg.constexprs)
+    return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"]
+
+
+def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
+                                   delta_softplus: bool, checkpoints, t_chunk: int):
+    """Inputs as for the forward, its checkpoints and T_CHUNK, grad_out (batch, dim, L) contiguous
+    in u's dtype, grad_last_state (batch, dim, N) fp32 or None → (du, ddelta, dA, dB (batch, G,
+    N, L), dC, dD, dz, ddelta_bias, d initial_state); dA, dB, dC, dD, ddelta_bias and d initial
+    state in fp32, the gradients of absent inputs None."""
+    batch, dim, L = u.shape
+    groups, N = B.shape[1], A.shape[1]
+    group_dim = dim // groups
+    n_chunks = checkpoints.shape[2]
+    cfg = launch_config(BACKWARD_CONFIGS, BACKWARD_PROGRAMS_PER_SM, batch, groups, group_dim, N,
+                        u.device, t_chunk)
+    blocks = triton.cdiv(group_dim, cfg.constexprs["BLOCK_D"])
+    fp32 = dict(device=u.device, dtype=torch.float32)
+    grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+    grad_z = None if z is None else torch.empty_like(z)
+    grad_initial_state = torch.empty((batch, dim, N), **fp32)
+    grad_B_part = torch.empty((batch, groups, blocks, N, L), **fp32)
+    grad_C_part = torch.empty((batch, groups, blocks, N, L), **fp32)
+    grad_A_part = torch.empty((batch, dim, N), **fp32)
+    grad_D_part = None if D is None else torch.empty((batch, dim), **fp32)
+    grad_bias_part = None if delta_bias is None else torch.empty((batch, dim), **fp32)
+    grid = (batch * groups * blocks,)
+    if grid[0] > 0:  # with no channel every buffer is empty and each sum over one is zero
+        _selective_scan_bwd_kernel[grid](
+            u, delta, u if z is None else z, A, B, C, A if D is None else D,
+            A if delta_bias is None else delta_bias, checkpoints,
+            grad_out, A if grad_last_state is None else grad_last_state,
+            grad_u, grad_delta, grad_u if z is None else grad_z, grad_initial_state,
+            grad_B_part, grad_C_part, grad_A_part,
+            grad_A_part if D is None else grad_D_part,
+            grad_A_part if delta_bias is None else grad_bias_part,
+            dim, L, N, groups, group_dim, n_chunks,
+            int(z is not None), int(D is not None), int(delta_bias is not None),
+            int(grad_last_state is not None), int(delta_softplus),
+            num_warps=cfg.num_warps, **cfg.constexprs)
+    grad_D = None if D is None else grad_D_part.sum(0)
+    grad_bias = None if delta_bias is None else grad_bias_part.sum(0)
+    return (grad_u, grad_delta, grad_A_part.sum(0), grad_B_part.sum(2), grad_C_part.sum(2), grad_D,
+            grad_z, grad_bias, grad_initial_state)
+
+
+class SelectiveScanTritonFunction(torch.autograd.Function):
+    """Saves the inputs and the per-chunk state checkpoints (batch, dim, ceil(L / T_CHUNK), N) fp32:
+    backward recomputes every state from them instead of storing (batch, dim, L, N)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+        out, last_state, checkpoints, t_chunk = selective_scan_forward_triton(
+            u, delta, _fp32(A), B, C, _fp32(D), z, _fp32(delta_bias), delta_softplus,
+            _fp32(initial_state))
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints)
+        ctx.delta_softplus, ctx.t_chunk = delta_softplus, t_chunk
+        ctx.set_materialize_grads(False)
+        return out, last_state
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last_state):
+        u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints = ctx.saved_tensors
+        grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
+        (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias,
+         grad_initial_state) = selective_scan_backward_triton(
+            grad_out, _fp32(grad_last_state), u, delta, _fp32(A), B, C, _fp32(D), z,
+            _fp32(delta_bias), ctx.delta_softplus, checkpoints, ctx.t_chunk)
+        grads = [grad_u, grad_delta, grad_A.to(A.dtype), grad_B.to(B.dtype), grad_C.to(C.dtype),
+                 None if D is None else grad_D.to(D.dtype), grad_z,
+                 None if delta_bias is None else grad_bias.to(delta_bias.dtype), None,
+                 None if initial_state is None else grad_initial_state.to(initial_state.dtype)]
+        return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          initial_state=None):
+    """The selective scan on the Triton kernels, inputs as checked by ``selective_scan`` →
+    (out in u's dtype, last state (batch, dim, N) fp32), differentiable in every tensor input
+    and through the last state."""
+    check_tensor("u", u, KERNEL_DTYPES)
+    N = A.shape[1]
+    if N > MAX_N:
+        raise ValueError(f"A has N={N} states; the triton kernels hold the state in registers and "
+                         f"take N <= {MAX_N}; use backend='torch'")
+    if u.shape[2] > MAX_L:
+        raise ValueError(f"u has L={u.shape[2]} steps; the triton kernels take L <= {MAX_L}; "
+                         "scan it in pieces with initial_state, or use backend='torch'")
+    out, last_state = SelectiveScanTritonFunction.apply(
+        u.contiguous(), delta.contiguous(), A, _grouped(B), _grouped(C), D,
+        None if z is None else z.contiguous(), delta_bias, bool(delta_softplus), initial_state)
+    return out, last_state
