@@ -92,15 +92,12 @@ def _run_report(*args, interpret=False):
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True)
 
 
-def test_report_compiles_every_variant_of_an_op(tmp_path):
-    # The op with the fewest variants: the whole registry takes minutes, one op makes the point.
-    variants = Counter()
-    for entry in kernels.registered_kernels():
-        variants[entry.op] += sum(1 for _ in entry.variants())
-    op = min(variants, key=lambda name: (variants[name], name))
-    entries = [e for e in kernels.registered_kernels() if e.op == op]
+def test_report_compiles_every_registered_variant(tmp_path):
+    """Every registered kernel, dtype and launch config, for sm_80 and sm_90a (a few minutes cold)."""
+    entries = kernels.registered_kernels()
+    assert {e.op for e in entries} >= {"deviation_adanorm", "selective_scan", "selective_state_update"}
 
-    done = _run_report("--out-dir", tmp_path, "--op", op)
+    done = _run_report("--out-dir", tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
 
     records = json.loads((tmp_path / "compile_report.json").read_text())
@@ -109,14 +106,14 @@ def test_report_compiles_every_variant_of_an_op(tmp_path):
     assert Counter((r["kernel"], r["dtype"], r["config"], r["target"]) for r in records) == expected
     for r in records:
         where = f"{r['kernel']} {r['dtype']} {r['config']} {r['target']}"
-        assert r["ok"] and r["op"] == op, where
+        assert r["ok"], where
         assert r["regs"] > 0 and r["sass"]["total"] > 0, where
         assert (r["spill_stores"], r["spill_loads"]) == (0, 0), where
         assert (r["local"], r["stack"]) == (0, 0), where
 
     markdown = (tmp_path / "compile_report.md").read_text()
     for entry in entries:
-        assert f"## {op} / `{entry.name}`" in markdown
+        assert f"## {entry.op} / `{entry.name}`" in markdown
     assert "**Summary:**" in markdown
 
 
