@@ -16,6 +16,7 @@ setup(
         "triton>=3.2",
         "numpy",
         "safetensors",
+        "numba>=0.60",  # the compiled CPU selective scan (kernels/selective_scan/cpu_path.py)
     ],
     extras_require={
         # GPU-only accelerations; the engine runs without them (own paths are used instead).

@@ -36,7 +36,9 @@ from torch._C import DispatchKey
 from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.mamba_style_scan import mamba_style_loop
 from kernels.deviation_adanorm import deviation_adanorm, deviation_adanorm_reference
+from kernels.selective_scan import selective_scan_reference
 
 H100_BANDWIDTH_BYTES_PER_S = 3.0e12
 LAUNCH_OVERHEAD_S = 4e-6
@@ -227,6 +229,7 @@ class Case:
     eager_paths: Mapping[str, Callable[..., torch.Tensor]]
     fused: Mapping[str, Traffic]
     minimum: Mapping[str, Traffic]
+    directions: Sequence[str] = DIRECTIONS
 
 
 @dataclass(frozen=True)
@@ -263,11 +266,13 @@ class Row:
         }
 
 
-def count_forward_backward(fn: Callable[..., torch.Tensor],
-                           inputs: Sequence[torch.Tensor]) -> dict[str, TrafficCounter]:
+def count_forward_backward(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],
+                           directions: Sequence[str] = DIRECTIONS) -> dict[str, TrafficCounter]:
     """Counts ``fn(*inputs)`` ("fwd") and its backward to the inputs that require grad ("bwd")."""
     with TrafficCounter() as forward:
         out = fn(*inputs)
+    if "bwd" not in directions:
+        return {"fwd": forward}
     grad = torch.randn_like(out)
     with TrafficCounter() as backward:
         torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad)
@@ -278,9 +283,9 @@ def measure(case: Case) -> list[Row]:
     """Counts every eager path of ``case``, forward and backward, on fresh inputs."""
     rows = []
     for path, fn in case.eager_paths.items():
-        counters = count_forward_backward(fn, case.make_inputs())
+        counters = count_forward_backward(fn, case.make_inputs(), case.directions)
         rows += [Row(case, path, direction, counters[direction].summary(),
-                     counters[direction].breakdown()) for direction in DIRECTIONS]
+                     counters[direction].breakdown()) for direction in case.directions]
     return rows
 
 
@@ -347,7 +352,106 @@ def adanorm_cases(B: int = 4, N: int = 24, R: int = 10, G: int = 768,
             for dtype in dtypes]
 
 
-CASES: tuple[Case, ...] = (*adanorm_cases(),)
+# selective_scan: u, delta, z, out (batch, dim, L); A (dim, N); B, C (batch, G, N, L); D,
+# delta_bias (dim,). The table's case has D, z, delta_bias, softplus, no initial state, and only
+# the output's gradient (none for the last state).
+
+def scan_fused_traffic(batch: int, dim: int, L: int, N: int, G: int, itemsize: int
+                       ) -> dict[str, Traffic]:
+    """Traffic of the selective-scan Triton kernels (with D, z, delta_bias; s = ``itemsize``).
+
+    Forward, one launch: reads u, delta, z once (3·P·L·s, P = batch·dim), B and C once per group
+    (the programs of a group share them through L2: 2·batch·G·N·L·s), A, D and delta_bias; writes
+    out (P·L·s), one fp32 state checkpoint per chunk of T_CHUNK steps and the last state
+    (P·N·4·(n_chunks + 1)).
+
+    Backward, the kernel plus five torch sums: the kernel reads u, delta, z, grad_out (4·P·L·s),
+    B, C, the checkpoints, A, D, delta_bias and writes du, ddelta, dz (3·P·L·s), d initial state
+    and per-program dA partials (2·P·N·4), dD and ddelta_bias partials (2·P·4), and dB/dC partials,
+    one (N, L) fp32 slab per program (2·batch·G·J·N·L·4, J = programs per group). The sums over
+    programs (dB, dC) and over batch (dA, dD, ddelta_bias) read those partials and write the
+    gradients in fp32 (bf16/fp16 inputs add two casts of dB and dC).
+    """
+    from kernels.selective_scan import triton_kernels as scan_kernels
+
+    cpu = torch.device("cpu")
+    P, fp32 = batch * dim, 4
+    group_dim = dim // G
+    n_chunks = math.ceil(L / scan_kernels.T_CHUNK)
+    bwd_cfg = scan_kernels.launch_config(scan_kernels.BACKWARD_CONFIGS,
+                                         scan_kernels.BACKWARD_PROGRAMS_PER_SM,
+                                         batch, G, group_dim, N, cpu, scan_kernels.T_CHUNK)
+    J = math.ceil(group_dim / bwd_cfg.constexprs["BLOCK_D"])
+    sequences = P * L * itemsize  # each of u, delta, z, out, grad_out, du, ddelta, dz
+    projections = batch * G * N * L * itemsize  # each of B, C
+    parameters = dim * N * fp32 + 2 * dim * fp32  # A, D, delta_bias
+    partial_slabs = 2 * batch * G * J * N * L * fp32
+    forward = Traffic(launches=1, bytes_read=3 * sequences + 2 * projections + parameters,
+                      bytes_written=sequences + P * N * fp32 * (n_chunks + 1))
+    kernel = Traffic(launches=1,
+                     bytes_read=4 * sequences + 2 * projections + P * N * fp32 * n_chunks
+                     + parameters,
+                     bytes_written=3 * sequences + 2 * P * N * fp32 + 2 * P * fp32 + partial_slabs)
+    grad_projections = 2 * batch * G * N * L * fp32
+    sums = Traffic(launches=5, bytes_read=partial_slabs + P * N * fp32 + 2 * P * fp32,
+                   bytes_written=grad_projections + parameters)
+    backward = kernel + sums
+    if itemsize < fp32:
+        backward = backward + Traffic(launches=2, bytes_read=grad_projections,
+                                      bytes_written=2 * projections)
+    return {"fwd": forward, "bwd": backward}
+
+
+def scan_minimum_traffic(batch: int, dim: int, L: int, N: int, G: int, itemsize: int
+                         ) -> dict[str, Traffic]:
+    """The fewest bytes the selective scan can move (with D, z, delta_bias), one launch each way.
+
+    Forward reads u, delta, z, B, C, A, D, delta_bias once and writes out and the last state once.
+    Backward reads those inputs and grad_out once and writes each of their gradients once; no
+    state is kept between the two (a kernel that recomputes every state from the start).
+    """
+    P, fp32 = batch * dim, 4
+    sequences = P * L * itemsize
+    projections = batch * G * N * L * itemsize
+    parameters = dim * N * fp32 + 2 * dim * fp32
+    inputs = 3 * sequences + 2 * projections + parameters
+    return {
+        "fwd": Traffic(launches=1, bytes_read=inputs, bytes_written=sequences + P * N * fp32),
+        "bwd": Traffic(launches=1, bytes_read=inputs + sequences,
+                       bytes_written=3 * sequences + 2 * projections + parameters),
+    }
+
+
+def _scan_inputs(batch: int, dim: int, L: int, N: int, dtype: torch.dtype):
+    u, delta, z = (torch.randn(batch, dim, L, dtype=dtype) for _ in range(3))
+    A = -torch.exp(torch.randn(dim, N))
+    B, C = (torch.randn(batch, N, L, dtype=dtype) for _ in range(2))
+    D, delta_bias = torch.randn(dim), torch.randn(dim) * 0.1
+    return u, delta, A, B, C, D, z, delta_bias
+
+
+def _first(fn):
+    """The output of a path that returns (out, last state)."""
+    return lambda *inputs: fn(*inputs)[0]
+
+
+def scan_cases(batch: int = 2, dim: int = 256, L: int = 2048, N: int = 16) -> list[Case]:
+    """selective_scan at a Mamba block's shape with D, z, delta_bias and softplus, forward only:
+    the backward of the mamba_ssm-style loop costs O(L²) bytes (each step's slice of the
+    (batch, dim, L, N) tensors gets a zero-filled full-size gradient) and minutes to count."""
+    itemsize = 4
+    loop = _first(lambda *a: mamba_style_loop(*a, delta_softplus=True))
+    literal = lambda *a: selective_scan_reference(*a, delta_softplus=True)  # noqa: E731
+    return [Case(op="selective_scan", shape=f"batch={batch} dim={dim} L={L} N={N} G=1",
+                 dtype=torch.float32,
+                 make_inputs=functools.partial(_scan_inputs, batch, dim, L, N, torch.float32),
+                 eager_paths={"mamba_style_loop": loop, "reference": literal},
+                 fused=scan_fused_traffic(batch, dim, L, N, 1, itemsize),
+                 minimum=scan_minimum_traffic(batch, dim, L, N, 1, itemsize),
+                 directions=("fwd",))]
+
+
+CASES: tuple[Case, ...] = (*adanorm_cases(), *scan_cases())
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
