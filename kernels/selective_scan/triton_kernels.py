@@ -51,7 +51,7 @@ last-state gradient is a masked-off load (no bytes), z and softplus are uniform 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import triton
@@ -430,17 +430,70 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
             grad_z, grad_bias, grad_initial_state)
 
 
+def _forward_t_chunk(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> int:
+    """The steps between the forward's checkpoints: T_CHUNK of the config its launcher picks."""
+    batch, dim, _ = u.shape
+    return launch_config(FORWARD_CONFIGS, FORWARD_PROGRAMS_PER_SM, batch, B.shape[1],
+                         dim // B.shape[1], A.shape[1], u.device).constexprs["T_CHUNK"]
+
+
+@torch.library.custom_op("mim::selective_scan_triton_fwd", mutates_args=())
+def _forward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+                delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+                initial_state: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, last state, checkpoints); fp32 A, D, delta_bias, initial_state; grouped B, C."""
+    out, last_state, checkpoints, _ = selective_scan_forward_triton(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    return out, last_state, checkpoints
+
+
+@_forward_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    batch, dim, L = u.shape
+    n_chunks = -(-L // _forward_t_chunk(u, B, A))
+    state = u.new_empty((batch, dim, A.shape[1]), dtype=torch.float32)
+    return (torch.empty_like(u), state,
+            u.new_empty((batch, dim, n_chunks, A.shape[1]), dtype=torch.float32))
+
+
+@torch.library.custom_op("mim::selective_scan_triton_bwd", mutates_args=())
+def _backward_op(grad_out: torch.Tensor, grad_last_state: Optional[torch.Tensor], u: torch.Tensor,
+                 delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                 D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+                 delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+                 checkpoints: torch.Tensor, t_chunk: int) -> List[torch.Tensor]:
+    """Gradients of u, delta, A, B, C, D, z, delta_bias, initial_state; an absent input's gradient
+    is an empty tensor (a custom op cannot return None)."""
+    grads = selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C, D, z,
+                                           delta_bias, delta_softplus, checkpoints, t_chunk)
+    return [u.new_empty(0) if g is None else g for g in grads]
+
+
+@_backward_op.register_fake
+def _(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, checkpoints,
+      t_chunk):
+    fp32 = torch.float32
+    like = lambda t, dtype=None: u.new_empty(0) if t is None else torch.empty_like(t, dtype=dtype)  # noqa: E731
+    return [torch.empty_like(u), torch.empty_like(delta), like(A, fp32), like(B, fp32), like(C, fp32),
+            like(D, fp32), like(z), like(delta_bias, fp32),
+            u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=fp32)]
+
+
 class SelectiveScanTritonFunction(torch.autograd.Function):
     """Saves the inputs and the per-chunk state checkpoints (batch, dim, ceil(L / T_CHUNK), N) fp32:
-    backward recomputes every state from them instead of storing (batch, dim, L, N)."""
+    backward recomputes every state from them instead of storing (batch, dim, L, N).
+
+    Forward and backward are the custom ops ``mim::selective_scan_triton_fwd`` / ``_bwd`` (with
+    fake implementations), so ``torch.compile`` traces through without a graph break."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
-        out, last_state, checkpoints, t_chunk = selective_scan_forward_triton(
+        out, last_state, checkpoints = _forward_op(
             u, delta, _fp32(A), B, C, _fp32(D), z, _fp32(delta_bias), delta_softplus,
             _fp32(initial_state))
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints)
-        ctx.delta_softplus, ctx.t_chunk = delta_softplus, t_chunk
+        ctx.delta_softplus, ctx.t_chunk = delta_softplus, _forward_t_chunk(u, B, A)
         ctx.set_materialize_grads(False)
         return out, last_state
 
@@ -449,11 +502,11 @@ class SelectiveScanTritonFunction(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints = ctx.saved_tensors
         grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
         (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias,
-         grad_initial_state) = selective_scan_backward_triton(
+         grad_initial_state) = _backward_op(
             grad_out, _fp32(grad_last_state), u, delta, _fp32(A), B, C, _fp32(D), z,
             _fp32(delta_bias), ctx.delta_softplus, checkpoints, ctx.t_chunk)
         grads = [grad_u, grad_delta, grad_A.to(A.dtype), grad_B.to(B.dtype), grad_C.to(C.dtype),
-                 None if D is None else grad_D.to(D.dtype), grad_z,
+                 None if D is None else grad_D.to(D.dtype), None if z is None else grad_z,
                  None if delta_bias is None else grad_bias.to(delta_bias.dtype), None,
                  None if initial_state is None else grad_initial_state.to(initial_state.dtype)]
         return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))

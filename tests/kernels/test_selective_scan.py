@@ -127,3 +127,33 @@ def test_bad_input_is_named(message, change, error):
     with pytest.raises(error, match=message):
         selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"],
                        initial_state=t["initial_state"])
+
+
+class _ScanBlock(torch.nn.Module):
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+        self.A_log = torch.nn.Parameter(torch.randn(3, 2))
+        self.D = torch.nn.Parameter(torch.randn(3))
+
+    def forward(self, u, delta, B, C, z):
+        out, last = selective_scan(u.tanh(), delta, -torch.exp(self.A_log), B, C, self.D, z,
+                                   delta_softplus=True, return_last_state=True, backend=self.backend)
+        return out * 2, last
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_compiles_without_graph_break(backend):
+    torch._dynamo.reset()
+    block = _ScanBlock(backend)
+    t = _inputs(batch=1, dim=3, N=2, L=9, dtype=torch.float32)
+    args = (t["u"].requires_grad_(), t["delta"], t["B"], t["C"], t["z"])
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    out, last = compiled(*args)
+    grads = torch.autograd.grad(out.square().sum() + last.sum(), (args[0], block.A_log))
+    ref_out, ref_last = block(*args)
+    ref_grads = torch.autograd.grad(ref_out.square().sum() + ref_last.sum(), (args[0], block.A_log))
+    assert_close("out", out, ref_out, FORWARD_TOLERANCE[torch.float32])
+    assert_close("last", last, ref_last, FORWARD_TOLERANCE[torch.float32])
+    for g, r in zip(grads, ref_grads):
+        assert_close("grad", g, r, GRADIENT_TOLERANCE[torch.float32])
