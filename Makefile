@@ -60,7 +60,7 @@ test: venv
 	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
 
 bench: venv
-	$(VPY) -m pytest bench -q --benchmark-only --benchmark-sort=name \
+	$(VPY) -m pytest bench -q --benchmark-only --benchmark-sort=name --benchmark-warmup=on \
 	  --benchmark-columns=median,iqr,rounds --benchmark-json=bench/results/microbench.json $(BENCH_ARGS)
 	$(VPY) -m tools.compile_report
 	$(VPY) -m bench.traffic
