@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bench.mamba_style_scan import mamba_style_loop
 from kernels.deviation_adanorm import deviation_adanorm, deviation_adanorm_reference
 from kernels.selective_scan import selective_scan_reference
+from kernels.selective_state_update import selective_state_update
 
 H100_BANDWIDTH_BYTES_PER_S = 3.0e12
 LAUNCH_OVERHEAD_S = 4e-6
@@ -451,7 +452,43 @@ def scan_cases(batch: int = 2, dim: int = 256, L: int = 2048, N: int = 16) -> li
                  directions=("fwd",))]
 
 
-CASES: tuple[Case, ...] = (*adanorm_cases(), *scan_cases())
+# selective_state_update: state (batch, dim, N) fp32 in place; x, dt, z, out (batch, dim);
+# B, C (batch, G, N); A (dim, N); D, dt_bias (dim,). Inference only: forward.
+
+def state_update_traffic(batch: int, dim: int, N: int, G: int, itemsize: int) -> dict[str, Traffic]:
+    """The recurrence-step Triton kernel (with D, z, dt_bias), which is also the minimum: one launch
+    reads the fp32 state once and writes it back once in place (2·batch·dim·N·4), reads x, dt, z
+    and writes out once (4·batch·dim·s), reads B and C (2·batch·G·N·s), A (dim·N·4), D and dt_bias
+    (2·dim·4)."""
+    fp32 = 4
+    state = batch * dim * N * fp32
+    read = (state + 3 * batch * dim * itemsize + 2 * batch * G * N * itemsize
+            + dim * N * fp32 + 2 * dim * fp32)
+    step = Traffic(launches=1, bytes_read=read, bytes_written=state + batch * dim * itemsize)
+    return {"fwd": step}
+
+
+def _state_update_inputs(batch: int, dim: int, N: int, dtype: torch.dtype):
+    state = torch.randn(batch, dim, N)
+    x, dt, z = (torch.randn(batch, dim, dtype=dtype) for _ in range(3))
+    A = -torch.exp(torch.randn(dim, N))
+    B, C = (torch.randn(batch, N, dtype=dtype) for _ in range(2))
+    return state, x, dt, A, B, C, torch.randn(dim), z, torch.randn(dim)
+
+
+def state_update_cases(batch: int = 2, dim: int = 512, N: int = 16) -> list[Case]:
+    """One streaming step of a Mamba block (d_model 256, expand 2: dim 512), fp32."""
+    traffic = state_update_traffic(batch, dim, N, 1, 4)
+    step = lambda backend: lambda *a: selective_state_update(*a, dt_softplus=True,  # noqa: E731
+                                                             backend=backend)
+    return [Case(op="selective_state_update", shape=f"batch={batch} dim={dim} N={N} G=1",
+                 dtype=torch.float32,
+                 make_inputs=functools.partial(_state_update_inputs, batch, dim, N, torch.float32),
+                 eager_paths={"reference": step("reference"), "torch": step("torch")},
+                 fused=traffic, minimum=traffic, directions=("fwd",))]
+
+
+CASES: tuple[Case, ...] = (*adanorm_cases(), *scan_cases(), *state_update_cases())
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .._custom_op import custom_op
 from .._checks import KERNEL_DTYPES, check_positive_float, check_same, check_tensor
 from .._dispatch import resolve_backend
 from .reference import deviation_adanorm_reference
@@ -16,7 +17,7 @@ def _triton_module():
     return triton_kernels
 
 
-@torch.library.custom_op("mim::deviation_adanorm_fwd", mutates_args=())
+@custom_op("mim::deviation_adanorm_fwd", mutates_args=())
 def _forward_op(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float,
                 backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, per-row mean, per-row 1/std) on the torch or triton path."""
@@ -32,7 +33,7 @@ def _(v, scale, shift, eps, backend):
     return torch.empty_like(scale), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("mim::deviation_adanorm_bwd", mutates_args=())
+@custom_op("mim::deviation_adanorm_bwd", mutates_args=())
 def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor,
                  rstd: torch.Tensor, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """(grad_v, grad_scale); grad_shift is grad_out itself and stays outside the op."""

@@ -42,6 +42,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from .._custom_op import custom_op
 from .reference import selective_scan_reference
 
 CHUNK = 64
@@ -320,7 +321,7 @@ def scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z,
             grad_h0)
 
 
-@torch.library.custom_op("mim::selective_scan_cpu_fwd", mutates_args=())
+@custom_op("mim::selective_scan_cpu_fwd", mutates_args=())
 def _forward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                 delta_bias: Optional[torch.Tensor], delta_softplus: bool,
@@ -339,7 +340,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
             u.new_empty((batch, dim, -(-length // CHUNK), nstate), dtype=compute))
 
 
-@torch.library.custom_op("mim::selective_scan_cpu_bwd", mutates_args=())
+@custom_op("mim::selective_scan_cpu_bwd", mutates_args=())
 def _backward_op(grad_out: torch.Tensor, grad_last: torch.Tensor, checkpoints: torch.Tensor,
                  u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                  C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],

@@ -57,6 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._custom_op import custom_op
 from .._checks import KERNEL_DTYPES, check_tensor
 from .._registry import LaunchConfig, register_kernel
 
@@ -437,7 +438,7 @@ def _forward_t_chunk(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> int:
                          dim // B.shape[1], A.shape[1], u.device).constexprs["T_CHUNK"]
 
 
-@torch.library.custom_op("mim::selective_scan_triton_fwd", mutates_args=())
+@custom_op("mim::selective_scan_triton_fwd", mutates_args=())
 def _forward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                 delta_bias: Optional[torch.Tensor], delta_softplus: bool,
@@ -457,7 +458,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
             u.new_empty((batch, dim, n_chunks, A.shape[1]), dtype=torch.float32))
 
 
-@torch.library.custom_op("mim::selective_scan_triton_bwd", mutates_args=())
+@custom_op("mim::selective_scan_triton_bwd", mutates_args=())
 def _backward_op(grad_out: torch.Tensor, grad_last_state: Optional[torch.Tensor], u: torch.Tensor,
                  delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], z: Optional[torch.Tensor],

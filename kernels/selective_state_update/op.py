@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from .._custom_op import custom_op
 from .._checks import KERNEL_DTYPES, check_same, check_tensor
 from .._dispatch import resolve_backend
 from .reference import selective_state_update_reference
@@ -18,7 +19,7 @@ def _triton_module():
     return triton_kernels
 
 
-@torch.library.custom_op("mim::selective_state_update", mutates_args=("state",))
+@custom_op("mim::selective_state_update", mutates_args=("state",))
 def _state_update_op(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
                      B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
                      z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], dt_softplus: bool,
