@@ -36,3 +36,22 @@ def check_positive_float(name: str, value) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return float(value)
+
+
+def check_grouped(name: str, t: torch.Tensor, batch: int, dim: int, tail: Sequence[int],
+                  tail_names: str) -> None:
+    """``t`` is (batch, *tail), or (batch, G, *tail) with G groups dividing ``dim`` (Mamba's B, C)."""
+    tail = tuple(tail)
+    if t.dim() == 1 + len(tail):
+        expected = (batch, *tail)
+    elif t.dim() == 2 + len(tail):
+        expected = (batch, t.shape[1], *tail)
+        if t.shape[1] < 1 or dim % t.shape[1] != 0:
+            raise ValueError(f"{name} has {t.shape[1]} groups, which do not divide dim={dim}")
+    else:
+        sizes = ", ".join(str(n) for n in tail)
+        raise ValueError(f"{name} must be (batch, {tail_names}) or (batch, G, {tail_names}) = "
+                         f"({batch}, [G,] {sizes}), got shape {tuple(t.shape)}")
+    if tuple(t.shape) != expected:
+        raise ValueError(f"{name} must have shape {expected} (batch, [G,] {tail_names}), "
+                         f"got {tuple(t.shape)}")

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import check_same, check_tensor
+from .._checks import check_grouped, check_same, check_tensor
 from .._dispatch import resolve_backend
 from .reference import selective_scan_reference
 
@@ -37,17 +37,7 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state):
         raise TypeError("A must be real; complex A is not supported")
     state = A.shape[1]
     for name, t in (("B", B), ("C", C)):
-        if t.dim() == 3:
-            expected = (batch, state, length)
-        elif t.dim() == 4:
-            expected = (batch, t.shape[1], state, length)
-            if t.shape[1] < 1 or dim % t.shape[1] != 0:
-                raise ValueError(f"{name} has {t.shape[1]} groups, which do not divide dim={dim}")
-        else:
-            raise ValueError(f"{name} must be (batch, N, L) or (batch, G, N, L) = ({batch}, [G,] {state}, "
-                             f"{length}), got shape {tuple(t.shape)}")
-        if tuple(t.shape) != expected:
-            raise ValueError(f"{name} must have shape {expected} (batch, [G,] N, L), got {tuple(t.shape)}")
+        check_grouped(name, t, batch, dim, (state, length), "N, L")
     if B.dim() != C.dim() or (B.dim() == 4 and B.shape[1] != C.shape[1]):
         raise ValueError(f"B and C must have the same groups, got shapes {tuple(B.shape)} and {tuple(C.shape)}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):

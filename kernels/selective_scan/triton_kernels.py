@@ -87,6 +87,16 @@ def _softplus(x):
 
 
 @triton.jit
+def _program_channels(pid, dim, groups, group_dim, BLOCK_D: tl.constexpr):
+    """The program's (batch, group, first channel, first row of batch·dim) from its int64 id."""
+    blocks = tl.cdiv(group_dim, BLOCK_D)
+    group = (pid // blocks) % groups
+    batch = pid // (blocks * groups)
+    first_channel = group * group_dim + (pid % blocks) * BLOCK_D
+    return batch, group, first_channel, batch * dim + first_channel
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
         out_ptr, checkpoint_ptr, last_state_ptr,
@@ -96,11 +106,7 @@ def _selective_scan_fwd_kernel(
     """BLOCK_D channels of one (batch, group): out (batch, dim, L), checkpoint (batch, dim, n_c, N)
     (the state at each chunk's start), last state (batch, dim, N)."""
     pid = tl.program_id(0).to(tl.int64)
-    blocks = tl.cdiv(group_dim, BLOCK_D)
-    group = (pid // blocks) % groups
-    batch = pid // (blocks * groups)
-    first_channel = group * group_dim + (pid % blocks) * BLOCK_D
-    first_row = batch * dim + first_channel
+    batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
     # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
     u_ptr += first_row * L
     delta_ptr += first_row * L
@@ -115,7 +121,7 @@ def _selective_scan_fwd_kernel(
     last_state_ptr += first_row * N
     checkpoint_ptr += first_row * n_chunks * N
     rows = tl.arange(0, BLOCK_D)
-    in_dim = (pid % blocks) * BLOCK_D + rows < group_dim
+    in_dim = first_channel - group * group_dim + rows < group_dim
     steps = tl.arange(0, T_CHUNK)
     states = tl.arange(0, N_PAD)
     state_mask = in_dim[:, None] & (states < N)[None, :]
@@ -172,11 +178,7 @@ def _selective_scan_bwd_kernel(
     d initial state (batch, dim, N); partials dB, dC (batch, G, J, N, L), dA (batch, dim, N),
     dD, ddelta_bias (batch, dim), all fp32 but du/ddelta/dz."""
     pid = tl.program_id(0).to(tl.int64)
-    blocks = tl.cdiv(group_dim, BLOCK_D)
-    group = (pid // blocks) % groups
-    batch = pid // (blocks * groups)
-    first_channel = group * group_dim + (pid % blocks) * BLOCK_D
-    first_row = batch * dim + first_channel
+    batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
     # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
     u_ptr += first_row * L
     delta_ptr += first_row * L
@@ -199,7 +201,7 @@ def _selective_scan_bwd_kernel(
     grad_delta_bias_part_ptr += first_row
     checkpoint_ptr += first_row * n_chunks * N
     rows = tl.arange(0, BLOCK_D)
-    in_dim = (pid % blocks) * BLOCK_D + rows < group_dim
+    in_dim = first_channel - group * group_dim + rows < group_dim
     steps = tl.arange(0, T_CHUNK)
     states = tl.arange(0, N_PAD)
     state_mask = in_dim[:, None] & (states < N)[None, :]

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .._custom_op import custom_op
-from .._checks import KERNEL_DTYPES, check_same, check_tensor
+from .._checks import KERNEL_DTYPES, check_grouped, check_same, check_tensor
 from .._dispatch import resolve_backend
 from .reference import selective_state_update_reference
 from .torch_path import selective_state_update_torch
@@ -65,17 +65,7 @@ def _check_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
         raise ValueError(f"state must have shape (batch, dim, N) = ({batch}, {dim}, {N}), "
                          f"got {tuple(state.shape)}")
     for name, t in (("B", B), ("C", C)):
-        if t.dim() == 2:
-            expected = (batch, N)
-        elif t.dim() == 3:
-            expected = (batch, t.shape[1], N)
-            if t.shape[1] < 1 or dim % t.shape[1] != 0:
-                raise ValueError(f"{name} has {t.shape[1]} groups, which do not divide dim={dim}")
-        else:
-            raise ValueError(f"{name} must be (batch, N) or (batch, G, N) = ({batch}, [G,] {N}), "
-                             f"got shape {tuple(t.shape)}")
-        if tuple(t.shape) != expected:
-            raise ValueError(f"{name} must have shape {expected} (batch, [G,] N), got {tuple(t.shape)}")
+        check_grouped(name, t, batch, dim, (N,), "N")
     if B.shape != C.shape:
         raise ValueError(f"B and C must have the same shape (and groups), got {tuple(B.shape)} and "
                          f"{tuple(C.shape)}")
