@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from bench.mamba_style_scan import mamba_style_loop
+from bench.saved import saved_bytes
 from kernels.selective_scan import selective_scan
 
 BATCH, DIM, STATE = 2, 256, 16
@@ -53,21 +54,6 @@ def _inputs(length, requires_grad):
     return [t.requires_grad_(requires_grad) for t in (u, delta, A, B, C, D, z, delta_bias)]
 
 
-def _saved_bytes(scan, inputs):
-    """(bytes of the inputs autograd saves, bytes of everything else it saves), unique storages."""
-    saved = {}
-
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        scan(*inputs, True)
-    own = {t.untyped_storage().data_ptr() for t in inputs}
-    in_inputs = sum(n for ptr, n in saved.items() if ptr in own)
-    return in_inputs, sum(saved.values()) - in_inputs
-
-
 @pytest.mark.parametrize("length", LENGTHS)
 @pytest.mark.parametrize("path", PATHS)
 def test_forward(benchmark, path, length):
@@ -93,7 +79,7 @@ def test_forward_backward(benchmark, path, length):
         out, last = scan(*inputs, True)
         return torch.autograd.grad((out, last), inputs, (grad_out, grad_last))
 
-    inputs_bytes, beyond_bytes = _saved_bytes(scan, inputs)
+    inputs_bytes, beyond_bytes = saved_bytes(lambda *a: scan(*a, True), inputs)
     benchmark.extra_info.update(saved_inputs_bytes=inputs_bytes,
                                 saved_beyond_inputs_bytes=beyond_bytes)
     if path == "mamba_style_loop" and length == SLOW_LENGTH:

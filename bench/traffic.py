@@ -29,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch._C import DispatchKey
@@ -37,6 +37,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.mamba_style_scan import mamba_style_loop
+from bench.saved import saved_bytes
 from kernels.deviation_adanorm import deviation_adanorm, deviation_adanorm_reference
 from kernels.selective_scan import selective_scan_reference
 from kernels.selective_state_update import selective_state_update
@@ -241,6 +242,7 @@ class Row:
     direction: str
     eager: Traffic
     eager_breakdown: Mapping[str, Traffic]
+    saved_beyond_inputs: Optional[int] = None  # forward rows of differentiable cases
 
     @property
     def fused(self) -> Traffic:
@@ -263,6 +265,7 @@ class Row:
             "eager_over_fused_bytes": round(self.eager_over_fused, 3),
             "modeled_h100_us": {"eager": round(self.eager.modeled_h100_us(), 2),
                                 "fused": round(self.fused.modeled_h100_us(), 2)},
+            "saved_for_backward_beyond_inputs_bytes": self.saved_beyond_inputs,
             "eager_breakdown": {name: t.to_json() for name, t in self.eager_breakdown.items()},
         }
 
@@ -285,8 +288,10 @@ def measure(case: Case) -> list[Row]:
     rows = []
     for path, fn in case.eager_paths.items():
         counters = count_forward_backward(fn, case.make_inputs(), case.directions)
+        saved = saved_bytes(fn, case.make_inputs())[1] if "bwd" in case.directions else None
         rows += [Row(case, path, direction, counters[direction].summary(),
-                     counters[direction].breakdown()) for direction in case.directions]
+                     counters[direction].breakdown(), saved if direction == "fwd" else None)
+                 for direction in case.directions]
     return rows
 
 
@@ -501,14 +506,15 @@ def _mb(n_bytes: int) -> str:
 
 TABLE_HEADERS = ("op", "shape", "dtype", "dir", "path", "eager launches", "eager MB",
                  "fused launches", "fused MB", "min MB", "eager/fused bytes",
-                 "modeled H100 µs eager", "modeled H100 µs fused")
+                 "modeled H100 µs eager", "modeled H100 µs fused", "saved for bwd MB")
 
 
 def table_cells(row: Row) -> tuple[str, ...]:
     return (row.case.op, row.case.shape, _dtype_name(row.case.dtype), row.direction, row.path,
             str(row.eager.launches), _mb(row.eager.bytes), str(row.fused.launches),
             _mb(row.fused.bytes), _mb(row.minimum.bytes), f"{row.eager_over_fused:.2f}x",
-            f"{row.eager.modeled_h100_us():.1f}", f"{row.fused.modeled_h100_us():.1f}")
+            f"{row.eager.modeled_h100_us():.1f}", f"{row.fused.modeled_h100_us():.1f}",
+            "" if row.saved_beyond_inputs is None else _mb(row.saved_beyond_inputs))
 
 
 def format_table(rows: Sequence[Row]) -> str:
