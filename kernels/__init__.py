@@ -13,20 +13,25 @@ from ._dispatch import BACKENDS, BackendUnavailableError, resolve_backend, trito
 from ._registry import LaunchConfig, RegisteredKernel, registered_kernels  # noqa: E402
 from .causal_conv1d import causal_conv1d, causal_conv1d_update  # noqa: E402
 from .deviation_adanorm import deviation_adanorm  # noqa: E402
+from .grid_sample_3d import grid_sample_3d  # noqa: E402
 from .mamba import Mamba  # noqa: E402
+from .modules import DeviationAdaNorm, GridSample3d, RegionSoftmaxWarp  # noqa: E402
+from .region_softmax_warp import region_softmax_warp  # noqa: E402
 from .selective_scan import selective_scan  # noqa: E402
-from .modules import DeviationAdaNorm  # noqa: E402
 from .selective_state_update import selective_state_update  # noqa: E402
 
 if triton_available():
     from .deviation_adanorm import triton_kernels as _adanorm_kernels  # noqa: E402,F401
+    from .grid_sample_3d import triton_kernels as _grid_sample_kernels  # noqa: E402,F401
+    from .region_softmax_warp import triton_kernels as _warp_kernels  # noqa: E402,F401
     from .selective_scan import triton_kernels as _selective_scan_kernels  # noqa: E402,F401
     from .selective_state_update import triton_kernels as _state_update_kernels  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "BackendUnavailableError", "DeviationAdaNorm", "LaunchConfig", "Mamba",
-    "RegisteredKernel", "causal_conv1d", "causal_conv1d_update", "deviation_adanorm",
-    "registered_kernels", "resolve_backend", "selective_scan", "selective_state_update",
+    "BACKENDS", "BackendUnavailableError", "DeviationAdaNorm", "GridSample3d", "LaunchConfig",
+    "Mamba", "RegionSoftmaxWarp", "RegisteredKernel", "causal_conv1d", "causal_conv1d_update",
+    "deviation_adanorm", "grid_sample_3d", "region_softmax_warp", "registered_kernels",
+    "resolve_backend", "selective_scan", "selective_state_update",
 ]

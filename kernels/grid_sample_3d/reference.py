@@ -1,0 +1,59 @@
+"""The literal math of trilinear ``grid_sample`` on 5-D tensors: the ground truth for the tests.
+
+Written out as a gather (not a call to ``F.grid_sample``) so the tests compare against something
+independent. For output point p with grid (x, y, z) in normalized coordinates:
+
+    ix = unnormalize(x, W), iy = unnormalize(y, H), iz = unnormalize(z, D)
+        align_corners=True:  (c + 1) / 2 · (size − 1)
+        align_corners=False: ((c + 1) · size − 1) / 2
+        padding "border":    then clamped to [0, size − 1]
+    fx = ix − ⌊ix⌋ (and fy, fz), axis weights (1 − fx, fx) for the corners (⌊ix⌋, ⌊ix⌋ + 1)
+    out[n, c, p] = Σ over the 8 corners (k, j, i) of wz_k · wy_j · wx_i · input[n, c, k, j, i],
+    a corner outside the volume contributing 0 ("zeros" padding).
+
+Plain PyTorch ops, so autograd gives the gradients for input and grid (floor has zero gradient, so
+on an integer source index the one-sided derivative ATen uses comes out; the border clamp passes
+it strictly inside (0, size − 1) only, as ATen's clip_coordinates_set_grad does);
+``gradcheck`` in float64 proves it in the tests.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _source_index(coord: torch.Tensor, size: int, align_corners: bool, border: bool) -> torch.Tensor:
+    if align_corners:
+        index = (coord + 1) / 2 * (size - 1)
+    else:
+        index = ((coord + 1) * size - 1) / 2
+    if border:
+        # clamp to [0, size - 1]; on the bounds too the gradient is 0, as in ATen
+        index = torch.where(index <= 0, 0.0, torch.where(index >= size - 1, size - 1.0, index))
+    return index
+
+
+def grid_sample_3d_reference(input: torch.Tensor, grid: torch.Tensor, padding_mode: str = "zeros",
+                             align_corners: bool = False) -> torch.Tensor:
+    """input (N, C, D, H, W), grid (N, Do, Ho, Wo, 3) in (x, y, z) → (N, C, Do, Ho, Wo)."""
+    compute = torch.promote_types(input.dtype, torch.float32)
+    volume, points = input.to(compute), grid.to(compute)
+    N, C, D, H, W = volume.shape
+    out_shape = grid.shape[1:4]
+    border = padding_mode == "border"
+    points = points.reshape(N, 1, -1, 3)
+    ix = _source_index(points[..., 0], W, align_corners, border)
+    iy = _source_index(points[..., 1], H, align_corners, border)
+    iz = _source_index(points[..., 2], D, align_corners, border)
+    x0, y0, z0 = ix.floor(), iy.floor(), iz.floor()
+    flat = volume.reshape(N, C, D * H * W)
+    out = volume.new_zeros(N, C, points.shape[2])
+    fx, fy, fz = ix - x0, iy - y0, iz - z0
+    for k, wz in ((z0, 1 - fz), (z0 + 1, fz)):
+        for j, wy in ((y0, 1 - fy), (y0 + 1, fy)):
+            for i, wx in ((x0, 1 - fx), (x0 + 1, fx)):
+                weight = wz * wy * wx
+                inside = (k >= 0) & (k < D) & (j >= 0) & (j < H) & (i >= 0) & (i < W)
+                index = torch.where(inside, (k * H + j) * W + i, torch.zeros_like(i)).long()
+                values = torch.gather(flat, 2, index.expand(N, C, -1))
+                out = out + torch.where(inside, weight, torch.zeros_like(weight)) * values
+    return out.reshape(N, C, *out_shape).to(input.dtype)

@@ -1,0 +1,193 @@
+"""Triton kernels of trilinear ``grid_sample_3d``, forward and backward, and their launchers.
+
+Shapes: input (N, C, D, H, W), grid (N, Do, Ho, Wo, 3) in (x, y, z), out (N, C, Do, Ho, Wo);
+P = Do·Ho·Wo output points, V = D·H·W voxels, s bytes per element of input/grid/out.
+Index math is ATen's (``kernels/_trilinear.py``). A program takes BLOCK_P output points of one
+batch element and every channel, BLOCK_C channels at a time, as a (BLOCK_C, BLOCK_P) tile (points along the
+threads, so a thread keeps one point's offsets and weights and out is stored coalesced): each
+grid point is read and turned into 8 corner offsets and weights once, then reused for all C.
+
+Traffic:
+- forward reads the grid once (3·N·P·s), gathers 8 corners per output element (at most
+  8·N·C·P·s, less where neighbouring points share corners through cache; at least the input's
+  N·C·V·s when the grid covers it), writes out once (N·C·P·s).
+- backward recomputes the corner offsets and weights from the grid (nothing of forward is
+  saved), reads grad_out once (N·C·P·s) and the grid once (3·N·P·s); for grad_grid it gathers the
+  8 corners again (up to 8·N·C·P·s) and writes grad_grid once (3·N·P·s); for grad_input it does
+  8 fp32 atomic adds per grad_out element (8·N·C·P·4 bytes of read-modify-write) into a zeroed
+  fp32 buffer (N·C·V·4 written by the memset, then one cast to the input dtype when that is
+  fp16/bf16: N·C·V·(4 + s)).
+
+Why atomics for grad_input: the scatter pattern is data dependent (which output points land in a
+voxel's cell depends on the grid values), so a gather formulation (one program per input voxel
+summing its contributions) needs the inverse map of the grid, which is a sort of all N·P points
+by cell. Atomic adds make the sum order, so the bits of grad_input, vary from run to run; the op
+raises under ``torch.use_deterministic_algorithms(True)`` (see ``op.py``). grad_grid has no
+atomics and is deterministic.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._registry import LaunchConfig, register_kernel
+from .._trilinear import axis_cell, source_index, trilinear_corners
+
+
+@triton.jit
+def _grid_sample_3d_fwd_kernel(input_ptr, grid_ptr, out_ptr, C, D, H, W, P,
+                               ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr,
+                               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[n, :, p] for BLOCK_P points p of batch element n = program_id(1)."""
+    n = tl.program_id(1).to(tl.int64)
+    points = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    in_range = points < P
+    at = (n * P + points) * 3
+    x, _ = source_index(tl.load(grid_ptr + at, mask=in_range, other=0.0).to(tl.float32),
+                        W, ALIGN_CORNERS, BORDER)
+    y, _ = source_index(tl.load(grid_ptr + at + 1, mask=in_range, other=0.0).to(tl.float32),
+                        H, ALIGN_CORNERS, BORDER)
+    z, _ = source_index(tl.load(grid_ptr + at + 2, mask=in_range, other=0.0).to(tl.float32),
+                        D, ALIGN_CORNERS, BORDER)
+    offsets, weights, masks = trilinear_corners(x, y, z, D, H, W)
+    volume = input_ptr + n * C * D * H * W
+    for c0 in range(0, C, BLOCK_C):
+        channels = c0 + tl.arange(0, BLOCK_C)
+        tile = (channels < C)[:, None] & in_range[None, :]
+        channel_base = volume + (channels.to(tl.int64) * D * H * W)[:, None]
+        acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+        for i in tl.static_range(8):
+            value = tl.load(channel_base + offsets[i][None, :], mask=tile & masks[i][None, :],
+                            other=0.0).to(tl.float32)
+            acc += weights[i][None, :] * value
+        out_at = (n * C + channels.to(tl.int64))[:, None] * P + points[None, :]
+        tl.store(out_ptr + out_at, acc.to(out_ptr.dtype.element_ty), mask=tile)
+
+
+@triton.jit
+def _grid_sample_3d_bwd_kernel(grad_out_ptr, input_ptr, grid_ptr, grad_input_ptr, grad_grid_ptr,
+                               C, D, H, W, P,
+                               ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr,
+                               INPUT_GRAD: tl.constexpr, GRID_GRAD: tl.constexpr,
+                               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """grad_input (fp32, zeroed, atomically accumulated) and grad_grid for BLOCK_P points."""
+    n = tl.program_id(1).to(tl.int64)
+    points = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    in_range = points < P
+    at = (n * P + points) * 3
+    x, dx = source_index(tl.load(grid_ptr + at, mask=in_range, other=0.0).to(tl.float32),
+                         W, ALIGN_CORNERS, BORDER)
+    y, dy = source_index(tl.load(grid_ptr + at + 1, mask=in_range, other=0.0).to(tl.float32),
+                         H, ALIGN_CORNERS, BORDER)
+    z, dz = source_index(tl.load(grid_ptr + at + 2, mask=in_range, other=0.0).to(tl.float32),
+                         D, ALIGN_CORNERS, BORDER)
+    offsets, weights, masks = trilinear_corners(x, y, z, D, H, W)
+    _, fx = axis_cell(x, W)
+    _, fy = axis_cell(y, H)
+    _, fz = axis_cell(z, D)
+    wx = (1.0 - fx, fx)
+    wy = (1.0 - fy, fy)
+    wz = (1.0 - fz, fz)
+    voxels = n * C * D * H * W
+    grad_x = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    grad_y = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    grad_z = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        channels = c0 + tl.arange(0, BLOCK_C)
+        tile = (channels < C)[:, None] & in_range[None, :]
+        out_at = (n * C + channels.to(tl.int64))[:, None] * P + points[None, :]
+        grad_out = tl.load(grad_out_ptr + out_at, mask=tile, other=0.0).to(tl.float32)
+        channel_at = (voxels + channels.to(tl.int64) * D * H * W)[:, None]
+        for i in tl.static_range(8):
+            corner = tile & masks[i][None, :]
+            corner_at = channel_at + offsets[i][None, :]
+            if INPUT_GRAD:
+                tl.atomic_add(grad_input_ptr + corner_at, weights[i][None, :] * grad_out,
+                              mask=corner, sem="relaxed")
+            if GRID_GRAD:
+                value = tl.load(input_ptr + corner_at, mask=corner, other=0.0).to(tl.float32)
+                pull = grad_out * value
+                # corner bits (z, y, x) = (i >> 2, (i >> 1) & 1, i & 1); d weight / d x = ±wy·wz
+                grad_x += ((2 * (i & 1) - 1) * (wy[(i >> 1) & 1] * wz[i >> 2]))[None, :] * pull
+                grad_y += ((2 * ((i >> 1) & 1) - 1) * (wx[i & 1] * wz[i >> 2]))[None, :] * pull
+                grad_z += ((2 * (i >> 2) - 1) * (wx[i & 1] * wy[(i >> 1) & 1]))[None, :] * pull
+    if GRID_GRAD:
+        element = grad_grid_ptr.dtype.element_ty
+        tl.store(grad_grid_ptr + at, (tl.sum(grad_x, axis=0) * dx).to(element), mask=in_range)
+        tl.store(grad_grid_ptr + at + 1, (tl.sum(grad_y, axis=0) * dy).to(element), mask=in_range)
+        tl.store(grad_grid_ptr + at + 2, (tl.sum(grad_z, axis=0) * dz).to(element), mask=in_range)
+
+
+BLOCK_P = 128
+BLOCK_C = 4
+NUM_WARPS = 4
+_FLAGS = ((False, False), (False, True), (True, False), (True, True))
+_GRAD_FLAGS = ((True, True), (True, False), (False, True))
+
+
+def forward_config(align_corners: bool, border: bool) -> LaunchConfig:
+    """The launch configuration of the forward kernel (one tile shape; channels beyond a multiple
+    of BLOCK_C are masked lanes)."""
+    return LaunchConfig({"ALIGN_CORNERS": align_corners, "BORDER": border,
+                         "BLOCK_P": BLOCK_P, "BLOCK_C": BLOCK_C}, num_warps=NUM_WARPS)
+
+
+def backward_config(align_corners: bool, border: bool, input_grad: bool, grid_grad: bool) -> LaunchConfig:
+    return LaunchConfig({"ALIGN_CORNERS": align_corners, "BORDER": border,
+                         "INPUT_GRAD": input_grad, "GRID_GRAD": grid_grad,
+                         "BLOCK_P": BLOCK_P, "BLOCK_C": BLOCK_C}, num_warps=NUM_WARPS)
+
+
+_FWD_SIGNATURE = {
+    "input_ptr": "*{dtype}:16", "grid_ptr": "*{dtype}:16", "out_ptr": "*{dtype}:16",
+    "C": "i32", "D": "i32", "H": "i32", "W": "i32", "P": "i32",
+    "ALIGN_CORNERS": "constexpr", "BORDER": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr",
+}
+_BWD_SIGNATURE = {
+    "grad_out_ptr": "*{dtype}:16", "input_ptr": "*{dtype}:16", "grid_ptr": "*{dtype}:16",
+    "grad_input_ptr": "*fp32:16", "grad_grid_ptr": "*{dtype}:16",
+    "C": "i32", "D": "i32", "H": "i32", "W": "i32", "P": "i32",
+    "ALIGN_CORNERS": "constexpr", "BORDER": "constexpr", "INPUT_GRAD": "constexpr",
+    "GRID_GRAD": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr",
+}
+register_kernel("grid_sample_3d", _grid_sample_3d_fwd_kernel, _FWD_SIGNATURE,
+                [forward_config(ac, border) for ac, border in _FLAGS], dtypes=("fp32", "fp16", "bf16"))
+register_kernel("grid_sample_3d", _grid_sample_3d_bwd_kernel, _BWD_SIGNATURE,
+                [backward_config(ac, border, ig, gg) for ac, border in _FLAGS for ig, gg in _GRAD_FLAGS],
+                dtypes=("fp32", "fp16", "bf16"),
+                notes="grad_input accumulates in fp32 by atomics; cast outside the kernel")
+
+
+def _grid(N: int, P: int):
+    return (triton.cdiv(P, BLOCK_P), N)
+
+
+def grid_sample_3d_forward_triton(input: torch.Tensor, grid: torch.Tensor, border: bool,
+                                  align_corners: bool) -> torch.Tensor:
+    """Contiguous input (N, C, D, H, W), grid (N, Do, Ho, Wo, 3) of one dtype → out (N, C, Do, Ho, Wo)."""
+    N, C, D, H, W = input.shape
+    Do, Ho, Wo = grid.shape[1:4]
+    P = Do * Ho * Wo
+    out = torch.empty((N, C, Do, Ho, Wo), device=input.device, dtype=input.dtype)
+    cfg = forward_config(align_corners, border)
+    _grid_sample_3d_fwd_kernel[_grid(N, P)](input, grid, out, C, D, H, W, P,
+                                            num_warps=cfg.num_warps, **cfg.constexprs)
+    return out
+
+
+def grid_sample_3d_backward_triton(grad_out: torch.Tensor, input: torch.Tensor, grid: torch.Tensor,
+                                   border: bool, align_corners: bool, input_grad: bool, grid_grad: bool):
+    """Contiguous grad_out, input, grid → (grad_input or None, grad_grid or None)."""
+    N, C, D, H, W = input.shape
+    P = grad_out.shape[2] * grad_out.shape[3] * grad_out.shape[4]
+    grad_input = torch.zeros(input.shape, device=input.device, dtype=torch.float32) if input_grad else None
+    grad_grid = torch.empty_like(grid) if grid_grad else None
+    cfg = backward_config(align_corners, border, input_grad, grid_grad)
+    _grid_sample_3d_bwd_kernel[_grid(N, P)](
+        grad_out, input, grid,
+        grad_input if input_grad else torch.zeros(1, device=input.device, dtype=torch.float32),
+        grad_grid if grid_grad else grid, C, D, H, W, P, num_warps=cfg.num_warps, **cfg.constexprs)
+    if input_grad and input.dtype != torch.float32:
+        grad_input = grad_input.to(input.dtype)
+    return grad_input, grad_grid

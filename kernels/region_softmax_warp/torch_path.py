@@ -1,0 +1,103 @@
+"""Fast PyTorch path of the region-softmax warp, with a backward that recomputes instead of saving.
+
+Forward is softmax, one einsum, ``F.grid_sample`` and the blend in at least fp32. Backward gets
+only the inputs: it recomputes w, flow, grid and warped, then applies the closed-form gradient
+
+    g_m      = g · (1 if m > 0 else β),        ∂L/∂β = Σ g · min(0, m)
+    ∂L/∂M    = Σ_c g_m · (warped − F_id),      ∂L/∂F_id = g_m · (1 − M) + grid_sample^T(g_m · M)
+    ∂L/∂flow = ∂L/∂grid (ATen's grid_sampler_3d_backward gives it with the F_id scatter)
+    ∂L/∂Δ_r  = w_r · ∂L/∂flow,                 ∂L/∂ℓ_r = w_r · (∂L/∂flow · Δ_r − ∂L/∂flow · flow)
+
+(the last because Σ_r w_r Δ_r = flow). A feature of batch 1 is shared by the B frames without a
+copy: the B grids are stacked along depth into one grid (1, B·D, H, W, 3) over the one volume, so
+its gradient is summed over frames by the sampler itself.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .reference import identity_grid
+
+PADDING_MODES = {"zeros": 0, "border": 1}  # ATen's GridSamplerPadding codes
+_BILINEAR = 0
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _weights_and_grid(logits, displacement, align_corners):
+    """w (B, R, D, H, W), flow (B, 3, D, H, W) and grid (B, D, H, W, 3) in the compute dtype."""
+    compute = _compute_dtype(logits)
+    _, _, D, H, W = logits.shape
+    weights = torch.softmax(logits.to(compute), dim=1)
+    flow = torch.einsum("brdhw,brkdhw->bkdhw", weights, displacement.to(compute))
+    grid = identity_grid(D, H, W, align_corners, compute, logits.device) + flow.permute(0, 2, 3, 4, 1)
+    return weights, flow, grid
+
+
+def _fold(grid: torch.Tensor) -> torch.Tensor:
+    """(B, D, H, W, 3) → (1, B·D, H, W, 3): every frame's grid over one shared volume."""
+    B, D, H, W, _ = grid.shape
+    return grid.reshape(1, B * D, H, W, 3)
+
+
+def _sample(feature, grid, padding_mode, align_corners):
+    """grid_sample of feature (B or 1, C, D, H, W) at grid (B, D, H, W, 3) → (B, C, D, H, W)."""
+    B, D, H, W, _ = grid.shape
+    if feature.shape[0] == B:
+        return F.grid_sample(feature, grid, mode="bilinear", padding_mode=padding_mode,
+                             align_corners=align_corners)
+    folded = F.grid_sample(feature, _fold(grid), mode="bilinear", padding_mode=padding_mode,
+                           align_corners=align_corners)
+    return folded.view(feature.shape[1], B, D, H, W).transpose(0, 1)
+
+
+def warp_forward_torch(feature, logits, displacement, mask, beta, padding_mode, align_corners):
+    """out (B, C, D, H, W) in feature's dtype."""
+    compute = _compute_dtype(feature)
+    _, _, grid = _weights_and_grid(logits, displacement, align_corners)
+    source = feature.to(compute)
+    warped = _sample(source, grid, padding_mode, align_corners)
+    blended = torch.lerp(source, warped, mask.to(compute))
+    out = torch.where(blended > 0, blended, beta.to(compute) * blended)
+    return out.to(feature.dtype)
+
+
+def warp_backward_torch(grad_out, feature, logits, displacement, mask, beta, padding_mode,
+                        align_corners):
+    """(grad_feature, grad_logits, grad_displacement, grad_mask, grad_beta), each in its input's
+    dtype; the inputs are all forward saved."""
+    compute = _compute_dtype(feature)
+    weights, flow, grid = _weights_and_grid(logits, displacement, align_corners)
+    source = feature.to(compute)
+    warped = _sample(source, grid, padding_mode, align_corners)
+    mask32 = mask.to(compute)
+    blended = torch.lerp(source, warped, mask32)
+    grad = grad_out.to(compute)
+    negative = blended <= 0
+    grad_beta = (grad * blended).masked_fill_(~negative, 0).sum()
+    grad_blended = torch.where(negative, beta.to(compute) * grad, grad)
+    grad_mask = (grad_blended * (warped - source)).sum(dim=1, keepdim=True)
+    grad_warped = grad_blended * mask32
+    grad_direct = grad_blended - grad_warped
+    B, C, D, H, W = grad_out.shape
+    padding = PADDING_MODES[padding_mode]
+    if feature.shape[0] == B:
+        grad_sampled, grad_grid = torch.ops.aten.grid_sampler_3d_backward(
+            grad_warped, source, grid, _BILINEAR, padding, align_corners, [True, True])
+        grad_feature = grad_sampled + grad_direct
+    else:
+        folded = grad_warped.transpose(0, 1).reshape(1, C, B * D, H, W)
+        grad_sampled, grad_grid = torch.ops.aten.grid_sampler_3d_backward(
+            folded, source, _fold(grid), _BILINEAR, padding, align_corners, [True, True])
+        grad_feature = grad_sampled + grad_direct.sum(dim=0, keepdim=True)
+    grad_flow = grad_grid.view(B, D, H, W, 3).permute(0, 4, 1, 2, 3)
+    grad_displacement = weights.unsqueeze(2) * grad_flow.unsqueeze(1)
+    along_flow = (grad_flow * flow).sum(dim=1, keepdim=True)
+    along_region = torch.einsum("bkdhw,brkdhw->brdhw", grad_flow, displacement.to(compute))
+    grad_logits = weights * (along_region - along_flow)
+    return (grad_feature.to(feature.dtype), grad_logits.to(logits.dtype),
+            grad_displacement.to(displacement.dtype), grad_mask.to(mask.dtype),
+            grad_beta.to(beta.dtype))

@@ -1,0 +1,232 @@
+"""region_softmax_warp (warp + blend + leaky activation) against its float64 reference, on every
+backend."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import region_softmax_warp
+from kernels.region_softmax_warp import region_softmax_warp_reference
+from kernels.region_softmax_warp.reference import identity_grid
+from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
+
+BACKENDS = ["torch", "triton"]
+NAMES = ("feature", "logits", "displacement", "mask", "beta")
+B, C, D, H, W = 2, 5, 3, 9, 10  # 540 voxels: 5 blocks of 128, the last one partial
+
+
+def _inputs(feature_batch, R, dtype, shape=(B, C, D, H, W), scale=0.8):
+    b, c, d, h, w = shape
+    feature = torch.randn(feature_batch, c, d, h, w)
+    logits = 2 * torch.randn(b, R, d, h, w)
+    displacement = scale * torch.randn(b, R, 3, d, h, w)
+    mask = torch.rand(b, 1, d, h, w)
+    tensors = [t.to(dtype).requires_grad_() for t in (feature, logits, displacement, mask)]
+    beta = torch.tensor(0.25, requires_grad=True)
+    return tensors + [beta]
+
+
+def _reference(inputs, grad, **options):
+    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    out = region_softmax_warp_reference(*ref_inputs, **options)
+    return out, torch.autograd.grad(out, ref_inputs, grad.double())
+
+
+def _grid_leaves_the_volume(logits, displacement, align_corners):
+    weights = torch.softmax(logits.detach().double(), dim=1)
+    flow = torch.einsum("brdhw,brkdhw->bdhwk", weights, displacement.detach().double())
+    grid = identity_grid(*logits.shape[2:], align_corners, torch.float64, logits.device) + flow
+    return bool((grid.abs() > 1).any())
+
+
+def _check_against_reference(inputs, backend, dtype, padding_mode, align_corners):
+    options = dict(padding_mode=padding_mode, align_corners=align_corners)
+    out = region_softmax_warp(*inputs, backend=backend, **options)
+    feature, logits = inputs[0], inputs[1]
+    assert out.dtype == dtype and out.shape == (logits.shape[0],) + tuple(feature.shape[1:])
+    grad = torch.randn(out.shape).to(dtype)
+    grads = torch.autograd.grad(out, inputs, grad)
+    ref_out, ref_grads = _reference(inputs, grad, **options)
+    assert_close("out", out, ref_out, FORWARD_TOLERANCE[dtype])
+    for name, g, r, t in zip(NAMES, grads, ref_grads, inputs):
+        assert g.dtype == t.dtype and g.shape == t.shape
+        assert_close(f"grad_{name}", g, r, GRADIENT_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("feature_batch", [1, B], ids=lambda n: f"feature_batch{n}")
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("align_corners", [False, True], ids=lambda a: f"align{a}")
+def test_matches_float64_reference(align_corners, padding_mode, feature_batch, dtype, backend,
+                                   poisoned_empty):
+    inputs = _inputs(feature_batch, 4, dtype)
+    assert _grid_leaves_the_volume(inputs[1], inputs[2], align_corners)
+    _check_against_reference(inputs, backend, dtype, padding_mode, align_corners)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("regions", [1, 10])
+@pytest.mark.parametrize("feature_batch", [1, 3])
+def test_region_counts(regions, feature_batch, backend, poisoned_empty):
+    inputs = _inputs(feature_batch, regions, torch.float32, shape=(3, 2, 2, 7, 5), scale=1.5)
+    _check_against_reference(inputs, backend, torch.float32, "border", False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sum_backward_with_stride_zero_gradient(backend):
+    """out.sum().backward() hands backward an expanded (stride-0) gradient."""
+    inputs = _inputs(1, 3, torch.float32)
+    region_softmax_warp(*inputs[:4], inputs[4], backend=backend).sum().backward()
+    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    region_softmax_warp_reference(*ref_inputs).sum().backward()
+    for name, t, r in zip(NAMES, inputs, ref_inputs):
+        assert_close(f"grad_{name}", t.grad, r.grad, GRADIENT_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_identity_grid_maps_voxels_onto_themselves(align_corners, backend):
+    """Zero displacement and mask 1: the warp is the identity, so out = activation(F_id)."""
+    assert torch.allclose(identity_grid(D, H, W, align_corners, torch.float32, torch.device("cpu")),
+                          F.affine_grid(torch.eye(3, 4)[None], (1, 1, D, H, W), align_corners)[0],
+                          atol=1e-6)
+    feature = torch.randn(1, C, D, H, W)
+    logits = torch.randn(B, 4, D, H, W)
+    displacement = torch.zeros(B, 4, 3, D, H, W)
+    mask = torch.ones(B, 1, D, H, W)
+    for padding_mode in ("zeros", "border"):
+        out = region_softmax_warp(feature, logits, displacement, mask, 0.1, padding_mode,
+                                  align_corners, backend=backend)
+        expected = torch.where(feature > 0, feature, 0.1 * feature).expand(B, -1, -1, -1, -1)
+        assert_close("identity warp", out, expected, FORWARD_TOLERANCE[torch.float32])
+
+
+def _saved_bytes(fn, inputs):
+    """Distinct bytes of the tensors autograd saves for backward while fn runs."""
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*inputs)
+    return sum(storages.values())
+
+
+def test_torch_path_saves_only_its_inputs():
+    """The model's channel and region counts (C = 32, R = 10) with a shared F_id, small volume."""
+    inputs = _inputs(1, 10, torch.float32, shape=(2, 32, 4, 8, 8))
+    input_bytes = sum(t.untyped_storage().nbytes() for t in inputs)
+    torch_bytes = _saved_bytes(lambda *a: region_softmax_warp(*a, backend="torch"), inputs)
+    reference_bytes = _saved_bytes(region_softmax_warp_reference, inputs)
+    assert torch_bytes == input_bytes
+    assert reference_bytes > 2 * torch_bytes
+
+
+def test_triton_backward_raises_in_deterministic_mode():
+    inputs = _inputs(1, 2, torch.float32, shape=(1, 2, 2, 3, 4))
+    out = region_softmax_warp(*inputs, backend="triton")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="backend='torch'"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+class _Warp(torch.nn.Module):
+    def __init__(self, backend):
+        super().__init__()
+        self.beta = torch.nn.Parameter(torch.tensor(0.2))
+        self.backend = backend
+
+    def forward(self, feature, logits, displacement, mask):
+        return region_softmax_warp(feature, logits, displacement, mask, self.beta,
+                                   backend=self.backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_matches_eager(backend):
+    torch._dynamo.reset()
+    module = _Warp(backend)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    inputs = _inputs(1, 3, torch.float32, shape=(2, 3, 2, 5, 4))[:4]
+    eager_out = module(*inputs)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), inputs + [module.beta])
+    out = compiled(*inputs)
+    grads = torch.autograd.grad(out.square().sum(), inputs + [module.beta])
+    assert_close("compiled out", out, eager_out, FORWARD_TOLERANCE[torch.float32])
+    for name, g, e in zip(NAMES, grads, eager_grads):
+        assert_close(f"compiled grad_{name}", g, e, GRADIENT_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_reference_gradcheck(padding_mode):
+    inputs = [t.detach().double().requires_grad_() for t in
+              _inputs(1, 2, torch.float64, shape=(2, 2, 2, 3, 3))]
+    assert torch.autograd.gradcheck(
+        lambda *a: region_softmax_warp_reference(*a, padding_mode=padding_mode), inputs)
+
+
+def test_torch_path_gradcheck_float64():
+    inputs = [t.detach().double().requires_grad_() for t in
+              _inputs(2, 2, torch.float64, shape=(2, 2, 2, 3, 3))]
+    assert torch.autograd.gradcheck(
+        lambda *a: region_softmax_warp(*a, align_corners=True, backend="torch"), inputs)
+
+
+def _good():
+    return (torch.randn(2, 3, 2, 4, 5), torch.randn(2, 4, 2, 4, 5), torch.randn(2, 4, 3, 2, 4, 5),
+            torch.rand(2, 1, 2, 4, 5))
+
+
+BAD_INPUTS = [
+    ("feature must be 5-D", lambda f, l, d, m: (f[0], l, d, m), ValueError),
+    ("logits must be 5-D", lambda f, l, d, m: (f, l[0], d, m), ValueError),
+    ("displacement must be 6-D", lambda f, l, d, m: (f, l, d[:, :, 0], m), ValueError),
+    ("mask must be 5-D", lambda f, l, d, m: (f, l, d, m[:, 0]), ValueError),
+    ("feature must have spatial shape", lambda f, l, d, m: (f[..., :3], l, d, m), ValueError),
+    ("displacement must have shape", lambda f, l, d, m: (f, l, d[..., :3], m), ValueError),
+    ("mask must have shape", lambda f, l, d, m: (f, l, d, m[:, :, :1]), ValueError),
+    ("displacement must have shape", lambda f, l, d, m: (f, l, d[:, :3], m), ValueError),
+    ("displacement must have shape", lambda f, l, d, m: (f, l, d[:, :, :2], m), ValueError),
+    ("mask must have shape", lambda f, l, d, m: (f, l, d, m.expand(2, 2, 2, 4, 5)), ValueError),
+    ("feature must have batch 1", lambda f, l, d, m: (f.repeat(2, 1, 1, 1, 1)[:3], l, d, m),
+     ValueError),
+    ("logits must hold R >= 1", lambda f, l, d, m: (f, l[:, :0], d[:, :0], m), ValueError),
+    ("logits has dtype", lambda f, l, d, m: (f, l.double(), d, m), TypeError),
+    ("mask has dtype", lambda f, l, d, m: (f, l, d, m.half()), TypeError),
+    ("feature must have a floating dtype", lambda f, l, d, m: (f.long(), l, d, m), TypeError),
+    ("displacement must have a floating dtype", lambda f, l, d, m: (f, l, d.int(), m), TypeError),
+    ("mask must be a torch.Tensor", lambda f, l, d, m: (f, l, d, m.numpy()), TypeError),
+    ("displacement is on meta", lambda f, l, d, m: (f, l, d.to("meta"), m), ValueError),
+]
+
+
+@pytest.mark.parametrize("message,corrupt,error", BAD_INPUTS,
+                         ids=[b[0] + str(i) for i, b in enumerate(BAD_INPUTS)])
+def test_bad_input_is_named(message, corrupt, error):
+    with pytest.raises(error, match=message):
+        region_softmax_warp(*corrupt(*_good()), 0.2)
+
+
+@pytest.mark.parametrize("beta,error", [
+    (float("nan"), ValueError), (float("inf"), ValueError), (torch.tensor(float("-inf")), ValueError),
+    (torch.tensor([0.2]), ValueError), (torch.tensor(1), TypeError), ("0.2", TypeError),
+    (True, TypeError)])
+def test_bad_beta(beta, error):
+    with pytest.raises(error, match="beta"):
+        region_softmax_warp(*_good(), beta)
+
+
+def test_bad_padding_mode_is_named():
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        region_softmax_warp(*_good(), 0.2, padding_mode="reflection")
+
+
+def test_triton_rejects_float64():
+    with pytest.raises(TypeError, match="feature must have a floating dtype"):
+        region_softmax_warp(*(t.double() for t in _good()), 0.2, backend="triton")
