@@ -36,6 +36,20 @@ from .._trilinear import axis_cell, source_index, trilinear_corners
 
 
 @triton.jit
+def _source_indices(grid_ptr, at, in_range, D, H, W, ALIGN_CORNERS: tl.constexpr,
+                    BORDER: tl.constexpr):
+    """Source indices of the grid points at ``at`` (x along W, y along H, z along D) and their
+    derivatives with respect to the normalized coordinates."""
+    x, dx = source_index(tl.load(grid_ptr + at, mask=in_range, other=0.0).to(tl.float32),
+                         W, ALIGN_CORNERS, BORDER)
+    y, dy = source_index(tl.load(grid_ptr + at + 1, mask=in_range, other=0.0).to(tl.float32),
+                         H, ALIGN_CORNERS, BORDER)
+    z, dz = source_index(tl.load(grid_ptr + at + 2, mask=in_range, other=0.0).to(tl.float32),
+                         D, ALIGN_CORNERS, BORDER)
+    return x, dx, y, dy, z, dz
+
+
+@triton.jit
 def _grid_sample_3d_fwd_kernel(input_ptr, grid_ptr, out_ptr, C, D, H, W, P,
                                ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr,
                                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -43,13 +57,8 @@ def _grid_sample_3d_fwd_kernel(input_ptr, grid_ptr, out_ptr, C, D, H, W, P,
     n = tl.program_id(1).to(tl.int64)
     points = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     in_range = points < P
-    at = (n * P + points) * 3
-    x, _ = source_index(tl.load(grid_ptr + at, mask=in_range, other=0.0).to(tl.float32),
-                        W, ALIGN_CORNERS, BORDER)
-    y, _ = source_index(tl.load(grid_ptr + at + 1, mask=in_range, other=0.0).to(tl.float32),
-                        H, ALIGN_CORNERS, BORDER)
-    z, _ = source_index(tl.load(grid_ptr + at + 2, mask=in_range, other=0.0).to(tl.float32),
-                        D, ALIGN_CORNERS, BORDER)
+    x, _, y, _, z, _ = _source_indices(grid_ptr, (n * P + points) * 3, in_range, D, H, W,
+                                       ALIGN_CORNERS, BORDER)
     offsets, weights, masks = trilinear_corners(x, y, z, D, H, W)
     volume = input_ptr + n * C * D * H * W
     for c0 in range(0, C, BLOCK_C):
@@ -76,12 +85,7 @@ def _grid_sample_3d_bwd_kernel(grad_out_ptr, input_ptr, grid_ptr, grad_input_ptr
     points = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     in_range = points < P
     at = (n * P + points) * 3
-    x, dx = source_index(tl.load(grid_ptr + at, mask=in_range, other=0.0).to(tl.float32),
-                         W, ALIGN_CORNERS, BORDER)
-    y, dy = source_index(tl.load(grid_ptr + at + 1, mask=in_range, other=0.0).to(tl.float32),
-                         H, ALIGN_CORNERS, BORDER)
-    z, dz = source_index(tl.load(grid_ptr + at + 2, mask=in_range, other=0.0).to(tl.float32),
-                         D, ALIGN_CORNERS, BORDER)
+    x, dx, y, dy, z, dz = _source_indices(grid_ptr, at, in_range, D, H, W, ALIGN_CORNERS, BORDER)
     offsets, weights, masks = trilinear_corners(x, y, z, D, H, W)
     _, fx = axis_cell(x, W)
     _, fy = axis_cell(y, H)
