@@ -1,6 +1,5 @@
 """kernels.Mamba as a drop-in for mamba_ssm.Mamba: its state_dict, initialisation, forward (against
 the block's literal math in float64) and streaming step."""
-import importlib.util
 import math
 import types
 
@@ -16,14 +15,6 @@ D_INNER, DT_RANK = D_MODEL * EXPAND, math.ceil(D_MODEL / 16)
 # The block chains five ops that each round to bf16 (in_proj, conv, x_proj, dt_proj, scan): three
 # times the one-op tolerance (observed at most 1.3e-2 over 30 seeds, forward and step alike).
 BLOCK_BF16_TOLERANCE = 3 * FORWARD_TOLERANCE[torch.bfloat16]
-
-
-def _scan_backend(backend):
-    """backend, skipping the test while selective_scan's path for it is not there yet."""
-    module = {"torch": "cpu_path", "triton": "triton_kernels"}.get(backend)
-    if module and importlib.util.find_spec(f"kernels.selective_scan.{module}") is None:
-        pytest.skip(f"selective_scan has no {backend} path yet")
-    return backend
 
 
 def _mamba_ssm_state_dict(bias=False, conv_bias=True, dtype=torch.float32):
@@ -100,7 +91,6 @@ def test_mamba_ssm_state_dict_loads_strictly(bias, conv_bias):
     ("reference", False, True), ("reference", True, False), ("torch", False, True),
     ("torch", True, False), ("triton", True, True)])
 def test_forward_matches_the_literal_block_in_float64(backend, bias, conv_bias):
-    backend = _scan_backend(backend)
     sd = _mamba_ssm_state_dict(bias=bias, conv_bias=conv_bias)
     hidden = torch.randn(2, 7, D_MODEL)
     ref = _literal_forward(sd, hidden)
@@ -113,7 +103,6 @@ def test_forward_matches_the_literal_block_in_float64(backend, bias, conv_bias):
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_forward_in_bfloat16(backend):
-    backend = _scan_backend(backend)
     sd = _mamba_ssm_state_dict()
     hidden = torch.randn(2, 5, D_MODEL)
     module = _loaded(sd, backend, torch.bfloat16)
