@@ -8,9 +8,9 @@ only the inputs: it recomputes w, flow, grid and warped, then applies the closed
     ∂L/∂flow = ∂L/∂grid (ATen's grid_sampler_3d_backward gives it with the F_id scatter)
     ∂L/∂Δ_r  = w_r · ∂L/∂flow,                 ∂L/∂ℓ_r = w_r · (∂L/∂flow · Δ_r − ∂L/∂flow · flow)
 
-(the last because Σ_r w_r Δ_r = flow). A feature of batch 1 is shared by the B frames without a
-copy: the B grids are stacked along depth into one grid (1, B·D, H, W, 3) over the one volume, so
-its gradient is summed over frames by the sampler itself.
+(the last because Σ_r w_r Δ_r = flow). A feature of batch 1 is shared by the B frames as an
+expanded view (no copy is kept or saved); its gradient is summed over the frames in backward,
+from a transient (B, C, D, H, W) buffer.
 """
 from __future__ import annotations
 
@@ -37,21 +37,13 @@ def _weights_and_grid(logits, displacement, align_corners):
     return weights, flow, grid
 
 
-def _fold(grid: torch.Tensor) -> torch.Tensor:
-    """(B, D, H, W, 3) → (1, B·D, H, W, 3): every frame's grid over one shared volume."""
-    B, D, H, W, _ = grid.shape
-    return grid.reshape(1, B * D, H, W, 3)
-
-
 def _sample(feature, grid, padding_mode, align_corners):
-    """grid_sample of feature (B or 1, C, D, H, W) at grid (B, D, H, W, 3) → (B, C, D, H, W)."""
-    B, D, H, W, _ = grid.shape
-    if feature.shape[0] == B:
-        return F.grid_sample(feature, grid, mode="bilinear", padding_mode=padding_mode,
-                             align_corners=align_corners)
-    folded = F.grid_sample(feature, _fold(grid), mode="bilinear", padding_mode=padding_mode,
-                           align_corners=align_corners)
-    return folded.view(feature.shape[1], B, D, H, W).transpose(0, 1)
+    """grid_sample of feature (B or 1, C, D, H, W) at grid (B, D, H, W, 3) → (B, C, D, H, W); a
+    feature of batch 1 is expanded (a view, no copy): aten's CPU sampler parallelizes over the
+    batch, so folding the frames into one batch-1 call ran on one thread (2x slower here)."""
+    B = grid.shape[0]
+    return F.grid_sample(feature.expand(B, *feature.shape[1:]), grid, mode="bilinear",
+                         padding_mode=padding_mode, align_corners=align_corners)
 
 
 def warp_forward_torch(feature, logits, displacement, mask, beta, padding_mode, align_corners):
@@ -82,17 +74,14 @@ def warp_backward_torch(grad_out, feature, logits, displacement, mask, beta, pad
     grad_mask = (grad_blended * (warped - source)).sum(dim=1, keepdim=True)
     grad_warped = grad_blended * mask32
     grad_direct = grad_blended - grad_warped
-    B, C, D, H, W = grad_out.shape
+    B, _, D, H, W = grad_out.shape
     padding = PADDING_MODES[padding_mode]
-    if feature.shape[0] == B:
-        grad_sampled, grad_grid = torch.ops.aten.grid_sampler_3d_backward(
-            grad_warped, source, grid, _BILINEAR, padding, align_corners, [True, True])
-        grad_feature = grad_sampled + grad_direct
-    else:
-        folded = grad_warped.transpose(0, 1).reshape(1, C, B * D, H, W)
-        grad_sampled, grad_grid = torch.ops.aten.grid_sampler_3d_backward(
-            folded, source, _fold(grid), _BILINEAR, padding, align_corners, [True, True])
-        grad_feature = grad_sampled + grad_direct.sum(dim=0, keepdim=True)
+    grad_sampled, grad_grid = torch.ops.aten.grid_sampler_3d_backward(
+        grad_warped, source.expand(B, *source.shape[1:]), grid, _BILINEAR, padding, align_corners,
+        [True, True])
+    grad_feature = grad_sampled + grad_direct
+    if feature.shape[0] != B:  # the shared feature's gradient sums over the frames
+        grad_feature = grad_feature.sum(dim=0, keepdim=True)
     grad_flow = grad_grid.view(B, D, H, W, 3).permute(0, 4, 1, 2, 3)
     grad_displacement = weights.unsqueeze(2) * grad_flow.unsqueeze(1)
     along_flow = (grad_flow * flow).sum(dim=1, keepdim=True)
