@@ -97,6 +97,23 @@ def _program_channels(pid, dim, groups, group_dim, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _channel_tiles(channel_in_group, group_dim, N, D_ptr, delta_bias_ptr, has_D, has_delta_bias,
+                   BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """The program's index vectors and masks, and its channels' D and delta_bias (0 when absent:
+    a flag (0 or 1) times a bound masks the load off, so no bytes are read)."""
+    rows = tl.arange(0, BLOCK_D)
+    in_dim = channel_in_group + rows < group_dim
+    steps = tl.arange(0, T_CHUNK)
+    states = tl.arange(0, N_PAD)
+    state_mask = in_dim[:, None] & (states < N)[None, :]
+    state_offsets = rows[:, None] * N + states[None, :]
+    D = tl.load(D_ptr + rows, mask=in_dim & (rows < BLOCK_D * has_D), other=0.0)
+    bias = tl.load(delta_bias_ptr + rows, mask=in_dim & (rows < BLOCK_D * has_delta_bias),
+                   other=0.0)
+    return rows, in_dim, steps, states, state_mask, state_offsets, D, bias
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
         out_ptr, checkpoint_ptr, last_state_ptr,
@@ -120,16 +137,9 @@ def _selective_scan_fwd_kernel(
     initial_state_ptr += first_row * N
     last_state_ptr += first_row * N
     checkpoint_ptr += first_row * n_chunks * N
-    rows = tl.arange(0, BLOCK_D)
-    in_dim = first_channel - group * group_dim + rows < group_dim
-    steps = tl.arange(0, T_CHUNK)
-    states = tl.arange(0, N_PAD)
-    state_mask = in_dim[:, None] & (states < N)[None, :]
-    state_offsets = rows[:, None] * N + states[None, :]
-    # A flag (0 or 1) times a bound masks off what is absent (no bytes are read).
-    D = tl.load(D_ptr + rows, mask=in_dim & (rows < BLOCK_D * has_D), other=0.0)
-    bias = tl.load(delta_bias_ptr + rows, mask=in_dim & (rows < BLOCK_D * has_delta_bias),
-                   other=0.0)
+    rows, in_dim, steps, states, state_mask, state_offsets, D, bias = _channel_tiles(
+        first_channel - group * group_dim, group_dim, N, D_ptr, delta_bias_ptr, has_D,
+        has_delta_bias, BLOCK_D, N_PAD, T_CHUNK)
     state = tl.load(initial_state_ptr + state_offsets,
                     mask=in_dim[:, None] & (states < N * has_initial_state)[None, :], other=0.0)
     for chunk in range(n_chunks):
@@ -200,15 +210,9 @@ def _selective_scan_bwd_kernel(
     grad_D_part_ptr += first_row
     grad_delta_bias_part_ptr += first_row
     checkpoint_ptr += first_row * n_chunks * N
-    rows = tl.arange(0, BLOCK_D)
-    in_dim = first_channel - group * group_dim + rows < group_dim
-    steps = tl.arange(0, T_CHUNK)
-    states = tl.arange(0, N_PAD)
-    state_mask = in_dim[:, None] & (states < N)[None, :]
-    state_offsets = rows[:, None] * N + states[None, :]
-    D = tl.load(D_ptr + rows, mask=in_dim & (rows < BLOCK_D * has_D), other=0.0)
-    bias = tl.load(delta_bias_ptr + rows, mask=in_dim & (rows < BLOCK_D * has_delta_bias),
-                   other=0.0)
+    rows, in_dim, steps, states, state_mask, state_offsets, D, bias = _channel_tiles(
+        first_channel - group * group_dim, group_dim, N, D_ptr, delta_bias_ptr, has_D,
+        has_delta_bias, BLOCK_D, N_PAD, T_CHUNK)
     # The gradient reaching the state at the end of the current chunk from the steps after it.
     grad_state = tl.load(grad_last_state_ptr + state_offsets,
                          mask=in_dim[:, None] & (states < N * has_grad_last_state)[None, :],
