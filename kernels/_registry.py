@@ -12,7 +12,7 @@ type is replaced by each of the kernel's ``dtypes`` in turn.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Tuple
 
 
