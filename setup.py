@@ -17,7 +17,15 @@ setup(
         "numpy",
         "safetensors",
         "numba>=0.60",  # the compiled CPU selective scan (kernels/selective_scan/cpu_path.py)
+        # the model and its products (mim/)
+        "pyyaml",  # configs
+        "pillow",  # portraits in and out
+        "av>=12",  # PyAV: mp4 decode/encode, audio muxing, compressed audio
+        "soundfile",  # wav/flac
+        "tqdm",  # progress bars
+        "tensorboard",  # training logs
     ],
+    entry_points={"console_scripts": ["mim = mim.cli:main"]},
     extras_require={
         # GPU-only accelerations; the engine runs without them (own paths are used instead).
         # causal-conv1d and flash-attn compile against the installed torch: install them

@@ -1,0 +1,254 @@
+"""Configs as dataclasses: the renderer's shapes, the stage-1 losses and the stage-1 trainer.
+
+Two named configs ship: ``tiny`` (64×64 frames, small widths: trains on a CPU in minutes) and
+``base`` (256×256, the paper's setting: C = 32, S_d = 16, a 64×64 volume, λ = 10, 768-d motion,
+512-d F_A). A config is saved to and loaded from YAML or JSON (by suffix); unknown keys and
+wrong types are errors naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+__all__ = ["RendererConfig", "Stage1LossConfig", "Stage1TrainConfig", "Config", "get_config",
+           "load_config", "save_config", "config_to_dict", "config_from_dict", "CONFIG_NAMES"]
+
+
+@dataclass
+class RendererConfig:
+    """Shapes and widths of the stage-1 renderer (paper §III-A)."""
+
+    image_size: int = 256            # frames are image_size × image_size RGB
+    feature_channels: int = 32       # C, channels of each depth layer of F_m / F_id
+    depth_layers: int = 16           # S_d, depth layers of the volume
+    volume_size: int = 64            # H = W of the volume (image_size / volume_size = 2^k)
+    encoder_channels: int = 64       # first conv width of the image encoder
+    resnet3d_blocks: int = 6         # 3-D residual blocks after eq. 1's weighting
+    appearance_dim: int = 512        # F_A
+    motion_dim: int = 768            # M; reshaped to (motion_dim / 64, 8, 8)
+    motion_channels: int = 64        # first conv width of the motion encoder
+    regions: int = 10                # λ
+    dit_conv_layers: int = 2         # n, 3-D conv layers over (frame, 8, 8)
+    dit_channels: int = 64
+    dit_layers: int = 2              # transformer layers over (frame, 8×8) tokens
+    dit_heads: int = 4
+    lmdd_channels: int = 64          # hidden width of the LMDD's 3-D hourglass
+    lmdd_motion_channels: int = 4    # channels per depth layer that Δ contributes to the LMDD
+    decoder_channels: int = 128      # width at the volume resolution; halves per upsampling
+    beta: float = 0.2                # β, slope of the activation on negative values
+    learn_beta: bool = False
+    eps: float = 1e-5                # ε of eq. 2
+    padding_mode: str = "border"
+    align_corners: bool = False
+    render_window: int = 16          # frames per DIT window when rendering a long video
+    checkpoint_activations: bool = False  # recompute ResNet3D/LMDD/decoder blocks in backward
+
+    def validate(self) -> None:
+        if self.image_size % self.volume_size or self.image_size < self.volume_size:
+            raise ValueError(f"renderer.image_size ({self.image_size}) must be a multiple of "
+                             f"renderer.volume_size ({self.volume_size})")
+        ratio = self.image_size // self.volume_size
+        if ratio & (ratio - 1):
+            raise ValueError(f"renderer.image_size / renderer.volume_size must be a power of two, "
+                             f"got {ratio}")
+        if self.motion_dim % 64:
+            raise ValueError(f"renderer.motion_dim must be a multiple of 64 (8×8 tokens), "
+                             f"got {self.motion_dim}")
+        if self.dit_channels % self.dit_heads:
+            raise ValueError(f"renderer.dit_channels ({self.dit_channels}) must be divisible by "
+                             f"renderer.dit_heads ({self.dit_heads})")
+        if self.padding_mode not in ("border", "zeros"):
+            raise ValueError(f"renderer.padding_mode must be 'border' or 'zeros', "
+                             f"got {self.padding_mode!r}")
+        for name in ("feature_channels", "depth_layers", "volume_size", "regions", "motion_dim",
+                     "appearance_dim", "render_window", "dit_layers", "dit_conv_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"renderer.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Stage1LossConfig:
+    """Eq. 3: α1·L_per + α2·L_adv^G + α3·L_pg, plus the discriminator's settings."""
+
+    alpha_perceptual: float = 1.0    # α1
+    alpha_adversarial: float = 0.1   # α2
+    alpha_mask: float = 1.0          # α3
+    feature_matching: float = 10.0   # weight of the discriminator feature-matching term
+    mask_tau: float = 0.1            # τ of the threshold mask loss
+    perceptual_scales: Tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    perceptual_layer_weight: float = 10.0
+    vgg19_weights: Optional[str] = None   # safetensors path; else $MIM_VGG19_WEIGHTS; else fallback
+    gan_kind: str = "lsgan"
+    discriminator_scales: Tuple[float, ...] = (1.0, 0.5)
+    discriminator_channels: int = 64
+    adversarial_start_step: int = 0  # generator-only warm-up before the GAN terms switch on
+
+
+@dataclass
+class Stage1TrainConfig:
+    """The stage-1 trainer: optimizer, batch, data and logging."""
+
+    batch_size: int = 4              # global batch of clips (split across DDP ranks)
+    num_driving: int = 2             # N driving frames per clip, a contiguous window
+    grad_accumulation: int = 1
+    lr: float = 2e-4
+    betas: Tuple[float, float] = (0.5, 0.999)
+    discriminator_lr: float = 2e-4
+    grad_clip: float = 1.0           # 0 disables
+    amp: bool = True                 # bf16 autocast, used on CUDA only
+    seed: int = 0
+    train_clips: int = 256           # synthetic data: clips in the training split
+    heldout_clips: int = 16
+    frames_per_clip: int = 50
+    log_every: int = 10
+    checkpoint_every: int = 200
+    eval_every: int = 0              # 0: evaluate only at the end
+
+
+@dataclass
+class Config:
+    name: str = "base"
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    loss: Stage1LossConfig = field(default_factory=Stage1LossConfig)
+    train: Stage1TrainConfig = field(default_factory=Stage1TrainConfig)
+
+    def validate(self) -> "Config":
+        self.renderer.validate()
+        if self.train.batch_size < 1 or self.train.num_driving < 1 or self.train.grad_accumulation < 1:
+            raise ValueError("train.batch_size, train.num_driving and train.grad_accumulation "
+                             "must be >= 1")
+        if self.loss.gan_kind not in ("lsgan", "hinge"):
+            raise ValueError(f"loss.gan_kind must be 'lsgan' or 'hinge', got {self.loss.gan_kind!r}")
+        return self
+
+
+def _tiny() -> Config:
+    return Config(
+        name="tiny",
+        renderer=RendererConfig(
+            image_size=64, feature_channels=8, depth_layers=4, volume_size=32,
+            encoder_channels=32, resnet3d_blocks=2, appearance_dim=64, motion_dim=192,
+            motion_channels=32, regions=4, dit_conv_layers=1, dit_channels=32, dit_layers=1,
+            dit_heads=2, lmdd_channels=32, lmdd_motion_channels=2, decoder_channels=64,
+            render_window=16),
+        loss=Stage1LossConfig(alpha_adversarial=0.05, discriminator_channels=32,
+                              discriminator_scales=(1.0,), adversarial_start_step=400,
+                              perceptual_scales=(1.0, 0.5, 0.25)),
+        train=Stage1TrainConfig(batch_size=8, num_driving=2, lr=1e-3, train_clips=128,
+                                heldout_clips=8, frames_per_clip=50, log_every=10,
+                                checkpoint_every=100),
+    )
+
+
+def _base() -> Config:
+    return Config(name="base")
+
+
+_FACTORIES = {"tiny": _tiny, "base": _base}
+CONFIG_NAMES = tuple(_FACTORIES)
+
+
+def config_to_dict(config: Config) -> Dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _build(cls, data: Dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {where or 'root'} must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
+    defaults = cls()
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        key = where + name
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, key + ".")
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"config key {key} must be a list, got {value!r}")
+            kwargs[name] = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"config key {key} must be true or false, got {value!r}")
+            kwargs[name] = value
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"config key {key} must be an integer, got {value!r}")
+            kwargs[name] = value
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"config key {key} must be a number, got {value!r}")
+            kwargs[name] = float(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Dict[str, Any]) -> Config:
+    """Build a Config; a ``name`` of a shipped config fills unspecified keys from it."""
+    base = _FACTORIES.get(data.get("name", ""), _base)()
+    merged = _merge(config_to_dict(base), data)
+    return _build(Config, merged, "").validate()
+
+
+def _merge(into: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(into)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def get_config(name: str) -> Config:
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown config name {name!r}; known: {', '.join(CONFIG_NAMES)}")
+    return _FACTORIES[name]().validate()
+
+
+def load_config(name_or_path: str) -> Config:
+    """A shipped config by name (``tiny``, ``base``) or a YAML/JSON file by path."""
+    if name_or_path in _FACTORIES:
+        return get_config(name_or_path)
+    if not os.path.isfile(name_or_path):
+        raise FileNotFoundError(f"config {name_or_path!r} is neither a known name "
+                                f"({', '.join(CONFIG_NAMES)}) nor an existing file")
+    with open(name_or_path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        if name_or_path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+            data = yaml.safe_load(text)
+    except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
+        raise ValueError(f"config file {name_or_path!r} does not parse: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {name_or_path!r} must hold a mapping at its top level")
+    return config_from_dict(data)
+
+
+def save_config(config: Config, path: str) -> None:
+    """Write YAML (``.yaml``/``.yml``) or JSON (``.json``), atomically."""
+    from mim.io import atomic_output
+
+    data = config_to_dict(config)
+    if path.endswith(".json"):
+        text = json.dumps(data, indent=2) + "\n"
+    elif path.endswith((".yaml", ".yml")):
+        import yaml
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        raise ValueError(f"config path {path!r} must end in .json, .yaml or .yml")
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)

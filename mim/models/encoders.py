@@ -1,0 +1,79 @@
+"""Source-side encoders of stage 1: the image encoder E (depth stratification, eq. 1, ResNet3D),
+the appearance extractor (F_A) and the motion encoder (M)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mim.config import RendererConfig
+from mim.models.blocks import DownBlock2d, ResBlock3d, group_norm, maybe_checkpoint, num_halvings
+
+
+class ImageEncoder(nn.Module):
+    """E: image (B, 3, S, S) → F_id (B, C, S_d, H, W) with H = W = volume_size.
+
+    F0 = conv 3×3 and ``log2(S / H)`` down blocks; a 1×1 conv expands it to C·S_d channels,
+    viewed as F_m (B, C, S_d, H, W) (the depth axis). Eq. 1: ω_m = σ(FC(mean of F_m over S_d,
+    H, W)), one weight per channel C; F_id = ResNet3D(ω_m · F_m).
+    """
+
+    def __init__(self, config: RendererConfig):
+        super().__init__()
+        self.channels = config.feature_channels
+        self.depth_layers = config.depth_layers
+        width = config.encoder_channels
+        layers = [nn.Conv2d(3, width, 3, padding=1), group_norm(width), nn.SiLU()]
+        for _ in range(num_halvings(config.image_size, config.volume_size)):
+            layers.append(DownBlock2d(width, min(2 * width, 256)))
+            width = min(2 * width, 256)
+        self.stem = nn.Sequential(*layers)
+        self.expand = nn.Conv2d(width, config.feature_channels * config.depth_layers, 1)
+        self.depth_fc = nn.Linear(config.feature_channels, config.feature_channels)
+        self.resnet3d = nn.Sequential(*[ResBlock3d(config.feature_channels)
+                                        for _ in range(config.resnet3d_blocks)])
+        self.checkpoint_activations = config.checkpoint_activations
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        f0 = self.stem(image)
+        b, _, h, w = f0.shape
+        f_m = self.expand(f0).view(b, self.channels, self.depth_layers, h, w)
+        omega = torch.sigmoid(self.depth_fc(f_m.mean(dim=(2, 3, 4))))       # eq. 1
+        weighted = f_m * omega[:, :, None, None, None]
+        return maybe_checkpoint(self.resnet3d, self.checkpoint_activations, weighted)
+
+
+class AppearanceExtractor(nn.Module):
+    """Source image → F_A (B, appearance_dim): down blocks to 1/8 resolution, global average
+    pooling (position-invariant: identity, not pose), a linear layer."""
+
+    def __init__(self, config: RendererConfig):
+        super().__init__()
+        width, layers, size = config.encoder_channels, [], config.image_size
+        channels_in = 3
+        while size > 8:
+            layers.append(DownBlock2d(channels_in, width))
+            channels_in, width, size = width, min(2 * width, 512), size // 2
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(channels_in, config.appearance_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(image).mean(dim=(2, 3)))
+
+
+class MotionEncoder(nn.Module):
+    """A frame → M (B, motion_dim): down blocks to a 4×4 map, flattened (not pooled, so the
+    head's position survives) and projected by a linear layer."""
+
+    def __init__(self, config: RendererConfig):
+        super().__init__()
+        width, layers, size = config.motion_channels, [], config.image_size
+        channels_in = 3
+        while size > 4:
+            layers.append(DownBlock2d(channels_in, width))
+            channels_in, width, size = width, min(2 * width, 512), size // 2
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(channels_in * 16, config.motion_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(image).flatten(1))

@@ -1,0 +1,150 @@
+"""The stage-1 renderer: source encoding once, then any number of frames from motion features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from kernels.modules import RegionSoftmaxWarp
+from mim.config import RendererConfig
+from mim.models.dit import DeviationImageTransformer
+from mim.models.encoders import AppearanceExtractor, ImageEncoder, MotionEncoder
+from mim.models.lmdd import ImageDecoder, LatentMotionDeviationDecoder
+
+__all__ = ["Renderer", "SourceState"]
+
+
+@dataclass
+class SourceState:
+    """What rendering needs from the source, computed once: F_id (B, C, S_d, H, W), F_A
+    (B, appearance_dim) and the source's motion feature M_0 (B, motion_dim)."""
+
+    feature: torch.Tensor
+    appearance: torch.Tensor
+    motion: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.feature.shape[0]
+
+
+class Renderer(nn.Module):
+    """Stage 1 (paper §III-A, Figs. 1–2): E, the appearance extractor, the motion encoder, the DIT,
+    the LMDD, ``region_softmax_warp`` and the decoder U.
+
+    ``backend`` picks the kernels' path for the DIT's ``deviation_adanorm`` and the warp
+    ("auto", "reference", "torch", "triton"; see ``kernels._dispatch``).
+
+    Example:
+        >>> from mim.config import get_config
+        >>> renderer = Renderer(get_config("tiny").renderer).eval()
+        >>> source, driving = torch.rand(1, 3, 64, 64), torch.rand(1, 5, 3, 64, 64)
+        >>> with torch.no_grad():
+        ...     state = renderer.encode_source(source)
+        ...     frames = renderer.render(state, renderer.encode_motion(driving))
+        >>> frames.shape
+        torch.Size([1, 5, 3, 64, 64])
+    """
+
+    def __init__(self, config: RendererConfig, backend: Optional[str] = None):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.image_encoder = ImageEncoder(config)
+        self.appearance_extractor = AppearanceExtractor(config)
+        self.motion_encoder = MotionEncoder(config)
+        self.dit = DeviationImageTransformer(config, backend=backend)
+        self.lmdd = LatentMotionDeviationDecoder(config)
+        self.warp = RegionSoftmaxWarp(beta=config.beta, learn_beta=config.learn_beta,
+                                      padding_mode=config.padding_mode,
+                                      align_corners=config.align_corners, backend=backend)
+        self.decoder = ImageDecoder(config)
+
+    def set_backend(self, backend: Optional[str]) -> None:
+        self.dit.adanorm.backend = backend
+        self.warp.backend = backend
+
+    def check_frames(self, frames: torch.Tensor, name: str) -> None:
+        size = self.config.image_size
+        if not torch.is_tensor(frames) or frames.dim() < 4 or frames.shape[-3:] != (3, size, size):
+            shape = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
+            raise ValueError(f"{name} must have shape (..., 3, {size}, {size}) (RGB at the config's "
+                             f"image_size), got {shape}")
+        if not frames.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor in [0, 1], got {frames.dtype}")
+
+    def encode_source(self, source: torch.Tensor) -> SourceState:
+        """source (B, 3, S, S) → SourceState; do this once per portrait."""
+        self.check_frames(source, "source")
+        if source.dim() != 4:
+            raise ValueError(f"source must have shape (B, 3, S, S), got {tuple(source.shape)}")
+        return SourceState(feature=self.image_encoder(source),
+                           appearance=self.appearance_extractor(source),
+                           motion=self.motion_encoder(source))
+
+    def encode_motion(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (..., 3, S, S) → motion features M (..., motion_dim)."""
+        self.check_frames(frames, "frames")
+        lead = frames.shape[:-3]
+        return self.motion_encoder(frames.reshape(-1, *frames.shape[-3:])).view(*lead, -1)
+
+    def encode_volume(self, frames: torch.Tensor) -> torch.Tensor:
+        """A frame's own F_id (the target features of the threshold mask loss L_pg)."""
+        self.check_frames(frames, "frames")
+        return self.image_encoder(frames)
+
+    def _render_window(self, state: SourceState, motion: torch.Tensor) -> Dict[str, torch.Tensor]:
+        b, n, _ = motion.shape
+        deviation = self.dit(torch.cat([state.motion[:, None], motion], dim=1))   # (B, N, λ, dim)
+        deviation = deviation.reshape(b * n, *deviation.shape[2:])
+        feature = state.feature
+        per_frame = feature.repeat_interleave(n, dim=0) if b > 1 or n == 1 else feature.expand(n, *feature.shape[1:])
+        logits, displacement, mask = self.lmdd(deviation, per_frame)
+        if n == 1 or b == 1:
+            warped = self.warp(feature, logits, displacement, mask)
+        else:  # one call per clip, so F_id is shared by its frames without copying
+            warped = torch.cat([self.warp(feature[i:i + 1], logits[i * n:(i + 1) * n],
+                                          displacement[i * n:(i + 1) * n], mask[i * n:(i + 1) * n])
+                                for i in range(b)])
+        appearance = state.appearance.repeat_interleave(n, dim=0)
+        frames = self.decoder(warped, appearance)
+        return {"frames": frames.view(b, n, *frames.shape[1:]), "warped": warped, "mask": mask}
+
+    def render(self, state: SourceState, motion: torch.Tensor, window: Optional[int] = None,
+               return_aux: bool = False):
+        """Frames (B, N, 3, S, S) for motion features (B, N, motion_dim), in windows of
+        ``window`` frames (default ``config.render_window``), each conditioned on the source's
+        M_0 (eq. 2 measures deviations from it). ``return_aux`` also returns the warped volumes
+        (B·N, C, S_d, H, W) and occlusion masks, concatenated over windows."""
+        dim = self.config.motion_dim
+        if motion.dim() != 3 or motion.shape[0] != state.batch or motion.shape[2] != dim:
+            raise ValueError(f"motion must have shape ({state.batch}, N, {dim}), got {tuple(motion.shape)}")
+        window = window or self.config.render_window
+        outputs = [self._render_window(state, motion[:, s:s + window])
+                   for s in range(0, motion.shape[1], window)]
+        frames = torch.cat([o["frames"] for o in outputs], dim=1)
+        if not return_aux:
+            return frames
+        if len(outputs) == 1:
+            return frames, outputs[0]
+        b = state.batch
+        aux = {}
+        for key in ("warped", "mask"):
+            parts = [o[key].view(b, -1, *o[key].shape[1:]) for o in outputs]
+            aux[key] = torch.cat(parts, dim=1).flatten(0, 1)
+        return frames, aux
+
+    def forward(self, source: torch.Tensor, driving: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Training forward: source (B, 3, S, S), driving (B, N, 3, S, S) → {"frames" (B, N, 3, S, S),
+        "warped" (B·N, C, S_d, H, W), "mask" (B·N, 1, S_d, H, W)}; all N frames in one window."""
+        self.check_frames(driving, "driving")
+        if driving.dim() != 5 or driving.shape[0] != source.shape[0]:
+            raise ValueError(f"driving must have shape ({source.shape[0]}, N, 3, S, S) to match "
+                             f"source, got {tuple(driving.shape)}")
+        state = self.encode_source(source)
+        frames, aux = self.render(state, self.encode_motion(driving), window=driving.shape[1],
+                                  return_aux=True)
+        return {"frames": frames, **{k: v for k, v in aux.items() if k != "frames"}}

@@ -1,0 +1,1 @@
+"""Training loops: stage 1 (the renderer); checkpoints and DDP helpers shared by the stages."""
