@@ -78,9 +78,10 @@ class Renderer(nn.Module):
 
     def encode_source(self, source: torch.Tensor) -> SourceState:
         """source (B, 3, S, S) → SourceState; do this once per portrait."""
+        if not torch.is_tensor(source) or source.dim() != 4:
+            shape = tuple(source.shape) if torch.is_tensor(source) else type(source).__name__
+            raise ValueError(f"source must have shape (B, 3, S, S), got {shape}")
         self.check_frames(source, "source")
-        if source.dim() != 4:
-            raise ValueError(f"source must have shape (B, 3, S, S), got {tuple(source.shape)}")
         return SourceState(feature=self.image_encoder(source),
                            appearance=self.appearance_extractor(source),
                            motion=self.motion_encoder(source))
