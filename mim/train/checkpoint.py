@@ -179,7 +179,12 @@ def load_checkpoint(path: str, *, kind: str, modules: Mapping[str, torch.nn.Modu
         for key, value in optim_meta[name]["scalars"].items():
             index, field = key.split(".", 1)
             state.setdefault(int(index), {})[field] = value
-        optimizer.load_state_dict({"state": state, "param_groups": optim_meta[name]["param_groups"]})
+        groups = optim_meta[name]["param_groups"]
+        for group, current in zip(groups, optimizer.param_groups):  # JSON turned tuples into lists
+            for key, value in current.items():
+                if isinstance(value, tuple) and isinstance(group.get(key), list):
+                    group[key] = tuple(group[key])
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
     if restore_rng:
         restore_rng_state(tensors, json.loads(meta["_raw"]["rng"]))
     return meta
