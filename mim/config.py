@@ -100,6 +100,7 @@ class Stage1TrainConfig:
     discriminator_lr: float = 2e-4
     grad_clip: float = 1.0           # 0 disables
     amp: bool = True                 # bf16 autocast, used on CUDA only
+    dtype: str = "float32"           # parameter dtype; float64 for numerical checks (DDP tests)
     seed: int = 0
     train_clips: int = 256           # synthetic data: clips in the training split
     heldout_clips: int = 16
@@ -121,6 +122,8 @@ class Config:
         if self.train.batch_size < 1 or self.train.num_driving < 1 or self.train.grad_accumulation < 1:
             raise ValueError("train.batch_size, train.num_driving and train.grad_accumulation "
                              "must be >= 1")
+        if self.train.dtype not in ("float32", "float64"):
+            raise ValueError(f"train.dtype must be 'float32' or 'float64', got {self.train.dtype!r}")
         if self.loss.gan_kind not in ("lsgan", "hinge"):
             raise ValueError(f"loss.gan_kind must be 'lsgan' or 'hinge', got {self.loss.gan_kind!r}")
         return self

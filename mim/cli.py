@@ -1,0 +1,181 @@
+"""The ``mim`` command (also ``python -m mim``).
+
+    mim train stage1 --config tiny --data synthetic --steps 500 --out runs/x [--resume]
+    mim evaluate --checkpoint runs/x/checkpoints/step_0000500.safetensors [--data synthetic]
+    mim reenact --image src.png --driving drive.mp4 --checkpoint ckpt --out out.mp4
+    mim config show tiny | mim config save tiny my.yaml
+
+Errors a user can cause (a missing or corrupt file, a checkpoint from another config, a bad
+argument) print one line ``mim: error: ...`` and exit with status 2; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+__all__ = ["main", "build_parser"]
+
+BACKENDS = ("auto", "reference", "torch", "triton")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="kernel path for the engine's ops (default: $MIM_KERNEL_BACKEND, else auto)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mim", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a stage")
+    stages = train.add_subparsers(dest="stage", required=True)
+    s1 = stages.add_parser("stage1", help="train the renderer")
+    s1.add_argument("--config", default="tiny", help="tiny, base, or a YAML/JSON config file")
+    s1.add_argument("--data", default="synthetic", help="'synthetic' or a folder of clips")
+    s1.add_argument("--steps", type=int, required=True, help="total optimizer steps of the run")
+    s1.add_argument("--out", required=True, help="run directory (config, logs, checkpoints)")
+    s1.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    s1.add_argument("--batch-size", type=int, help="override train.batch_size (global)")
+    s1.add_argument("--grad-accumulation", type=int, help="override train.grad_accumulation")
+    s1.add_argument("--checkpoint-every", type=int, help="override train.checkpoint_every")
+    s1.add_argument("--seed", type=int, help="override train.seed")
+    s1.add_argument("--vgg19-weights", help="safetensors VGG-19 weights for the perceptual loss")
+    s1.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    _add_common(s1)
+
+    ev = sub.add_parser("evaluate", help="PSNR/SSIM (LPIPS with weights) of a renderer on held-out clips")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", default="synthetic")
+    ev.add_argument("--clips", type=int, help="held-out clips to score (default: the config's)")
+    ev.add_argument("--lpips-weights", help="safetensors LPIPS weights (else $MIM_LPIPS_WEIGHTS; else no LPIPS)")
+    ev.add_argument("--json", help="also write the figures to this JSON file")
+    _add_common(ev)
+
+    re_ = sub.add_parser("reenact", help="animate a portrait with the motion of a driving video")
+    re_.add_argument("--image", required=True)
+    re_.add_argument("--driving", required=True)
+    re_.add_argument("--checkpoint", required=True)
+    re_.add_argument("--out", required=True, help="output .mp4")
+    re_.add_argument("--fps", type=float, help="output frame rate (default: the driving video's)")
+    re_.add_argument("--max-frames", type=int)
+    re_.add_argument("--absolute", action="store_true",
+                     help="use the driving frames' motion as is, not relative to its first frame")
+    re_.add_argument("--no-audio", action="store_true", help="do not copy the driving video's audio")
+    _add_common(re_)
+
+    cfg = sub.add_parser("config", help="print or save a config")
+    cfg.add_argument("action", choices=("show", "save"))
+    cfg.add_argument("name")
+    cfg.add_argument("path", nargs="?")
+    return parser
+
+
+def _train_stage1(args) -> int:
+    from mim.config import load_config
+    from mim.train.stage1 import train_stage1
+
+    config = load_config(args.config)
+    for flag, key in (("batch_size", "batch_size"), ("grad_accumulation", "grad_accumulation"),
+                      ("checkpoint_every", "checkpoint_every"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            setattr(config.train, key, getattr(args, flag))
+    if args.vgg19_weights:
+        config.loss.vgg19_weights = args.vgg19_weights
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    result = train_stage1(config.validate(), args.out, args.steps, data=args.data, backend=args.backend,
+                          device=args.device, resume=args.resume, progress=not args.no_progress,
+                          evaluate=not args.no_eval)
+    if "heldout" in result:
+        print(json.dumps({"step": args.steps, "heldout": result["heldout"]}, indent=2))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from mim.config import config_from_dict
+    from mim.evaluate import evaluate_reconstruction
+    from mim.io import atomic_output
+    from mim.metrics import LPIPS
+    from mim.train.checkpoint import read_metadata
+    from mim.train.stage1 import build_stage1_data, renderer_from_checkpoint
+
+    config = config_from_dict(read_metadata(args.checkpoint)["config"])
+    if args.clips is not None:
+        config.train.heldout_clips = args.clips
+    device = _device(args.device)
+    renderer = renderer_from_checkpoint(args.checkpoint, backend=args.backend).to(device)
+    lpips = None
+    if args.lpips_weights or os.environ.get("MIM_LPIPS_WEIGHTS"):
+        lpips = LPIPS(args.lpips_weights).to(device)
+    _, heldout = build_stage1_data(config, args.data)
+    result = evaluate_reconstruction(renderer, heldout, device, lpips=lpips)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        with atomic_output(args.json) as tmp:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+    return 0
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _reenact(args) -> int:
+    from mim.reenact import reenact
+
+    reenact(args.image, args.driving, args.checkpoint, args.out, backend=args.backend,
+            device=_device(args.device), fps=args.fps, max_frames=args.max_frames,
+            relative=not args.absolute, copy_audio=not args.no_audio, progress=not args.no_progress)
+    print(args.out)
+    return 0
+
+
+def _config(args) -> int:
+    from mim.config import config_to_dict, load_config, save_config
+
+    config = load_config(args.name)
+    if args.action == "show":
+        print(json.dumps(config_to_dict(config), indent=2))
+    else:
+        if not args.path:
+            raise ValueError("mim config save NAME PATH: PATH is missing")
+        save_config(config, args.path)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    handlers = {"train": _train_stage1, "evaluate": _evaluate, "reenact": _reenact, "config": _config}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+        if args.verbose:
+            raise
+        print(f"mim: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mim: interrupted; completed checkpoints are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

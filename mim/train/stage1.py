@@ -1,0 +1,354 @@
+"""Stage-1 training: the renderer against the perceptual, adversarial and threshold-mask losses.
+
+Single process or ``torchrun --nproc_per_node=K`` (DDP; each rank takes an equal slice of the
+global batch). Batches are a pure function of (seed, step): sample position p of the run is
+drawn from epoch p // len(data) of a seeded permutation, and its source/driving frames from a
+generator seeded by (seed, epoch, clip). Resuming therefore needs only the checkpoint: the
+parameters, both optimizers, the step and the RNG state; the resumed run is bitwise the run
+that was not interrupted (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import time
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from mim.config import Config, config_from_dict, config_to_dict, save_config
+from mim.data import SourceDrivingPairs, SyntheticTalkingHeads, VideoFolderDataset
+from mim.evaluate import evaluate_reconstruction
+from mim.losses import (MultiScalePatchDiscriminator, PerceptualLoss, discriminator_loss,
+                        feature_matching_loss, generator_adversarial_loss, threshold_mask_loss,
+                        total_generator_loss)
+from mim.models import Renderer
+from mim.train.checkpoint import (CheckpointError, checkpoint_path, latest_checkpoint,
+                                  load_checkpoint, prune_checkpoints, read_metadata, save_checkpoint)
+from mim.train.distributed import DistributedContext, init_distributed, shutdown_distributed
+
+__all__ = ["Stage1Trainer", "build_stage1_data", "check_same_renderer", "train_stage1",
+           "renderer_from_checkpoint"]
+
+log = logging.getLogger("mim.train")
+KIND = "stage1"
+
+
+def build_stage1_data(config: Config, data: str):
+    """(training clips, held-out clips) for ``data`` = "synthetic" or a folder of real clips.
+
+    A folder's clips are split by sorted name: the last ``train.heldout_clips`` (at most half)
+    are held out."""
+    size, train = config.renderer.image_size, config.train
+    if data == "synthetic":
+        return (SyntheticTalkingHeads(train.train_clips, num_frames=train.frames_per_clip, size=size,
+                                      seed=train.seed, split="train"),
+                SyntheticTalkingHeads(train.heldout_clips, num_frames=train.frames_per_clip,
+                                      size=size, seed=train.seed, split="heldout"))
+    clips = VideoFolderDataset(data, size=size)
+    heldout = min(train.heldout_clips, len(clips) // 2)
+    indices = list(range(len(clips)))
+    return (torch.utils.data.Subset(clips, indices[:len(clips) - heldout]),
+            torch.utils.data.Subset(clips, indices[len(clips) - heldout:]))
+
+
+def check_same_renderer(saved: Dict, config: Config, path: str) -> None:
+    """Raise CheckpointError naming every renderer field where ``saved`` differs from ``config``."""
+    ours = config_to_dict(config)["renderer"]
+    theirs = saved.get("renderer", {})
+    diff = [f"renderer.{k}: checkpoint {theirs.get(k)!r} vs config {v!r}"
+            for k, v in ours.items() if theirs.get(k) != v]
+    if diff:
+        raise CheckpointError(f"checkpoint {path!r} was trained with another renderer config "
+                              f"({saved.get('name')!r}): " + "; ".join(diff))
+
+
+class _CsvLog:
+    def __init__(self, path: str, fields: Sequence[str], append: bool):
+        exists = append and os.path.exists(path)
+        self.handle = open(path, "a" if exists else "w", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.handle, fieldnames=list(fields), extrasaction="ignore")
+        if not exists:
+            self.writer.writeheader()
+
+    def write(self, row: Dict) -> None:
+        self.writer.writerow(row)
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class Stage1Trainer:
+    """Owns the renderer, the discriminator, their optimizers, the data and the logs of a run
+    in ``out_dir`` (``config.yaml``, ``log.csv``, ``tensorboard/``, ``checkpoints/``)."""
+
+    LOG_FIELDS = ("step", "loss", "l1", "perceptual", "mask", "adversarial", "feature_matching",
+                  "discriminator", "seconds")
+
+    def __init__(self, config: Config, out_dir: str, data: str = "synthetic",
+                 backend: Optional[str] = None, device: str = "auto", resume: bool = False,
+                 progress: bool = True, keep_checkpoints: int = 3,
+                 context: Optional[DistributedContext] = None):
+        self.config = config.validate()
+        self.out_dir = out_dir
+        self.ckpt_dir = os.path.join(out_dir, "checkpoints")
+        self.ctx = context or init_distributed(device)
+        self.progress = progress
+        self.keep = keep_checkpoints
+        t = config.train
+        if t.batch_size % self.ctx.world_size:
+            raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by the number of "
+                             f"processes ({self.ctx.world_size})")
+        self.local_batch = t.batch_size // self.ctx.world_size
+        torch.manual_seed(t.seed)
+        dev = self.ctx.device
+        self.dtype = getattr(torch, t.dtype)
+        self.renderer = Renderer(config.renderer, backend=backend).to(dev, self.dtype)
+        self.discriminator = MultiScalePatchDiscriminator(
+            scales=config.loss.discriminator_scales,
+            base_channels=config.loss.discriminator_channels).to(dev, self.dtype)
+        self.perceptual = PerceptualLoss(config.loss.vgg19_weights, config.loss.perceptual_scales,
+                                         config.loss.perceptual_layer_weight).to(dev, self.dtype)
+        self.opt_g = torch.optim.Adam(self.renderer.parameters(), lr=t.lr, betas=t.betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=t.discriminator_lr,
+                                      betas=t.betas)
+        self.train_clips, self.heldout_clips = build_stage1_data(config, data)
+        self.pairs = SourceDrivingPairs(self.train_clips, num_driving=t.num_driving, seed=t.seed)
+        self.step = 0
+        if self.ctx.enabled:
+            self.g = DistributedDataParallel(self.renderer, device_ids=self._ids())
+            self.d = DistributedDataParallel(self.discriminator, device_ids=self._ids())
+        else:
+            self.g, self.d = self.renderer, self.discriminator
+        self.amp = t.amp and dev.type == "cuda"
+        if resume:
+            self._resume()
+        if self.ctx.is_main:
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+            save_config(config, os.path.join(out_dir, "config.yaml"))
+            log.info("perceptual loss: %s", self.perceptual.mode)
+        self.ctx.barrier()
+
+    def _ids(self):
+        return [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+
+    # -- data -------------------------------------------------------------------------------
+    def _sample(self, position: int):
+        n = len(self.pairs)
+        epoch, offset = divmod(position, n)
+        gen = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch)
+        index = int(torch.randperm(n, generator=gen)[offset])
+        self.pairs.set_epoch(epoch)
+        return self.pairs[index]
+
+    def batch(self, step: int, micro: int):
+        """This rank's (source, driving) for micro-batch ``micro`` of optimizer step ``step``."""
+        t = self.config.train
+        start = (step * t.grad_accumulation + micro) * t.batch_size + self.ctx.rank * self.local_batch
+        items = [self._sample(p) for p in range(start, start + self.local_batch)]
+        source = torch.stack([it["source"] for it in items]).to(self.ctx.device, self.dtype)
+        driving = torch.stack([it["driving"] for it in items]).to(self.ctx.device, self.dtype)
+        return source, driving
+
+    # -- one step ---------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _adversarial_on(self) -> bool:
+        return self.config.loss.alpha_adversarial > 0 and self.step >= self.config.loss.adversarial_start_step
+
+    def train_step(self) -> Dict[str, float]:
+        cfg, t = self.config.loss, self.config.train
+        adversarial = self._adversarial_on()
+        sums: Dict[str, float] = {}
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        fakes, reals = [], []
+        for micro in range(t.grad_accumulation):
+            source, driving = self.batch(self.step, micro)
+            last = micro == t.grad_accumulation - 1
+            sync = contextlib.nullcontext() if (last or not self.ctx.enabled) else self.g.no_sync()
+            with sync, self._autocast():
+                out = self.g(source, driving)
+                pred = out["frames"].flatten(0, 1)
+                target = driving.flatten(0, 1)
+                per = self.perceptual(pred.to(self.dtype), target)
+                with torch.no_grad():
+                    v_gt = F.leaky_relu(self.renderer.encode_volume(target), self.config.renderer.beta)
+                mask_loss = threshold_mask_loss(v_gt.to(self.dtype), out["warped"].to(self.dtype), cfg.mask_tau)
+                adv = fm = torch.zeros((), device=pred.device)
+                if adversarial:
+                    self.discriminator.requires_grad_(False)
+                    fake_out = self.discriminator(pred)
+                    with torch.no_grad():
+                        real_out = self.discriminator(target)
+                    self.discriminator.requires_grad_(True)
+                    adv = generator_adversarial_loss(fake_out, cfg.gan_kind)
+                    fm = feature_matching_loss(real_out, fake_out)
+                loss = total_generator_loss(per, adv, mask_loss, (cfg.alpha_perceptual,
+                                                                  cfg.alpha_adversarial, cfg.alpha_mask))
+                loss = loss + (cfg.feature_matching * fm if adversarial else 0.0)
+            (loss / t.grad_accumulation).backward()
+            fakes.append(pred.detach())
+            reals.append(target)
+            terms = {"loss": loss, "l1": (pred.detach().to(self.dtype) - target).abs().mean(),
+                     "perceptual": per, "mask": mask_loss, "adversarial": adv, "feature_matching": fm}
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / t.grad_accumulation
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.renderer.parameters(), t.grad_clip)
+        self.opt_g.step()
+        sums["discriminator"] = 0.0
+        if adversarial:
+            for micro, (fake, real) in enumerate(zip(fakes, reals)):
+                last = micro == t.grad_accumulation - 1
+                sync = contextlib.nullcontext() if (last or not self.ctx.enabled) else self.d.no_sync()
+                with sync, self._autocast():
+                    # one forward over real and fake: a DDP module runs one forward per backward
+                    both = self.d(torch.cat([real, fake]))
+                    half = real.shape[0]
+                    split = [([f[:half] for f in feats], logits[:half]) for feats, logits in both]
+                    fake_split = [([f[half:] for f in feats], logits[half:]) for feats, logits in both]
+                    d_loss = discriminator_loss(split, fake_split, cfg.gan_kind)
+                (d_loss / t.grad_accumulation).backward()
+                sums["discriminator"] += float(d_loss.detach()) / t.grad_accumulation
+            self.opt_d.step()
+        self.step += 1
+        return self._mean_over_ranks(sums)
+
+    def _mean_over_ranks(self, values: Dict[str, float]) -> Dict[str, float]:
+        if not self.ctx.enabled:
+            return values
+        keys = sorted(values)
+        packed = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(packed)
+        return {k: float(v) / self.ctx.world_size for k, v in zip(keys, packed)}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self) -> Optional[str]:
+        """Rank 0 writes ``checkpoints/step_<step>.safetensors`` atomically; keeps the newest few."""
+        path = None
+        if self.ctx.is_main:
+            path = checkpoint_path(self.ckpt_dir, self.step)
+            save_checkpoint(path, kind=KIND, step=self.step, config=config_to_dict(self.config),
+                            modules={"renderer": self.renderer, "discriminator": self.discriminator},
+                            optimizers={"opt_g": self.opt_g, "opt_d": self.opt_d},
+                            extra={"perceptual": self.perceptual.mode})
+            prune_checkpoints(self.ckpt_dir, self.keep)
+        self.ctx.barrier()
+        return path
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            log.info("no checkpoint in %s: starting at step 0", self.ckpt_dir)
+            return
+        check_same_renderer(read_metadata(path)["config"], self.config, path)
+        meta = load_checkpoint(path, kind=KIND, modules={"renderer": self.renderer,
+                                                         "discriminator": self.discriminator},
+                               optimizers={"opt_g": self.opt_g, "opt_d": self.opt_d}, restore_rng=True)
+        self.step = meta["step"]
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, steps: int) -> Dict[str, float]:
+        """Train until ``steps`` optimizer steps in total; checkpoint every
+        ``train.checkpoint_every`` steps and at the end. Returns the last logged values."""
+        from tqdm import tqdm
+
+        t = self.config.train
+        main = self.ctx.is_main
+        csv_log = _CsvLog(os.path.join(self.out_dir, "log.csv"), self.LOG_FIELDS, append=self.step > 0) if main else None
+        writer = None
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(os.path.join(self.out_dir, "tensorboard"), purge_step=self.step)
+        bar = tqdm(total=steps, initial=self.step, desc="stage1", unit="step",
+                   disable=not (main and self.progress), dynamic_ncols=True)
+        last: Dict[str, float] = {}
+        try:
+            self.renderer.train()
+            self.discriminator.train()
+            while self.step < steps:
+                began = time.perf_counter()
+                values = self.train_step()
+                if not all(math.isfinite(v) for v in values.values()):
+                    raise FloatingPointError(f"non-finite loss at step {self.step}: {values}; "
+                                             f"the last checkpoint is kept")
+                values["seconds"] = time.perf_counter() - began
+                last = values
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", l1=f"{values['l1']:.4f}")
+                if main and (self.step % t.log_every == 0 or self.step == steps):
+                    csv_log.write({"step": self.step, **values})
+                    for k, v in values.items():
+                        writer.add_scalar(f"train/{k}", v, self.step)
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < steps:
+                    self.save()
+                if t.eval_every and self.step % t.eval_every == 0 and main:
+                    self._log_eval(writer)
+            self.save()
+        finally:
+            bar.close()
+            if csv_log:
+                csv_log.close()
+            if writer:
+                writer.close()
+        return last
+
+    def _log_eval(self, writer) -> Dict[str, float]:
+        result = evaluate_reconstruction(self.renderer, self.heldout_clips, self.ctx.device)
+        for k, v in result.items():
+            writer.add_scalar(f"eval/{k}", v, self.step)
+        return result
+
+
+def train_stage1(config: Config, out_dir: str, steps: int, data: str = "synthetic",
+                 backend: Optional[str] = None, device: str = "auto", resume: bool = False,
+                 progress: bool = True, evaluate: bool = True) -> Dict[str, Dict[str, float]]:
+    """Run stage-1 training (the ``mim train stage1`` command); returns the last training
+    values and, when ``evaluate``, the held-out metrics of the final model (rank 0)."""
+    os.makedirs(out_dir, exist_ok=True)
+    if resume:
+        path = os.path.join(out_dir, "config.yaml")
+        if os.path.exists(path):
+            from mim.config import load_config
+            saved = load_config(path)
+            check_same_renderer(config_to_dict(saved), config, path)
+    trainer = Stage1Trainer(config, out_dir, data=data, backend=backend, device=device,
+                            resume=resume, progress=progress)
+    try:
+        last = trainer.run(steps)
+        result = {"train": last}
+        if evaluate and trainer.ctx.is_main:
+            result["heldout"] = evaluate_reconstruction(trainer.renderer, trainer.heldout_clips,
+                                                        trainer.ctx.device)
+        return result
+    finally:
+        shutdown_distributed(trainer.ctx)
+
+
+def renderer_from_checkpoint(path: str, backend: Optional[str] = None,
+                             config: Optional[Config] = None) -> Renderer:
+    """A renderer with a stage-1 checkpoint's weights, in eval mode. With ``config``, the
+    checkpoint must have been trained with the same renderer config (else CheckpointError)."""
+    meta = read_metadata(path)
+    if meta["kind"] != KIND:
+        raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, not a stage-1 renderer")
+    saved = config_from_dict(meta["config"])
+    if config is not None:
+        check_same_renderer(meta["config"], config, path)
+    renderer = Renderer(saved.renderer, backend=backend)
+    load_checkpoint(path, kind=KIND, modules={"renderer": renderer})
+    return renderer.eval()
+
