@@ -43,19 +43,24 @@ class ImageEncoder(nn.Module):
         return maybe_checkpoint(self.resnet3d, self.checkpoint_activations, weighted)
 
 
+def down_stack(image_size: int, width: int, stop: int, cap: int):
+    """Down blocks from 3 channels at ``image_size`` until the map is ``stop`` pixels wide;
+    widths start at ``width`` and double up to ``cap``. Returns (module, output channels)."""
+    layers, channels_in, size = [], 3, image_size
+    while size > stop:
+        layers.append(DownBlock2d(channels_in, width))
+        channels_in, width, size = width, min(2 * width, cap), size // 2
+    return nn.Sequential(*layers), channels_in
+
+
 class AppearanceExtractor(nn.Module):
     """Source image → F_A (B, appearance_dim): down blocks to 1/8 resolution, global average
     pooling (position-invariant: identity, not pose), a linear layer."""
 
     def __init__(self, config: RendererConfig):
         super().__init__()
-        width, layers, size = config.encoder_channels, [], config.image_size
-        channels_in = 3
-        while size > 8:
-            layers.append(DownBlock2d(channels_in, width))
-            channels_in, width, size = width, min(2 * width, 512), size // 2
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(channels_in, config.appearance_dim)
+        self.body, channels = down_stack(config.image_size, config.encoder_channels, 8, 512)
+        self.head = nn.Linear(channels, config.appearance_dim)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(image).mean(dim=(2, 3)))
@@ -67,13 +72,8 @@ class MotionEncoder(nn.Module):
 
     def __init__(self, config: RendererConfig):
         super().__init__()
-        width, layers, size = config.motion_channels, [], config.image_size
-        channels_in = 3
-        while size > 4:
-            layers.append(DownBlock2d(channels_in, width))
-            channels_in, width, size = width, min(2 * width, 512), size // 2
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(channels_in * 16, config.motion_dim)
+        self.body, channels = down_stack(config.image_size, config.motion_channels, 4, 512)
+        self.head = nn.Linear(channels * 16, config.motion_dim)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(image).flatten(1))

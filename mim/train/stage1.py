@@ -167,6 +167,35 @@ class Stage1Trainer:
     def _adversarial_on(self) -> bool:
         return self.config.loss.alpha_adversarial > 0 and self.step >= self.config.loss.adversarial_start_step
 
+    def generator_loss(self, source: torch.Tensor, driving: torch.Tensor, adversarial: bool):
+        """Eq. 3 (+ feature matching once the GAN is on) for one micro-batch: returns (loss,
+        its terms, predicted frames, target frames), frames flattened to (B·N, 3, S, S)."""
+        cfg = self.config.loss
+        with self._autocast():
+            out = self.g(source, driving)
+            pred = out["frames"].flatten(0, 1)
+            target = driving.flatten(0, 1)
+            per = self.perceptual(pred.to(self.dtype), target)
+            with torch.no_grad():   # L_pg's target: the driving frame's own F_id, activated like φ_r
+                v_gt = F.leaky_relu(self.renderer.encode_volume(target), self.config.renderer.beta)
+            mask_loss = threshold_mask_loss(v_gt.to(self.dtype), out["warped"].to(self.dtype), cfg.mask_tau)
+            adv = fm = torch.zeros((), device=pred.device, dtype=self.dtype)
+            if adversarial:
+                self.discriminator.requires_grad_(False)
+                fake_out = self.discriminator(pred)
+                with torch.no_grad():
+                    real_out = self.discriminator(target)
+                self.discriminator.requires_grad_(True)
+                adv = generator_adversarial_loss(fake_out, cfg.gan_kind)
+                fm = feature_matching_loss(real_out, fake_out)
+            loss = total_generator_loss(per, adv, mask_loss, (cfg.alpha_perceptual,
+                                                              cfg.alpha_adversarial, cfg.alpha_mask))
+            if adversarial:
+                loss = loss + cfg.feature_matching * fm
+        terms = {"loss": loss, "l1": (pred.detach().to(self.dtype) - target).abs().mean(),
+                 "perceptual": per, "mask": mask_loss, "adversarial": adv, "feature_matching": fm}
+        return loss, terms, pred, target
+
     def train_step(self) -> Dict[str, float]:
         cfg, t = self.config.loss, self.config.train
         adversarial = self._adversarial_on()
@@ -178,31 +207,11 @@ class Stage1Trainer:
             source, driving = self.batch(self.step, micro)
             last = micro == t.grad_accumulation - 1
             sync = contextlib.nullcontext() if (last or not self.ctx.enabled) else self.g.no_sync()
-            with sync, self._autocast():
-                out = self.g(source, driving)
-                pred = out["frames"].flatten(0, 1)
-                target = driving.flatten(0, 1)
-                per = self.perceptual(pred.to(self.dtype), target)
-                with torch.no_grad():
-                    v_gt = F.leaky_relu(self.renderer.encode_volume(target), self.config.renderer.beta)
-                mask_loss = threshold_mask_loss(v_gt.to(self.dtype), out["warped"].to(self.dtype), cfg.mask_tau)
-                adv = fm = torch.zeros((), device=pred.device)
-                if adversarial:
-                    self.discriminator.requires_grad_(False)
-                    fake_out = self.discriminator(pred)
-                    with torch.no_grad():
-                        real_out = self.discriminator(target)
-                    self.discriminator.requires_grad_(True)
-                    adv = generator_adversarial_loss(fake_out, cfg.gan_kind)
-                    fm = feature_matching_loss(real_out, fake_out)
-                loss = total_generator_loss(per, adv, mask_loss, (cfg.alpha_perceptual,
-                                                                  cfg.alpha_adversarial, cfg.alpha_mask))
-                loss = loss + (cfg.feature_matching * fm if adversarial else 0.0)
-            (loss / t.grad_accumulation).backward()
+            with sync:   # no_sync must cover the backward too
+                loss, terms, pred, target = self.generator_loss(source, driving, adversarial)
+                (loss / t.grad_accumulation).backward()
             fakes.append(pred.detach())
             reals.append(target)
-            terms = {"loss": loss, "l1": (pred.detach().to(self.dtype) - target).abs().mean(),
-                     "perceptual": per, "mask": mask_loss, "adversarial": adv, "feature_matching": fm}
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / t.grad_accumulation
         if t.grad_clip > 0:
@@ -213,14 +222,15 @@ class Stage1Trainer:
             for micro, (fake, real) in enumerate(zip(fakes, reals)):
                 last = micro == t.grad_accumulation - 1
                 sync = contextlib.nullcontext() if (last or not self.ctx.enabled) else self.d.no_sync()
-                with sync, self._autocast():
-                    # one forward over real and fake: a DDP module runs one forward per backward
-                    both = self.d(torch.cat([real, fake]))
-                    half = real.shape[0]
-                    split = [([f[:half] for f in feats], logits[:half]) for feats, logits in both]
-                    fake_split = [([f[half:] for f in feats], logits[half:]) for feats, logits in both]
-                    d_loss = discriminator_loss(split, fake_split, cfg.gan_kind)
-                (d_loss / t.grad_accumulation).backward()
+                with sync:   # no_sync must cover the backward too
+                    with self._autocast():
+                        # one forward over real and fake: a DDP module runs one forward per backward
+                        both = self.d(torch.cat([real, fake]))
+                        half = real.shape[0]
+                        real_out = [([f[:half] for f in feats], logits[:half]) for feats, logits in both]
+                        fake_out = [([f[half:] for f in feats], logits[half:]) for feats, logits in both]
+                        d_loss = discriminator_loss(real_out, fake_out, cfg.gan_kind)
+                    (d_loss / t.grad_accumulation).backward()
                 sums["discriminator"] += float(d_loss.detach()) / t.grad_accumulation
             self.opt_d.step()
         self.step += 1
@@ -307,9 +317,15 @@ class Stage1Trainer:
         return last
 
     def _log_eval(self, writer) -> Dict[str, float]:
+        """Held-out figures at this step: TensorBoard ``eval/*`` and a row of ``eval.csv``."""
         result = evaluate_reconstruction(self.renderer, self.heldout_clips, self.ctx.device)
         for k, v in result.items():
             writer.add_scalar(f"eval/{k}", v, self.step)
+        path = os.path.join(self.out_dir, "eval.csv")
+        fields = ["step"] + sorted(result)
+        log_file = _CsvLog(path, fields, append=True)
+        log_file.write({"step": self.step, **result})
+        log_file.close()
         return result
 
 

@@ -116,7 +116,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         if key.startswith(("renderer.", "discriminator.")) and a[key].is_floating_point():
-            torch.testing.assert_close(a[key], b[key], rtol=1e-9, atol=1e-10)
+            torch.testing.assert_close(a[key], b[key], rtol=1e-7, atol=1e-8)
     changed = [k for k in a if k.startswith("renderer.") and a[k].is_floating_point()
                and not torch.equal(a[k], load_initial(config)[k[len("renderer."):]])]
     assert changed, "training did not change any parameter"
@@ -126,6 +126,17 @@ def load_initial(config):
     from mim.models import Renderer
     torch.manual_seed(config.train.seed)
     return Renderer(config.renderer).double().state_dict()
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    one = small_config(batch_size=4, checkpoint_every=0, dtype="float64")
+    two = small_config(batch_size=2, grad_accumulation=2, checkpoint_every=0, dtype="float64")
+    train_stage1(one, str(tmp_path / "one"), steps=2, progress=False, evaluate=False)
+    train_stage1(two, str(tmp_path / "two"), steps=2, progress=False, evaluate=False)
+    a, b = final_parameters(str(tmp_path / "one")), final_parameters(str(tmp_path / "two"))
+    for key in a:
+        if key.startswith(("renderer.", "discriminator.")) and a[key].is_floating_point():
+            torch.testing.assert_close(a[key], b[key], rtol=1e-7, atol=1e-8)
 
 
 def test_resume_with_another_config_is_refused(tmp_path, capsys):
@@ -156,3 +167,25 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["train", "stage1", "--data", str(tmp_path / "none"), "--steps", "1",
                  "--out", str(tmp_path / "o")]) == 2
     assert str(tmp_path / "none") in capsys.readouterr().err
+
+
+def test_evaluate_command_and_baseline(tmp_path, capsys):
+    import json
+
+    from mim.data import SyntheticTalkingHeads
+    from mim.metrics import psnr
+
+    config = small_config()
+    out = str(tmp_path / "run")
+    train_stage1(config, out, steps=1, progress=False, evaluate=False)
+    ckpt = latest_checkpoint(os.path.join(out, "checkpoints"))
+    report = str(tmp_path / "eval.json")
+    assert main(["evaluate", "--checkpoint", ckpt, "--clips", "1", "--json", report, "--no-progress"]) == 0
+    result = json.load(open(report))
+    assert set(result) >= {"l1", "psnr", "ssim", "baseline_l1", "baseline_psnr", "baseline_ssim", "frames"}
+    frames = SyntheticTalkingHeads(1, num_frames=config.train.frames_per_clip, size=64,
+                                   seed=config.train.seed, split="heldout")[0]["frames"]
+    expected = psnr(frames[:1].expand_as(frames[1:]), frames[1:]).mean()
+    assert result["frames"] == frames.shape[0] - 1
+    assert result["baseline_psnr"] == pytest.approx(float(expected), rel=1e-6)
+    assert 0 < result["l1"] < 1 and result["psnr"] < result["baseline_psnr"]   # 1 step: not yet useful
