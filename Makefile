@@ -1,7 +1,8 @@
 # mim-engine developer entry points.
 #   make venv       create .venv and install the package (editable) with its dev extras
 #   make test       run the test suite (tests/); pass extra pytest flags with PYTEST_ARGS=...
-#   make bench      kernel microbenchmarks (bench/), the Triton compile report, the traffic counter
+#   make bench      kernel microbenchmarks (bench/), the Triton compile report, the traffic counter,
+#                   the stage-1 training step (saved bytes and CPU time, engine vs reference)
 #   make clean      remove build artifacts (keeps .venv)
 #   make distclean  clean, and remove .venv too
 
@@ -64,6 +65,7 @@ bench: venv
 	  --benchmark-columns=median,iqr,rounds --benchmark-json=bench/results/microbench.json $(BENCH_ARGS)
 	$(VPY) -m tools.compile_report
 	$(VPY) -m bench.traffic
+	$(VPY) -m bench.training_step
 
 clean:
 	rm -rf build dist .eggs *.egg-info .pytest_cache

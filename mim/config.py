@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["RendererConfig", "Stage1LossConfig", "Stage1TrainConfig", "Config", "get_config",
+__all__ = ["RendererConfig", "Stage1LossConfig", "Stage1TrainConfig", "MotionConfig", "Config", "get_config",
            "load_config", "save_config", "config_to_dict", "config_from_dict", "CONFIG_NAMES"]
 
 
@@ -111,17 +111,52 @@ class Stage1TrainConfig:
 
 
 @dataclass
+class MotionConfig:
+    """Stage 2 (paper §III-B): Mamba-g/Mamba-l audio extractors and the motion denoiser ε_θ."""
+
+    window: int = 80                 # motion frames per denoising window
+    prev_frames: int = 4             # M̄ of the preceding frames in the condition (zeros at start)
+    audio_dim: int = 256             # d_model of the Mamba extractors, size of F_ag and F_al
+    global_layers: int = 2           # Mamba-g blocks over the whole clip's log-mel
+    local_layers: int = 2            # Mamba-l blocks over each frame's audio slice
+    local_context: int = 2           # video frames of audio on each side of a frame for Mamba-l
+    d_state: int = 16
+    width: int = 512                 # denoiser transformer width
+    layers: int = 8
+    heads: int = 8
+    diffusion_steps: int = 1000
+    schedule: str = "cosine"
+    sample_steps: int = 50           # DDIM steps at inference
+    eta: float = 0.0
+    guidance_scale: float = 2.0      # classifier-free guidance on the audio (1 = off)
+    condition_drop: float = 0.25     # training-time probability of dropping the audio condition
+
+
+@dataclass
 class Config:
     name: str = "base"
     renderer: RendererConfig = field(default_factory=RendererConfig)
     loss: Stage1LossConfig = field(default_factory=Stage1LossConfig)
     train: Stage1TrainConfig = field(default_factory=Stage1TrainConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
 
     def validate(self) -> "Config":
         self.renderer.validate()
         if self.train.batch_size < 1 or self.train.num_driving < 1 or self.train.grad_accumulation < 1:
             raise ValueError("train.batch_size, train.num_driving and train.grad_accumulation "
                              "must be >= 1")
+        m = self.motion
+        if m.width % m.heads:
+            raise ValueError(f"motion.width ({m.width}) must be divisible by motion.heads ({m.heads})")
+        if m.schedule not in ("cosine", "linear"):
+            raise ValueError(f"motion.schedule must be 'cosine' or 'linear', got {m.schedule!r}")
+        if not 1 <= m.sample_steps <= m.diffusion_steps:
+            raise ValueError(f"motion.sample_steps must be in [1, motion.diffusion_steps = "
+                             f"{m.diffusion_steps}], got {m.sample_steps}")
+        if m.window <= m.prev_frames or m.prev_frames < 0:
+            raise ValueError(f"motion.window ({m.window}) must exceed motion.prev_frames ({m.prev_frames}) >= 0")
+        if not 0 <= m.condition_drop < 1:
+            raise ValueError(f"motion.condition_drop must be in [0, 1), got {m.condition_drop}")
         if self.train.dtype not in ("float32", "float64"):
             raise ValueError(f"train.dtype must be 'float32' or 'float64', got {self.train.dtype!r}")
         if self.loss.gan_kind not in ("lsgan", "hinge"):
@@ -139,11 +174,13 @@ def _tiny() -> Config:
             dit_heads=2, lmdd_channels=32, lmdd_motion_channels=2, decoder_channels=64,
             render_window=16),
         loss=Stage1LossConfig(alpha_adversarial=0.05, discriminator_channels=32,
-                              discriminator_scales=(1.0,), adversarial_start_step=400,
+                              discriminator_scales=(1.0,), adversarial_start_step=3000,
                               perceptual_scales=(1.0, 0.5, 0.25)),
         train=Stage1TrainConfig(batch_size=8, num_driving=2, lr=1e-3, train_clips=128,
                                 heldout_clips=8, frames_per_clip=50, log_every=10,
                                 checkpoint_every=100),
+        motion=MotionConfig(window=25, audio_dim=64, global_layers=1, local_layers=1,
+                            d_state=8, width=128, layers=3, heads=4, sample_steps=20),
     )
 
 
