@@ -98,6 +98,8 @@ class Stage1TrainConfig:
     lr: float = 2e-4
     betas: Tuple[float, float] = (0.5, 0.999)
     discriminator_lr: float = 2e-4
+    lr_schedule: str = "constant"    # or "cosine": both learning rates decay to lr_min_factor·lr
+    lr_min_factor: float = 0.05      # over the run's --steps (resume with the same --steps)
     grad_clip: float = 1.0           # 0 disables
     amp: bool = True                 # bf16 autocast, used on CUDA only
     dtype: str = "float32"           # parameter dtype; float64 for numerical checks (DDP tests)
@@ -157,6 +159,8 @@ class Config:
             raise ValueError(f"motion.window ({m.window}) must exceed motion.prev_frames ({m.prev_frames}) >= 0")
         if not 0 <= m.condition_drop < 1:
             raise ValueError(f"motion.condition_drop must be in [0, 1), got {m.condition_drop}")
+        if self.train.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.train.lr_schedule!r}")
         if self.train.dtype not in ("float32", "float64"):
             raise ValueError(f"train.dtype must be 'float32' or 'float64', got {self.train.dtype!r}")
         if self.loss.gan_kind not in ("lsgan", "hinge"):
@@ -176,7 +180,7 @@ def _tiny() -> Config:
         loss=Stage1LossConfig(alpha_adversarial=0.05, discriminator_channels=32,
                               discriminator_scales=(1.0,), adversarial_start_step=3000,
                               perceptual_scales=(1.0, 0.5, 0.25)),
-        train=Stage1TrainConfig(batch_size=8, num_driving=2, lr=1e-3, train_clips=128,
+        train=Stage1TrainConfig(batch_size=8, num_driving=2, lr=1e-3, lr_schedule="cosine", train_clips=128,
                                 heldout_clips=8, frames_per_clip=50, log_every=10,
                                 checkpoint_every=100),
         motion=MotionConfig(window=25, audio_dim=64, global_layers=1, local_layers=1,

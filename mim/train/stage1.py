@@ -91,7 +91,7 @@ class Stage1Trainer:
     in ``out_dir`` (``config.yaml``, ``log.csv``, ``tensorboard/``, ``checkpoints/``)."""
 
     LOG_FIELDS = ("step", "loss", "l1", "perceptual", "mask", "adversarial", "feature_matching",
-                  "discriminator", "seconds")
+                  "discriminator", "lr", "seconds")
 
     def __init__(self, config: Config, out_dir: str, data: str = "synthetic",
                  backend: Optional[str] = None, device: str = "auto", resume: bool = False,
@@ -196,8 +196,21 @@ class Stage1Trainer:
                  "perceptual": per, "mask": mask_loss, "adversarial": adv, "feature_matching": fm}
         return loss, terms, pred, target
 
-    def train_step(self) -> Dict[str, float]:
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of both learning rates at ``step`` of a ``total``-step run."""
+        t = self.config.train
+        if t.lr_schedule == "constant" or total <= 1:
+            return 1.0
+        progress = min(step / (total - 1), 1.0)
+        return t.lr_min_factor + (1 - t.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def train_step(self, total_steps: int = 0) -> Dict[str, float]:
         cfg, t = self.config.loss, self.config.train
+        factor = self.lr_factor(self.step, total_steps)
+        for group in self.opt_g.param_groups:
+            group["lr"] = t.lr * factor
+        for group in self.opt_d.param_groups:
+            group["lr"] = t.discriminator_lr * factor
         adversarial = self._adversarial_on()
         sums: Dict[str, float] = {}
         self.opt_g.zero_grad(set_to_none=True)
@@ -234,7 +247,9 @@ class Stage1Trainer:
                 sums["discriminator"] += float(d_loss.detach()) / t.grad_accumulation
             self.opt_d.step()
         self.step += 1
-        return self._mean_over_ranks(sums)
+        values = self._mean_over_ranks(sums)
+        values["lr"] = t.lr * factor
+        return values
 
     def _mean_over_ranks(self, values: Dict[str, float]) -> Dict[str, float]:
         if not self.ctx.enabled:
@@ -291,7 +306,7 @@ class Stage1Trainer:
             self.discriminator.train()
             while self.step < steps:
                 began = time.perf_counter()
-                values = self.train_step()
+                values = self.train_step(steps)
                 if not all(math.isfinite(v) for v in values.values()):
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {values}; "
                                              f"the last checkpoint is kept")

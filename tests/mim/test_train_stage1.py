@@ -42,7 +42,10 @@ def assert_bitwise(a, b):
 
 
 def test_resume_is_bitwise(tmp_path):
-    config = small_config()
+    """A 2-step run continued to 4 equals a 4-step run (constant learning rate: with a cosine
+    schedule the rate depends on --steps, so a continued run must keep the same --steps, which
+    the SIGKILL test below does)."""
+    config = small_config(lr_schedule="constant")
     train_stage1(config, str(tmp_path / "full"), steps=4, progress=False, evaluate=False)
     train_stage1(config, str(tmp_path / "split"), steps=2, progress=False, evaluate=False)
     result = train_stage1(config, str(tmp_path / "split"), steps=4, resume=True, progress=False,
@@ -128,9 +131,23 @@ def load_initial(config):
     return Renderer(config.renderer).double().state_dict()
 
 
+def test_cosine_learning_rate(tmp_path):
+    from mim.train.stage1 import Stage1Trainer
+
+    trainer = Stage1Trainer(small_config(), str(tmp_path), progress=False)
+    factors = [trainer.lr_factor(step, 10) for step in range(10)]
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(trainer.config.train.lr_min_factor)
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+    trainer.config.train.lr_schedule = "constant"
+    assert trainer.lr_factor(7, 10) == 1.0
+
+
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    """Without the GAN: spectral norm advances its power iteration once per discriminator
+    forward, so 2 micro-batches run 2 iterations where one batch runs 1 (as in any SN-GAN)."""
     one = small_config(batch_size=4, checkpoint_every=0, dtype="float64")
     two = small_config(batch_size=2, grad_accumulation=2, checkpoint_every=0, dtype="float64")
+    one.loss.adversarial_start_step = two.loss.adversarial_start_step = 10
     train_stage1(one, str(tmp_path / "one"), steps=2, progress=False, evaluate=False)
     train_stage1(two, str(tmp_path / "two"), steps=2, progress=False, evaluate=False)
     a, b = final_parameters(str(tmp_path / "one")), final_parameters(str(tmp_path / "two"))
