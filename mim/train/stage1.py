@@ -11,28 +11,25 @@ that was not interrupted (tested).
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
-import math
 import os
-import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from mim.config import Config, config_from_dict, config_to_dict, save_config
+from mim.config import Config, config_from_dict, config_to_dict
 from mim.data import SourceDrivingPairs, SyntheticTalkingHeads, VideoFolderDataset
 from mim.evaluate import evaluate_reconstruction
 from mim.losses import (MultiScalePatchDiscriminator, PerceptualLoss, discriminator_loss,
                         feature_matching_loss, generator_adversarial_loss, threshold_mask_loss,
                         total_generator_loss)
 from mim.models import Renderer
-from mim.train.checkpoint import (CheckpointError, checkpoint_path, latest_checkpoint,
-                                  load_checkpoint, prune_checkpoints, read_metadata, save_checkpoint)
-from mim.train.distributed import DistributedContext, init_distributed, shutdown_distributed
+from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from mim.train.distributed import DistributedContext, shutdown_distributed
+from mim.train.loop import CsvLog, TrainerBase
 
 __all__ = ["Stage1Trainer", "build_stage1_data", "check_same_renderer", "train_stage1",
            "renderer_from_checkpoint"]
@@ -70,47 +67,22 @@ def check_same_renderer(saved: Dict, config: Config, path: str) -> None:
                               f"({saved.get('name')!r}): " + "; ".join(diff))
 
 
-class _CsvLog:
-    def __init__(self, path: str, fields: Sequence[str], append: bool):
-        exists = append and os.path.exists(path)
-        self.handle = open(path, "a" if exists else "w", newline="", encoding="utf-8")
-        self.writer = csv.DictWriter(self.handle, fieldnames=list(fields), extrasaction="ignore")
-        if not exists:
-            self.writer.writeheader()
-
-    def write(self, row: Dict) -> None:
-        self.writer.writerow(row)
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-class Stage1Trainer:
+class Stage1Trainer(TrainerBase):
     """Owns the renderer, the discriminator, their optimizers, the data and the logs of a run
-    in ``out_dir`` (``config.yaml``, ``log.csv``, ``tensorboard/``, ``checkpoints/``)."""
+    in ``out_dir`` (``config.yaml``, ``log.csv``, ``eval.csv``, ``tensorboard/``, ``checkpoints/``)."""
 
+    KIND = KIND
     LOG_FIELDS = ("step", "loss", "l1", "perceptual", "mask", "adversarial", "feature_matching",
                   "discriminator", "lr", "seconds")
+    POSTFIX = ("loss", "l1")
 
     def __init__(self, config: Config, out_dir: str, data: str = "synthetic",
                  backend: Optional[str] = None, device: str = "auto", resume: bool = False,
                  progress: bool = True, keep_checkpoints: int = 3,
                  context: Optional[DistributedContext] = None):
-        self.config = config.validate()
-        self.out_dir = out_dir
-        self.ckpt_dir = os.path.join(out_dir, "checkpoints")
-        self.ctx = context or init_distributed(device)
-        self.progress = progress
-        self.keep = keep_checkpoints
-        t = config.train
-        if t.batch_size % self.ctx.world_size:
-            raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by the number of "
-                             f"processes ({self.ctx.world_size})")
-        self.local_batch = t.batch_size // self.ctx.world_size
-        torch.manual_seed(t.seed)
+        self.setup_run(config, out_dir, device, progress, keep_checkpoints, context)
+        t = self.config.train
         dev = self.ctx.device
-        self.dtype = getattr(torch, t.dtype)
         self.renderer = Renderer(config.renderer, backend=backend).to(dev, self.dtype)
         self.discriminator = MultiScalePatchDiscriminator(
             scales=config.loss.discriminator_scales,
@@ -122,23 +94,29 @@ class Stage1Trainer:
                                       betas=t.betas)
         self.train_clips, self.heldout_clips = build_stage1_data(config, data)
         self.pairs = SourceDrivingPairs(self.train_clips, num_driving=t.num_driving, seed=t.seed)
-        self.step = 0
         if self.ctx.enabled:
-            self.g = DistributedDataParallel(self.renderer, device_ids=self._ids())
-            self.d = DistributedDataParallel(self.discriminator, device_ids=self._ids())
+            self.g = DistributedDataParallel(self.renderer, device_ids=self.device_ids())
+            self.d = DistributedDataParallel(self.discriminator, device_ids=self.device_ids())
         else:
             self.g, self.d = self.renderer, self.discriminator
-        self.amp = t.amp and dev.type == "cuda"
-        if resume:
-            self._resume()
+        self.finish_setup(resume)
         if self.ctx.is_main:
-            os.makedirs(self.ckpt_dir, exist_ok=True)
-            save_config(config, os.path.join(out_dir, "config.yaml"))
             log.info("perceptual loss: %s", self.perceptual.mode)
-        self.ctx.barrier()
 
-    def _ids(self):
-        return [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+    def train_section(self):
+        return self.config.train
+
+    def checkpoint_modules(self):
+        return {"renderer": self.renderer, "discriminator": self.discriminator}
+
+    def checkpoint_optimizers(self):
+        return {"opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def checkpoint_extra(self):
+        return {"perceptual": self.perceptual.mode}
+
+    def check_resumable(self, saved_config, path):
+        check_same_renderer(saved_config, self.config, path)
 
     # -- data -------------------------------------------------------------------------------
     def _sample(self, position: int):
@@ -196,14 +174,6 @@ class Stage1Trainer:
                  "perceptual": per, "mask": mask_loss, "adversarial": adv, "feature_matching": fm}
         return loss, terms, pred, target
 
-    def lr_factor(self, step: int, total: int) -> float:
-        """Multiplier of both learning rates at ``step`` of a ``total``-step run."""
-        t = self.config.train
-        if t.lr_schedule == "constant" or total <= 1:
-            return 1.0
-        progress = min(step / (total - 1), 1.0)
-        return t.lr_min_factor + (1 - t.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
-
     def train_step(self, total_steps: int = 0) -> Dict[str, float]:
         cfg, t = self.config.loss, self.config.train
         factor = self.lr_factor(self.step, total_steps)
@@ -259,77 +229,10 @@ class Stage1Trainer:
         dist.all_reduce(packed)
         return {k: float(v) / self.ctx.world_size for k, v in zip(keys, packed)}
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def save(self) -> Optional[str]:
-        """Rank 0 writes ``checkpoints/step_<step>.safetensors`` atomically; keeps the newest few."""
-        path = None
-        if self.ctx.is_main:
-            path = checkpoint_path(self.ckpt_dir, self.step)
-            save_checkpoint(path, kind=KIND, step=self.step, config=config_to_dict(self.config),
-                            modules={"renderer": self.renderer, "discriminator": self.discriminator},
-                            optimizers={"opt_g": self.opt_g, "opt_d": self.opt_d},
-                            extra={"perceptual": self.perceptual.mode})
-            prune_checkpoints(self.ckpt_dir, self.keep)
-        self.ctx.barrier()
-        return path
-
-    def _resume(self) -> None:
-        path = latest_checkpoint(self.ckpt_dir)
-        if path is None:
-            log.info("no checkpoint in %s: starting at step 0", self.ckpt_dir)
-            return
-        check_same_renderer(read_metadata(path)["config"], self.config, path)
-        meta = load_checkpoint(path, kind=KIND, modules={"renderer": self.renderer,
-                                                         "discriminator": self.discriminator},
-                               optimizers={"opt_g": self.opt_g, "opt_d": self.opt_d}, restore_rng=True)
-        self.step = meta["step"]
-        log.info("resumed from %s at step %d", path, self.step)
-
-    # -- the loop ---------------------------------------------------------------------------
-    def run(self, steps: int) -> Dict[str, float]:
-        """Train until ``steps`` optimizer steps in total; checkpoint every
-        ``train.checkpoint_every`` steps and at the end. Returns the last logged values."""
-        from tqdm import tqdm
-
-        t = self.config.train
-        main = self.ctx.is_main
-        csv_log = _CsvLog(os.path.join(self.out_dir, "log.csv"), self.LOG_FIELDS, append=self.step > 0) if main else None
-        writer = None
-        if main:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(os.path.join(self.out_dir, "tensorboard"), purge_step=self.step)
-        bar = tqdm(total=steps, initial=self.step, desc="stage1", unit="step",
-                   disable=not (main and self.progress), dynamic_ncols=True)
-        last: Dict[str, float] = {}
-        try:
-            self.renderer.train()
-            self.discriminator.train()
-            while self.step < steps:
-                began = time.perf_counter()
-                values = self.train_step(steps)
-                if not all(math.isfinite(v) for v in values.values()):
-                    raise FloatingPointError(f"non-finite loss at step {self.step}: {values}; "
-                                             f"the last checkpoint is kept")
-                values["seconds"] = time.perf_counter() - began
-                last = values
-                bar.update(1)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", l1=f"{values['l1']:.4f}")
-                if main and (self.step % t.log_every == 0 or self.step == steps):
-                    csv_log.write({"step": self.step, **values})
-                    for k, v in values.items():
-                        writer.add_scalar(f"train/{k}", v, self.step)
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < steps:
-                    self.save()
-                if t.eval_every and self.step % t.eval_every == 0 and main:
-                    self._log_eval(writer)
-            self.save()
-        finally:
-            bar.close()
-            if csv_log:
-                csv_log.close()
-            if writer:
-                writer.close()
-        return last
+    def after_step(self, writer) -> None:
+        every = self.config.train.eval_every
+        if every and self.step % every == 0 and self.ctx.is_main:
+            self._log_eval(writer)
 
     def _log_eval(self, writer) -> Dict[str, float]:
         """Held-out figures at this step: TensorBoard ``eval/*`` and a row of ``eval.csv``."""
@@ -338,7 +241,7 @@ class Stage1Trainer:
             writer.add_scalar(f"eval/{k}", v, self.step)
         path = os.path.join(self.out_dir, "eval.csv")
         fields = ["step"] + sorted(result)
-        log_file = _CsvLog(path, fields, append=True)
+        log_file = CsvLog(path, fields, append=True)
         log_file.write({"step": self.step, **result})
         log_file.close()
         return result

@@ -1,0 +1,182 @@
+"""What every stage's trainer shares: the run directory, checkpoints and exact resume, the
+learning-rate schedule, logs (CSV, TensorBoard), the progress bar and the step loop."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from typing import Dict, Mapping, Optional, Sequence
+
+import torch
+
+from mim.config import Config, config_to_dict, save_config
+from mim.train.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint,
+                                  prune_checkpoints, read_metadata, save_checkpoint)
+from mim.train.distributed import DistributedContext, init_distributed
+
+__all__ = ["CsvLog", "TrainerBase"]
+
+log = logging.getLogger("mim.train")
+
+
+class CsvLog:
+    """Rows appended to a CSV file, flushed after each; the header is written once."""
+
+    def __init__(self, path: str, fields: Sequence[str], append: bool):
+        exists = append and os.path.exists(path)
+        self.handle = open(path, "a" if exists else "w", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.handle, fieldnames=list(fields), extrasaction="ignore")
+        if not exists:
+            self.writer.writeheader()
+
+    def write(self, row: Dict) -> None:
+        self.writer.writerow(row)
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class TrainerBase:
+    """A run in ``out_dir`` (``config.yaml``, ``log.csv``, ``tensorboard/``, ``checkpoints/``).
+
+    Subclasses set ``KIND`` (the checkpoint kind), ``LOG_FIELDS``, build their modules and
+    optimizers, then call ``finish_setup``; they implement ``train_step(total_steps)`` (one
+    optimizer step, returning floats to log), ``checkpoint_modules``, ``checkpoint_optimizers``
+    and ``train_section`` (the config section with batch, lr schedule and logging cadence)."""
+
+    KIND = ""
+    LOG_FIELDS: Sequence[str] = ()
+    POSTFIX: Sequence[str] = ("loss",)
+
+    def setup_run(self, config: Config, out_dir: str, device: str, progress: bool,
+                  keep_checkpoints: int, context: Optional[DistributedContext]) -> None:
+        self.config = config.validate()
+        self.out_dir = out_dir
+        self.ckpt_dir = os.path.join(out_dir, "checkpoints")
+        self.ctx = context or init_distributed(device)
+        self.progress = progress
+        self.keep = keep_checkpoints
+        self.step = 0
+        t = self.train_section()
+        if t.batch_size % self.ctx.world_size:
+            raise ValueError(f"batch_size ({t.batch_size}) must be divisible by the number of "
+                             f"processes ({self.ctx.world_size})")
+        self.local_batch = t.batch_size // self.ctx.world_size
+        self.dtype = getattr(torch, t.dtype)
+        self.amp = t.amp and self.ctx.device.type == "cuda"
+        torch.manual_seed(t.seed)
+
+    def finish_setup(self, resume: bool) -> None:
+        if resume:
+            self.resume()
+        if self.ctx.is_main:
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+            save_config(self.config, os.path.join(self.out_dir, "config.yaml"))
+        self.ctx.barrier()
+
+    def device_ids(self):
+        return [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+
+    def train_section(self):
+        raise NotImplementedError
+
+    def checkpoint_modules(self) -> Mapping[str, torch.nn.Module]:
+        raise NotImplementedError
+
+    def checkpoint_optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def checkpoint_extra(self) -> Dict:
+        return {}
+
+    def check_resumable(self, saved_config: Dict, path: str) -> None:
+        """Raise if the checkpoint at ``path`` cannot continue this run's config."""
+
+    def train_step(self, total_steps: int) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def after_step(self, writer) -> None:
+        """Called on every rank after each step (evaluation hooks)."""
+
+    # -- learning rate ------------------------------------------------------------------------
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of the learning rates at ``step`` of a ``total``-step run."""
+        t = self.train_section()
+        if t.lr_schedule == "constant" or total <= 1:
+            return 1.0
+        progress = min(step / (total - 1), 1.0)
+        return t.lr_min_factor + (1 - t.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self) -> Optional[str]:
+        """Rank 0 writes ``checkpoints/step_<step>.safetensors`` atomically; keeps the newest few."""
+        path = None
+        if self.ctx.is_main:
+            path = checkpoint_path(self.ckpt_dir, self.step)
+            save_checkpoint(path, kind=self.KIND, step=self.step, config=config_to_dict(self.config),
+                            modules=self.checkpoint_modules(), optimizers=self.checkpoint_optimizers(),
+                            extra=self.checkpoint_extra())
+            prune_checkpoints(self.ckpt_dir, self.keep)
+        self.ctx.barrier()
+        return path
+
+    def resume(self) -> None:
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            log.info("no checkpoint in %s: starting at step 0", self.ckpt_dir)
+            return
+        self.check_resumable(read_metadata(path)["config"], path)
+        meta = load_checkpoint(path, kind=self.KIND, modules=self.checkpoint_modules(),
+                               optimizers=self.checkpoint_optimizers(), restore_rng=True)
+        self.step = meta["step"]
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, steps: int) -> Dict[str, float]:
+        """Train until ``steps`` optimizer steps in total; checkpoint every ``checkpoint_every``
+        steps and at the end. Returns the last logged values."""
+        from tqdm import tqdm
+
+        t = self.train_section()
+        main = self.ctx.is_main
+        csv_log = CsvLog(os.path.join(self.out_dir, "log.csv"), self.LOG_FIELDS,
+                         append=self.step > 0) if main else None
+        writer = None
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(os.path.join(self.out_dir, "tensorboard"), purge_step=self.step)
+        bar = tqdm(total=steps, initial=self.step, desc=self.KIND, unit="step",
+                   disable=not (main and self.progress), dynamic_ncols=True)
+        last: Dict[str, float] = {}
+        try:
+            for module in self.checkpoint_modules().values():
+                module.train()
+            while self.step < steps:
+                began = time.perf_counter()
+                values = self.train_step(steps)
+                if not all(math.isfinite(v) for v in values.values()):
+                    raise FloatingPointError(f"non-finite loss at step {self.step}: {values}; "
+                                             f"the last checkpoint is kept")
+                values["seconds"] = time.perf_counter() - began
+                last = values
+                bar.update(1)
+                bar.set_postfix({k: f"{values[k]:.4f}" for k in self.POSTFIX})
+                if main and (self.step % t.log_every == 0 or self.step == steps):
+                    csv_log.write({"step": self.step, **values})
+                    for k, v in values.items():
+                        writer.add_scalar(f"train/{k}", v, self.step)
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < steps:
+                    self.save()
+                self.after_step(writer)
+            self.save()
+        finally:
+            bar.close()
+            if csv_log:
+                csv_log.close()
+            if writer:
+                writer.close()
+        return last
