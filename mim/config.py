@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["RendererConfig", "Stage1LossConfig", "Stage1TrainConfig", "MotionConfig", "Config", "get_config",
+__all__ = ["RendererConfig", "Stage1LossConfig", "Stage1TrainConfig", "MotionConfig", "Stage2TrainConfig", "Config", "get_config",
            "load_config", "save_config", "config_to_dict", "config_from_dict", "CONFIG_NAMES"]
 
 
@@ -135,12 +135,36 @@ class MotionConfig:
 
 
 @dataclass
+class Stage2TrainConfig:
+    """The stage-2 trainer: windows of motion features with their audio, from clips encoded by a
+    trained stage-1 renderer."""
+
+    batch_size: int = 16             # global batch of windows
+    grad_accumulation: int = 1
+    lr: float = 1e-4
+    betas: Tuple[float, float] = (0.9, 0.999)
+    lr_schedule: str = "cosine"
+    lr_min_factor: float = 0.05
+    grad_clip: float = 1.0
+    amp: bool = True
+    dtype: str = "float32"
+    seed: int = 0
+    loss_weights: Tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)   # eq. 7, eq. 4, eq. 5, eq. 6
+    train_clips: int = 256
+    heldout_clips: int = 16
+    frames_per_clip: int = 100
+    log_every: int = 10
+    checkpoint_every: int = 500
+
+
+@dataclass
 class Config:
     name: str = "base"
     renderer: RendererConfig = field(default_factory=RendererConfig)
     loss: Stage1LossConfig = field(default_factory=Stage1LossConfig)
     train: Stage1TrainConfig = field(default_factory=Stage1TrainConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
+    stage2: Stage2TrainConfig = field(default_factory=Stage2TrainConfig)
 
     def validate(self) -> "Config":
         self.renderer.validate()
@@ -159,10 +183,19 @@ class Config:
             raise ValueError(f"motion.window ({m.window}) must exceed motion.prev_frames ({m.prev_frames}) >= 0")
         if not 0 <= m.condition_drop < 1:
             raise ValueError(f"motion.condition_drop must be in [0, 1), got {m.condition_drop}")
-        if self.train.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.train.lr_schedule!r}")
-        if self.train.dtype not in ("float32", "float64"):
-            raise ValueError(f"train.dtype must be 'float32' or 'float64', got {self.train.dtype!r}")
+        for section in ("train", "stage2"):
+            t = getattr(self, section)
+            if t.lr_schedule not in ("constant", "cosine"):
+                raise ValueError(f"{section}.lr_schedule must be 'constant' or 'cosine', got {t.lr_schedule!r}")
+            if t.dtype not in ("float32", "float64"):
+                raise ValueError(f"{section}.dtype must be 'float32' or 'float64', got {t.dtype!r}")
+            if t.batch_size < 1 or t.grad_accumulation < 1:
+                raise ValueError(f"{section}.batch_size and {section}.grad_accumulation must be >= 1")
+        if len(self.stage2.loss_weights) != 4 or min(self.stage2.loss_weights) < 0:
+            raise ValueError("stage2.loss_weights must be 4 non-negative numbers (eqs. 7, 4, 5, 6)")
+        if self.stage2.frames_per_clip < self.motion.window:
+            raise ValueError(f"stage2.frames_per_clip ({self.stage2.frames_per_clip}) must be >= "
+                             f"motion.window ({self.motion.window})")
         if self.loss.gan_kind not in ("lsgan", "hinge"):
             raise ValueError(f"loss.gan_kind must be 'lsgan' or 'hinge', got {self.loss.gan_kind!r}")
         return self
@@ -185,6 +218,8 @@ def _tiny() -> Config:
                                 checkpoint_every=100),
         motion=MotionConfig(window=25, audio_dim=64, global_layers=1, local_layers=1,
                             d_state=8, width=128, layers=3, heads=4, sample_steps=20),
+        stage2=Stage2TrainConfig(batch_size=16, lr=5e-4, train_clips=128, heldout_clips=8,
+                                 frames_per_clip=100, checkpoint_every=200),
     )
 
 

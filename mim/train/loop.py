@@ -102,6 +102,17 @@ class TrainerBase:
     def after_step(self, writer) -> None:
         """Called on every rank after each step (evaluation hooks)."""
 
+    def mean_over_ranks(self, values: Dict[str, float]) -> Dict[str, float]:
+        """Average logged floats over the DDP ranks (identity in one process)."""
+        if not self.ctx.enabled:
+            return values
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        packed = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(packed)
+        return {k: float(v) / self.ctx.world_size for k, v in zip(keys, packed)}
+
     # -- learning rate ------------------------------------------------------------------------
     def lr_factor(self, step: int, total: int) -> float:
         """Multiplier of the learning rates at ``step`` of a ``total``-step run."""

@@ -16,7 +16,6 @@ import os
 from typing import Dict, Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
@@ -217,17 +216,9 @@ class Stage1Trainer(TrainerBase):
                 sums["discriminator"] += float(d_loss.detach()) / t.grad_accumulation
             self.opt_d.step()
         self.step += 1
-        values = self._mean_over_ranks(sums)
+        values = self.mean_over_ranks(sums)
         values["lr"] = t.lr * factor
         return values
-
-    def _mean_over_ranks(self, values: Dict[str, float]) -> Dict[str, float]:
-        if not self.ctx.enabled:
-            return values
-        keys = sorted(values)
-        packed = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(packed)
-        return {k: float(v) / self.ctx.world_size for k, v in zip(keys, packed)}
 
     def after_step(self, writer) -> None:
         every = self.config.train.eval_every
