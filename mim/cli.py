@@ -3,6 +3,7 @@
     mim train stage1 --config tiny --data synthetic --steps 500 --out runs/x [--resume]
     mim evaluate --checkpoint runs/x/checkpoints/step_0000500.safetensors [--data synthetic]
     mim reenact --image src.png --driving drive.mp4 --checkpoint ckpt --out out.mp4
+    mim animate --image portrait.png --audio speech.wav --out talking.mp4 [--checkpoint ckpt]
     mim config show tiny | mim config save tiny my.yaml
 
 Errors a user can cause (a missing or corrupt file, a checkpoint from another config, a bad
@@ -72,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use the driving frames' motion as is, not relative to its first frame")
     re_.add_argument("--no-audio", action="store_true", help="do not copy the driving video's audio")
     _add_common(re_)
+
+    an = sub.add_parser("animate", help="animate a portrait from speech audio (a stage-2 checkpoint)")
+    an.add_argument("--image", required=True, help="the portrait (centre-cropped to a square)")
+    an.add_argument("--audio", required=True, help="speech: any audio file, or a video's audio track")
+    an.add_argument("--out", required=True, help="output .mp4 (25 fps, the audio muxed in)")
+    an.add_argument("--checkpoint",
+                    help="stage-2 checkpoint (default: the demo model examples/demo/mim_tiny.safetensors)")
+    an.add_argument("--steps", type=int, help="DDIM steps per motion window (default: the config's)")
+    an.add_argument("--seed", type=int, default=0, help="seed of the motion sampler's noise")
+    an.add_argument("--guidance", type=float,
+                    help="classifier-free guidance scale on the audio (default: the config's; 1 = off)")
+    _add_common(an)
 
     cfg = sub.add_parser("config", help="print or save a config")
     cfg.add_argument("action", choices=("show", "save"))
@@ -146,6 +159,16 @@ def _reenact(args) -> int:
     return 0
 
 
+def _animate(args) -> int:
+    from mim.animate import Animator
+
+    animator = Animator.from_pretrained(args.checkpoint, device=args.device, backend=args.backend)
+    animator.animate_to_file(args.image, args.audio, args.out, steps=args.steps, seed=args.seed,
+                             guidance_scale=args.guidance, progress=not args.no_progress)
+    print(args.out)
+    return 0
+
+
 def _config(args) -> int:
     from mim.config import config_to_dict, load_config, save_config
 
@@ -164,7 +187,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"train": _train_stage1, "evaluate": _evaluate, "reenact": _reenact, "config": _config}
+    handlers = {"train": _train_stage1, "evaluate": _evaluate, "reenact": _reenact, "animate": _animate,
+                "config": _config}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:

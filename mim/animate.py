@@ -1,0 +1,257 @@
+"""Audio-driven animation (``mim animate``): one portrait + speech -> a 25 fps talking video.
+
+The two stages of a ``stage2`` checkpoint run in turn: the motion generator samples motion
+features for every video frame from the speech (Mamba-g/Mamba-l features, windowed DDIM with the
+portrait's appearance F_A in the condition), then the renderer draws each frame from the portrait
+(encoded once) and those features. T = ceil(25 · audio duration) frames, the last one covering
+the audio's tail.
+
+Motion is small (T × motion_dim) and is sampled whole first; frames are rendered one render window
+(``config.renderer.render_window``) at a time and streamed to the video encoder, so memory does
+not grow with the length of the audio.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+
+from kernels import Mamba
+from mim.audio import N_FFT, SAMPLE_RATE, VIDEO_FPS, audio_features, load_audio, num_video_frames
+from mim.config import Config, config_from_dict
+from mim.io import MediaError, read_image, write_video
+from mim.models.motion import MotionGenerator
+from mim.models.renderer import Renderer, SourceState
+from mim.reenact import square_resize
+from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata
+
+__all__ = ["Animator", "DEFAULT_CHECKPOINT", "KIND"]
+
+KIND = "stage2"
+# The demo model `make demo` (tools/train_demo) trains; used when no checkpoint is given.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "examples" / "demo" / "mim_tiny.safetensors"
+# log_mel's STFT reflect-pads n_fft // 2 samples at each end, so it needs one sample more.
+_MIN_SAMPLES = N_FFT // 2 + 1
+
+PathLike = Union[str, os.PathLike]
+
+
+def _resolve_device(device) -> torch.device:
+    if isinstance(device, torch.device):
+        resolved = device
+    elif device == "auto":
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif device in ("cpu", "cuda"):
+        resolved = torch.device(device)
+    else:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but torch sees no CUDA device")
+    return resolved
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+class Animator:
+    """A stage-2 model ready to animate: the renderer and the motion generator, in eval mode on
+    ``device``, with the ``Config`` they were built from.
+
+    Example:
+        >>> animator = Animator.from_pretrained("examples/demo/mim_tiny.safetensors")  # doctest: +SKIP
+        >>> frames = animator.animate("portrait.png", "speech.wav")                     # doctest: +SKIP
+        >>> animator.animate_to_file("portrait.png", "speech.wav", "talking.mp4")       # doctest: +SKIP
+    """
+
+    def __init__(self, renderer: Renderer, motion: MotionGenerator, config: Config,
+                 device: Union[str, torch.device] = "cpu"):
+        if not isinstance(renderer, Renderer):
+            raise TypeError(f"renderer must be a mim.models.Renderer, got {type(renderer).__name__}")
+        if not isinstance(motion, MotionGenerator):
+            raise TypeError(f"motion must be a mim.models.motion.MotionGenerator, got {type(motion).__name__}")
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a mim.config.Config, got {type(config).__name__}")
+        if (motion.motion_dim, motion.appearance_dim) != (renderer.config.motion_dim,
+                                                          renderer.config.appearance_dim):
+            raise ValueError(f"motion generates (motion_dim, appearance_dim) = "
+                             f"{(motion.motion_dim, motion.appearance_dim)} but the renderer uses "
+                             f"{(renderer.config.motion_dim, renderer.config.appearance_dim)}")
+        self.device = _resolve_device(device)
+        self.renderer = renderer.to(self.device).eval()
+        self.motion = motion.to(self.device).eval()
+        self.config = config
+
+    @classmethod
+    def from_pretrained(cls, path: Optional[PathLike] = None, device: Union[str, torch.device] = "auto",
+                        backend: Optional[str] = None) -> "Animator":
+        """Load a ``stage2`` checkpoint (renderer + motion generator, built from its saved config).
+
+        ``path`` None means :data:`DEFAULT_CHECKPOINT`, the demo model. ``backend`` sets the
+        kernels' path of the renderer (adanorm, warp) and of the Mamba extractors. Raises
+        :class:`CheckpointError` for a missing, corrupt or foreign file, a checkpoint of another
+        kind (a ``stage1`` one has no motion generator) or weights that do not fit its config.
+        """
+        if path is None:
+            path = DEFAULT_CHECKPOINT
+            if not Path(path).is_file():
+                raise CheckpointError(f"no checkpoint was given (--checkpoint) and the demo checkpoint "
+                                      f"{path} is missing: create it with `make demo` "
+                                      f"(tools/train_demo) or pass a stage-2 checkpoint")
+        path = os.fspath(path)
+        meta = read_metadata(path)
+        if meta["kind"] == "stage1":
+            raise CheckpointError(f"checkpoint {path!r} is a stage-1 checkpoint (the renderer only): "
+                                  f"it has no motion generator; train stage 2 on it to animate from audio")
+        if meta["kind"] != KIND:
+            raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, expected {KIND!r}")
+        try:
+            config = config_from_dict(meta["config"])
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint {path!r} has a config this version cannot use: {error}") from None
+        device = _resolve_device(device)
+        renderer = Renderer(config.renderer, backend=backend)
+        motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)
+        for module in motion.modules():
+            if isinstance(module, Mamba):
+                module.backend = backend
+        load_checkpoint(path, kind=KIND, modules={"renderer": renderer, "motion": motion})
+        return cls(renderer, motion, config, device)
+
+    # Inputs.
+
+    def _read_source(self, image) -> torch.Tensor:
+        """A path or a (3, H, W) / (1, 3, H, W) tensor in [0, 1] -> the square source (1, 3, S, S)."""
+        if _is_path(image):
+            image = read_image(image)
+        elif isinstance(image, torch.Tensor):
+            if image.ndim == 4 and image.shape[0] == 1:
+                image = image[0]
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"image must have shape (3, H, W) or (1, 3, H, W) (RGB), "
+                                 f"got {tuple(image.shape)}")
+            if not image.is_floating_point():
+                raise TypeError(f"image must be a floating-point tensor in [0, 1], got {image.dtype}")
+            if image.shape[1] == 0 or image.shape[2] == 0:
+                raise ValueError(f"image is empty: shape {tuple(image.shape)}")
+            if not torch.isfinite(image).all():
+                raise ValueError("image contains NaN or infinite values")
+            if image.min() < 0 or image.max() > 1:
+                raise ValueError(f"image values must lie in [0, 1], got [{float(image.min()):.3g}, "
+                                 f"{float(image.max()):.3g}]")
+        else:
+            raise TypeError(f"image must be a path or a torch.Tensor (3, H, W), got {type(image).__name__}")
+        source = square_resize(image.detach().to(torch.float32), self.config.renderer.image_size)
+        return source[None].to(self.device)
+
+    @staticmethod
+    def _read_audio(audio) -> np.ndarray:
+        """A path (any format, resampled to 16 kHz mono) or a 1-D float array at 16 kHz."""
+        if _is_path(audio):
+            samples = load_audio(audio)
+            if samples.size < _MIN_SAMPLES:
+                raise MediaError(f"{audio}: {samples.size} samples is too short; at least {_MIN_SAMPLES} "
+                                 f"({_MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms at {SAMPLE_RATE} Hz) are needed")
+            return samples
+        if isinstance(audio, torch.Tensor):
+            audio = audio.detach().cpu().numpy()
+        if not isinstance(audio, np.ndarray):
+            raise TypeError(f"audio must be a path or a 1-D float array at {SAMPLE_RATE} Hz, "
+                            f"got {type(audio).__name__}")
+        if audio.ndim != 1:
+            raise ValueError(f"audio must be a 1-D (mono) array at {SAMPLE_RATE} Hz, got shape {audio.shape}")
+        if not np.issubdtype(audio.dtype, np.floating):
+            raise TypeError(f"audio must be a float array in [-1, 1], got dtype {audio.dtype}")
+        if audio.size == 0:
+            raise ValueError("audio is empty (zero samples)")
+        if audio.size < _MIN_SAMPLES:
+            raise ValueError(f"audio has {audio.size} samples; at least {_MIN_SAMPLES} "
+                             f"({_MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms at {SAMPLE_RATE} Hz) are needed")
+        if not np.isfinite(audio).all():
+            raise ValueError("audio contains NaN or infinite values")
+        return np.ascontiguousarray(audio, dtype=np.float32)
+
+    def _check_sampling(self, steps, seed, guidance_scale) -> None:
+        most = self.config.motion.diffusion_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))
+                                  or not 1 <= steps <= most):
+            raise ValueError(f"steps must be None or an int in [1, diffusion_steps = {most}], got {steps!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        if guidance_scale is not None and (isinstance(guidance_scale, bool)
+                                           or not isinstance(guidance_scale, (int, float, np.number))
+                                           or not np.isfinite(guidance_scale)):
+            raise ValueError(f"guidance_scale must be None or a finite number, got {guidance_scale!r}")
+
+    # The two stages.
+
+    @torch.no_grad()
+    def _generate_motion(self, state: SourceState, audio: np.ndarray, steps, seed, guidance_scale,
+                         progress: bool) -> torch.Tensor:
+        """Motion features (1, T, motion_dim) for T = num_video_frames(len(audio))."""
+        from tqdm import tqdm
+
+        features = audio_features(audio, num_video_frames(len(audio)))
+        mel = features.mel[None].to(self.device)
+        windows = features.local_windows(self.config.motion.local_context)[None].to(self.device)
+        audio_global, audio_local = self.motion.encode_audio(mel, windows)
+        generator = torch.Generator(self.device).manual_seed(int(seed))
+        total = -(-features.num_frames // self.config.motion.window)
+        with tqdm(total=total, desc="motion", unit="window", disable=not progress) as bar:
+            return self.motion.generate(audio_global, audio_local, state.appearance,
+                                        steps=None if steps is None else int(steps),
+                                        guidance_scale=None if guidance_scale is None else float(guidance_scale), generator=generator,
+                                        progress=lambda index, count: bar.update(1))
+
+    @torch.no_grad()
+    def _render(self, state: SourceState, motion: torch.Tensor, progress: bool) -> Iterator[torch.Tensor]:
+        """Frames (3, S, S) in [0, 1] on the CPU, rendered one render window at a time."""
+        from tqdm import tqdm
+
+        window = self.config.renderer.render_window
+        with tqdm(total=motion.shape[1], desc="render", unit="frame", disable=not progress) as bar:
+            for start in range(0, motion.shape[1], window):
+                frames = self.renderer.render(state, motion[:, start:start + window], window=window)[0]
+                for frame in frames.clamp(0, 1).cpu():
+                    yield frame
+                bar.update(frames.shape[0])
+
+    @torch.no_grad()
+    def _prepare(self, image, audio, steps, seed, guidance_scale, progress):
+        self._check_sampling(steps, seed, guidance_scale)
+        source = self._read_source(image)
+        samples = self._read_audio(audio)
+        state = self.renderer.encode_source(source)
+        motion = self._generate_motion(state, samples, steps, seed, guidance_scale, progress)
+        return state, motion, samples
+
+    def animate(self, image, audio, steps: Optional[int] = None, seed: int = 0,
+                guidance_scale: Optional[float] = None, progress: bool = False) -> torch.Tensor:
+        """The talking video as frames (T, 3, S, S) float32 in [0, 1] on the CPU.
+
+        ``image``: a path or a tensor (3, H, W) / (1, 3, H, W) in [0, 1], centre-cropped to a
+        square and resized to ``config.renderer.image_size``. ``audio``: a path (any format;
+        resampled to 16 kHz mono) or a 1-D float array of 16 kHz samples. T = ceil(25 · duration).
+        ``steps`` (DDIM steps) and ``guidance_scale`` default to the config's; ``seed`` seeds
+        every noise draw, so a seed gives the same video.
+        """
+        state, motion, _ = self._prepare(image, audio, steps, seed, guidance_scale, progress)
+        return torch.stack(list(self._render(state, motion, progress)))
+
+    def animate_to_file(self, image, audio, out: PathLike, steps: Optional[int] = None, seed: int = 0,
+                        guidance_scale: Optional[float] = None, progress: bool = True) -> int:
+        """Write the talking video to ``out`` (H.264 mp4 at 25 fps, the audio muxed in as AAC);
+        returns T, the number of frames. Arguments as :meth:`animate`.
+
+        Every input is read and checked and all motion is sampled before the file is created;
+        frames are rendered window by window and streamed to the encoder. ``out`` is written
+        atomically: after any failure it is exactly what it was before.
+        """
+        state, motion, samples = self._prepare(image, audio, steps, seed, guidance_scale, progress)
+        write_video(out, self._render(state, motion, progress), fps=VIDEO_FPS, audio=samples,
+                    sample_rate=SAMPLE_RATE)
+        return motion.shape[1]

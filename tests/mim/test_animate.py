@@ -1,0 +1,227 @@
+"""mim animate / mim.animate: T = ceil(25 · duration) frames from a portrait and speech, a playable
+mp4 with the audio, the same video for the same seed, bad input refused without touching the
+output."""
+
+import math
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import mim.animate
+from mim.animate import Animator
+from mim.audio import audio_features, num_video_frames
+from mim.cli import main
+from mim.config import config_to_dict, get_config
+from mim.data import make_clip, speech_like_audio
+from mim.io import MediaError, write_image, write_wav
+from mim.models import Renderer
+from mim.models.motion import MotionGenerator
+from mim.reenact import square_resize
+from mim.train.checkpoint import CheckpointError, save_checkpoint
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """A random tiny stage-2 checkpoint (2 DDIM steps), a stage-1 one, a portrait, speech."""
+    root = tmp_path_factory.mktemp("animate")
+    config = get_config("tiny")
+    config.motion.sample_steps = 2
+    torch.manual_seed(0)
+    renderer = Renderer(config.renderer)
+    motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)
+    with torch.no_grad():   # zero-initialized heads would make frames ignore motion, motion ignore audio
+        for parameter in [*renderer.parameters(), *motion.parameters()]:
+            if not parameter.any():
+                parameter.normal_(0, 0.05)
+    stage2 = str(root / "stage2.safetensors")
+    save_checkpoint(stage2, kind="stage2", step=0, config=config_to_dict(config),
+                    modules={"renderer": renderer, "motion": motion})
+    stage1 = str(root / "stage1.safetensors")
+    save_checkpoint(stage1, kind="stage1", step=0, config=config_to_dict(config),
+                    modules={"renderer": renderer})
+    portrait = make_clip(1, num_frames=1, size=64)["frames"][0]
+    write_image(str(root / "portrait.png"), portrait)
+    speech, _ = speech_like_audio(2.2, seed=1)
+    write_wav(str(root / "speech.wav"), speech[:round(1.01 * RATE)], RATE)
+    write_wav(str(root / "short.wav"), speech[:round(0.3 * RATE)], RATE)
+    return {"root": root, "stage2": stage2, "stage1": stage1, "portrait": portrait, "speech": speech}
+
+
+@pytest.fixture(scope="module")
+def animator(media):
+    return Animator.from_pretrained(media["stage2"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def short_video(media, animator):
+    """0.3 s of speech (shorter than one motion window of 25 frames), seed 0."""
+    return animator.animate(media["portrait"], media["speech"][:round(0.3 * RATE)], seed=0)
+
+
+def decode(path):
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio
+        frames = sum(1 for _ in container.decode(video=0))
+        fps = float(video.average_rate)
+        size = (video.codec_context.width, video.codec_context.height)
+        seconds = float(audio[0].duration * audio[0].time_base) if audio else None
+    return frames, fps, size, seconds
+
+
+def test_short_audio_gives_ceil_25_duration_frames(short_video):
+    assert short_video.shape == (8, 3, 64, 64)   # ceil(0.3 · 25) = ceil(7.5)
+    assert short_video.dtype == torch.float32 and torch.isfinite(short_video).all()
+    assert short_video.min() >= 0 and short_video.max() <= 1
+
+
+def test_audio_over_several_motion_windows(media, animator):
+    frames = animator.animate(media["portrait"], media["speech"][:round(2.2 * RATE)], seed=0)
+    assert frames.shape == (55, 3, 64, 64)       # windows of 25, 25 and 5 motion frames
+    assert torch.isfinite(frames).all() and frames.min() >= 0 and frames.max() <= 1
+
+
+def test_same_seed_same_video_other_seed_another(media, animator, short_video):
+    audio = media["speech"][:round(0.3 * RATE)]
+    again = animator.animate(media["portrait"], audio, seed=0)
+    assert torch.equal(again, short_video)
+    other = animator.animate(media["portrait"], audio, seed=1)
+    assert other.shape == short_video.shape and not torch.equal(other, short_video)
+
+
+def test_is_the_two_stages_in_turn(media, animator, short_video):
+    """Source encoded once, motion sampled from the speech with F_A and the seeded generator,
+    rendered: the same frames as calling the stages by hand."""
+    audio = media["speech"][:round(0.3 * RATE)]
+    config = animator.config
+    with torch.no_grad():
+        state = animator.renderer.encode_source(square_resize(media["portrait"], 64)[None])
+        features = audio_features(audio)
+        audio_global, audio_local = animator.motion.encode_audio(
+            features.mel[None], features.local_windows(config.motion.local_context)[None])
+        motion = animator.motion.generate(audio_global, audio_local, state.appearance,
+                                          generator=torch.Generator().manual_seed(0))
+        frames = animator.renderer.render(state, motion)[0].clamp(0, 1)
+    assert motion.shape == (1, num_video_frames(len(audio)), config.renderer.motion_dim)
+    torch.testing.assert_close(short_video, frames, rtol=0, atol=1e-6)
+
+
+def test_cli_writes_mp4_with_the_audio(media, tmp_path, capsys):
+    out = tmp_path / "talking.mp4"
+    code = main(["animate", "--image", str(media["root"] / "portrait.png"),
+                 "--audio", str(media["root"] / "speech.wav"), "--out", str(out),
+                 "--checkpoint", media["stage2"], "--device", "cpu", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.strip() == str(out)
+    frames, fps, size, seconds = decode(out)
+    assert (frames, fps, size) == (math.ceil(25 * 1.01), 25.0, (64, 64))
+    assert seconds == pytest.approx(1.01, abs=0.064)      # AAC codes whole 1024-sample frames
+    assert os.listdir(tmp_path) == ["talking.mp4"]
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_grey_and_rgba_portraits(media, animator, tmp_path, mode):
+    rgb = (media["portrait"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(rgb, mode="RGB").convert(mode).resize((48, 64))   # not square either
+    image.save(tmp_path / f"portrait_{mode}.png")
+    out = tmp_path / "talking.mp4"
+    assert animator.animate_to_file(tmp_path / f"portrait_{mode}.png", media["root"] / "short.wav",
+                                    out, progress=False) == 8
+    assert decode(out)[:3] == (8, 25.0, (64, 64))
+
+
+@pytest.mark.parametrize("what", ["image", "audio", "empty-wav", "foreign-checkpoint",
+                                  "stage1-checkpoint", "missing-default-checkpoint"])
+def test_bad_input_names_it_and_keeps_the_old_output(media, tmp_path, capsys, monkeypatch, what):
+    args = {"--image": str(media["root"] / "portrait.png"), "--audio": str(media["root"] / "short.wav"),
+            "--checkpoint": media["stage2"]}
+    if what in ("image", "audio"):
+        named = tmp_path / ("broken.png" if what == "image" else "broken.wav")
+        named.write_bytes(b"not a media file at all" * 10)
+        args["--" + what] = str(named)
+    elif what == "empty-wav":
+        named = tmp_path / "empty.wav"
+        write_wav(str(named), np.zeros(0, np.float32), RATE)
+        args["--audio"] = str(named)
+    elif what == "foreign-checkpoint":
+        named = tmp_path / "foreign.safetensors"
+        save_file({"w": torch.zeros(2)}, str(named))
+        args["--checkpoint"] = str(named)
+    elif what == "stage1-checkpoint":
+        named = media["stage1"]
+        args["--checkpoint"] = named
+    else:
+        named = tmp_path / "demo" / "mim_tiny.safetensors"
+        monkeypatch.setattr(mim.animate, "DEFAULT_CHECKPOINT", named)
+        del args["--checkpoint"]
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"previous result")
+    before = sorted(os.listdir(tmp_path))
+    argv = ["animate", "--out", str(out), "--no-progress"] + [x for pair in args.items() for x in pair]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mim: error:") and str(named) in err, err
+    assert out.read_bytes() == b"previous result"
+    assert sorted(os.listdir(tmp_path)) == before
+    if what == "stage1-checkpoint":
+        assert "no motion generator" in err and "stage 2" in err
+    if what == "missing-default-checkpoint":
+        assert "--checkpoint" in err and "make demo" in err
+
+
+def test_missing_default_checkpoint_from_python(tmp_path, monkeypatch):
+    monkeypatch.setattr(mim.animate, "DEFAULT_CHECKPOINT", tmp_path / "absent.safetensors")
+    with pytest.raises(CheckpointError, match="absent.safetensors"):
+        Animator.from_pretrained()
+
+
+@pytest.mark.parametrize("image, message", [
+    (torch.rand(4, 64, 64), r"image must have shape \(3, H, W\)"),
+    (torch.rand(2, 3, 64, 64), r"image must have shape \(3, H, W\)"),
+    (torch.rand(3, 64, 64) * 2, r"image values must lie in \[0, 1\]"),
+])
+def test_bad_image_tensor_is_named(media, animator, image, message):
+    with pytest.raises(ValueError, match=message):
+        animator.animate(image, media["speech"][:RATE // 2])
+
+
+@pytest.mark.parametrize("audio, error, message", [
+    (np.zeros(0, np.float32), ValueError, "audio is empty"),
+    (np.zeros((2, 8000), np.float32), ValueError, r"audio must be a 1-D \(mono\) array"),
+    (np.zeros(8000, np.int16), TypeError, "audio must be a float array"),
+    (np.zeros(100, np.float32), ValueError, "audio has 100 samples; at least 257"),
+])
+def test_bad_audio_array_is_named(media, animator, audio, error, message):
+    with pytest.raises(error, match=message):
+        animator.animate(media["portrait"], audio)
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"steps": 0}, r"steps must be None or an int in \[1, diffusion_steps = 1000\]"),
+    ({"steps": 2.5}, "steps must be None or an int"),
+    ({"guidance_scale": float("nan")}, "guidance_scale must be None or a finite number"),
+    ({"seed": "zero"}, "seed must be an int"),
+])
+def test_bad_sampling_option_is_named(media, animator, option, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        animator.animate(media["portrait"], media["speech"][:RATE // 2], **option)
+
+
+def test_silence_is_valid_audio(media, animator):
+    frames = animator.animate(media["portrait"], np.zeros(RATE // 10, np.float32))
+    assert frames.shape == (3, 3, 64, 64) and torch.isfinite(frames).all()
+
+
+def test_too_short_audio_file_names_the_file(media, animator, tmp_path):
+    path = tmp_path / "click.wav"
+    write_wav(str(path), np.zeros(100, np.float32), RATE)
+    with pytest.raises(MediaError, match="click.wav"):
+        animator.animate(media["portrait"], path)
