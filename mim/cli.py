@@ -1,6 +1,7 @@
 """The ``mim`` command (also ``python -m mim``).
 
     mim train stage1 --config tiny --data synthetic --steps 500 --out runs/x [--resume]
+    mim train stage2 --stage1 runs/x/checkpoints/step_0000500.safetensors --steps 500 --out runs/y
     mim evaluate --checkpoint runs/x/checkpoints/step_0000500.safetensors [--data synthetic]
     mim reenact --image src.png --driving drive.mp4 --checkpoint ckpt --out out.mp4
     mim animate --image portrait.png --audio speech.wav --out talking.mp4 [--checkpoint ckpt]
@@ -53,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--vgg19-weights", help="safetensors VGG-19 weights for the perceptual loss")
     s1.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     _add_common(s1)
+    s2 = stages.add_parser("stage2", help="train the motion generator on a trained renderer")
+    s2.add_argument("--stage1", required=True, help="stage-1 checkpoint (its renderer is frozen)")
+    s2.add_argument("--config", help="tiny, base or a file for the motion/stage2 sections "
+                                     "(default: the stage-1 checkpoint's config)")
+    s2.add_argument("--data", default="synthetic", help="'synthetic' or a folder of clips with audio")
+    s2.add_argument("--steps", type=int, required=True)
+    s2.add_argument("--out", required=True)
+    s2.add_argument("--resume", action="store_true")
+    s2.add_argument("--batch-size", type=int, help="override stage2.batch_size (global)")
+    s2.add_argument("--seed", type=int, help="override stage2.seed")
+    s2.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s2.add_argument("--no-progress", action="store_true")
 
     ev = sub.add_parser("evaluate", help="PSNR/SSIM (LPIPS with weights) of a renderer on held-out clips")
     ev.add_argument("--checkpoint", required=True)
@@ -91,6 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("name")
     cfg.add_argument("path", nargs="?")
     return parser
+
+
+def _train(args) -> int:
+    return _train_stage1(args) if args.stage == "stage1" else _train_stage2(args)
+
+
+def _train_stage2(args) -> int:
+    from mim.config import load_config
+    from mim.train.stage2 import train_stage2
+
+    config = load_config(args.config) if args.config else None
+    if config is not None:
+        if args.batch_size is not None:
+            config.stage2.batch_size = args.batch_size
+        if args.seed is not None:
+            config.stage2.seed = args.seed
+    elif args.batch_size is not None or args.seed is not None:
+        raise ValueError("--batch-size and --seed need --config (otherwise the stage-1 "
+                         "checkpoint's config is used as is)")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    result = train_stage2(args.stage1, args.out, args.steps, config=config, data=args.data,
+                          device=args.device, resume=args.resume, progress=not args.no_progress)
+    print(json.dumps({"step": args.steps, "train": result["train"]}, indent=2))
+    return 0
 
 
 def _train_stage1(args) -> int:
@@ -187,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"train": _train_stage1, "evaluate": _evaluate, "reenact": _reenact, "animate": _animate,
+    handlers = {"train": _train, "evaluate": _evaluate, "reenact": _reenact, "animate": _animate,
                 "config": _config}
     try:
         return handlers[args.command](args)

@@ -90,3 +90,19 @@ def test_refuses_a_renderer_of_another_config(stage1, tmp_path):
         save_checkpoint(bogus, kind="other", step=0, config={}, modules={})
         load_stage1_renderer(bogus)
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_cli_train_stage2(stage1, tmp_path, capsys):
+    from mim.cli import main
+    from mim.config import save_config
+
+    path, config = stage1
+    config_path = str(tmp_path / "c.yaml")
+    save_config(config, config_path)
+    out = str(tmp_path / "run")
+    assert main(["train", "stage2", "--stage1", path, "--config", config_path, "--steps", "1",
+                 "--out", out, "--no-progress"]) == 0
+    assert read_metadata(latest_checkpoint(os.path.join(out, "checkpoints")))["step"] == 1
+    assert main(["train", "stage2", "--stage1", str(tmp_path / "missing.safetensors"), "--steps", "1",
+                 "--out", out, "--no-progress"]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
