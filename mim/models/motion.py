@@ -77,6 +77,12 @@ def _load_flash_attn():
     return flash_attn_func
 
 
+def flash_attention_applies(q, k, v) -> bool:
+    """flash-attn's limits: CUDA tensors, all float16 or all bfloat16, head dim ≤ 256."""
+    return bool(q.is_cuda and q.dtype in _FLASH_DTYPES and k.dtype == q.dtype
+                and v.dtype == q.dtype and q.shape[-1] <= _FLASH_MAX_HEAD_DIM)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Bidirectional multi-head attention softmax(q kᵀ / √d) v.
 
@@ -86,9 +92,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     ``torch.nn.functional.scaled_dot_product_attention``. flash-attn is looked up only on that
     CUDA path (once; the result is cached).
     """
-    use_flash = (q.is_cuda and q.dtype in _FLASH_DTYPES and k.dtype == q.dtype
-                 and v.dtype == q.dtype and q.shape[-1] <= _FLASH_MAX_HEAD_DIM)
-    if use_flash:
+    if flash_attention_applies(q, k, v):
         flash_attn_func = _load_flash_attn()
         if flash_attn_func is not None:
             return flash_attn_func(q, k, v, dropout_p=0.0, causal=False)

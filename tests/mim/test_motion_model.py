@@ -177,13 +177,25 @@ def test_flash_attn_is_not_used_on_cpu(fake_flash_attn, dtype):
     torch.testing.assert_close(out, expected)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_flash_attn_is_used_for_cuda_half(fake_flash_attn):
-    q, k, v = (torch.randn(1, 6, 2, 8, device="cuda", dtype=torch.float16) for _ in range(3))
-    attention(q, k, v)
-    assert fake_flash_attn == [(1, 6, 2, 8)]
-    attention(q.float(), k.float(), v.float())
-    assert len(fake_flash_attn) == 1
+def test_flash_attention_limits():
+    from types import SimpleNamespace as T
+
+    half = T(is_cuda=True, dtype=torch.float16, shape=(1, 6, 2, 64))
+    assert motion_module.flash_attention_applies(half, half, half)
+    bf16 = T(is_cuda=True, dtype=torch.bfloat16, shape=(1, 6, 2, 256))
+    assert motion_module.flash_attention_applies(bf16, bf16, bf16)
+    assert not motion_module.flash_attention_applies(T(is_cuda=True, dtype=torch.float32, shape=(1, 6, 2, 64)), half, half)
+    assert not motion_module.flash_attention_applies(T(is_cuda=False, dtype=torch.float16, shape=(1, 6, 2, 64)), half, half)
+    assert not motion_module.flash_attention_applies(T(is_cuda=True, dtype=torch.float16, shape=(1, 6, 2, 512)), half, half)
+    assert not motion_module.flash_attention_applies(half, bf16, half)
+
+
+def test_flash_attn_is_called_when_it_applies(fake_flash_attn, monkeypatch):
+    """The dispatch itself, on CPU: where the limits hold, flash-attn's result is returned."""
+    monkeypatch.setattr(motion_module, "flash_attention_applies", lambda q, k, v: True)
+    q, k, v = (torch.randn(1, 6, 2, 8) for _ in range(3))
+    out = attention(q, k, v)
+    assert fake_flash_attn == [(1, 6, 2, 8)] and torch.equal(out, torch.zeros_like(q))
 
 
 # --- denoiser --------------------------------------------------------------------------------
