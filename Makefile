@@ -1,5 +1,7 @@
 # mim-engine developer entry points.
 #   make venv       create .venv and install the package (editable) with its dev extras
+#   make demo       set up, train the demo checkpoint if examples/demo lacks it, and animate the
+#                   example portrait with the example speech into demo.mp4
 #   make test       run the test suite (tests/); pass extra pytest flags with PYTEST_ARGS=...
 #   make bench      kernel microbenchmarks (bench/), the Triton compile report, the traffic counter,
 #                   the stage-1 training step (saved bytes and CPU time, engine vs reference)
@@ -23,7 +25,11 @@ CUDA_EXTRAS ?= 1
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: all venv test bench clean distclean
+.PHONY: all venv demo test bench clean distclean
+
+DEMO_DIR        := examples/demo
+DEMO_CHECKPOINT := $(DEMO_DIR)/mim_tiny.safetensors
+DEMO_OUT        ?= demo.mp4
 
 all: test
 
@@ -56,6 +62,10 @@ else
 	$(PIP) install -e ".[dev]"
 endif
 	touch $@
+
+demo: venv
+	test -f $(DEMO_CHECKPOINT) || $(VPY) -m tools.train_demo
+	$(VPY) -m mim animate --image $(DEMO_DIR)/portrait.png --audio $(DEMO_DIR)/speech.wav --out $(DEMO_OUT)
 
 test: venv
 	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
