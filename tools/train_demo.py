@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stage1", help="a trained tiny stage-1 checkpoint to start stage 2 from")
     parser.add_argument("--work", default="runs/demo")
     parser.add_argument("--out", default=DEMO_DIR)
+    parser.add_argument("--clips", type=int, help="training clips per stage (default: the tiny config's)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -55,12 +56,15 @@ def main(argv=None) -> int:
     from mim.train.stage2 import train_stage2
 
     config = get_config("tiny")
+    if args.clips is not None:
+        config.train.train_clips = config.stage2.train_clips = args.clips
     progress = not args.no_progress
     stage1_dir = os.path.join(args.work, "stage1")
     stage2_dir = os.path.join(args.work, "stage2")
     stage1 = args.stage1
     if stage1 is None:
-        train_stage1(config, stage1_dir, args.stage1_steps, resume=True, progress=progress)
+        train_stage1(config, stage1_dir, args.stage1_steps, resume=True, progress=progress,
+                     evaluate=False)
         stage1 = latest_checkpoint(os.path.join(stage1_dir, "checkpoints"))
     train_stage2(stage1, stage2_dir, args.stage2_steps, config=config, resume=True, progress=progress)
     final = latest_checkpoint(os.path.join(stage2_dir, "checkpoints"))

@@ -1,0 +1,23 @@
+"""tools/train_demo end to end at a toy size: both stages, then the files mim animate needs."""
+
+import os
+
+import soundfile
+
+from mim.animate import Animator
+from mim.io import read_image
+from tools.train_demo import main
+
+
+def test_writes_a_loadable_demo(tmp_path):
+    out = str(tmp_path / "demo")
+    assert main(["--stage1-steps", "1", "--stage2-steps", "1", "--clips", "2", "--work",
+                 str(tmp_path / "work"), "--out", out, "--no-progress"]) == 0
+    assert sorted(os.listdir(out)) == ["config.yaml", "mim_tiny.safetensors", "portrait.png",
+                                       "speech.wav", "stage1_log.csv", "stage2_log.csv"]
+    assert os.path.getsize(os.path.join(out, "mim_tiny.safetensors")) < 30 * 2 ** 20
+    animator = Animator.from_pretrained(os.path.join(out, "mim_tiny.safetensors"), device="cpu")
+    assert animator.config.renderer.image_size == 64
+    assert read_image(os.path.join(out, "portrait.png")).shape == (3, 256, 256)
+    info = soundfile.info(os.path.join(out, "speech.wav"))
+    assert (info.samplerate, info.channels, round(info.duration, 3)) == (16000, 1, 4.0)
