@@ -35,6 +35,7 @@ __all__ = ["Stage1Trainer", "build_stage1_data", "check_same_renderer", "train_s
 
 log = logging.getLogger("mim.train")
 KIND = "stage1"
+RENDERER_KINDS = (KIND, "stage2")   # checkpoints that hold a renderer
 
 
 def build_stage1_data(config: Config, data: str):
@@ -265,15 +266,15 @@ def train_stage1(config: Config, out_dir: str, steps: int, data: str = "syntheti
 
 def renderer_from_checkpoint(path: str, backend: Optional[str] = None,
                              config: Optional[Config] = None) -> Renderer:
-    """A renderer with a stage-1 checkpoint's weights, in eval mode. With ``config``, the
-    checkpoint must have been trained with the same renderer config (else CheckpointError)."""
+    """The renderer of a stage-1 checkpoint (or of a stage-2 one, which carries the frozen
+    stage-1 renderer), in eval mode. With ``config``, the checkpoint must have been trained with
+    the same renderer config (else CheckpointError naming the fields)."""
     meta = read_metadata(path)
-    if meta["kind"] != KIND:
-        raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, not a stage-1 renderer")
+    if meta["kind"] not in RENDERER_KINDS:
+        raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, not a renderer")
     saved = config_from_dict(meta["config"])
     if config is not None:
         check_same_renderer(meta["config"], config, path)
     renderer = Renderer(saved.renderer, backend=backend)
-    load_checkpoint(path, kind=KIND, modules={"renderer": renderer})
+    load_checkpoint(path, kind=meta["kind"], modules={"renderer": renderer})
     return renderer.eval()
-

@@ -11,6 +11,7 @@ a generator seeded by (seed, step, micro-batch, rank): a checkpoint resumes exac
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from typing import Dict, List, Optional
@@ -20,13 +21,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mim.audio import audio_features
-from mim.config import Config, config_from_dict, config_to_dict
+from mim.config import Config, config_from_dict
 from mim.models import Renderer
 from mim.models.motion import MotionGenerator
-from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from mim.train.checkpoint import read_metadata
 from mim.train.distributed import DistributedContext, shutdown_distributed
 from mim.train.loop import TrainerBase
-from mim.train.stage1 import KIND as STAGE1_KIND, build_stage1_data, check_same_renderer
+from mim.train.stage1 import build_stage1_data, check_same_renderer, renderer_from_checkpoint
 
 __all__ = ["Stage2Trainer", "encode_clips", "train_stage2", "KIND"]
 
@@ -85,12 +86,9 @@ class Stage2Trainer(TrainerBase):
         t = self.config.stage2
         dev = self.ctx.device
         self.renderer = renderer.to(dev).eval().requires_grad_(False)
-        data_config = config_from_dict({**config_to_dict(config),
-                                        "train": {**config_to_dict(config)["train"],
-                                                  "train_clips": t.train_clips,
-                                                  "heldout_clips": t.heldout_clips,
-                                                  "frames_per_clip": t.frames_per_clip,
-                                                  "seed": t.seed}})
+        data_config = copy.deepcopy(config)   # stage 2's clips: its own count, length and seed
+        for key in ("train_clips", "heldout_clips", "frames_per_clip", "seed"):
+            setattr(data_config.train, key, getattr(t, key))
         train_clips, self.heldout_clips = build_stage1_data(data_config, data)
         self.clips = encode_clips(self.renderer, train_clips, config, dev, progress and self.ctx.is_main)
         too_short = [i for i, c in enumerate(self.clips) if c["motion"].shape[0] < config.motion.window]
@@ -180,17 +178,10 @@ class Stage2Trainer(TrainerBase):
 
 
 def load_stage1_renderer(path: str, config: Optional[Config] = None):
-    """(renderer, config) from a stage-1 checkpoint (or a stage-2 one, whose renderer is the
-    frozen stage-1 renderer). ``config``, when given, must have the same renderer section."""
-    meta = read_metadata(path)
-    if meta["kind"] not in (STAGE1_KIND, KIND):
-        raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, not a renderer")
-    saved = config_from_dict(meta["config"])
-    if config is not None:
-        check_same_renderer(meta["config"], config, path)
-    renderer = Renderer(saved.renderer)
-    load_checkpoint(path, kind=meta["kind"], modules={"renderer": renderer})
-    return renderer.eval(), (config or saved)
+    """(renderer, config) from a checkpoint holding a renderer; ``config``, when given, must have
+    the same renderer section, and is returned; else the checkpoint's own config is."""
+    renderer = renderer_from_checkpoint(path, config=config)
+    return renderer, (config or config_from_dict(read_metadata(path)["config"]))
 
 
 def train_stage2(stage1: str, out_dir: str, steps: int, config: Optional[Config] = None,
