@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import time
+from abc import ABC, abstractmethod
 from typing import Dict, Mapping, Optional, Sequence
 
 import torch
@@ -40,7 +41,7 @@ class CsvLog:
         self.handle.close()
 
 
-class TrainerBase:
+class TrainerBase(ABC):
     """A run in ``out_dir`` (``config.yaml``, ``log.csv``, ``tensorboard/``, ``checkpoints/``).
 
     Subclasses set ``KIND`` (the checkpoint kind), ``LOG_FIELDS``, build their modules and
@@ -81,14 +82,17 @@ class TrainerBase:
     def device_ids(self):
         return [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
 
+    @abstractmethod
     def train_section(self):
-        raise NotImplementedError
+        """The config section with batch size, learning-rate schedule, dtype and logging cadence."""
 
+    @abstractmethod
     def checkpoint_modules(self) -> Mapping[str, torch.nn.Module]:
-        raise NotImplementedError
+        """The modules a checkpoint holds, by name (their state_dict keys get the name as prefix)."""
 
+    @abstractmethod
     def checkpoint_optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
-        raise NotImplementedError
+        """The optimizers a checkpoint holds, by name."""
 
     def checkpoint_extra(self) -> Dict:
         return {}
@@ -96,8 +100,9 @@ class TrainerBase:
     def check_resumable(self, saved_config: Dict, path: str) -> None:
         """Raise if the checkpoint at ``path`` cannot continue this run's config."""
 
+    @abstractmethod
     def train_step(self, total_steps: int) -> Dict[str, float]:
-        raise NotImplementedError
+        """One optimizer step (all micro-batches); returns the floats to log."""
 
     def after_step(self, writer) -> None:
         """Called on every rank after each step (evaluation hooks)."""
