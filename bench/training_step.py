@@ -71,12 +71,12 @@ def measure(config_name: str, batch: int, repeats: int, backend, recompute: bool
     config.renderer.checkpoint_activations = recompute
     with tempfile.TemporaryDirectory() as out:
         trainer = Stage1Trainer(config, out, backend=backend, device="cpu", progress=False)
-        source, driving = trainer.batch(0, 0)
+        source, driving, boxes = trainer.batch(0, 0)
         params = {p.untyped_storage().data_ptr() for m in (trainer.renderer, trainer.discriminator)
                   for p in m.parameters()}
         storages = {}
         with counting_saved(storages):
-            loss, *_ = trainer.generator_loss(source, driving, adversarial=True)
+            loss, *_ = trainer.generator_loss(source, driving, adversarial=True, mouth_boxes=boxes)
         del loss
         saved_params = sum(n for ptr, n in storages.items() if ptr in params)
         saved_activations = sum(n for ptr, n in storages.items() if ptr not in params)

@@ -86,6 +86,12 @@ class Stage1LossConfig:
     discriminator_scales: Tuple[float, ...] = (1.0, 0.5)
     discriminator_channels: int = 64
     adversarial_start_step: int = 0  # generator-only warm-up before the GAN terms switch on
+    # Not in the paper: the perceptual loss again on a crop around the mouth (the data's
+    # mouth_box, upsampled to mouth_crop pixels), weighted alpha_mouth; 0 turns it off, and
+    # data without mouth boxes (a folder of videos) trains without it.
+    alpha_mouth: float = 0.0
+    mouth_crop: int = 32
+    mouth_margin: float = 0.25       # the box grows by this fraction of its size on each side
 
 
 @dataclass
@@ -196,6 +202,10 @@ class Config:
         if self.stage2.frames_per_clip < self.motion.window:
             raise ValueError(f"stage2.frames_per_clip ({self.stage2.frames_per_clip}) must be >= "
                              f"motion.window ({self.motion.window})")
+        if self.loss.alpha_mouth < 0 or self.loss.mouth_crop < 8 or self.loss.mouth_margin < 0:
+            raise ValueError(f"loss.alpha_mouth must be >= 0, loss.mouth_crop >= 8 and "
+                             f"loss.mouth_margin >= 0, got {self.loss.alpha_mouth}, "
+                             f"{self.loss.mouth_crop}, {self.loss.mouth_margin}")
         if self.loss.gan_kind not in ("lsgan", "hinge"):
             raise ValueError(f"loss.gan_kind must be 'lsgan' or 'hinge', got {self.loss.gan_kind!r}")
         return self
@@ -212,7 +222,7 @@ def _tiny() -> Config:
             render_window=16),
         loss=Stage1LossConfig(alpha_adversarial=0.05, discriminator_channels=32,
                               discriminator_scales=(1.0,), adversarial_start_step=3000,
-                              perceptual_scales=(1.0, 0.5, 0.25)),
+                              perceptual_scales=(1.0, 0.5, 0.25), alpha_mouth=1.0),
         train=Stage1TrainConfig(batch_size=8, num_driving=2, lr=1e-3, lr_schedule="cosine", train_clips=128,
                                 heldout_clips=8, frames_per_clip=50, log_every=10,
                                 checkpoint_every=100),

@@ -398,6 +398,29 @@ def threshold_mask_loss(v_gt, v_dev, tau):
     return per_sample.mean()
 
 
+def crop_boxes(images, boxes, size, margin=0.0):
+    """Crops of ``images`` (B, C, H, W), one per box of ``boxes`` (B, 4) = (x0, y0, x1, y1) in
+    normalized coordinates ([-1, 1] spans the image's pixel edges, x right, y down), each grown
+    by ``margin`` times its width/height on every side and resampled bilinearly to
+    (size, size): (B, C, size, size), differentiable in ``images``. Outside the image is 0."""
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    if boxes.shape != (images.shape[0], 4):
+        raise ValueError(f"boxes must have shape ({images.shape[0]}, 4), got {tuple(boxes.shape)}")
+    if not torch.isfinite(boxes).all() or not ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all():
+        raise ValueError("boxes must be finite with x1 > x0 and y1 > y0")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    boxes = boxes.to(images.dtype)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * (1 + 2 * margin)
+    theta = torch.zeros(images.shape[0], 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0], theta[:, 1, 1] = half[:, 0], half[:, 1]
+    theta[:, :, 2] = centre
+    grid = F.affine_grid(theta, (images.shape[0], images.shape[1], size, size), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def total_generator_loss(perceptual, adversarial, mask_loss, alpha):
     """Eq. 3: ``L_total^Stage1 = a1 * L_per + a2 * L_adv^G + a3 * L_pg``, alpha = (a1, a2, a3)."""
     if len(alpha) != 3:

@@ -15,7 +15,8 @@ class SourceDrivingPairs(torch.utils.data.Dataset):
     """Item ``i`` of ``clips`` (any dataset of dicts with ``frames`` (T, 3, H, W)) as a pair.
 
     Returns ``{"source": (3, H, W), "driving": (num_driving, 3, H, W), "clip": i,
-    "source_frame": s, "driving_start": d}``: ``driving`` is frames d .. d + num_driving - 1,
+    "source_frame": s, "driving_start": d}`` (and ``"driving_mouth_box"``, (num_driving, 4),
+    when the clip has a ``mouth_box``): ``driving`` is frames d .. d + num_driving - 1,
     with d uniform over the valid starts, and ``source`` is frame s, uniform over the whole clip
     (it may fall inside the driving window). The draw uses a ``torch.Generator`` seeded from
     ``np.random.SeedSequence((seed, epoch, i))``, so it depends only on (seed, epoch, i): not on
@@ -51,10 +52,14 @@ class SourceDrivingPairs(torch.utils.data.Dataset):
         generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         start = int(torch.randint(num_frames - self.num_driving + 1, (), generator=generator))
         source = int(torch.randint(num_frames, (), generator=generator))
-        return {
+        item = {
             "source": frames[source].clone(),
             "driving": frames[start: start + self.num_driving].clone(),
             "clip": index,
             "source_frame": source,
             "driving_start": start,
         }
+        boxes = self.clips[index].get("mouth_box")
+        if boxes is not None:
+            item["driving_mouth_box"] = boxes[start: start + self.num_driving].clone()
+        return item

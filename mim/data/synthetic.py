@@ -413,10 +413,10 @@ def _render(look, pose, mouth_open, blink, size):
     nostrils = _ellipse(wx, wy, nose_x, nose_y, 0.16 * rx * nfx, 0.06 * ry * nfy, p)[0]
     _paint(img, 0.7 * nostrils, look.skin * 0.7)
 
-    mouth_x, mouth_y, mfx, mfy = _project(0.0, 0.5 * ry, yaw, pitch, look)
-    opening_ry = 0.16 * ry * open_ * mfy
-    wx, wy, p, img = canvas.window(mouth_x, mouth_y, np.maximum(0.34 * rx, 0.06 * ry + 1.1 * 0.16 * ry))
-    lips = _ellipse(wx, wy, mouth_x, mouth_y, 0.34 * rx * mfx, 0.06 * ry * mfy + 1.1 * opening_ry, p)[0]
+    mouth_x, mouth_y, mfx, mfy = _project(0.0, _MOUTH_Y * ry, yaw, pitch, look)
+    opening_ry = _OPENING_RY * ry * open_ * mfy
+    wx, wy, p, img = canvas.window(mouth_x, mouth_y, np.maximum(_LIPS_RX * rx, (_LIPS_RY + 1.1 * _OPENING_RY) * ry))
+    lips = _ellipse(wx, wy, mouth_x, mouth_y, _LIPS_RX * rx * mfx, _LIPS_RY * ry * mfy + 1.1 * opening_ry, p)[0]
     _paint(img, lips, look.lips)
     opening = _ellipse(wx, wy, mouth_x, mouth_y, 0.26 * rx * mfx * (1.0 - 0.2 * open_), opening_ry, p)[0]
     _paint(img, opening, (0.2, 0.04, 0.05))
@@ -424,6 +424,31 @@ def _render(look, pose, mouth_open, blink, size):
 
     np.clip(image, 0.0, 1.0, out=image)
     return np.ascontiguousarray(image.transpose(1, 0, 2, 3))
+
+
+# Mouth geometry in head units, as a fraction of the face's half axes (rx, ry): centre height,
+# lips half-width, lips half-height when shut, and the opening's half-height at full opening.
+_MOUTH_Y, _LIPS_RX, _LIPS_RY, _OPENING_RY = 0.5, 0.34, 0.06, 0.16
+
+
+def _mouth_box(look, pose):
+    """(T, 4) float32: (x0, y0, x1, y1), frame coordinates, the axis-aligned box around the lips
+    at full opening in each frame (the lips ellipse's box, turned by roll, scaled and moved
+    like the head), so every pixel the mouth can change lies inside it."""
+    yaw, pitch, roll, tx, ty, scale = (pose[:, i].astype(np.float64) for i in range(6))
+    rx, ry = look.face_rx, look.face_ry
+    cx, cy, fx, fy = _project(0.0, _MOUTH_Y * ry, yaw, pitch, look)
+    half_w = _LIPS_RX * rx * fx
+    half_h = (_LIPS_RY + 1.1 * _OPENING_RY) * ry * fy
+    cos_r, sin_r = np.cos(roll), np.sin(roll)
+    xs, ys = [], []
+    for sx in (-1.0, 1.0):
+        for sy in (-1.0, 1.0):
+            x, y = cx + sx * half_w, cy + sy * half_h
+            xs.append(scale * (cos_r * x - sin_r * y) + 2.0 * tx)
+            ys.append(scale * (sin_r * x + cos_r * y + _HEAD_CENTRE_Y) + 2.0 * ty)
+    xs, ys = np.stack(xs, 1), np.stack(ys, 1)
+    return np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], 1).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------ the clip
@@ -444,6 +469,8 @@ def make_clip(seed, num_frames=50, size=64, fps=25, sample_rate=16000):
       head clockwise on screen), tx, ty as fractions of the frame's width and height (up to
       0.08 and 0.06), scale (exp of up to ±0.06).
     - ``blink``: (T,) float32 tensor in [0, 1], eyelid closure.
+    - ``mouth_box``: (T, 4) float32 tensor, (x0, y0, x1, y1) in frame coordinates ([-1, 1], x
+      right, y down): a box holding every pixel the mouth can change in that frame.
 
     Appearance (skin, hair colour and style, fringe, background gradient, face aspect, eye
     colour and size, glasses, beard), motion and audio come from independent child streams of
@@ -472,6 +499,7 @@ def make_clip(seed, num_frames=50, size=64, fps=25, sample_rate=16000):
         "mouth_open": torch.from_numpy(mouth_open),
         "pose": torch.from_numpy(pose),
         "blink": torch.from_numpy(blink),
+        "mouth_box": torch.from_numpy(_mouth_box(look, pose)),
     }
 
 

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mim.config import Config, config_from_dict, config_to_dict
 from mim.data import SourceDrivingPairs, SyntheticTalkingHeads, VideoFolderDataset
 from mim.evaluate import evaluate_reconstruction
-from mim.losses import (MultiScalePatchDiscriminator, PerceptualLoss, discriminator_loss,
+from mim.losses import (MultiScalePatchDiscriminator, PerceptualLoss, crop_boxes, discriminator_loss,
                         feature_matching_loss, generator_adversarial_loss, threshold_mask_loss,
                         total_generator_loss)
 from mim.models import Renderer
@@ -72,8 +72,8 @@ class Stage1Trainer(TrainerBase):
     in ``out_dir`` (``config.yaml``, ``log.csv``, ``eval.csv``, ``tensorboard/``, ``checkpoints/``)."""
 
     KIND = KIND
-    LOG_FIELDS = ("step", "loss", "l1", "perceptual", "mask", "adversarial", "feature_matching",
-                  "discriminator", "lr", "seconds")
+    LOG_FIELDS = ("step", "loss", "l1", "perceptual", "mouth", "mask", "adversarial",
+                  "feature_matching", "discriminator", "lr", "seconds")
     POSTFIX = ("loss", "l1")
 
     def __init__(self, config: Config, out_dir: str, data: str = "synthetic",
@@ -102,6 +102,8 @@ class Stage1Trainer(TrainerBase):
         self.finish_setup(resume)
         if self.ctx.is_main:
             log.info("perceptual loss: %s", self.perceptual.mode)
+            if config.loss.alpha_mouth > 0 and len(self.train_clips) and "mouth_box" not in self.train_clips[0]:
+                log.info("mouth loss off: the training clips have no mouth boxes")
 
     def train_section(self):
         return self.config.train
@@ -128,13 +130,17 @@ class Stage1Trainer(TrainerBase):
         return self.pairs[index]
 
     def batch(self, step: int, micro: int):
-        """This rank's (source, driving) for micro-batch ``micro`` of optimizer step ``step``."""
+        """This rank's (source, driving, mouth boxes) for micro-batch ``micro`` of optimizer
+        step ``step``; the boxes, (B, N, 4), are None when the clips have none."""
         t = self.config.train
         start = (step * t.grad_accumulation + micro) * t.batch_size + self.ctx.rank * self.local_batch
         items = [self._sample(p) for p in range(start, start + self.local_batch)]
         source = torch.stack([it["source"] for it in items]).to(self.ctx.device, self.dtype)
         driving = torch.stack([it["driving"] for it in items]).to(self.ctx.device, self.dtype)
-        return source, driving
+        boxes = None
+        if all("driving_mouth_box" in it for it in items):
+            boxes = torch.stack([it["driving_mouth_box"] for it in items]).to(self.ctx.device, self.dtype)
+        return source, driving, boxes
 
     # -- one step ---------------------------------------------------------------------------
     def _autocast(self):
@@ -145,15 +151,23 @@ class Stage1Trainer(TrainerBase):
     def _adversarial_on(self) -> bool:
         return self.config.loss.alpha_adversarial > 0 and self.step >= self.config.loss.adversarial_start_step
 
-    def generator_loss(self, source: torch.Tensor, driving: torch.Tensor, adversarial: bool):
-        """Eq. 3 (+ feature matching once the GAN is on) for one micro-batch: returns (loss,
-        its terms, predicted frames, target frames), frames flattened to (B·N, 3, S, S)."""
+    def generator_loss(self, source: torch.Tensor, driving: torch.Tensor, adversarial: bool,
+                       mouth_boxes: Optional[torch.Tensor] = None):
+        """Eq. 3 (+ feature matching once the GAN is on, + the mouth-crop loss when
+        ``loss.alpha_mouth`` > 0 and ``mouth_boxes`` (B, N, 4) are given) for one micro-batch:
+        returns (loss, its terms, predicted frames, target frames), frames flattened to
+        (B·N, 3, S, S)."""
         cfg = self.config.loss
         with self._autocast():
             out = self.g(source, driving)
             pred = out["frames"].flatten(0, 1)
             target = driving.flatten(0, 1)
             per = self.perceptual(pred.to(self.dtype), target)
+            mouth = torch.zeros((), device=pred.device, dtype=self.dtype)
+            if cfg.alpha_mouth > 0 and mouth_boxes is not None:
+                boxes = mouth_boxes.flatten(0, 1)
+                mouth = self.perceptual(crop_boxes(pred.to(self.dtype), boxes, cfg.mouth_crop, cfg.mouth_margin),
+                                        crop_boxes(target, boxes, cfg.mouth_crop, cfg.mouth_margin))
             with torch.no_grad():   # L_pg's target: the driving frame's own F_id, activated like φ_r
                 v_gt = F.leaky_relu(self.renderer.encode_volume(target), self.config.renderer.beta)
             mask_loss = threshold_mask_loss(v_gt.to(self.dtype), out["warped"].to(self.dtype), cfg.mask_tau)
@@ -170,8 +184,11 @@ class Stage1Trainer(TrainerBase):
                                                               cfg.alpha_adversarial, cfg.alpha_mask))
             if adversarial:
                 loss = loss + cfg.feature_matching * fm
+            if cfg.alpha_mouth > 0:
+                loss = loss + cfg.alpha_mouth * mouth
         terms = {"loss": loss, "l1": (pred.detach().to(self.dtype) - target).abs().mean(),
-                 "perceptual": per, "mask": mask_loss, "adversarial": adv, "feature_matching": fm}
+                 "perceptual": per, "mouth": mouth, "mask": mask_loss, "adversarial": adv,
+                 "feature_matching": fm}
         return loss, terms, pred, target
 
     def train_step(self, total_steps: int = 0) -> Dict[str, float]:
@@ -187,11 +204,11 @@ class Stage1Trainer(TrainerBase):
         self.opt_d.zero_grad(set_to_none=True)
         fakes, reals = [], []
         for micro in range(t.grad_accumulation):
-            source, driving = self.batch(self.step, micro)
+            source, driving, boxes = self.batch(self.step, micro)
             last = micro == t.grad_accumulation - 1
             sync = contextlib.nullcontext() if (last or not self.ctx.enabled) else self.g.no_sync()
             with sync:   # no_sync must cover the backward too
-                loss, terms, pred, target = self.generator_loss(source, driving, adversarial)
+                loss, terms, pred, target = self.generator_loss(source, driving, adversarial, boxes)
                 (loss / t.grad_accumulation).backward()
             fakes.append(pred.detach())
             reals.append(target)

@@ -13,6 +13,7 @@ from mim.losses import (
     MultiScalePatchDiscriminator,
     PerceptualLoss,
     VGG19Features,
+    crop_boxes,
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
@@ -351,3 +352,33 @@ def test_total_generator_loss():
     assert total_generator_loss(per, adv, pg, alpha=(1.0, 0.1, 10.0)).item() == pytest.approx(52.3)
     with pytest.raises(ValueError, match="alpha"):
         total_generator_loss(per, adv, pg, alpha=(1.0, 0.1))
+
+
+# ------------------------------------------------------------------------------- crop_boxes
+
+
+def test_crop_boxes_samples_the_box_pixels_exactly():
+    images = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    # pixels x 2..5, y 1..4 (edges at -1 + 2k/8) and the whole image
+    boxes = torch.tensor([[-0.5, -0.75, 0.5, 0.25], [-1.0, -1.0, 1.0, 1.0]], dtype=torch.float64)
+    crops = crop_boxes(images, boxes, 4)
+    torch.testing.assert_close(crops[0], images[0, :, 1:5, 2:6], rtol=0, atol=1e-12)
+    torch.testing.assert_close(crop_boxes(images[1:], boxes[1:], 8), images[1:], rtol=0, atol=1e-12)
+    # margin 0.5 doubles the first box: x spans the image, y runs from one pixel above it
+    grown = crop_boxes(images[:1], boxes[:1], 8, margin=0.5)[0]
+    assert torch.equal(grown[:, 0], torch.zeros(3, 8, dtype=torch.float64))
+    torch.testing.assert_close(grown[:, 1:], images[0, :, 0:7], rtol=0, atol=1e-12)
+
+
+def test_crop_boxes_is_differentiable_and_checks_its_input():
+    images = torch.rand(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    boxes = torch.tensor([[-0.3, -0.2, 0.4, 0.5]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: crop_boxes(x, boxes, 5, 0.1), (images,))
+    with pytest.raises(ValueError, match="boxes must have shape"):
+        crop_boxes(images, boxes[0], 4)
+    with pytest.raises(ValueError, match="x1 > x0"):
+        crop_boxes(images, boxes[:, [2, 1, 0, 3]], 4)
+    with pytest.raises(ValueError, match="size"):
+        crop_boxes(images, boxes, 0)
+    with pytest.raises(ValueError, match="images must have shape"):
+        crop_boxes(images[0], boxes, 4)

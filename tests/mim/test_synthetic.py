@@ -7,7 +7,7 @@ from mim.data import SyntheticTalkingHeads, envelope_per_frame, make_clip, speec
 from mim.data import synthetic
 from mim.io import read_audio, read_video
 
-KEYS = {"frames", "audio", "sample_rate", "fps", "mouth_open", "pose", "blink"}
+KEYS = {"frames", "audio", "sample_rate", "fps", "mouth_open", "pose", "blink", "mouth_box"}
 
 
 def assert_clips_equal(a, b):
@@ -174,6 +174,42 @@ def test_mouth_opening_darkens_the_lower_face(look):
     assert (change > 0.3).sum() > 30
     half = render(look, mouth=0.5)
     assert 0.2 < np.abs(half - closed).sum() / np.abs(opened - closed).sum() < 0.8
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_mouth_box_holds_every_pixel_the_mouth_changes(seed):
+    rng = np.random.default_rng(seed)
+    look = synthetic._draw_look(rng)
+    limits = synthetic._POSE_LIMITS
+    pose = np.concatenate([rng.uniform(-1, 1, (6, 5)) * limits[:5],
+                           np.exp(rng.uniform(-1, 1, (6, 1)) * limits[5])], 1).astype(np.float32)
+    pose[0] = [limits[0], limits[1], limits[2], limits[3], limits[4], np.exp(limits[5])]  # extremes
+    size = 96
+    shut = synthetic._render(look, pose, np.zeros(6, np.float32), np.zeros(6, np.float32), size)
+    opened = synthetic._render(look, pose, np.ones(6, np.float32), np.zeros(6, np.float32), size)
+    boxes = synthetic._mouth_box(look, pose)
+    axis = (np.arange(size) + 0.5) * (2.0 / size) - 1.0
+    half_pixel = 1.0 / size
+    for frame in range(len(pose)):
+        changed = np.abs(opened[frame] - shut[frame]).sum(0) > 1e-4
+        assert changed.sum() > 10
+        x0, y0, x1, y1 = boxes[frame]
+        inside = (((axis >= y0 - half_pixel) & (axis <= y1 + half_pixel))[:, None]
+                  & ((axis >= x0 - half_pixel) & (axis <= x1 + half_pixel))[None, :])
+        assert not (changed & ~inside).any(), frame
+        # and the box is tight: the shut lips fill a good part of it
+        assert (x1 - x0) * (y1 - y0) < 40 * changed.sum() * (2.0 / size) ** 2
+
+
+def test_clip_mouth_box_follows_the_head():
+    clip = make_clip(3, num_frames=40, size=32)
+    boxes = clip["mouth_box"]
+    assert boxes.shape == (40, 4) and boxes.dtype == torch.float32
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    centre_x = (boxes[:, 0] + boxes[:, 2]) / 2
+    tx = clip["pose"][:, 3]
+    assert np.corrcoef(centre_x, tx)[0, 1] > 0.3
+    assert ((boxes[:, 1] + boxes[:, 3]) / 2 > 0).all()   # below the frame's centre line
 
 
 # -------------------------------------------------------------------------------------- audio

@@ -206,3 +206,28 @@ def test_evaluate_command_and_baseline(tmp_path, capsys):
     assert result["frames"] == frames.shape[0] - 1
     assert result["baseline_psnr"] == pytest.approx(float(expected), rel=1e-6)
     assert 0 < result["l1"] < 1 and result["psnr"] < result["baseline_psnr"]   # 1 step: not yet useful
+
+
+def test_mouth_crop_loss(tmp_path):
+    """The tiny config's mouth term is the perceptual loss of the mouth crops, weighted into the
+    total; it is off without boxes (folder data) and with alpha_mouth = 0."""
+    from mim.losses import crop_boxes
+    from mim.train.stage1 import Stage1Trainer
+
+    config = small_config(dtype="float64")
+    config.loss.adversarial_start_step = 10
+    trainer = Stage1Trainer(config, str(tmp_path / "run"), progress=False)
+    source, driving, boxes = trainer.batch(0, 0)
+    assert boxes.shape == (2, 2, 4)
+    loss, terms, pred, target = trainer.generator_loss(source, driving, False, boxes)
+    cfg = config.loss
+    expected = trainer.perceptual(crop_boxes(pred, boxes.flatten(0, 1), cfg.mouth_crop, cfg.mouth_margin),
+                                  crop_boxes(target, boxes.flatten(0, 1), cfg.mouth_crop, cfg.mouth_margin))
+    assert cfg.alpha_mouth == 1.0 and terms["mouth"].item() > 0
+    torch.testing.assert_close(terms["mouth"], expected)
+    without, terms_without, _, _ = trainer.generator_loss(source, driving, False, None)
+    assert terms_without["mouth"].item() == 0
+    torch.testing.assert_close(loss, without + cfg.alpha_mouth * expected)
+    trainer.config.loss.alpha_mouth = 0.0
+    off, terms_off, _, _ = trainer.generator_loss(source, driving, False, boxes)
+    torch.testing.assert_close(off, without)
