@@ -225,3 +225,51 @@ def test_too_short_audio_file_names_the_file(media, animator, tmp_path):
     write_wav(str(path), np.zeros(100, np.float32), RATE)
     with pytest.raises(MediaError, match="click.wav"):
         animator.animate(media["portrait"], path)
+
+
+class _OracleAnimator:
+    """Returns a clip's true frames for its own audio, and the frames time-reversed (the mouth
+    out of step with the sound) for any other audio."""
+
+    def __init__(self, clip, renderer):
+        self.clip, self.renderer, self.device = clip, renderer, torch.device("cpu")
+
+    def animate(self, source, audio, steps=None, seed=0):
+        assert torch.equal(source, self.clip["frames"][:1])
+        if np.array_equal(audio, self.clip["audio"]):
+            return self.clip["frames"]
+        return self.clip["frames"].flip(0)
+
+
+def test_evaluate_lipsync_scores_sync_against_the_shuffled_control(media):
+    from mim.evaluate import evaluate_lipsync
+    from mim.sync import sync_correlation
+
+    clip = make_clip(4, num_frames=75, size=64)
+    oracle = _OracleAnimator(clip, Renderer(get_config("tiny").renderer).eval())
+    result = evaluate_lipsync(oracle, [clip])
+    truth = sync_correlation(clip["frames"], clip["audio"])
+    assert truth > 0.8
+    assert result["sync"] == result["sync_truth"] == pytest.approx(truth)
+    assert result["sync_shuffled"] == pytest.approx(sync_correlation(clip["frames"].flip(0), clip["audio"]))
+    assert result["sync_shuffled"] < 0.5
+    assert result["psnr"] == float("inf") or result["psnr"] > 60
+    assert result["ssim"] == pytest.approx(1.0)
+    assert result["num_clips"] == 1 and result["frames"] == 75 and len(result["clips"]) == 1
+    with pytest.raises(ValueError, match="at least one clip"):
+        evaluate_lipsync(oracle, [])
+
+
+def test_evaluate_lipsync_command(media, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "sync.json"
+    assert main(["evaluate", "--checkpoint", media["stage2"], "--lipsync", "--clips", "1",
+                 "--json", str(out), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_clips"] == 1 and result["frames"] == 100
+    for key in ("sync", "sync_shuffled", "sync_truth", "sync_reconstruction"):
+        assert -1 <= result[key] <= 1
+    assert result["sync_truth"] > 0.8
+    assert main(["evaluate", "--checkpoint", media["stage2"], "--lipsync", "--data", str(tmp_path)]) == 2
+    assert "procedural clips only" in capsys.readouterr().err
