@@ -39,6 +39,10 @@ class RendererConfig:
     lmdd_channels: int = 64          # hidden width of the LMDD's 3-D hourglass
     lmdd_motion_channels: int = 4    # channels per depth layer that Δ contributes to the LMDD
     decoder_channels: int = 128      # width at the volume resolution; halves per upsampling
+    # Not in the paper's equations: the LMDD also emits a feature volume (zero at the start)
+    # added to φ_r before the decoder, so motion can create what no warp of the source holds
+    # (an open mouth from a shut one). False: the decoder sees φ_r alone, as in the paper.
+    deviation_features: bool = True
     beta: float = 0.2                # β, slope of the activation on negative values
     learn_beta: bool = False
     eps: float = 1e-5                # ε of eq. 2

@@ -32,12 +32,14 @@ class _Hourglass3d(nn.Module):
 class LatentMotionDeviationDecoder(nn.Module):
     """Δ (K, λ, motion_dim) of K frames and F_id (K, C, S_d, H, W) → region logits
     (K, λ, S_d, H, W), per-region displacement (K, λ, 3, S_d, H, W) in normalized (x, y, z) units,
-    occlusion mask (K, 1, S_d, H, W) in (0, 1).
+    occlusion mask (K, 1, S_d, H, W) in (0, 1), and with ``config.deviation_features`` a
+    deviation feature volume (K, C, S_d, H, W) that the renderer adds to φ_r.
 
     Δ is viewed as λ·motion_dim/64 maps of 8×8, convolved, upsampled to H × W and projected to
     ``lmdd_motion_channels`` channels per depth layer; concatenated with F_id (the depth-aware
-    decoding of the paper), a 3-D hourglass and three 3×3×3 heads produce the outputs. The logit
-    and displacement heads start at zero (uniform regions, identity warp), the mask near 1.
+    decoding of the paper), a 3-D hourglass and 3×3×3 heads produce the outputs. The logit,
+    displacement and feature heads start at zero (uniform regions, identity warp, no added
+    features), the mask near 1.
     """
 
     def __init__(self, config: RendererConfig):
@@ -54,7 +56,12 @@ class LatentMotionDeviationDecoder(nn.Module):
         self.logits = nn.Conv3d(width, config.regions, 3, padding=1)
         self.displacement = nn.Conv3d(width, 3 * config.regions, 3, padding=1)
         self.mask = nn.Conv3d(width, 1, 3, padding=1)
-        for head in (self.logits, self.displacement, self.mask):
+        heads = [self.logits, self.displacement, self.mask]
+        self.features = None
+        if config.deviation_features:
+            self.features = nn.Conv3d(width, config.feature_channels, 3, padding=1)
+            heads.append(self.features)
+        for head in heads:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         nn.init.constant_(self.mask.bias, 2.0)
@@ -72,7 +79,9 @@ class LatentMotionDeviationDecoder(nn.Module):
         logits = self.logits(h)
         displacement = self.displacement(h).view(k, self.regions, 3, *h.shape[2:])
         mask = torch.sigmoid(self.mask(h))
-        return logits, displacement, mask
+        if self.features is None:
+            return logits, displacement, mask
+        return logits, displacement, mask, self.features(h)
 
     def forward(self, deviation: torch.Tensor, feature: torch.Tensor):
         return maybe_checkpoint(self._body, self.checkpoint_activations, deviation, feature)

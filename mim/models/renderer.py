@@ -103,7 +103,7 @@ class Renderer(nn.Module):
         deviation = deviation.reshape(b * n, *deviation.shape[2:])
         feature = state.feature
         per_frame = feature.repeat_interleave(n, dim=0) if b > 1 or n == 1 else feature.expand(n, *feature.shape[1:])
-        logits, displacement, mask = self.lmdd(deviation, per_frame)
+        logits, displacement, mask, *added = self.lmdd(deviation, per_frame)
         if n == 1 or b == 1:
             warped = self.warp(feature, logits, displacement, mask)
         else:  # one call per clip, so F_id is shared by its frames without copying
@@ -111,7 +111,7 @@ class Renderer(nn.Module):
                                           displacement[i * n:(i + 1) * n], mask[i * n:(i + 1) * n])
                                 for i in range(b)])
         appearance = state.appearance.repeat_interleave(n, dim=0)
-        frames = self.decoder(warped, appearance)
+        frames = self.decoder(warped + added[0] if added else warped, appearance)
         return {"frames": frames.view(b, n, *frames.shape[1:]), "warped": warped, "mask": mask}
 
     def render(self, state: SourceState, motion: torch.Tensor, window: Optional[int] = None,

@@ -63,6 +63,29 @@ def test_initial_warp_is_identity():
     torch.testing.assert_close(out["warped"], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_deviation_features_reach_the_decoder():
+    """The LMDD's feature head starts at zero (frames equal those of a renderer without it) and
+    then adds to φ_r what the decoder sees: frames change, L_pg's "warped" does not."""
+    torch.manual_seed(0)
+    with_features = Renderer(tiny()).eval()
+    without = Renderer(tiny(deviation_features=False)).eval()
+    assert without.lmdd.features is None
+    missing = without.load_state_dict(with_features.state_dict(), strict=False)
+    assert missing.unexpected_keys == ["lmdd.features.weight", "lmdd.features.bias"]
+    assert not missing.missing_keys
+    source, driving = torch.rand(1, 3, 64, 64), torch.rand(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = with_features(source, driving), without(source, driving)
+        torch.testing.assert_close(a["frames"], b["frames"], rtol=0, atol=0)
+        with_features.lmdd.features.bias.fill_(0.5)
+        c = with_features(source, driving)
+    torch.testing.assert_close(c["warped"], a["warped"], rtol=0, atol=0)
+    assert (c["frames"] - a["frames"]).abs().max() > 1e-3
+    loss = with_features(source, driving)["frames"].sum()
+    loss.backward()
+    assert with_features.lmdd.features.weight.grad.abs().sum() > 0
+
+
 def test_frames_do_not_depend_on_other_clips():
     renderer = Renderer(tiny()).eval()
     source, driving = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 3, 64, 64)
