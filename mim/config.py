@@ -42,7 +42,7 @@ class RendererConfig:
     # Not in the paper's equations: the LMDD also emits a feature volume (zero at the start)
     # added to φ_r before the decoder, so motion can create what no warp of the source holds
     # (an open mouth from a shut one). False: the decoder sees φ_r alone, as in the paper.
-    deviation_features: bool = True
+    deviation_features: bool = False
     beta: float = 0.2                # β, slope of the activation on negative values
     learn_beta: bool = False
     eps: float = 1e-5                # ε of eq. 2
@@ -226,7 +226,7 @@ def _tiny() -> Config:
             render_window=16),
         loss=Stage1LossConfig(alpha_adversarial=0.05, discriminator_channels=32,
                               discriminator_scales=(1.0,), adversarial_start_step=3000,
-                              perceptual_scales=(1.0, 0.5, 0.25), alpha_mouth=1.0),
+                              perceptual_scales=(1.0, 0.5, 0.25)),
         train=Stage1TrainConfig(batch_size=8, num_driving=2, lr=1e-3, lr_schedule="cosine", train_clips=128,
                                 heldout_clips=8, frames_per_clip=50, log_every=10,
                                 checkpoint_every=100),

@@ -67,8 +67,8 @@ def test_deviation_features_reach_the_decoder():
     """The LMDD's feature head starts at zero (frames equal those of a renderer without it) and
     then adds to φ_r what the decoder sees: frames change, L_pg's "warped" does not."""
     torch.manual_seed(0)
-    with_features = Renderer(tiny()).eval()
-    without = Renderer(tiny(deviation_features=False)).eval()
+    with_features = Renderer(tiny(deviation_features=True)).eval()
+    without = Renderer(tiny()).eval()
     assert without.lmdd.features is None
     missing = without.load_state_dict(with_features.state_dict(), strict=False)
     assert missing.unexpected_keys == ["lmdd.features.weight", "lmdd.features.bias"]

@@ -209,13 +209,14 @@ def test_evaluate_command_and_baseline(tmp_path, capsys):
 
 
 def test_mouth_crop_loss(tmp_path):
-    """The tiny config's mouth term is the perceptual loss of the mouth crops, weighted into the
+    """The mouth term (alpha_mouth 1) is the perceptual loss of the mouth crops, weighted into the
     total; it is off without boxes (folder data) and with alpha_mouth = 0."""
     from mim.losses import crop_boxes
     from mim.train.stage1 import Stage1Trainer
 
     config = small_config(dtype="float64")
     config.loss.adversarial_start_step = 10
+    config.loss.alpha_mouth = 1.0
     trainer = Stage1Trainer(config, str(tmp_path / "run"), progress=False)
     source, driving, boxes = trainer.batch(0, 0)
     assert boxes.shape == (2, 2, 4)
