@@ -4,7 +4,9 @@
 #                   example portrait with the example speech into demo.mp4
 #   make test       run the test suite (tests/); pass extra pytest flags with PYTEST_ARGS=...
 #   make bench      kernel microbenchmarks (bench/), the Triton compile report, the traffic counter,
-#                   the stage-1 training step (saved bytes and CPU time, engine vs reference)
+#                   the stage-1 training step (saved bytes and CPU time, engine vs reference), the
+#                   per-stage latency of img2img and audio2video (tiny and base; measured here,
+#                   modeled on an H100) and PNG plots of the results (bench/results/plots/)
 #   make clean      remove build artifacts (keeps .venv)
 #   make distclean  clean, and remove .venv too
 
@@ -76,6 +78,8 @@ bench: venv
 	$(VPY) -m tools.compile_report
 	$(VPY) -m bench.traffic
 	$(VPY) -m bench.training_step
+	$(VPY) -m bench.latency --config tiny --config base --out-dir bench/results
+	$(VPY) -m bench.plots --results-dir bench/results --out-dir bench/results/plots
 
 clean:
 	rm -rf build dist .eggs *.egg-info .pytest_cache

@@ -24,6 +24,7 @@ setup(
         "soundfile",  # wav/flac
         "tqdm",  # progress bars
         "tensorboard",  # training logs
+        "nvtx",  # NVTX ranges around the stages of `mim profile` (a no-op without a CUDA profiler)
     ],
     entry_points={"console_scripts": ["mim = mim.cli:main"]},
     extras_require={
@@ -31,6 +32,6 @@ setup(
         # causal-conv1d and flash-attn compile against the installed torch: install them
         # with --no-build-isolation (the Makefile does).
         "cuda": ["causal-conv1d", "flash-attn", "nvtx"],
-        "dev": ["pytest", "pytest-benchmark"],
+        "dev": ["pytest", "pytest-benchmark", "matplotlib"],
     },
 )

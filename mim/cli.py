@@ -6,6 +6,7 @@
     mim reenact --image src.png --driving drive.mp4 --checkpoint ckpt --out out.mp4
     mim animate --image portrait.png --audio speech.wav --out talking.mp4 [--checkpoint ckpt]
     mim config show tiny | mim config save tiny my.yaml
+    mim profile [--config tiny|base] [--seconds 1] [--repeats 3] [--trace t.json] [--json p.json]
 
 Errors a user can cause (a missing or corrupt file, a checkpoint from another config, a bad
 argument) print one line ``mim: error: ...`` and exit with status 2; nothing is left half-written.
@@ -103,6 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--guidance", type=float,
                     help="classifier-free guidance scale on the audio (default: the config's; 1 = off)")
     _add_common(an)
+
+    pr = sub.add_parser("profile", help="per-stage latency of img2img and audio2video: wall time "
+                                        "measured here, FLOPs and bytes counted, H100 time modeled")
+    pr.add_argument("--config", help="tiny (default), base, or a YAML/JSON config file (random weights)")
+    pr.add_argument("--checkpoint", help="a stage-2 (or stage-1) checkpoint instead of random weights; "
+                                         "its config is used")
+    pr.add_argument("--scenario", choices=("img2img", "audio2video", "both"), default="both")
+    pr.add_argument("--seconds", type=float, default=1.0,
+                    help="seconds of 25 fps video to produce (default 1, as the paper's Table III)")
+    pr.add_argument("--repeats", type=int, default=3, help="timed runs per stage; the median is shown")
+    pr.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    pr.add_argument("--sample-steps", type=int, help="DDIM steps of the motion sampler (default: the config's)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--trace", help="also write a torch.profiler Chrome trace (one more run) to this file")
+    pr.add_argument("--json", help="also write the table to this JSON file")
+    _add_common(pr)
 
     cfg = sub.add_parser("config", help="print or save a config")
     cfg.add_argument("action", choices=("show", "save"))
@@ -239,6 +256,26 @@ def _animate(args) -> int:
     return 0
 
 
+def _profile(args) -> int:
+    from mim.profile import SCENARIOS, format_report, profile, report_json
+
+    scenarios = SCENARIOS if args.scenario == "both" else (args.scenario,)
+    run = profile(args.config, checkpoint=args.checkpoint, seconds=args.seconds, scenarios=scenarios,
+                  repeats=args.repeats, warmup=args.warmup, backend=args.backend, device=args.device,
+                  sample_steps=args.sample_steps, seed=args.seed, trace=args.trace,
+                  progress=not args.no_progress)
+    print(format_report(run))
+    if args.json:
+        from mim.io import atomic_output
+
+        with atomic_output(args.json) as tmp:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(report_json([run]), indent=2) + "\n")
+    if args.trace:
+        print(f"trace: {args.trace}")
+    return 0
+
+
 def _config(args) -> int:
     from mim.config import config_to_dict, load_config, save_config
 
@@ -258,7 +295,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"train": _train, "evaluate": _evaluate, "reenact": _reenact, "animate": _animate,
-                "config": _config}
+                "config": _config, "profile": _profile}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
