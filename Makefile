@@ -7,6 +7,8 @@
 #                   the stage-1 training step (saved bytes and CPU time, engine vs reference), the
 #                   per-stage latency of img2img and audio2video (tiny and base; measured here,
 #                   modeled on an H100) and PNG plots of the results (bench/results/plots/)
+#   make aot        build libmim_kernels (AOT-compiled Triton forward kernels, sm_80 + sm_90a, a C
+#                   API in mim_kernels.h) and its demo program with CMake; see docs/aot.md
 #   make clean      remove build artifacts (keeps .venv)
 #   make distclean  clean, and remove .venv too
 
@@ -27,7 +29,7 @@ CUDA_EXTRAS ?= 1
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: all venv demo test bench clean distclean
+.PHONY: all venv demo test bench aot clean distclean
 
 DEMO_DIR        := examples/demo
 DEMO_CHECKPOINT := $(DEMO_DIR)/mim_tiny.safetensors
@@ -80,6 +82,10 @@ bench: venv
 	$(VPY) -m bench.training_step
 	$(VPY) -m bench.latency --config tiny --config base --out-dir bench/results
 	$(VPY) -m bench.plots --results-dir bench/results --out-dir bench/results/plots
+
+aot: venv
+	cmake -S . -B build/cmake -DMIM_BUILD_AOT=ON -DMIM_PYTHON=$(abspath $(VPY))
+	cmake --build build/cmake -j
 
 clean:
 	rm -rf build dist .eggs *.egg-info .pytest_cache

@@ -439,7 +439,7 @@ def render_markdown(records: Sequence[Mapping[str, Any]], header: Mapping[str, s
     return "\n".join(lines)
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
                                      delete=False, encoding="utf-8") as handle:
@@ -462,8 +462,8 @@ def write_report(records: Sequence[Mapping[str, Any]], out_dir: Path,
     markdown = render_markdown(records, report_header(capabilities))
     # One record a line: compact, and a change in one variant is a one-line diff.
     lines = ",\n".join(json.dumps(record, default=str) for record in records)
-    _write_atomically(out_dir / f"{REPORT_NAME}.json", f"[\n{lines}\n]\n")
-    _write_atomically(out_dir / f"{REPORT_NAME}.md", markdown)
+    write_atomically(out_dir / f"{REPORT_NAME}.json", f"[\n{lines}\n]\n")
+    write_atomically(out_dir / f"{REPORT_NAME}.md", markdown)
     return markdown
 
 
@@ -472,7 +472,7 @@ def write_report(records: Sequence[Mapping[str, Any]], out_dir: Path,
 # ---------------------------------------------------------------------------------------------
 
 
-def _capabilities(text: str) -> List[int]:
+def parse_capabilities(text: str) -> List[int]:
     try:
         capabilities = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -489,7 +489,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR,
                         help="where compile_report.json and .md go (default: bench/results)")
-    parser.add_argument("--targets", type=_capabilities, default=[80, 90],
+    parser.add_argument("--targets", type=parse_capabilities, default=[80, 90],
                         help="compute capabilities, comma separated (default: 80,90)")
     parser.add_argument("--op", action="append", default=[],
                         help="only this op's kernels (repeatable; default: every op)")

@@ -1,0 +1,999 @@
+"""Ahead-of-time kernel library: the forward Triton kernels of the 3-D warp and its neighbours as
+plain C, callable without Python (from C/C++ or a TensorRT plugin); no GPU needed to generate.
+
+For each of four ops (``grid_sample_3d``, ``region_softmax_warp``, ``deviation_adanorm``,
+``selective_scan``) the forward kernel's registry entry (``kernels/_registry.py``) gives every
+(dtype, launch config) its Python launcher can pick; each is compiled with the compile report's
+``compile_variant`` for sm_80 and sm_90a, checked (one kernel entry, the PTX parameters match the
+signature, no scratch memory, no clusters), and written to ``--out-dir`` as:
+
+- ``mim_kernels.h``: the public C header (extern "C"), one ``mim_<op>_fwd`` launcher per op;
+- ``mim_<op>_fwd.c``: the op's cubins as byte arrays (both targets), its variant table and its
+  launcher, which validates the sizes, picks the launch configuration and grid as the Python
+  launcher does, and passes the arguments in the kernel's order;
+- ``mim_kernels_runtime.c`` and ``mim_kernels_internal.h`` (copied from ``csrc/aot/``): the CUDA
+  driver shim (dlopen of libcuda.so.1), the per-context module cache and the launch;
+- ``mim_kernels_build.h`` (the version string) and ``mim_kernels_manifest.json`` (every variant,
+  its cubins' sizes and sha256).
+
+A file whose content did not change is not rewritten. Exit status 1 when a variant fails to
+compile or check, 2 on bad arguments or when Triton's interpreter is on. See docs/aot.md.
+
+    python -m tools.aot [--out-dir DIR] [--targets 80,90] [--dtypes fp32,fp16,bf16]
+                        [--op NAME ...] [--jobs N]
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import argparse  # noqa: E402
+import concurrent.futures  # noqa: E402
+import hashlib  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import re  # noqa: E402
+import string  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple  # noqa: E402
+
+import triton  # noqa: E402
+from triton.backends.nvidia.compiler import sm_arch_from_capability  # noqa: E402
+
+from tools.compile_report import (Job, compile_variant, jobs_for, parse_capabilities,  # noqa: E402
+                                  write_atomically)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT_DIR = REPO_ROOT / "build" / "aot"
+STATIC_DIR = REPO_ROOT / "csrc" / "aot"
+STATIC_FILES = ("mim_kernels_internal.h", "mim_kernels_runtime.c")
+API_VERSION = 1
+
+# Compute capability -> cubin slot in the C tables (MIM__TARGET_* in mim_kernels_internal.h).
+TARGET_SLOTS = {80: 0, 90: 1}
+# Registry dtype -> mim_dtype enumerator, in the enum's order.
+DTYPES = {"fp32": "MIM_FLOAT32", "fp16": "MIM_FLOAT16", "bf16": "MIM_BFLOAT16"}
+# Registry argument type -> (C type of the launch parameter, PTX parameter type).
+SCALAR_TYPES = {"i32": ("int32_t", ".u32"), "i64": ("int64_t", ".u64"), "fp32": ("float", ".f32")}
+POINTER_TYPE = ("uint64_t", ".u64")
+# Triton 3.x appends two pointers to every kernel: global and profile scratch (both unused here).
+SCRATCH_PARAMS = ("global_scratch", "profile_scratch")
+
+
+def _module(name: str):
+    # importlib, not `import a.b as m`: kernels.<op> is also the op function's name.
+    return importlib.import_module(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The four ops: C signature, launch configuration (as the Python launcher), kernel arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AotOp:
+    """One op's forward kernel in the library.
+
+    ``params`` is the C parameter list of ``function``. In the launcher's body, C snippets
+    (``string.Template``s over ``constants()``) and generated checks run in this order:
+    ``validate`` (the op's input checks; returns MIM_SUCCESS early when the output is empty);
+    the pointer arguments' checks (non-NULL, 16-byte aligned where the signature says ``:16``);
+    ``plan``, which sets ``int64_t constexprs[]`` (indexed by ``CX_<NAME>``) and
+    ``int64_t launch_grid[3]`` the way ``python_launcher`` does; the integer arguments' checks
+    (int32 range, ``:16`` divisibility); the launch. ``args`` maps every runtime argument of the
+    kernel to a C expression (pointer expressions may use the parameters only)."""
+
+    op: str
+    kernel: str
+    module: str
+    python_launcher: str
+    params: Tuple[Tuple[str, str], ...]
+    doc: str
+    validate: str
+    plan: str
+    args: Mapping[str, str]
+    constants: Callable[[], Mapping[str, Any]]
+
+    @property
+    def function(self) -> str:
+        return f"mim_{self.op}_fwd"
+
+    @property
+    def source_name(self) -> str:
+        return f"{self.function}.c"
+
+
+def _grid_sample_constants() -> Mapping[str, Any]:
+    m = _module("kernels.grid_sample_3d.triton_kernels")
+    return {"BLOCK_P": m.BLOCK_P, "BLOCK_C": m.BLOCK_C, "NUM_WARPS": m.NUM_WARPS}
+
+
+def _warp_constants() -> Mapping[str, Any]:
+    m = _module("kernels.region_softmax_warp.triton_kernels")
+    return {"BLOCK": m.BLOCK_VOXELS, "NUM_WARPS": m.CONFIG.num_warps}
+
+
+def _adanorm_constants() -> Mapping[str, Any]:
+    m = _module("kernels.deviation_adanorm.triton_kernels")
+    smallest = m.launch_config(1)
+    return {"MAX_G": m.MAX_G, "MIN_BLOCK_G": smallest.constexprs["BLOCK_G"]}
+
+
+def _scan_constants() -> Mapping[str, Any]:
+    m = _module("kernels.selective_scan.triton_kernels")
+    chunks = {c.constexprs["T_CHUNK"] for c in m.FORWARD_CONFIGS}
+    if chunks != {m.T_CHUNK}:
+        raise RuntimeError(f"selective_scan forward configs use T_CHUNK {sorted(chunks)}; the C "
+                           f"API documents one checkpoint interval, {m.T_CHUNK}")
+    widths = ", ".join(f"BLOCK_D {c.constexprs['BLOCK_D']} / {c.num_warps} warps"
+                       for c in m.FORWARD_CONFIGS if c.constexprs["N_PAD"] == m.STATE_PADS[0])
+    return {"MAX_N": m.MAX_N, "MAX_L": m.MAX_L, "STATE_PADS": ", ".join(map(str, m.STATE_PADS)),
+            "N_STATE_PADS": len(m.STATE_PADS), "PROGRAMS_PER_SM": m.FORWARD_PROGRAMS_PER_SM,
+            "T_CHUNK": m.T_CHUNK, "WIDTHS": widths}
+
+
+OPS: Tuple[AotOp, ...] = (
+    AotOp(
+        op="grid_sample_3d",
+        kernel="_grid_sample_3d_fwd_kernel",
+        module="kernels.grid_sample_3d.triton_kernels",
+        python_launcher="grid_sample_3d_forward_triton",
+        params=(("mim_dtype", "dtype"), ("const void *", "input"), ("const void *", "grid"),
+                ("void *", "out"), ("int64_t", "N"), ("int64_t", "C"), ("int64_t", "D"),
+                ("int64_t", "H"), ("int64_t", "W"), ("int64_t", "Do"), ("int64_t", "Ho"),
+                ("int64_t", "Wo"), ("mim_padding", "padding"), ("int", "align_corners"),
+                ("struct CUstream_st *", "stream")),
+        doc="""\
+grid_sample_3d forward: F.grid_sample(input, grid, mode="bilinear", padding_mode, align_corners)
+on 5-D tensors (trilinear), as kernels.grid_sample_3d(..., backend="triton").
+  input [16] {dtype} (N, C, D, H, W), D, H, W >= 1
+  grid  [16] {dtype} (N, Do, Ho, Wo, 3): (x, y, z) normalized to [-1, 1]; x along W, y along H,
+             z along D
+  out   [16] {dtype} (N, C, Do, Ho, Wo), written
+  padding: MIM_PADDING_ZEROS or MIM_PADDING_BORDER; align_corners: 0 or 1, PyTorch's meaning.
+Launch (as grid_sample_3d_forward_triton): grid (ceil(Do*Ho*Wo / $BLOCK_P), N), $NUM_WARPS warps,
+tiles of BLOCK_P = $BLOCK_P points x BLOCK_C = $BLOCK_C channels.
+Limits: C, D, H, W and Do*Ho*Wo < 2^31 (int32 kernel arguments), N <= 65535 (grid y).""",
+        validate="""\
+    int64_t P;
+    MIM__REQUIRE_DTYPE("grid_sample_3d", dtype);
+    MIM__REQUIRE_PADDING("grid_sample_3d", padding);
+    if (N < 0 || C < 0 || Do < 0 || Ho < 0 || Wo < 0)
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "grid_sample_3d: sizes must be >= 0, got N=%lld C=%lld Do=%lld Ho=%lld "
+                         "Wo=%lld", (long long)N, (long long)C, (long long)Do, (long long)Ho,
+                         (long long)Wo);
+    if (D < 1 || H < 1 || W < 1)
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "grid_sample_3d: input must have non-empty spatial dimensions, got D=%lld "
+                         "H=%lld W=%lld", (long long)D, (long long)H, (long long)W);
+    P = mim__mul(mim__mul(Do, Ho), Wo);
+    if (P < 0)
+        return mim__fail(MIM_ERROR_UNSUPPORTED, "grid_sample_3d: Do*Ho*Wo overflows int64");
+    /* The op launches nothing when N*C*P == 0. */
+    if (N == 0 || C == 0 || P == 0) return MIM_SUCCESS;""",
+        plan="""\
+    /* forward_config(align_corners, border) */
+    constexprs[CX_ALIGN_CORNERS] = align_corners != 0;
+    constexprs[CX_BORDER] = padding == MIM_PADDING_BORDER;
+    constexprs[CX_BLOCK_P] = $BLOCK_P;
+    constexprs[CX_BLOCK_C] = $BLOCK_C;
+    /* _grid(N, P) = (cdiv(P, BLOCK_P), N) */
+    launch_grid[0] = mim__cdiv(P, $BLOCK_P);
+    launch_grid[1] = N;
+    launch_grid[2] = 1;""",
+        args={"input_ptr": "input", "grid_ptr": "grid", "out_ptr": "out", "C": "C", "D": "D",
+              "H": "H", "W": "W", "P": "P"},
+        constants=_grid_sample_constants,
+    ),
+    AotOp(
+        op="region_softmax_warp",
+        kernel="_warp_fwd_kernel",
+        module="kernels.region_softmax_warp.triton_kernels",
+        python_launcher="warp_forward_triton",
+        params=(("mim_dtype", "dtype"), ("const void *", "feature"), ("const void *", "logits"),
+                ("const void *", "displacement"), ("const void *", "mask"),
+                ("const float *", "beta"), ("void *", "out"), ("int64_t", "B"),
+                ("int64_t", "feature_batch"), ("int64_t", "C"), ("int64_t", "R"),
+                ("int64_t", "D"), ("int64_t", "H"), ("int64_t", "W"),
+                ("mim_padding", "padding"), ("int", "align_corners"),
+                ("struct CUstream_st *", "stream")),
+        doc="""\
+region_softmax_warp forward (the renderer's 3-D warp), as kernels.region_softmax_warp(...,
+backend="triton"): per voxel, w = softmax over the R regions of logits, flow = sum_r w_r *
+displacement_r, warped = trilinear grid_sample of feature at identity + flow, m = mask * warped +
+(1 - mask) * feature, out = m > 0 ? m : beta * m.
+  feature      [16] {dtype} (feature_batch, C, D, H, W); feature_batch is B, or 1 (one feature
+                    shared by every frame: read with batch stride 0, never copied)
+  logits       [16] {dtype} (B, R, D, H, W), R >= 1
+  displacement [16] {dtype} (B, R, 3, D, H, W): (x, y, z) offsets in normalized units
+  mask         [16] {dtype} (B, 1, D, H, W)
+  beta              float32, one value in device memory (the op's 0-dim beta tensor)
+  out          [16] {dtype} (B, C, D, H, W), written
+Launch (as warp_forward_triton): grid (ceil(B*D*H*W / $BLOCK)), $NUM_WARPS warps,
+BLOCK = $BLOCK voxels.
+Limits: B*D*H*W, C, R, D, H, W < 2^31 (int32 kernel arguments).""",
+        validate="""\
+    int64_t V, n_voxels, feature_batch_stride;
+    MIM__REQUIRE_DTYPE("region_softmax_warp", dtype);
+    MIM__REQUIRE_PADDING("region_softmax_warp", padding);
+    if (B < 0 || C < 0 || D < 0 || H < 0 || W < 0)
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "region_softmax_warp: sizes must be >= 0, got B=%lld C=%lld D=%lld H=%lld "
+                         "W=%lld", (long long)B, (long long)C, (long long)D, (long long)H,
+                         (long long)W);
+    if (R < 1)
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "region_softmax_warp: logits must hold R >= 1 regions, got R=%lld",
+                         (long long)R);
+    if (feature_batch != 1 && feature_batch != B)
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "region_softmax_warp: feature must have batch 1 (shared by every frame) "
+                         "or B = %lld, got %lld", (long long)B, (long long)feature_batch);
+    V = mim__mul(mim__mul(D, H), W);
+    n_voxels = mim__mul(B, V);
+    /* _launch_args: C*D*H*W when the feature has batch B, else 0 */
+    feature_batch_stride = feature_batch == B ? mim__mul(C, V) : 0;
+    if (V < 0 || n_voxels < 0 || feature_batch_stride < 0)
+        return mim__fail(MIM_ERROR_UNSUPPORTED, "region_softmax_warp: sizes overflow int64");
+    /* The op launches nothing when logits are empty or C == 0. */
+    if (n_voxels == 0 || C == 0) return MIM_SUCCESS;""",
+        plan="""\
+    constexprs[CX_ALIGN_CORNERS] = align_corners != 0;
+    constexprs[CX_BORDER] = padding == MIM_PADDING_BORDER;
+    constexprs[CX_BLOCK] = $BLOCK;
+    launch_grid[0] = mim__cdiv(n_voxels, $BLOCK);
+    launch_grid[1] = 1;
+    launch_grid[2] = 1;""",
+        args={"feature_ptr": "feature", "logits_ptr": "logits",
+              "displacement_ptr": "displacement", "mask_ptr": "mask", "beta_ptr": "beta",
+              "out_ptr": "out", "n_voxels": "n_voxels", "C": "C", "R": "R", "D": "D", "H": "H",
+              "W": "W", "feature_batch_stride": "feature_batch_stride"},
+        constants=_warp_constants,
+    ),
+    AotOp(
+        op="deviation_adanorm",
+        kernel="_adanorm_fwd_kernel",
+        module="kernels.deviation_adanorm.triton_kernels",
+        python_launcher="adanorm_forward_triton",
+        params=(("mim_dtype", "dtype"), ("const void *", "v"), ("const void *", "scale"),
+                ("const void *", "shift"), ("void *", "out"), ("float *", "mean"),
+                ("float *", "rstd"), ("int64_t", "B"), ("int64_t", "T"), ("int64_t", "R"),
+                ("int64_t", "G"), ("float", "eps"), ("struct CUstream_st *", "stream")),
+        doc="""\
+deviation_adanorm forward (paper eq. 2), as kernels.deviation_adanorm(..., backend="triton"):
+for frames i = 1 .. T-1 and regions r, with d = v[:, i] - v[:, 0],
+out[:, i-1, r] = d / sqrt(var(d) + eps) * scale[:, i-1, r] + shift[:, i-1, r]
+(population variance over the G features; statistics in fp32).
+  v            [16] {dtype} (B, T, G), T >= 2 (frame 0 is the source)
+  scale, shift [16] {dtype} (B, T-1, R, G)
+  out          [16] {dtype} (B, T-1, R, G), written
+  mean, rstd   [16] float32 (B, T-1), written: the mean of d and 1/sqrt(var(d) + eps) per row
+Launch (as adanorm_forward_triton): grid (B*(T-1)), BLOCK_G = max($MIN_BLOCK_G, next power of two
+>= G), warps = BLOCK_G / 256 clamped to 1 .. 16.
+Limits: G <= $MAX_G and a multiple of 16 (the kernels are compiled with G's divisibility by 16,
+the specialization the model's G = 768 gets), eps finite and > 0. B = 0 or R = 0 launches
+nothing (mean and rstd are not written), as the op.""",
+        validate="""\
+    int64_t N, block_g;
+    MIM__REQUIRE_DTYPE("deviation_adanorm", dtype);
+    if (B < 0 || R < 0)
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "deviation_adanorm: sizes must be >= 0, got B=%lld R=%lld", (long long)B,
+                         (long long)R);
+    if (T < 2)
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "deviation_adanorm: v must hold T >= 2 frames (frame 0 is the source), "
+                         "got T=%lld", (long long)T);
+    if (G < 1)
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "deviation_adanorm: v must have G >= 1 features, got G=%lld",
+                         (long long)G);
+    if (!(eps > 0.0f) || !(eps <= 3.402823466e38f))
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "deviation_adanorm: eps must be a finite number > 0, got %g", (double)eps);
+    if (G > $MAX_G)
+        return mim__fail(MIM_ERROR_UNSUPPORTED,
+                         "deviation_adanorm: G=%lld features; the kernel holds a row in registers "
+                         "and takes G <= $MAX_G", (long long)G);
+    N = T - 1;
+    /* scale.numel() == 0: the op returns an empty tensor without a launch */
+    if (B == 0 || R == 0) return MIM_SUCCESS;""",
+        plan="""\
+    /* launch_config(G): BLOCK_G = max($MIN_BLOCK_G, next_power_of_2(G)) */
+    block_g = $MIN_BLOCK_G;
+    while (block_g < G) block_g *= 2;
+    constexprs[CX_BLOCK_G] = block_g;
+    launch_grid[0] = mim__mul(B, N);
+    launch_grid[1] = 1;
+    launch_grid[2] = 1;
+    if (launch_grid[0] < 0)
+        return mim__fail(MIM_ERROR_UNSUPPORTED, "deviation_adanorm: B*(T-1) overflows int64");""",
+        args={"v_ptr": "v", "scale_ptr": "scale", "shift_ptr": "shift", "out_ptr": "out",
+              "mean_ptr": "mean", "rstd_ptr": "rstd", "N": "N", "R": "R", "G": "G",
+              "eps": "eps"},
+        constants=_adanorm_constants,
+    ),
+    AotOp(
+        op="selective_scan",
+        kernel="_selective_scan_fwd_kernel",
+        module="kernels.selective_scan.triton_kernels",
+        python_launcher="selective_scan_forward_triton",
+        params=(("mim_dtype", "dtype"), ("const void *", "u"), ("const void *", "delta"),
+                ("const void *", "z"), ("const float *", "A"), ("const void *", "B"),
+                ("const void *", "C"), ("const float *", "D"), ("const float *", "delta_bias"),
+                ("const float *", "initial_state"), ("void *", "out"),
+                ("float *", "checkpoints"), ("float *", "last_state"), ("int64_t", "batch"),
+                ("int64_t", "dim"), ("int64_t", "L"), ("int64_t", "N"), ("int64_t", "groups"),
+                ("int", "delta_softplus"), ("struct CUstream_st *", "stream")),
+        doc="""\
+selective_scan forward (Mamba-1, real A), as kernels.selective_scan(..., backend="triton"):
+dt = delta + delta_bias (then softplus if delta_softplus), h_t = exp(dt_t * A) h_{t-1} +
+dt_t * B_t * u_t, y_t = sum_n C_t h_t + D * u_t, out = y * silu(z).
+  u, delta      [16] {dtype} (batch, dim, L)
+  z             [16] {dtype} (batch, dim, L), or NULL: no gate
+  A             [16] float32 (dim, N), N <= $MAX_N
+  B, C          [16] {dtype} (batch, groups, N, L); channel d reads group d / (dim / groups)
+                     (a 3-D (batch, N, L) B or C is groups = 1)
+  D, delta_bias [16] float32 (dim,), or NULL
+  initial_state [16] float32 (batch, dim, N), or NULL: zeros
+  out           [16] {dtype} (batch, dim, L), written
+  checkpoints   [16] float32 (batch, dim, ceil(L / MIM_SELECTIVE_SCAN_CHUNK), N), written: the
+                     state at the start of every chunk, saved for the training backward (scratch
+                     for inference)
+  last_state    [16] float32 (batch, dim, N), written
+Launch (as selective_scan_forward_triton): N_PAD = the first of $STATE_PADS >= N; of the
+configs ($WIDTHS), the first whose grid
+batch*groups*ceil((dim/groups) / BLOCK_D) reaches $PROGRAMS_PER_SM programs per SM of the current
+device, else the last; T_CHUNK = $T_CHUNK.
+Limits: L <= $MAX_L, groups divides dim, dim < 2^31.""",
+        validate="""\
+    int64_t group_dim, pad, n_chunks, target, rows;
+    static const int64_t state_pads[$N_STATE_PADS] = {$STATE_PADS};
+    const mim__variant *chosen = NULL;
+    mim__device device;
+    mim_status status;
+    int i;
+    MIM__REQUIRE_DTYPE("selective_scan", dtype);
+    if (batch < 0 || dim < 0 || L < 0 || N < 0)
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "selective_scan: sizes must be >= 0, got batch=%lld dim=%lld L=%lld "
+                         "N=%lld", (long long)batch, (long long)dim, (long long)L, (long long)N);
+    if (groups < 1 || dim % groups != 0)
+        return mim__fail(MIM_ERROR_INVALID_ARGUMENT,
+                         "selective_scan: groups=%lld must be >= 1 and divide dim=%lld",
+                         (long long)groups, (long long)dim);
+    if (N > $MAX_N)
+        return mim__fail(MIM_ERROR_UNSUPPORTED,
+                         "selective_scan: N=%lld states; the kernels hold the state in registers "
+                         "and take N <= $MAX_N", (long long)N);
+    if (L > $MAX_L)
+        return mim__fail(MIM_ERROR_UNSUPPORTED,
+                         "selective_scan: L=%lld steps; the kernels take L <= $MAX_L (scan in "
+                         "pieces with initial_state)", (long long)L);
+    /* no channel: the launcher's grid is empty and nothing is launched */
+    if (batch == 0 || dim == 0) return MIM_SUCCESS;""",
+        plan="""\
+    group_dim = dim / groups;
+    rows = mim__mul(batch, groups);
+    if (rows < 0) return mim__fail(MIM_ERROR_UNSUPPORTED, "selective_scan: batch*groups overflows");
+    pad = state_pads[$N_STATE_PADS - 1];
+    for (i = 0; i < $N_STATE_PADS; ++i) {
+        if (state_pads[i] >= N) {
+            pad = state_pads[i];
+            break;
+        }
+    }
+    /* launch_config(FORWARD_CONFIGS, FORWARD_PROGRAMS_PER_SM, ...): the first config (registry
+       order) with N_PAD == pad that starts enough programs, else the last one */
+    status = mim__current_device(&device);
+    if (status != MIM_SUCCESS) return status;
+    target = (int64_t)$PROGRAMS_PER_SM * device.sm_count;
+    for (i = 0; i < k_kernel.n_variants; ++i) {
+        const mim__variant *variant = &k_kernel.variants[i];
+        if (variant->dtype != (int)dtype || variant->constexprs[CX_N_PAD] != pad) continue;
+        chosen = variant;
+        if (rows * mim__cdiv(group_dim, variant->constexprs[CX_BLOCK_D]) >= target) break;
+    }
+    if (chosen == NULL)
+        return mim__fail(MIM_ERROR_NOT_COMPILED,
+                         "selective_scan: no %s variant with N_PAD=%lld in this build (%s)",
+                         mim__dtype_name((int)dtype), (long long)pad, mim__build_summary());
+    for (i = 0; i < k_kernel.n_constexprs; ++i) constexprs[i] = chosen->constexprs[i];
+    n_chunks = mim__cdiv(L, constexprs[CX_T_CHUNK]);
+    launch_grid[0] = mim__mul(rows, mim__cdiv(group_dim, constexprs[CX_BLOCK_D]));
+    launch_grid[1] = 1;
+    launch_grid[2] = 1;""",
+        args={"u_ptr": "u", "delta_ptr": "delta", "z_ptr": "z != NULL ? z : u", "A_ptr": "A",
+              "B_ptr": "B", "C_ptr": "C", "D_ptr": "D != NULL ? (const void *)D : A",
+              "delta_bias_ptr": "delta_bias != NULL ? (const void *)delta_bias : A",
+              "initial_state_ptr": "initial_state != NULL ? (const void *)initial_state : A",
+              "out_ptr": "out", "checkpoint_ptr": "checkpoints", "last_state_ptr": "last_state",
+              "dim": "dim", "L": "L", "N": "N", "groups": "groups", "group_dim": "group_dim",
+              "n_chunks": "n_chunks", "has_z": "z != NULL", "has_D": "D != NULL",
+              "has_delta_bias": "delta_bias != NULL",
+              "has_initial_state": "initial_state != NULL",
+              "delta_softplus": "delta_softplus != 0"},
+        constants=_scan_constants,
+    ),
+)
+OP_NAMES = tuple(op.op for op in OPS)
+GENERATED_FILES = ("mim_kernels.h", "mim_kernels_build.h", *STATIC_FILES,
+                   *(op.source_name for op in OPS), "mim_kernels_manifest.json")
+
+# ---------------------------------------------------------------------------------------------
+# The kernels' arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelArg:
+    name: str
+    type: str          # registry type: "*fp32", "i32", "fp32", ... ("{dtype}" substituted)
+    divisible_16: bool
+
+    @property
+    def is_pointer(self) -> bool:
+        return self.type.startswith("*")
+
+    @property
+    def c_type(self) -> str:
+        return POINTER_TYPE[0] if self.is_pointer else SCALAR_TYPES[self.type][0]
+
+    @property
+    def ptx_type(self) -> str:
+        return POINTER_TYPE[1] if self.is_pointer else SCALAR_TYPES[self.type][1]
+
+
+def constexpr_names(entry) -> List[str]:
+    """The constexprs every launch config of ``entry`` sets, in the kernel's argument order."""
+    keys = {frozenset(c.constexprs) for c in entry.configs}
+    if len(keys) != 1:
+        raise RuntimeError(f"{entry.name}: launch configs set different constexprs {keys}")
+    (names,) = keys
+    return [a for a in entry.kernel.arg_names if a in names]
+
+
+def runtime_args(entry, signature: Mapping[str, str]) -> List[KernelArg]:
+    """The kernel's arguments a launch passes, in order: those with a type in the signature that
+    no config makes a constexpr (what ``ast_source`` compiles as parameters)."""
+    constexprs = set(constexpr_names(entry))
+    args = []
+    for name in entry.kernel.arg_names:
+        declared = signature.get(name)
+        if declared in (None, "constexpr") or name in constexprs:
+            continue
+        arg_type, _, hint = declared.partition(":")
+        if not arg_type.startswith("*") and arg_type not in SCALAR_TYPES:
+            raise RuntimeError(f"{entry.name}: argument {name} has type {arg_type}, which the "
+                               f"C launchers do not pass (known: pointers, "
+                               f"{', '.join(SCALAR_TYPES)})")
+        args.append(KernelArg(name, arg_type, hint == "16"))
+    return args
+
+
+def ptx_param_types(ptx: str, name: str) -> List[str]:
+    """The parameter types of entry ``name`` in Triton's PTX (``.u64``, ``.u32``, ``.f32``...)."""
+    entries = re.findall(r"\.entry\s+(\w+)\s*\((.*?)\)", ptx, re.DOTALL)
+    if [e[0] for e in entries] != [name]:
+        raise RuntimeError(f"expected one PTX entry {name}, found {[e[0] for e in entries]}")
+    return re.findall(r"\.param\s+(\.\w+)", entries[0][1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiling
+# ---------------------------------------------------------------------------------------------
+
+
+def _registry():
+    from kernels._registry import registered_kernels
+
+    return registered_kernels()
+
+
+def compile_job(job: Job) -> Dict[str, Any]:
+    """Compile one variant for one target and check it can be launched by the C runtime; the
+    result holds the cubin, or ``error``."""
+    entry = _registry()[job.entry_index]
+    dtype, signature, config = list(entry.variants())[job.variant_index]
+    result: Dict[str, Any] = {"job": job, "dtype": dtype, "error": None}
+    try:
+        compiled = compile_variant(entry.kernel, signature, config, job.capability)
+        meta = compiled.metadata
+        expected = [a.ptx_type for a in runtime_args(entry, signature)] + \
+            [POINTER_TYPE[1]] * len(SCRATCH_PARAMS)
+        found = ptx_param_types(compiled.asm["ptx"], entry.name)
+        problems = []
+        if found != expected:
+            problems.append(f"PTX parameters {found}, the C launcher passes {expected}")
+        if meta.name != entry.name:
+            problems.append(f"kernel symbol {meta.name}, expected {entry.name}")
+        if getattr(meta, "global_scratch_size", 0) or getattr(meta, "profile_scratch_size", 0):
+            problems.append("needs global or profile scratch memory")
+        if getattr(meta, "num_ctas", 1) != 1 or getattr(meta, "launch_cooperative_grid", False) \
+                or getattr(meta, "launch_pdl", False) or getattr(meta, "tmem_size", 0):
+            problems.append("needs clusters, a cooperative launch, PDL or tensor memory")
+        if meta.num_warps != config.num_warps:
+            problems.append(f"compiled for {meta.num_warps} warps, config says {config.num_warps}")
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        result.update(cubin=bytes(compiled.asm["cubin"]), shared=int(meta.shared),
+                      num_warps=int(meta.num_warps))
+    except Exception as exc:  # reported per variant
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def compile_all(jobs: Sequence[Job], workers: int) -> List[Dict[str, Any]]:
+    """Results of every job, in job order; progress on stderr. Workers are forked (they share
+    the parent's kernel registry), as in the compile report."""
+    results: List[Dict[str, Any]] = [{} for _ in jobs]
+
+    def progress(done: int, result: Mapping[str, Any]) -> None:
+        entry = _registry()[result["job"].entry_index]
+        what = result["error"] or f"{len(result['cubin'])} bytes"
+        print(f"[{done}/{len(jobs)}] {entry.name} {result['dtype']} variant "
+              f"{result['job'].variant_index} {sm_arch_from_capability(result['job'].capability)}:"
+              f" {what}", file=sys.stderr, flush=True)
+
+    if workers <= 1:
+        for index, job in enumerate(jobs):
+            results[index] = compile_job(job)
+            progress(index + 1, results[index])
+        return results
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(compile_job, job): index for index, job in enumerate(jobs)}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+            index = futures[future]
+            try:
+                results[index] = future.result()
+            except Exception as exc:  # the worker process itself died
+                results[index] = {"job": jobs[index], "dtype": "?",
+                                  "error": f"worker: {type(exc).__name__}: {exc}"}
+            progress(done, results[index])
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing C
+# ---------------------------------------------------------------------------------------------
+
+HEADER = """\
+/* mim_kernels.h: C API of the mim-engine AOT kernel library.
+ *
+ * Generated by `python -m tools.aot` from the Triton kernels in kernels/ (Triton $TRITON); do
+ * not edit. Build and usage: docs/aot.md.
+ *
+ * The forward kernels of four ops, compiled ahead of time for sm_80 (serves every compute
+ * capability 8.x) and sm_90a (9.0: H100, H200), embedded as cubins and launched with the CUDA
+ * driver API. The driver is opened at run time (dlopen "libcuda.so.1", or the file named by
+ * $$MIM_KERNELS_LIBCUDA), so the library links against nothing but libc/libdl.
+ *
+ * Every launcher:
+ * - takes device pointers to contiguous row-major (C-order) tensors of the documented shapes
+ *   (the kernels index them densely; the Python ops make their inputs contiguous first). A
+ *   pointer marked [16] must be 16-byte aligned (cudaMalloc returns 256-byte aligned memory);
+ *   {dtype} marks tensors of the element type `dtype`, the others are float32;
+ * - picks the launch configuration and grid exactly as the op's Python launcher does (each
+ *   function's comment says how) and enqueues one kernel on `stream` (a CUstream or
+ *   cudaStream_t; NULL is the legacy default stream) in the calling thread's current CUDA
+ *   context, without synchronizing;
+ * - loads a variant's module into the current context on its first call there (make one call
+ *   before capturing a CUDA graph);
+ * - returns MIM_SUCCESS, or an error whose detail mim_kernels_last_error() gives. An empty
+ *   output launches nothing and returns MIM_SUCCESS.
+ */
+#ifndef MIM_KERNELS_H
+#define MIM_KERNELS_H
+
+#include <stdint.h>
+
+#if defined(MIM_KERNELS_BUILDING) && defined(__GNUC__)
+#define MIM_KERNELS_API __attribute__((visibility("default")))
+#else
+#define MIM_KERNELS_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MIM_KERNELS_API_VERSION $API_VERSION
+/* selective_scan's checkpoints hold the state every MIM_SELECTIVE_SCAN_CHUNK steps. */
+#define MIM_SELECTIVE_SCAN_CHUNK $T_CHUNK
+
+/* CUstream (driver API) and cudaStream_t (runtime API) both point to this type. */
+struct CUstream_st;
+
+typedef enum mim_status {
+  MIM_SUCCESS = 0,
+  MIM_ERROR_NO_DRIVER = 1,          /* libcuda.so.1 cannot be loaded, or lacks an entry point */
+  MIM_ERROR_DRIVER_INIT = 2,        /* cuInit failed: no device, or a driver/GPU problem */
+  MIM_ERROR_NO_CONTEXT = 3,         /* no current CUDA context on the calling thread */
+  MIM_ERROR_UNSUPPORTED_DEVICE = 4, /* compute capability other than 8.x / 9.0, or too little
+                                       shared memory */
+  MIM_ERROR_INVALID_ARGUMENT = 5,   /* bad enum, negative size, NULL pointer, shape contract */
+  MIM_ERROR_MISALIGNED = 6,         /* a [16] pointer is not 16-byte aligned */
+  MIM_ERROR_UNSUPPORTED = 7,        /* valid input the compiled kernels do not cover: sizes
+                                       beyond int32, G not a multiple of 16, N > 64, ... */
+  MIM_ERROR_NOT_COMPILED = 8,       /* dtype or target left out when the library was generated */
+  MIM_ERROR_CUDA = 9,               /* a driver call (module load, launch) failed */
+  MIM_ERROR_OUT_OF_HOST_MEMORY = 10
+} mim_status;
+
+typedef enum mim_dtype { MIM_FLOAT32 = 0, MIM_FLOAT16 = 1, MIM_BFLOAT16 = 2 } mim_dtype;
+
+typedef enum mim_padding { MIM_PADDING_ZEROS = 0, MIM_PADDING_BORDER = 1 } mim_padding;
+
+/* Loads the CUDA driver and calls cuInit(0), once; the launchers do it on first use.
+ * MIM_ERROR_NO_DRIVER when libcuda.so.1 cannot be loaded, MIM_ERROR_DRIVER_INIT when cuInit
+ * fails (e.g. no GPU). Thread-safe. */
+MIM_KERNELS_API mim_status mim_kernels_init(void);
+
+/* "mim_kernels <API version> (Triton version; targets; dtypes; cubins and their hash)". */
+MIM_KERNELS_API const char *mim_kernels_version(void);
+
+/* A static description of `status`. */
+MIM_KERNELS_API const char *mim_kernels_strerror(mim_status status);
+
+/* The detail of the last failed call on the calling thread ("" before any failure). */
+MIM_KERNELS_API const char *mim_kernels_last_error(void);
+
+/* Unloads the modules this library loaded into the current context and forgets the context:
+ * call it before destroying a context when the process goes on using the library. */
+MIM_KERNELS_API mim_status mim_kernels_release_context(void);
+
+$DECLARATIONS
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MIM_KERNELS_H */
+"""
+
+
+def _comment(text: str) -> str:
+    lines = text.splitlines()
+    return "\n".join(["/* " + lines[0]] + [(" * " + line).rstrip() for line in lines[1:]]) + " */"
+
+
+def _prototype(op: AotOp, prefix: str) -> str:
+    """``prefix`` + ``mim_status <function>(<params>)``, wrapped at 100 columns with the
+    parameters aligned after the parenthesis."""
+    head = f"{prefix}mim_status {op.function}("
+    parts = [f"{ctype}{'' if ctype.endswith('*') else ' '}{name}" for ctype, name in op.params]
+    lines, line = [], head
+    for i, part in enumerate(parts):
+        piece = part + ("," if i < len(parts) - 1 else ")")
+        if len(line) + len(piece) > 99 and line != head:
+            lines.append(line.rstrip())
+            line = " " * len(head)
+        line += piece + " "
+    lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def render_header(constants: Mapping[str, Mapping[str, Any]]) -> str:
+    declarations = []
+    for op in OPS:
+        doc = string.Template(op.doc).substitute(constants[op.op])
+        declarations.append(f"{_comment(doc)}\n{_prototype(op, 'MIM_KERNELS_API ')};\n")
+    scan = constants["selective_scan"]
+    return string.Template(HEADER).substitute(
+        TRITON=triton.__version__, API_VERSION=API_VERSION, T_CHUNK=scan["T_CHUNK"],
+        DECLARATIONS="\n".join(declarations))
+
+
+def _c_string(data: bytes) -> str:
+    """``data`` as C string-literal lines of 32 escaped bytes (compiles far faster than a list of
+    integers)."""
+    lines = []
+    for start in range(0, len(data), 32):
+        hexed = data[start:start + 32].hex()
+        lines.append('    "\\x' + "\\x".join(hexed[i:i + 2] for i in range(0, len(hexed), 2)) + '"')
+    return "\n".join(lines)
+
+
+@dataclass
+class Variant:
+    index: int
+    dtype: str
+    constexprs: Dict[str, Any]
+    num_warps: int
+    num_stages: int
+    cubins: Dict[int, Dict[str, Any]]  # capability -> {"cubin", "shared"}
+
+
+def render_source(op: AotOp, entry, variants: Sequence[Variant],
+                  constants: Mapping[str, Any]) -> str:
+    names = constexpr_names(entry)
+    signature = {k: v.replace("{dtype}", "fp32") for k, v in entry.signature.items()}
+    args = runtime_args(entry, signature)
+    if set(op.args) != {a.name for a in args}:
+        raise RuntimeError(f"{op.op}: the C launcher maps {sorted(op.args)} but {entry.name} "
+                           f"takes {[a.name for a in args]}")
+    out = [f"/* {op.function}: {entry.name} ({op.op}'s forward kernel), ahead of time.",
+           " *",
+           f" * Generated by `python -m tools.aot` from {op.module} (Triton {triton.__version__});",
+           " * do not edit. The launch mirrors the Python launcher "
+           f"{op.python_launcher}(). */",
+           "#include <stddef.h>", "#include <stdint.h>", "",
+           '#include "mim_kernels_internal.h"', "",
+           "enum { " + ", ".join(f"CX_{n} = {i}" for i, n in enumerate(names))
+           + f", N_CONSTEXPRS = {len(names)} }};", "",
+           "static const char *const k_constexpr_names[N_CONSTEXPRS] = {"
+           + ", ".join(f'"{n}"' for n in names) + "};", ""]
+    table = []
+    for v in variants:
+        cx = ", ".join(str(int(v.constexprs[n])) for n in names)
+        out.append(f"/* variant {v.index}: {v.dtype}, "
+                   + ", ".join(f"{n}={v.constexprs[n]}" for n in names)
+                   + f", {v.num_warps} warps */")
+        out.append(f"static const int64_t k_constexprs_{v.index}[N_CONSTEXPRS] = {{{cx}}};")
+        slots = ["{NULL, 0, 0}"] * len(TARGET_SLOTS)
+        for capability, binary in sorted(v.cubins.items()):
+            symbol = f"k_cubin_{v.index}_{sm_arch_from_capability(capability)}"
+            data = binary["cubin"]
+            out.append(f"/* {sm_arch_from_capability(capability)}: {len(data)} bytes, "
+                       f"{binary['shared']} bytes of dynamic shared memory */")
+            out.append(f"static _Alignas(16) const unsigned char {symbol}[{len(data) + 1}] =")
+            out.append(_c_string(data) + ";")
+            slots[TARGET_SLOTS[capability]] = f"{{{symbol}, {len(data)}u, {binary['shared']}u}}"
+        out.append("")
+        table.append(f"    {{{DTYPES[v.dtype]}, k_constexprs_{v.index}, {v.num_warps}, "
+                     f"{{{', '.join(slots)}}}}},")
+    if variants:
+        out += ["static const mim__variant k_variants[] = {", *table, "};", ""]
+    out += ["static const mim__kernel k_kernel = {",
+            f'    "{op.op}", "{entry.name}", N_CONSTEXPRS, k_constexpr_names,',
+            f"    {len(variants)}, {'k_variants' if variants else 'NULL'}}};", ""]
+
+    validate = string.Template(op.validate).substitute(constants)
+    plan = string.Template(op.plan).substitute(constants)
+    pointer_checks, integer_checks, values = [], [], []
+    for arg in args:
+        expr = op.args[arg.name]
+        label = expr if expr.isidentifier() else arg.name.removesuffix("_ptr")
+        if arg.is_pointer:
+            pointer_checks += [
+                f"    const void *ptr_{arg.name} = (const void *)({expr});",
+                f"    if (ptr_{arg.name} == NULL)",
+                "        return mim__fail(MIM_ERROR_INVALID_ARGUMENT, "
+                f'"{op.op}: {label} is NULL");']
+            if arg.divisible_16:
+                pointer_checks += [
+                    f"    if ((uintptr_t)ptr_{arg.name} % 16 != 0)",
+                    f"        return mim__fail(MIM_ERROR_MISALIGNED,",
+                    f'                         "{op.op}: {label}=%p is not 16-byte aligned", '
+                    f"ptr_{arg.name});"]
+            values.append(f"    uint64_t arg_{arg.name} = (uint64_t)(uintptr_t)ptr_{arg.name};")
+        elif arg.type == "fp32":
+            values.append(f"    float arg_{arg.name} = (float)({expr});")
+        else:
+            integer_checks.append(f"    const int64_t value_{arg.name} = (int64_t)({expr});")
+            is_flag = "!=" in expr or "==" in expr  # 0 or 1
+            if arg.type == "i32" and not is_flag:
+                integer_checks += [
+                    f"    if (value_{arg.name} < INT32_MIN || value_{arg.name} > INT32_MAX)",
+                    f"        return mim__fail(MIM_ERROR_UNSUPPORTED,",
+                    f'                         "{op.op}: {label}=%lld is beyond the int32 range '
+                    f'the kernel takes",',
+                    f"                         (long long)value_{arg.name});"]
+            if arg.divisible_16:
+                integer_checks += [
+                    f"    if (value_{arg.name} % 16 != 0)",
+                    f"        return mim__fail(MIM_ERROR_UNSUPPORTED,",
+                    f'                         "{op.op}: {label}=%lld is not a multiple of 16 '
+                    f'(the kernel is compiled with that specialization)",',
+                    f"                         (long long)value_{arg.name});"]
+            values.append(f"    {arg.c_type} arg_{arg.name} = ({arg.c_type})value_{arg.name};")
+    params = [f"&arg_{a.name}" for a in args] + [f"&{s}" for s in SCRATCH_PARAMS]
+    out += [_prototype(op, "MIM_KERNELS_API ") + " {",
+            "    int64_t constexprs[N_CONSTEXPRS];",
+            "    int64_t launch_grid[3];",
+            validate,
+            "    /* pointer arguments: non-NULL, 16-byte aligned where the kernel assumes it */",
+            *pointer_checks,
+            "    /* launch configuration and grid, as the Python launcher */",
+            plan,
+            "    /* integer arguments: the range and divisibility the kernel was compiled for */",
+            *integer_checks,
+            f"    /* {entry.name}'s arguments in its order (constexprs are compiled in), then",
+            "       Triton's global and profile scratch pointers (unused: 0) */",
+            *values,
+            "    uint64_t " + ", ".join(f"{s} = 0" for s in SCRATCH_PARAMS) + ";",
+            f"    void *params[{len(params)}] = {{",
+            *_wrap(", ".join(params), "        "),
+            "    };",
+            "    return mim__launch(&k_kernel, (int)dtype, constexprs, launch_grid, params, "
+            "stream);",
+            "}", ""]
+    return "\n".join(out)
+
+
+def _wrap(text: str, indent: str, width: int = 99) -> List[str]:
+    """``text`` broken at spaces into lines of at most ``width`` columns after ``indent``."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        if line and len(indent) + len(line) + 1 + len(word) > width:
+            lines.append(indent + line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return lines + [indent + line] if line else lines
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    write_atomically(path, text)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _dtypes(text: str) -> List[str]:
+    dtypes = [part.strip() for part in text.split(",") if part.strip()]
+    if not dtypes or any(d not in DTYPES for d in dtypes):
+        raise argparse.ArgumentTypeError(f"expected dtypes among {', '.join(DTYPES)}, comma "
+                                         f"separated; got {text!r}")
+    return list(dict.fromkeys(dtypes))
+
+
+def _targets(text: str) -> List[int]:
+    capabilities = parse_capabilities(text)
+    if any(c not in TARGET_SLOTS for c in capabilities):
+        raise argparse.ArgumentTypeError(
+            f"the C runtime holds cubins for {', '.join(map(str, TARGET_SLOTS))} "
+            f"(sm_80 serves 8.x, sm_90a 9.0); got {text!r}")
+    return sorted(set(capabilities))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tools.aot",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR,
+                        help="where the C sources go (default: build/aot)")
+    parser.add_argument("--targets", type=_targets, default=[80, 90],
+                        help="compute capabilities, comma separated (default: 80,90)")
+    parser.add_argument("--dtypes", type=_dtypes, default=list(DTYPES),
+                        help="tensor dtypes to compile, comma separated (default: fp32,fp16,bf16);"
+                             " the launchers return MIM_ERROR_NOT_COMPILED for the others")
+    parser.add_argument("--op", action="append", default=[], choices=OP_NAMES,
+                        help="only this op's kernel (repeatable; default: all four); the others' "
+                             "launchers are still written and return MIM_ERROR_NOT_COMPILED")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="parallel compiles (default: CPU count)")
+    return parser.parse_args(argv)
+
+
+def _fail(message: str) -> int:
+    print(f"aot: {message}", file=sys.stderr)
+    return 2
+
+
+def group_variants(results: Sequence[Mapping[str, Any]], registry) -> Dict[str, List[Variant]]:
+    """The compiled variants of each op, in registry order, with their cubins by target."""
+    variants: Dict[str, List[Variant]] = {op.op: [] for op in OPS}
+    by_key: Dict[Tuple[int, int], Variant] = {}
+    for result in results:
+        job = result["job"]
+        entry = registry[job.entry_index]
+        key = (job.entry_index, job.variant_index)
+        if key not in by_key:
+            _, _, config = list(entry.variants())[job.variant_index]
+            by_key[key] = Variant(len(variants[entry.op]), result["dtype"],
+                                  dict(config.constexprs), config.num_warps, config.num_stages, {})
+            variants[entry.op].append(by_key[key])
+        by_key[key].cubins[job.capability] = {"cubin": result["cubin"],
+                                              "shared": result["shared"]}
+    return variants
+
+
+def manifest_record(op: AotOp, entry, variants: Sequence[Variant]) -> Dict[str, Any]:
+    signature = {k: v.replace("{dtype}", "fp32") for k, v in entry.signature.items()}
+    params = [{"name": a.name, "type": entry.signature[a.name], "c_type": a.c_type}
+              for a in runtime_args(entry, signature)]
+    params += [{"name": s, "type": "*i8", "c_type": POINTER_TYPE[0]} for s in SCRATCH_PARAMS]
+
+    def cubins(v: Variant) -> Dict[str, Any]:
+        return {sm_arch_from_capability(c): {
+            "symbol": f"k_cubin_{v.index}_{sm_arch_from_capability(c)}",
+            "bytes": len(b["cubin"]), "shared": b["shared"],
+            "sha256": hashlib.sha256(b["cubin"]).hexdigest()} for c, b in sorted(v.cubins.items())}
+
+    return {"op": op.op, "kernel": entry.name, "function": op.function, "source": op.source_name,
+            "python_launcher": f"{op.module}.{op.python_launcher}",
+            "constexpr_names": constexpr_names(entry), "params": params,
+            "variants": [{"index": v.index, "dtype": v.dtype, "constexprs": v.constexprs,
+                          "num_warps": v.num_warps, "num_stages": v.num_stages,
+                          "cubins": cubins(v)} for v in variants]}
+
+
+def write_library(out_dir: Path, registry, entries: Mapping[str, int],
+                  variants: Mapping[str, Sequence[Variant]], ops: Sequence[str],
+                  dtypes: Sequence[str], capabilities: Sequence[int]) -> Tuple[str, List[str]]:
+    """Write every file of the library into ``out_dir``; returns the version string and the
+    files whose content changed."""
+    constants = {op.op: dict(op.constants()) for op in OPS}
+    targets = ", ".join(sm_arch_from_capability(c) for c in capabilities)
+    digest = hashlib.sha256()
+    for op in OPS:
+        for v in variants[op.op]:
+            for capability in sorted(v.cubins):
+                digest.update(v.cubins[capability]["cubin"])
+    count = sum(len(v.cubins) for vs in variants.values() for v in vs)
+    info = (f"mim_kernels {API_VERSION} (Triton {triton.__version__}; {targets}; "
+            f"{', '.join(dtypes)}; {', '.join(ops)}; {count} cubins, sha256 "
+            f"{digest.hexdigest()[:16]})")
+    build_h = (f"/* Generated by `python -m tools.aot`; do not edit. */\n"
+               f"#ifndef MIM_KERNELS_BUILD_H\n#define MIM_KERNELS_BUILD_H\n"
+               f"#define MIM__BUILD_INFO {json.dumps(info)}\n"
+               f"#define MIM__BUILD_DTYPES {json.dumps(', '.join(dtypes))}\n"
+               f"#define MIM__BUILD_TARGETS {json.dumps(targets)}\n"
+               f"#define MIM__BUILD_OPS {json.dumps(', '.join(ops))}\n#endif\n")
+    manifest = {"api_version": API_VERSION, "version": info, "triton": triton.__version__,
+                "targets": [sm_arch_from_capability(c) for c in capabilities],
+                "dtypes": list(dtypes), "ops": list(ops),
+                "kernels": [manifest_record(op, registry[entries[op.op]], variants[op.op])
+                            for op in OPS]}
+    outputs = {op.source_name: render_source(op, registry[entries[op.op]], variants[op.op],
+                                             constants[op.op]) for op in OPS}
+    outputs.update({"mim_kernels.h": render_header(constants), "mim_kernels_build.h": build_h,
+                    "mim_kernels_manifest.json": json.dumps(manifest, indent=1) + "\n"})
+    outputs.update({name: (STATIC_DIR / name).read_text(encoding="utf-8")
+                    for name in STATIC_FILES})
+    assert set(outputs) == set(GENERATED_FILES)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return info, [name for name, text in outputs.items()
+                  if write_if_changed(out_dir / name, text)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if triton.knobs.runtime.interpret:
+        return _fail("TRITON_INTERPRET is on, so @triton.jit gives interpreted functions, which "
+                     "cannot be compiled. Run without it: "
+                     "env -u TRITON_INTERPRET python -m tools.aot")
+    import kernels  # noqa: F401  (registers every op's kernels)
+
+    registry = _registry()
+    entries: Dict[str, int] = {}
+    for op in OPS:
+        found = [i for i, e in enumerate(registry) if e.op == op.op and e.name == op.kernel]
+        if len(found) != 1:
+            return _fail(f"the registry has {len(found)} kernels {op.kernel} of op {op.op}")
+        entries[op.op] = found[0]
+    selected = [op.op for op in OPS if not args.op or op.op in args.op]
+    jobs = [job for job in jobs_for([entries[op] for op in selected], args.targets)
+            if list(registry[job.entry_index].variants())[job.variant_index][0] in args.dtypes]
+    workers = max(1, min(args.jobs, len(jobs)))
+    print(f"aot: {len(jobs)} compiles ({len(selected)} kernels, dtypes {','.join(args.dtypes)}, "
+          f"targets {','.join(sm_arch_from_capability(c) for c in args.targets)}) on {workers} "
+          "workers", file=sys.stderr)
+    results = compile_all(jobs, workers)
+    failed = [r for r in results if r["error"]]
+    for r in failed:
+        entry = registry[r["job"].entry_index]
+        print(f"FAILED: {entry.name} {r['dtype']} variant {r['job'].variant_index} "
+              f"{sm_arch_from_capability(r['job'].capability)}: {r['error']}", file=sys.stderr)
+    if failed:
+        return 1
+    info, changed = write_library(args.out_dir, registry, entries,
+                                  group_variants(results, registry), selected, args.dtypes,
+                                  args.targets)
+    print(f"aot: {info}\naot: wrote {len(changed)} of {len(GENERATED_FILES)} files in "
+          f"{args.out_dir} ({', '.join(changed) or 'all up to date'})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
