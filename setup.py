@@ -32,6 +32,6 @@ setup(
         # causal-conv1d and flash-attn compile against the installed torch: install them
         # with --no-build-isolation (the Makefile does).
         "cuda": ["causal-conv1d", "flash-attn", "nvtx"],
-        "dev": ["pytest", "pytest-benchmark", "matplotlib"],
+        "dev": ["pytest", "pytest-benchmark", "matplotlib", "onnx", "onnxruntime", "onnxscript"],
     },
 )

@@ -6,6 +6,7 @@
     mim reenact --image src.png --driving drive.mp4 --checkpoint ckpt --out out.mp4
     mim animate --image portrait.png --audio speech.wav --out talking.mp4 [--checkpoint ckpt]
     mim config show tiny | mim config save tiny my.yaml
+    mim export-onnx --config tiny --out renderer.onnx [--checkpoint ckpt] [--grid-sample gather]
     mim profile [--config tiny|base] [--seconds 1] [--repeats 3] [--trace t.json] [--json p.json]
 
 Errors a user can cause (a missing or corrupt file, a checkpoint from another config, a bad
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--trace", help="also write a torch.profiler Chrome trace (one more run) to this file")
     pr.add_argument("--json", help="also write the table to this JSON file")
     _add_common(pr)
+
+    sub.add_parser("export-onnx", add_help=False,
+                   help="export the renderer to ONNX (`python -m mim.export`; see `mim export-onnx --help`)")
 
     cfg = sub.add_parser("config", help="print or save a config")
     cfg.add_argument("action", choices=("show", "save"))
@@ -290,6 +294,11 @@ def _config(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export-onnx"]:   # its own parser (python -m mim.export), options passed whole
+        from mim.export import main as export_main
+
+        return export_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
