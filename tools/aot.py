@@ -29,11 +29,9 @@ import os
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import argparse  # noqa: E402
-import concurrent.futures  # noqa: E402
 import hashlib  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
-import multiprocessing  # noqa: E402
 import re  # noqa: E402
 import string  # noqa: E402
 import sys  # noqa: E402
@@ -44,7 +42,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple  # noqa: 
 import triton  # noqa: E402
 from triton.backends.nvidia.compiler import sm_arch_from_capability  # noqa: E402
 
-from tools.compile_report import (Job, compile_variant, jobs_for, parse_capabilities,  # noqa: E402
+from tools.compile_report import (Job, compile_variant, jobs_for, map_forked, parse_capabilities,  # noqa: E402
                                   write_atomically)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -531,8 +529,6 @@ def compile_job(job: Job) -> Dict[str, Any]:
 def compile_all(jobs: Sequence[Job], workers: int) -> List[Dict[str, Any]]:
     """Results of every job, in job order; progress on stderr. Workers are forked (they share
     the parent's kernel registry), as in the compile report."""
-    results: List[Dict[str, Any]] = [{} for _ in jobs]
-
     def progress(done: int, result: Mapping[str, Any]) -> None:
         entry = _registry()[result["job"].entry_index]
         what = result["error"] or f"{len(result['cubin'])} bytes"
@@ -540,23 +536,10 @@ def compile_all(jobs: Sequence[Job], workers: int) -> List[Dict[str, Any]]:
               f"{result['job'].variant_index} {sm_arch_from_capability(result['job'].capability)}:"
               f" {what}", file=sys.stderr, flush=True)
 
-    if workers <= 1:
-        for index, job in enumerate(jobs):
-            results[index] = compile_job(job)
-            progress(index + 1, results[index])
-        return results
-    context = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(compile_job, job): index for index, job in enumerate(jobs)}
-        for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
-            index = futures[future]
-            try:
-                results[index] = future.result()
-            except Exception as exc:  # the worker process itself died
-                results[index] = {"job": jobs[index], "dtype": "?",
-                                  "error": f"worker: {type(exc).__name__}: {exc}"}
-            progress(done, results[index])
-    return results
+    return map_forked(compile_job, jobs, workers,
+                      on_worker_death=lambda job, exc: {"job": job, "dtype": "?",
+                                                        "error": f"worker: {type(exc).__name__}: {exc}"},
+                      progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -338,27 +338,37 @@ def _progress_line(done: int, total: int, record: Mapping[str, Any]) -> str:
             f"{record['config']} {record['target']}: {what}{flag}")
 
 
-def run_jobs(jobs: Sequence[Job], workers: int) -> List[Dict[str, Any]]:
-    """Records of every job, in job order; progress to stderr as jobs finish.
-
-    Workers are forked so they share the parent's kernel registry."""
-    records: List[Dict[str, Any]] = [{} for _ in jobs]
+def map_forked(fn, jobs: Sequence[Any], workers: int, on_worker_death, progress) -> List[Any]:
+    """``fn(job)`` for every job, results in job order, on ``workers`` forked processes (they
+    share the parent's kernel registry) or in-process when ``workers`` <= 1. A worker that dies
+    gives ``on_worker_death(job, exc)`` as its result; ``progress(done, result)`` runs as each
+    job finishes."""
+    results: List[Any] = [None] * len(jobs)
     if workers <= 1:
         for index, job in enumerate(jobs):
-            records[index] = run_job(job)
-            print(_progress_line(index + 1, len(jobs), records[index]), file=sys.stderr, flush=True)
-        return records
+            results[index] = fn(job)
+            progress(index + 1, results[index])
+        return results
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(run_job, job): index for index, job in enumerate(jobs)}
+        futures = {pool.submit(fn, job): index for index, job in enumerate(jobs)}
         for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
             index = futures[future]
             try:
-                records[index] = future.result()
+                results[index] = future.result()
             except Exception as exc:  # the worker process itself died
-                records[index] = _failed(_base_record(jobs[index]), "worker", exc)
-            print(_progress_line(done, len(jobs), records[index]), file=sys.stderr, flush=True)
-    return records
+                results[index] = on_worker_death(jobs[index], exc)
+            progress(done, results[index])
+    return results
+
+
+def run_jobs(jobs: Sequence[Job], workers: int) -> List[Dict[str, Any]]:
+    """Records of every job, in job order; progress to stderr as jobs finish."""
+    return map_forked(
+        run_job, jobs, workers,
+        on_worker_death=lambda job, exc: _failed(_base_record(job), "worker", exc),
+        progress=lambda done, record: print(_progress_line(done, len(jobs), record),
+                                            file=sys.stderr, flush=True))
 
 
 # ---------------------------------------------------------------------------------------------
