@@ -43,6 +43,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from kernels.grid_sample_3d.reference import source_index
 from kernels.region_softmax_warp import region_softmax_warp_reference
 from kernels.region_softmax_warp.reference import identity_grid
 from mim.models.renderer import Renderer
@@ -65,15 +66,10 @@ class ExportError(ValueError):
 
 
 def _source_index(coord: torch.Tensor, size: int, align_corners: bool, border: bool) -> torch.Tensor:
-    """Normalized coordinate → source index along one axis, as F.grid_sample computes it."""
-    if align_corners:
-        index = (coord + 1) / 2 * (size - 1)
-    else:
-        index = ((coord + 1) * size - 1) / 2
-    if border:
-        return index.clamp(0, size - 1)
-    # far outside, both corners stay outside; the clamp keeps the integer conversion in range
-    return index.clamp(-2, size + 1)
+    """The reference's source index; without "border", clamped to [-2, size + 1]: far outside,
+    both corners stay outside, and the integer conversion stays in range."""
+    index = source_index(coord, size, align_corners, border)
+    return index if border else index.clamp(-2, size + 1)
 
 
 def _corners(index: torch.Tensor, size: int):

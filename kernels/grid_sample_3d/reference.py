@@ -21,7 +21,9 @@ from __future__ import annotations
 import torch
 
 
-def _source_index(coord: torch.Tensor, size: int, align_corners: bool, border: bool) -> torch.Tensor:
+def source_index(coord: torch.Tensor, size: int, align_corners: bool, border: bool) -> torch.Tensor:
+    """Normalized coordinate -> source index along one axis, as F.grid_sample computes it
+    ("border": clamped to [0, size - 1])."""
     if align_corners:
         index = (coord + 1) / 2 * (size - 1)
     else:
@@ -41,9 +43,9 @@ def grid_sample_3d_reference(input: torch.Tensor, grid: torch.Tensor, padding_mo
     out_shape = grid.shape[1:4]
     border = padding_mode == "border"
     points = points.reshape(N, 1, -1, 3)
-    ix = _source_index(points[..., 0], W, align_corners, border)
-    iy = _source_index(points[..., 1], H, align_corners, border)
-    iz = _source_index(points[..., 2], D, align_corners, border)
+    ix = source_index(points[..., 0], W, align_corners, border)
+    iy = source_index(points[..., 1], H, align_corners, border)
+    iz = source_index(points[..., 2], D, align_corners, border)
     x0, y0, z0 = ix.floor(), iy.floor(), iz.floor()
     flat = volume.reshape(N, C, D * H * W)
     out = volume.new_zeros(N, C, points.shape[2])
