@@ -42,8 +42,8 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple  # noqa: 
 import triton  # noqa: E402
 from triton.backends.nvidia.compiler import sm_arch_from_capability  # noqa: E402
 
-from tools.compile_report import (Job, compile_variant, jobs_for, map_forked, parse_capabilities,  # noqa: E402
-                                  write_atomically)
+from tools.compile_report import (Job, compile_variant, interpreter_error, jobs_for, map_forked,  # noqa: E402
+                                  parse_capabilities, write_atomically)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO_ROOT / "build" / "aot"
@@ -942,10 +942,9 @@ def write_library(out_dir: Path, registry, entries: Mapping[str, int],
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if triton.knobs.runtime.interpret:
-        return _fail("TRITON_INTERPRET is on, so @triton.jit gives interpreted functions, which "
-                     "cannot be compiled. Run without it: "
-                     "env -u TRITON_INTERPRET python -m tools.aot")
+    error = interpreter_error("tools.aot")
+    if error:
+        return _fail(error)
     import kernels  # noqa: F401  (registers every op's kernels)
 
     registry = _registry()

@@ -513,12 +513,19 @@ def _fail(message: str) -> int:
     return 2
 
 
+def interpreter_error(module: str) -> str | None:
+    """Why ``python -m module`` cannot compile kernels here, or None when it can."""
+    if triton.knobs.runtime.interpret:
+        return ("TRITON_INTERPRET is on, so @triton.jit gives interpreted functions, which "
+                f"cannot be compiled. Run without it: env -u TRITON_INTERPRET python -m {module}")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if triton.knobs.runtime.interpret:
-        return _fail("TRITON_INTERPRET is on, so @triton.jit gives interpreted functions, which "
-                     "cannot be compiled. Run without it: "
-                     "env -u TRITON_INTERPRET python -m tools.compile_report")
+    error = interpreter_error("tools.compile_report")
+    if error:
+        return _fail(error)
     import kernels  # noqa: F401  (registers every op's kernels)
 
     registry = _registry()
