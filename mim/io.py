@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import os
 import secrets
+import stat
 from fractions import Fraction
 from pathlib import Path
 
@@ -62,9 +63,12 @@ def atomic_output(path):
         except FileExistsError:
             continue
     try:
+        mode = stat.S_IMODE(os.stat(temp).st_mode)   # 0o666 less the umask
         yield temp
         with open(temp, "rb+") as written:
             os.fsync(written.fileno())
+        # a writer that recreated the file (safetensors does, as 0o600) gets the umask's mode back
+        os.chmod(temp, mode)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

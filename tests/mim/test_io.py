@@ -1,4 +1,7 @@
 """mim.io: image, video and audio round trips, mode conversion, errors, atomic writes."""
+import os
+import stat
+
 import av
 import numpy as np
 import pytest
@@ -356,3 +359,21 @@ def test_read_audio_errors_name_the_path(tmp_path):
     write_wav(tmp_path / "ok.wav", np.zeros(10, np.float32), 16000)
     with pytest.raises(ValueError, match="sample_rate must be a positive int"):
         read_audio(tmp_path / "ok.wav", sample_rate=16000.5)
+
+
+def test_atomic_output_files_get_the_umask_mode_even_if_the_writer_recreates_them(tmp_path):
+    """safetensors recreates the file it writes with mode 0o600; the result follows the umask
+    like a plain open() would (0o644 under umask 022)."""
+    previous = os.umask(0o022)
+    try:
+        target = tmp_path / "w.safetensors"
+        with atomic_output(target) as temp:
+            os.unlink(temp)
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        assert stat.S_IMODE(os.stat(target).st_mode) == 0o644
+        from safetensors.torch import save_file
+        with atomic_output(tmp_path / "real.safetensors") as temp:
+            save_file({"x": torch.zeros(2)}, str(temp))
+        assert stat.S_IMODE(os.stat(tmp_path / "real.safetensors").st_mode) == 0o644
+    finally:
+        os.umask(previous)
