@@ -71,7 +71,7 @@ def measure(config_name: str, batch: int, repeats: int, backend, recompute: bool
     config.renderer.checkpoint_activations = recompute
     with tempfile.TemporaryDirectory() as out:
         trainer = Stage1Trainer(config, out, backend=backend, device="cpu", progress=False)
-        source, driving, boxes = trainer.batch(0, 0)
+        source, driving, boxes, _ = trainer.batch(0, 0)
         params = {p.untyped_storage().data_ptr() for m in (trainer.renderer, trainer.discriminator)
                   for p in m.parameters()}
         storages = {}

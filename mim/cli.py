@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--steps", type=int, required=True, help="total optimizer steps of the run")
     s1.add_argument("--out", required=True, help="run directory (config, logs, checkpoints)")
     s1.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    s1.add_argument("--init", help="fine-tune: start the renderer from this stage-1/stage-2 checkpoint "
+                                   "(fresh optimizer and schedule; ignored when --resume finds a checkpoint)")
     s1.add_argument("--batch-size", type=int, help="override train.batch_size (global)")
     s1.add_argument("--grad-accumulation", type=int, help="override train.grad_accumulation")
     s1.add_argument("--checkpoint-every", type=int, help="override train.checkpoint_every")
@@ -172,7 +174,7 @@ def _train_stage1(args) -> int:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     result = train_stage1(config.validate(), args.out, args.steps, data=args.data, backend=args.backend,
                           device=args.device, resume=args.resume, progress=not args.no_progress,
-                          evaluate=not args.no_eval)
+                          evaluate=not args.no_eval, init=args.init)
     if "heldout" in result:
         print(json.dumps({"step": args.steps, "heldout": result["heldout"]}, indent=2))
     return 0

@@ -43,6 +43,11 @@ class RendererConfig:
     # added to φ_r before the decoder, so motion can create what no warp of the source holds
     # (an open mouth from a shut one). False: the decoder sees φ_r alone, as in the paper.
     deviation_features: bool = False
+    # Not in the paper: the decoder also sees the driving frame's motion feature M (standardized,
+    # viewed as motion_dim / 64 maps of 8×8, two 3×3 convs, upsampled to H × W, the last conv
+    # zero at the start) added after its first conv: a short path from motion to pixels for what
+    # no warp of the source shows. False: the decoder sees φ_r and F_A alone, as in the paper.
+    decoder_motion: bool = False
     beta: float = 0.2                # β, slope of the activation on negative values
     learn_beta: bool = False
     eps: float = 1e-5                # ε of eq. 2
@@ -96,6 +101,11 @@ class Stage1LossConfig:
     alpha_mouth: float = 0.0
     mouth_crop: int = 32
     mouth_margin: float = 0.25       # the box grows by this fraction of its size on each side
+    # Not in the paper (whose motion is unsupervised): where the data knows each frame's mouth
+    # opening (procedural clips), a linear head reads it from the driving frames' standardized
+    # motion features M and its squared error, weighted alpha_mouth_open, joins the loss, so M
+    # is pushed to carry the opening. 0 turns it off; data without the labels trains without it.
+    alpha_mouth_open: float = 0.0
 
 
 @dataclass
@@ -206,6 +216,8 @@ class Config:
         if self.stage2.frames_per_clip < self.motion.window:
             raise ValueError(f"stage2.frames_per_clip ({self.stage2.frames_per_clip}) must be >= "
                              f"motion.window ({self.motion.window})")
+        if not self.loss.alpha_mouth_open >= 0:
+            raise ValueError(f"loss.alpha_mouth_open must be >= 0, got {self.loss.alpha_mouth_open}")
         if self.loss.alpha_mouth < 0 or self.loss.mouth_crop < 8 or self.loss.mouth_margin < 0:
             raise ValueError(f"loss.alpha_mouth must be >= 0, loss.mouth_crop >= 8 and "
                              f"loss.mouth_margin >= 0, got {self.loss.alpha_mouth}, "

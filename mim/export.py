@@ -176,7 +176,7 @@ class _Render(nn.Module):
         logits, displacement, mask, *added = r.lmdd(deviation, per_frame)
         warped = self._warp(per_frame, logits, displacement, mask)
         appearance = appearance[:, None].expand(b, n, appearance.shape[-1]).reshape(b * n, -1)
-        frames = r.decoder(warped + added[0] if added else warped, appearance)
+        frames = r.decode(warped, added, appearance, motion.reshape(b * n, -1))
         return frames.reshape(b, n, *frames.shape[1:])
 
 

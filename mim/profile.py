@@ -336,7 +336,7 @@ def _render_window_in_stages(renderer, state, motion: torch.Tensor, stage) -> to
                                 for i in range(b)])
     with stage("decoder"):
         appearance = state.appearance.repeat_interleave(n, dim=0)
-        frames = renderer.decoder(warped + added[0] if added else warped, appearance)
+        frames = renderer.decode(warped, added, appearance, motion.reshape(b * n, -1))
     return frames.view(b, n, *frames.shape[1:])
 
 

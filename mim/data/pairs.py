@@ -16,7 +16,8 @@ class SourceDrivingPairs(torch.utils.data.Dataset):
 
     Returns ``{"source": (3, H, W), "driving": (num_driving, 3, H, W), "clip": i,
     "source_frame": s, "driving_start": d}`` (and ``"driving_mouth_box"``, (num_driving, 4),
-    when the clip has a ``mouth_box``): ``driving`` is frames d .. d + num_driving - 1,
+    and ``"driving_mouth_open"``, (num_driving,), when the clip has a ``mouth_box`` and a
+    ``mouth_open``): ``driving`` is frames d .. d + num_driving - 1,
     with d uniform over the valid starts, and ``source`` is frame s, uniform over the whole clip
     (it may fall inside the driving window). The draw uses a ``torch.Generator`` seeded from
     ``np.random.SeedSequence((seed, epoch, i))``, so it depends only on (seed, epoch, i): not on
@@ -59,7 +60,8 @@ class SourceDrivingPairs(torch.utils.data.Dataset):
             "source_frame": source,
             "driving_start": start,
         }
-        boxes = self.clips[index].get("mouth_box")
-        if boxes is not None:
-            item["driving_mouth_box"] = boxes[start: start + self.num_driving].clone()
+        for key in ("mouth_box", "mouth_open"):
+            value = self.clips[index].get(key)
+            if value is not None:
+                item[f"driving_{key}"] = value[start: start + self.num_driving].clone()
         return item

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +10,7 @@ from torch import nn
 
 from mim.config import RendererConfig
 from mim.models.blocks import ResBlock2d, UpBlock2d, group_norm, maybe_checkpoint, num_halvings
+from mim.models.dit import standardize_motion
 
 
 class _Hourglass3d(nn.Module):
@@ -93,6 +94,10 @@ class ImageDecoder(nn.Module):
     The C·S_d channels are a 2-D map at H × W: conv, two residual blocks, then ``log2(S / H)``
     upsampling blocks (widths halve, at least 32), each followed by a FiLM modulation from F_A
     (zero-initialized: identity at the start), and a 3×3 conv to RGB with a sigmoid.
+
+    With ``config.decoder_motion``, the driving frames' motion features M (K, motion_dim) also
+    enter: standardized, viewed as (motion_dim / 64, 8, 8), two 3×3 convs (the second
+    zero-initialized), upsampled bilinearly to H × W and added after the first conv.
     """
 
     def __init__(self, config: RendererConfig):
@@ -111,15 +116,37 @@ class ImageDecoder(nn.Module):
             self.films.append(film)
             width = out
         self.out = nn.Conv2d(width, 3, 3, padding=1)
+        self.motion = None
+        if config.decoder_motion:
+            first = config.decoder_channels
+            self.motion = nn.Sequential(nn.Conv2d(config.motion_dim // 64, first, 3, padding=1), nn.SiLU(),
+                                        nn.Conv2d(first, first, 3, padding=1))
+            nn.init.zeros_(self.motion[2].weight)
+            nn.init.zeros_(self.motion[2].bias)
         self.checkpoint_activations = config.checkpoint_activations
 
-    def _body(self, volume: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
-        x = self.inp(volume.flatten(1, 2))
+    def _motion_map(self, motion: torch.Tensor, size) -> torch.Tensor:
+        maps = standardize_motion(motion, 1e-5).view(motion.shape[0], -1, 8, 8)
+        return F.interpolate(self.motion(maps), size=size, mode="bilinear", align_corners=False)
+
+    def _body(self, volume: torch.Tensor, appearance: torch.Tensor, *motion: torch.Tensor) -> torch.Tensor:
+        x = self.inp[0](volume.flatten(1, 2))
+        if motion:
+            x = x + self._motion_map(motion[0], x.shape[-2:])
+        x = self.inp[2](self.inp[1](x))
         for up, film in zip(self.ups, self.films):
             x = up(x)
             gamma, beta = film(appearance).chunk(2, dim=1)
             x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
         return torch.sigmoid(self.out(x))
 
-    def forward(self, volume: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
-        return maybe_checkpoint(self._body, self.checkpoint_activations, volume, appearance)
+    def forward(self, volume: torch.Tensor, appearance: torch.Tensor,
+                motion: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``motion`` (K, motion_dim): required with ``config.decoder_motion``, else ignored."""
+        if self.motion is None:
+            return maybe_checkpoint(self._body, self.checkpoint_activations, volume, appearance)
+        if motion is None or motion.shape != (volume.shape[0], self.motion[0].in_channels * 64):
+            shape = None if motion is None else tuple(motion.shape)
+            raise ValueError(f"this decoder (decoder_motion) needs the driving motion features "
+                             f"({volume.shape[0]}, {self.motion[0].in_channels * 64}), got {shape}")
+        return maybe_checkpoint(self._body, self.checkpoint_activations, volume, appearance, motion)

@@ -111,8 +111,15 @@ class Renderer(nn.Module):
                                           displacement[i * n:(i + 1) * n], mask[i * n:(i + 1) * n])
                                 for i in range(b)])
         appearance = state.appearance.repeat_interleave(n, dim=0)
-        frames = self.decoder(warped + added[0] if added else warped, appearance)
+        frames = self.decode(warped, added, appearance, motion.reshape(b * n, -1))
         return {"frames": frames.view(b, n, *frames.shape[1:]), "warped": warped, "mask": mask}
+
+    def decode(self, warped: torch.Tensor, added, appearance: torch.Tensor,
+               motion: torch.Tensor) -> torch.Tensor:
+        """The decoder U on φ_r (plus the LMDD's deviation features when ``added`` holds them),
+        with F_A and, when ``config.decoder_motion``, the driving motion features (K, motion_dim)."""
+        volume = warped + added[0] if added else warped
+        return self.decoder(volume, appearance, motion if self.config.decoder_motion else None)
 
     def render(self, state: SourceState, motion: torch.Tensor, window: Optional[int] = None,
                return_aux: bool = False):
@@ -140,12 +147,13 @@ class Renderer(nn.Module):
 
     def forward(self, source: torch.Tensor, driving: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Training forward: source (B, 3, S, S), driving (B, N, 3, S, S) → {"frames" (B, N, 3, S, S),
-        "warped" (B·N, C, S_d, H, W), "mask" (B·N, 1, S_d, H, W)}; all N frames in one window."""
+        "motion" (B, N, motion_dim), the driving frames' M, "warped" (B·N, C, S_d, H, W),
+        "mask" (B·N, 1, S_d, H, W)}; all N frames in one window."""
         self.check_frames(driving, "driving")
         if driving.dim() != 5 or driving.shape[0] != source.shape[0]:
             raise ValueError(f"driving must have shape ({source.shape[0]}, N, 3, S, S) to match "
                              f"source, got {tuple(driving.shape)}")
         state = self.encode_source(source)
-        frames, aux = self.render(state, self.encode_motion(driving), window=driving.shape[1],
-                                  return_aux=True)
-        return {"frames": frames, **{k: v for k, v in aux.items() if k != "frames"}}
+        motion = self.encode_motion(driving)
+        frames, aux = self.render(state, motion, window=driving.shape[1], return_aux=True)
+        return {"frames": frames, "motion": motion, **{k: v for k, v in aux.items() if k != "frames"}}

@@ -14,7 +14,7 @@ import json
 import os
 import random
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -140,9 +140,11 @@ def read_metadata(path: str) -> Dict[str, Any]:
 
 def load_checkpoint(path: str, *, kind: str, modules: Mapping[str, torch.nn.Module],
                     optimizers: Optional[Mapping[str, torch.optim.Optimizer]] = None,
-                    restore_rng: bool = False) -> Dict[str, Any]:
+                    restore_rng: bool = False, optional: Sequence[str] = ()) -> Dict[str, Any]:
     """Load modules (strict), optimizers and optionally the RNG state; returns the metadata.
 
+    ``optional``: key prefixes (``module.sub.``) that may be missing from the checkpoint; those
+    parameters keep their current values (a branch added to a model trained without it).
     Raises CheckpointError for a missing/corrupt file, another kind, or parameters that do not
     fit the given modules (the message lists the first mismatching keys)."""
     meta = read_metadata(path)
@@ -156,7 +158,7 @@ def load_checkpoint(path: str, *, kind: str, modules: Mapping[str, torch.nn.Modu
         prefix = name + "."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         own = module.state_dict()
-        missing = sorted(set(own) - set(state))
+        missing = sorted(k for k in set(own) - set(state) if not (prefix + k).startswith(tuple(optional)))
         unexpected = sorted(set(state) - set(own))
         wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
         if missing or unexpected or wrong:
@@ -165,7 +167,7 @@ def load_checkpoint(path: str, *, kind: str, modules: Mapping[str, torch.nn.Modu
                                                     ("wrong shape", wrong)) if keys)
             raise CheckpointError(f"checkpoint {path!r} does not fit the {name!r} model of this "
                                   f"config ({details}); was it trained with another config?")
-        module.load_state_dict(state)
+        module.load_state_dict(state, strict=not optional)
     optim_meta = json.loads(meta["_raw"].get("optimizers", "{}"))
     for name, optimizer in (optimizers or {}).items():
         if name not in optim_meta:

@@ -11,6 +11,7 @@ that was not interrupted (tested).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from typing import Dict, Optional
@@ -25,7 +26,7 @@ from mim.evaluate import evaluate_reconstruction
 from mim.losses import (MultiScalePatchDiscriminator, PerceptualLoss, crop_boxes, discriminator_loss,
                         feature_matching_loss, generator_adversarial_loss, threshold_mask_loss,
                         total_generator_loss)
-from mim.models import Renderer
+from mim.models import Renderer, standardize_motion
 from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from mim.train.distributed import DistributedContext, shutdown_distributed
 from mim.train.loop import CsvLog, TrainerBase
@@ -36,6 +37,9 @@ __all__ = ["Stage1Trainer", "build_stage1_data", "check_same_renderer", "train_s
 log = logging.getLogger("mim.train")
 KIND = "stage1"
 RENDERER_KINDS = (KIND, "stage2")   # checkpoints that hold a renderer
+# Renderer branches a config may add that start at zero (the renderer computes what it did
+# without them), by flag: a checkpoint trained without one initializes a renderer with it.
+OPTIONAL_BRANCHES = {"deviation_features": "lmdd.features.", "decoder_motion": "decoder.motion."}
 
 
 def build_stage1_data(config: Config, data: str):
@@ -57,9 +61,10 @@ def build_stage1_data(config: Config, data: str):
 
 
 def check_same_renderer(saved: Dict, config: Config, path: str) -> None:
-    """Raise CheckpointError naming every renderer field where ``saved`` differs from ``config``."""
+    """Raise CheckpointError naming every renderer field where ``saved`` differs from ``config``.
+    A field that ``saved`` lacks (a checkpoint older than the field) counts as its default."""
     ours = config_to_dict(config)["renderer"]
-    theirs = saved.get("renderer", {})
+    theirs = config_to_dict(config_from_dict(saved))["renderer"]
     diff = [f"renderer.{k}: checkpoint {theirs.get(k)!r} vs config {v!r}"
             for k, v in ours.items() if theirs.get(k) != v]
     if diff:
@@ -72,7 +77,7 @@ class Stage1Trainer(TrainerBase):
     in ``out_dir`` (``config.yaml``, ``log.csv``, ``eval.csv``, ``tensorboard/``, ``checkpoints/``)."""
 
     KIND = KIND
-    LOG_FIELDS = ("step", "loss", "l1", "perceptual", "mouth", "mask", "adversarial",
+    LOG_FIELDS = ("step", "loss", "l1", "perceptual", "mouth", "mouth_open", "mask", "adversarial",
                   "feature_matching", "discriminator", "lr", "seconds")
     POSTFIX = ("loss", "l1")
 
@@ -89,7 +94,12 @@ class Stage1Trainer(TrainerBase):
             base_channels=config.loss.discriminator_channels).to(dev, self.dtype)
         self.perceptual = PerceptualLoss(config.loss.vgg19_weights, config.loss.perceptual_scales,
                                          config.loss.perceptual_layer_weight).to(dev, self.dtype)
-        self.opt_g = torch.optim.Adam(self.renderer.parameters(), lr=t.lr, betas=t.betas)
+        # the read-out of the mouth opening from M (loss.alpha_mouth_open): trained with the
+        # renderer, saved in checkpoints, not part of the renderer (inference never uses it)
+        self.mouth_head = None
+        if config.loss.alpha_mouth_open > 0:
+            self.mouth_head = torch.nn.Linear(config.renderer.motion_dim, 1).to(dev, self.dtype)
+        self.opt_g = torch.optim.Adam(self.generator_parameters(), lr=t.lr, betas=t.betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=t.discriminator_lr,
                                       betas=t.betas)
         self.train_clips, self.heldout_clips = build_stage1_data(config, data)
@@ -104,12 +114,42 @@ class Stage1Trainer(TrainerBase):
             log.info("perceptual loss: %s", self.perceptual.mode)
             if config.loss.alpha_mouth > 0 and len(self.train_clips) and "mouth_box" not in self.train_clips[0]:
                 log.info("mouth loss off: the training clips have no mouth boxes")
+            if self.mouth_head is not None and len(self.train_clips) and "mouth_open" not in self.train_clips[0]:
+                log.info("mouth-opening read-out off: the training clips have no mouth_open labels")
+
+    def generator_parameters(self):
+        """The parameters opt_g trains: the renderer's and the mouth read-out's."""
+        heads = [] if self.mouth_head is None else list(self.mouth_head.parameters())
+        return list(self.renderer.parameters()) + heads
 
     def train_section(self):
         return self.config.train
 
+    def initialize_from(self, path: str) -> None:
+        """Fine-tuning start: the renderer's weights from the renderer checkpoint ``path`` (the
+        optimizers, the step, the schedule and the discriminator start fresh). The renderer
+        configs must match, except that this one may add OPTIONAL_BRANCHES the checkpoint was
+        trained without; those keep their zero start."""
+        meta = read_metadata(path)
+        if meta["kind"] not in RENDERER_KINDS:
+            raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, not a renderer")
+        saved = config_from_dict(meta["config"]).renderer
+        added = [flag for flag in OPTIONAL_BRANCHES if getattr(self.config.renderer, flag) and not getattr(saved, flag)]
+        compared = copy.deepcopy(self.config)
+        for flag in added:
+            setattr(compared.renderer, flag, False)
+        check_same_renderer(meta["config"], compared, path)
+        load_checkpoint(path, kind=meta["kind"], modules={"renderer": self.renderer},
+                        optional=[f"renderer.{OPTIONAL_BRANCHES[flag]}" for flag in added])
+        if self.ctx.is_main:
+            log.info("renderer initialized from %s (step %s)%s", path, meta["step"],
+                     f"; new branches at zero: {', '.join(added)}" if added else "")
+
     def checkpoint_modules(self):
-        return {"renderer": self.renderer, "discriminator": self.discriminator}
+        modules = {"renderer": self.renderer, "discriminator": self.discriminator}
+        if self.mouth_head is not None:
+            modules["mouth_head"] = self.mouth_head
+        return modules
 
     def checkpoint_optimizers(self):
         return {"opt_g": self.opt_g, "opt_d": self.opt_d}
@@ -130,8 +170,9 @@ class Stage1Trainer(TrainerBase):
         return self.pairs[index]
 
     def batch(self, step: int, micro: int):
-        """This rank's (source, driving, mouth boxes) for micro-batch ``micro`` of optimizer
-        step ``step``; the boxes, (B, N, 4), are None when the clips have none."""
+        """This rank's (source, driving, mouth boxes, mouth openings) for micro-batch ``micro``
+        of optimizer step ``step``; the boxes (B, N, 4) and openings (B, N) are None when the
+        clips have none."""
         t = self.config.train
         start = (step * t.grad_accumulation + micro) * t.batch_size + self.ctx.rank * self.local_batch
         items = [self._sample(p) for p in range(start, start + self.local_batch)]
@@ -140,7 +181,10 @@ class Stage1Trainer(TrainerBase):
         boxes = None
         if all("driving_mouth_box" in it for it in items):
             boxes = torch.stack([it["driving_mouth_box"] for it in items]).to(self.ctx.device, self.dtype)
-        return source, driving, boxes
+        opening = None
+        if all("driving_mouth_open" in it for it in items):
+            opening = torch.stack([it["driving_mouth_open"] for it in items]).to(self.ctx.device, self.dtype)
+        return source, driving, boxes, opening
 
     # -- one step ---------------------------------------------------------------------------
     def _autocast(self):
@@ -152,11 +196,13 @@ class Stage1Trainer(TrainerBase):
         return self.config.loss.alpha_adversarial > 0 and self.step >= self.config.loss.adversarial_start_step
 
     def generator_loss(self, source: torch.Tensor, driving: torch.Tensor, adversarial: bool,
-                       mouth_boxes: Optional[torch.Tensor] = None):
+                       mouth_boxes: Optional[torch.Tensor] = None,
+                       mouth_open: Optional[torch.Tensor] = None):
         """Eq. 3 (+ feature matching once the GAN is on, + the mouth-crop loss when
-        ``loss.alpha_mouth`` > 0 and ``mouth_boxes`` (B, N, 4) are given) for one micro-batch:
-        returns (loss, its terms, predicted frames, target frames), frames flattened to
-        (B·N, 3, S, S)."""
+        ``loss.alpha_mouth`` > 0 and ``mouth_boxes`` (B, N, 4) are given, + the mouth-opening
+        read-out's squared error when ``loss.alpha_mouth_open`` > 0 and ``mouth_open`` (B, N)
+        is given) for one micro-batch: returns (loss, its terms, predicted frames, target
+        frames), frames flattened to (B·N, 3, S, S)."""
         cfg = self.config.loss
         with self._autocast():
             out = self.g(source, driving)
@@ -168,6 +214,10 @@ class Stage1Trainer(TrainerBase):
                 boxes = mouth_boxes.flatten(0, 1)
                 mouth = self.perceptual(crop_boxes(pred.to(self.dtype), boxes, cfg.mouth_crop, cfg.mouth_margin),
                                         crop_boxes(target, boxes, cfg.mouth_crop, cfg.mouth_margin))
+            opening = torch.zeros((), device=pred.device, dtype=self.dtype)
+            if self.mouth_head is not None and mouth_open is not None:
+                read = self.mouth_head(standardize_motion(out["motion"].to(self.dtype), 1e-5))[..., 0]
+                opening = (read - mouth_open).pow(2).mean()
             with torch.no_grad():   # L_pg's target: the driving frame's own F_id, activated like φ_r
                 v_gt = F.leaky_relu(self.renderer.encode_volume(target), self.config.renderer.beta)
             mask_loss = threshold_mask_loss(v_gt.to(self.dtype), out["warped"].to(self.dtype), cfg.mask_tau)
@@ -186,8 +236,10 @@ class Stage1Trainer(TrainerBase):
                 loss = loss + cfg.feature_matching * fm
             if cfg.alpha_mouth > 0:
                 loss = loss + cfg.alpha_mouth * mouth
+            if self.mouth_head is not None:
+                loss = loss + cfg.alpha_mouth_open * opening
         terms = {"loss": loss, "l1": (pred.detach().to(self.dtype) - target).abs().mean(),
-                 "perceptual": per, "mouth": mouth, "mask": mask_loss, "adversarial": adv,
+                 "perceptual": per, "mouth": mouth, "mouth_open": opening, "mask": mask_loss, "adversarial": adv,
                  "feature_matching": fm}
         return loss, terms, pred, target
 
@@ -204,18 +256,23 @@ class Stage1Trainer(TrainerBase):
         self.opt_d.zero_grad(set_to_none=True)
         fakes, reals = [], []
         for micro in range(t.grad_accumulation):
-            source, driving, boxes = self.batch(self.step, micro)
+            source, driving, boxes, opening = self.batch(self.step, micro)
             last = micro == t.grad_accumulation - 1
             sync = contextlib.nullcontext() if (last or not self.ctx.enabled) else self.g.no_sync()
             with sync:   # no_sync must cover the backward too
-                loss, terms, pred, target = self.generator_loss(source, driving, adversarial, boxes)
+                loss, terms, pred, target = self.generator_loss(source, driving, adversarial, boxes, opening)
                 (loss / t.grad_accumulation).backward()
             fakes.append(pred.detach())
             reals.append(target)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / t.grad_accumulation
+        if self.mouth_head is not None and self.ctx.enabled:   # outside DDP: average by hand
+            for parameter in self.mouth_head.parameters():
+                if parameter.grad is not None:
+                    torch.distributed.all_reduce(parameter.grad)
+                    parameter.grad /= self.ctx.world_size
         if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.renderer.parameters(), t.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.generator_parameters(), t.grad_clip)
         self.opt_g.step()
         sums["discriminator"] = 0.0
         if adversarial:
@@ -258,9 +315,12 @@ class Stage1Trainer(TrainerBase):
 
 def train_stage1(config: Config, out_dir: str, steps: int, data: str = "synthetic",
                  backend: Optional[str] = None, device: str = "auto", resume: bool = False,
-                 progress: bool = True, evaluate: bool = True) -> Dict[str, Dict[str, float]]:
+                 progress: bool = True, evaluate: bool = True,
+                 init: Optional[str] = None) -> Dict[str, Dict[str, float]]:
     """Run stage-1 training (the ``mim train stage1`` command); returns the last training
-    values and, when ``evaluate``, the held-out metrics of the final model (rank 0)."""
+    values and, when ``evaluate``, the held-out metrics of the final model (rank 0).
+    ``init``: a renderer checkpoint to fine-tune from (:meth:`Stage1Trainer.initialize_from`);
+    used only when the run starts at step 0 (a resumed run continues its own weights)."""
     os.makedirs(out_dir, exist_ok=True)
     if resume:
         path = os.path.join(out_dir, "config.yaml")
@@ -271,6 +331,8 @@ def train_stage1(config: Config, out_dir: str, steps: int, data: str = "syntheti
     trainer = Stage1Trainer(config, out_dir, data=data, backend=backend, device=device,
                             resume=resume, progress=progress)
     try:
+        if init is not None and trainer.step == 0:
+            trainer.initialize_from(init)
         last = trainer.run(steps)
         result = {"train": last}
         if evaluate and trainer.ctx.is_main:

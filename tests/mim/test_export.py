@@ -220,8 +220,9 @@ def test_gather_decomposition_in_onnxruntime(tmp_path):
 
 @pytest.fixture(scope="module")
 def featured_renderer(config):
-    """renderer.deviation_features on (off in the shipped configs): the LMDD's fourth head."""
-    renderer_config = dataclasses.replace(config.renderer, deviation_features=True)
+    """renderer.deviation_features and renderer.decoder_motion on (off in the paper's config):
+    the LMDD's fourth head and the decoder's motion branch."""
+    renderer_config = dataclasses.replace(config.renderer, deviation_features=True, decoder_motion=True)
     torch.manual_seed(1)
     renderer = Renderer(renderer_config)
     with torch.no_grad():
@@ -235,7 +236,7 @@ def featured_renderer(config):
 @pytest.mark.parametrize("features", [False, True])
 def test_exported_render_module_matches_renderer(renderer, featured_renderer, grid_sample, features):
     """The module behind the render graph, in PyTorch, for both samplers, with and without the
-    deviation features."""
+    deviation features and the decoder's motion branch."""
     renderer = featured_renderer if features else renderer
     source, driving = clip(2, 3, seed=6)
     with torch.no_grad():

@@ -86,6 +86,43 @@ def test_deviation_features_reach_the_decoder():
     assert with_features.lmdd.features.weight.grad.abs().sum() > 0
 
 
+def test_decoder_motion_reaches_the_pixels():
+    """renderer.decoder_motion: the decoder's motion branch starts at zero (frames equal those of
+    a renderer without it), then the driving frames' motion changes the pixels directly, and
+    the branch's gradient reaches the motion encoder; calling the decoder without motion fails."""
+    torch.manual_seed(0)
+    with_motion = Renderer(tiny(decoder_motion=True)).eval()
+    without = Renderer(tiny()).eval()
+    assert without.decoder.motion is None
+    keys = without.load_state_dict(with_motion.state_dict(), strict=False)
+    assert sorted(keys.unexpected_keys) == ["decoder.motion.0.bias", "decoder.motion.0.weight",
+                                            "decoder.motion.2.bias", "decoder.motion.2.weight"]
+    assert not keys.missing_keys
+    source, driving = torch.rand(1, 3, 64, 64), torch.rand(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = with_motion(source, driving), without(source, driving)
+        torch.testing.assert_close(a["frames"], b["frames"], rtol=0, atol=0)
+        with_motion.decoder.motion[2].weight.normal_(0, 0.05)
+        c = with_motion(source, driving)
+        state = with_motion.encode_source(source)
+        motion = with_motion.encode_motion(driving)
+        # the same warp, different motion for the decoder: different frames
+        out = with_motion._render_window(state, motion)
+    torch.testing.assert_close(c["warped"], a["warped"], rtol=0, atol=0)
+    assert (c["frames"] - a["frames"]).abs().max() > 1e-3
+    with torch.no_grad():
+        plain = with_motion.decoder(out["warped"], state.appearance.expand(2, -1), motion[0])
+        shifted = with_motion.decoder(out["warped"], state.appearance.expand(2, -1), motion[0].flip(0))
+    assert (plain - shifted).abs().max() > 1e-3
+    torch.testing.assert_close(plain, out["frames"][0])
+    with_motion.zero_grad()
+    with_motion.decoder(out["warped"], state.appearance.expand(2, -1),
+                        with_motion.encode_motion(driving)[0]).sum().backward()
+    assert with_motion.motion_encoder.head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="decoder_motion"):
+        with_motion.decoder(out["warped"], state.appearance.expand(2, -1))
+
+
 def test_frames_do_not_depend_on_other_clips():
     renderer = Renderer(tiny()).eval()
     source, driving = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 3, 64, 64)

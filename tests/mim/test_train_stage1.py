@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mim.cli import main
-from mim.config import get_config, save_config
+from mim.config import config_to_dict, get_config, save_config
 from mim.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from mim.train.stage1 import renderer_from_checkpoint, train_stage1
+from mim.train.stage1 import check_same_renderer, renderer_from_checkpoint, train_stage1
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -156,6 +156,18 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
             torch.testing.assert_close(a[key], b[key], rtol=1e-7, atol=1e-8)
 
 
+def test_a_checkpoint_older_than_a_renderer_field_reads_as_its_default():
+    """A saved config without a renderer field added later matches a config holding that
+    field's default, and is refused against any other value."""
+    config = get_config("tiny")
+    saved = config_to_dict(config)
+    del saved["renderer"]["decoder_motion"]
+    check_same_renderer(saved, config, "old.safetensors")
+    config.renderer.decoder_motion = True
+    with pytest.raises(CheckpointError, match=r"renderer.decoder_motion: checkpoint False vs config True"):
+        check_same_renderer(saved, config, "old.safetensors")
+
+
 def test_resume_with_another_config_is_refused(tmp_path, capsys):
     config = small_config()
     out = str(tmp_path / "run")
@@ -218,7 +230,7 @@ def test_mouth_crop_loss(tmp_path):
     config.loss.adversarial_start_step = 10
     config.loss.alpha_mouth = 1.0
     trainer = Stage1Trainer(config, str(tmp_path / "run"), progress=False)
-    source, driving, boxes = trainer.batch(0, 0)
+    source, driving, boxes, _ = trainer.batch(0, 0)
     assert boxes.shape == (2, 2, 4)
     loss, terms, pred, target = trainer.generator_loss(source, driving, False, boxes)
     cfg = config.loss
@@ -232,3 +244,76 @@ def test_mouth_crop_loss(tmp_path):
     trainer.config.loss.alpha_mouth = 0.0
     off, terms_off, _, _ = trainer.generator_loss(source, driving, False, boxes)
     torch.testing.assert_close(off, without)
+
+
+def test_mouth_opening_read_out(tmp_path):
+    """alpha_mouth_open: a linear head reads the driving frames' mouth opening (the clips'
+    labels) from their standardized M; its squared error, weighted, joins the loss; the head
+    trains, is saved with the checkpoint and resumes; without labels the term is off."""
+    from mim.models import standardize_motion
+    from mim.train.stage1 import Stage1Trainer
+
+    config = small_config(dtype="float64")
+    config.loss.adversarial_start_step = 10
+    config.loss.alpha_mouth_open = 2.0
+    out = str(tmp_path / "run")
+    trainer = Stage1Trainer(config, out, progress=False)
+    source, driving, boxes, opening = trainer.batch(0, 0)
+    item = trainer._sample(0)
+    clip = trainer.pairs.clips[item["clip"]]
+    start = item["driving_start"]
+    torch.testing.assert_close(opening[0], clip["mouth_open"][start:start + 2].double())
+    loss, terms, _, _ = trainer.generator_loss(source, driving, False, boxes, opening)
+    with torch.no_grad():
+        read = trainer.mouth_head(standardize_motion(trainer.renderer.encode_motion(driving), 1e-5))[..., 0]
+    expected = (read - opening).pow(2).mean()
+    assert expected.item() > 0
+    torch.testing.assert_close(terms["mouth_open"], expected)
+    without, terms_without, _, _ = trainer.generator_loss(source, driving, False, boxes, None)
+    assert terms_without["mouth_open"].item() == 0
+    torch.testing.assert_close(loss, without + 2.0 * expected)
+    before = trainer.mouth_head.weight.detach().clone()
+    trainer.run(2)
+    assert not torch.equal(before, trainer.mouth_head.weight)
+    saved = final_parameters(out)
+    from safetensors.torch import load_file
+    tensors = load_file(latest_checkpoint(os.path.join(out, "checkpoints")))
+    torch.testing.assert_close(tensors["mouth_head.weight"], trainer.mouth_head.weight.detach())
+    assert saved
+    resumed = Stage1Trainer(config, out, resume=True, progress=False)
+    assert resumed.step == 2
+    torch.testing.assert_close(resumed.mouth_head.weight, trainer.mouth_head.weight)
+
+
+def test_fine_tuning_starts_from_a_checkpoints_renderer(tmp_path, capsys):
+    """--init: the renderer starts as the checkpoint's (the step, optimizer and discriminator
+    fresh); a branch the checkpoint lacks (decoder_motion) starts at zero, so the first frames
+    equal the checkpoint renderer's; another renderer config is refused, naming the field."""
+    from mim.train.stage1 import Stage1Trainer
+
+    config = small_config()
+    first = str(tmp_path / "first")
+    train_stage1(config, first, steps=2, progress=False, evaluate=False)
+    ckpt = latest_checkpoint(os.path.join(first, "checkpoints"))
+    tuned = small_config()
+    tuned.renderer.decoder_motion = True
+    tuned.loss.alpha_mouth_open = 1.0
+    trainer = Stage1Trainer(tuned, str(tmp_path / "tuned"), progress=False)
+    trainer.initialize_from(ckpt)
+    assert trainer.step == 0
+    original = renderer_from_checkpoint(ckpt)
+    for key, value in original.state_dict().items():
+        torch.testing.assert_close(trainer.renderer.state_dict()[key], value, rtol=0, atol=0)
+    source, driving, _, _ = trainer.batch(0, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.renderer.eval()(source, driving)["frames"],
+                                   original(source, driving)["frames"], rtol=0, atol=0)
+    other = small_config()
+    other.renderer.regions = 3
+    with pytest.raises(CheckpointError, match="renderer.regions"):
+        Stage1Trainer(other, str(tmp_path / "other"), progress=False).initialize_from(ckpt)
+    code = main(["train", "stage1", "--config", "tiny", "--steps", "1", "--out", str(tmp_path / "cli"),
+                 "--init", ckpt, "--batch-size", "2", "--no-progress", "--no-eval"])
+    assert code == 0
+    log = open(os.path.join(tmp_path, "cli", "log.csv")).read().splitlines()
+    assert log[0].startswith("step,") and log[1].startswith("1,")
