@@ -3,7 +3,7 @@ write ``examples/demo/``: the stage-2 checkpoint (renderer + motion generator), 
 stages' training logs, an example portrait and an example speech-like wav (both made by the
 project's own generator).
 
-    python -m tools.train_demo [--stage1-steps 1200] [--stage2-steps 2000] [--work runs/demo]
+    python -m tools.train_demo [--stage1-steps 3000] [--stage2-steps 2000] [--work runs/demo]
                                [--stage1 CKPT]   # reuse a trained tiny stage-1 checkpoint
 
 Each stage resumes from its own run directory under ``--work``, so an interrupted demo training
@@ -61,7 +61,7 @@ def copy_atomic(source: str, destination: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage1-steps", type=int, default=1200)
+    parser.add_argument("--stage1-steps", type=int, default=3000)
     parser.add_argument("--stage2-steps", type=int, default=2000)
     parser.add_argument("--stage1", help="a trained tiny stage-1 checkpoint to start stage 2 from")
     parser.add_argument("--work", default="runs/demo")
@@ -94,7 +94,9 @@ def main(argv=None) -> int:
         os.remove(exported)
         raise SystemExit(f"the demo checkpoint is {size / 2**20:.1f} MiB, over the 30 MiB limit")
     copy_atomic(os.path.join(stage2_dir, "config.yaml"), os.path.join(args.out, "config.yaml"))
-    for stage, directory in (("stage1", stage1_dir), ("stage2", stage2_dir)):
+    # A reused stage-1 checkpoint brings the log of its own run (RUN/checkpoints/step_N.safetensors).
+    stage1_run = stage1_dir if args.stage1 is None else os.path.dirname(os.path.dirname(os.path.abspath(stage1)))
+    for stage, directory in (("stage1", stage1_run), ("stage2", stage2_dir)):
         log = os.path.join(directory, "log.csv")
         if os.path.exists(log):
             copy_atomic(log, os.path.join(args.out, f"{stage}_log.csv"))

@@ -6,6 +6,7 @@ import soundfile
 
 from mim.animate import Animator
 from mim.io import read_image
+from mim.train.checkpoint import latest_checkpoint
 from tools.train_demo import main
 
 
@@ -21,3 +22,15 @@ def test_writes_a_loadable_demo(tmp_path):
     assert read_image(os.path.join(out, "portrait.png")).shape == (3, 256, 256)
     info = soundfile.info(os.path.join(out, "speech.wav"))
     assert (info.samplerate, info.channels, round(info.duration, 3)) == (16000, 1, 4.0)
+
+
+def test_a_reused_stage1_checkpoint_brings_its_own_log(tmp_path):
+    first = tmp_path / "first"
+    assert main(["--stage1-steps", "1", "--stage2-steps", "1", "--clips", "2", "--work",
+                 str(first), "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    checkpoint = latest_checkpoint(str(first / "stage1" / "checkpoints"))
+    out = tmp_path / "b"
+    assert main(["--stage1", checkpoint, "--stage2-steps", "1", "--clips", "2", "--work",
+                 str(tmp_path / "second"), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "stage1_log.csv").read_text() == (first / "stage1" / "log.csv").read_text()
+    assert not (tmp_path / "second" / "stage1").exists()

@@ -1,0 +1,61 @@
+"""The committed demo: its files, and `make demo` (the README's first command) end to end, its mp4
+decoded back: 25 fps, ceil(25 x audio duration) frames, an audio stream of the input's length."""
+
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import av
+import soundfile
+import yaml
+
+from mim.animate import DEFAULT_CHECKPOINT
+from mim.io import read_image
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo"
+
+
+def test_the_demo_files_are_committed():
+    names = sorted(os.listdir(DEMO))
+    for name in ("config.yaml", "mim_tiny.safetensors", "portrait.png", "speech.wav",
+                 "stage1_log.csv", "stage2_log.csv"):
+        assert name in names
+    assert DEFAULT_CHECKPOINT == DEMO / "mim_tiny.safetensors"
+    assert os.path.getsize(DEFAULT_CHECKPOINT) < 30 * 2 ** 20
+    assert yaml.safe_load((DEMO / "config.yaml").read_text())["name"] == "tiny"
+    for log in ("stage1_log.csv", "stage2_log.csv"):
+        lines = (DEMO / log).read_text().splitlines()
+        assert lines[0].startswith("step,") and len(lines) > 10
+    assert read_image(DEMO / "portrait.png").shape[0] == 3
+
+
+def _decode(path):
+    with av.open(str(path)) as container:
+        video, = container.streams.video
+        audio, = container.streams.audio
+        fps = float(video.average_rate)
+        frames = sum(1 for _ in container.decode(video))
+    with av.open(str(path)) as container:
+        audio = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(audio))
+        rate = audio.rate
+    return fps, frames, samples / rate
+
+
+def test_make_demo_writes_a_25_fps_video_with_the_speech(tmp_path):
+    make = shutil.which("make")
+    assert make, "make is needed to run the README's first command"
+    out = tmp_path / "demo.mp4"
+    result = subprocess.run([make, "-s", "demo", f"DEMO_OUT={out}"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    duration = soundfile.info(str(DEMO / "speech.wav")).duration
+    fps, frames, audio_seconds = _decode(out)
+    assert fps == 25.0
+    assert frames == math.ceil(25 * duration - 1e-9)
+    # AAC codes whole frames of 1024 samples: the decoded stream runs to the end of the last
+    # frame (4.032 s for the 4 s example: 63 frames), never short and less than a frame long.
+    assert duration - 1e-3 <= audio_seconds < duration + 1024 / 16000
