@@ -62,10 +62,11 @@ class Animator:
     """A stage-2 model ready to animate: the renderer and the motion generator, in eval mode on
     ``device``, with the ``Config`` they were built from.
 
-    Example:
-        >>> animator = Animator.from_pretrained("examples/demo/mim_tiny.safetensors")  # doctest: +SKIP
-        >>> frames = animator.animate("portrait.png", "speech.wav")                     # doctest: +SKIP
-        >>> animator.animate_to_file("portrait.png", "speech.wav", "talking.mp4")       # doctest: +SKIP
+    Example (run from the repository root, as the README's copy of it is in the tests)::
+
+        animator = mim.Animator.from_pretrained()        # the demo model in examples/demo/
+        frames = animator.animate("examples/demo/portrait.png", "examples/demo/speech.wav")
+        animator.animate_to_file("examples/demo/portrait.png", "examples/demo/speech.wav", "talking.mp4")
     """
 
     def __init__(self, renderer: Renderer, motion: MotionGenerator, config: Config,

@@ -273,3 +273,18 @@ def test_evaluate_lipsync_command(media, tmp_path, capsys):
     assert result["sync_truth"] > 0.8
     assert main(["evaluate", "--checkpoint", media["stage2"], "--lipsync", "--data", str(tmp_path)]) == 2
     assert "procedural clips only" in capsys.readouterr().err
+
+
+def test_the_package_exports_the_animator_lazily():
+    import subprocess
+    import sys
+
+    import mim
+    from mim.animate import Animator as Direct
+
+    assert mim.Animator is Direct
+    with pytest.raises(AttributeError, match="no attribute 'Animater'"):
+        mim.Animater
+    code = "import sys, mim.config; print('mim.animate' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
