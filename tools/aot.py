@@ -751,7 +751,7 @@ def render_source(op: AotOp, entry, variants: Sequence[Variant],
             if arg.divisible_16:
                 pointer_checks += [
                     f"    if ((uintptr_t)ptr_{arg.name} % 16 != 0)",
-                    f"        return mim__fail(MIM_ERROR_MISALIGNED,",
+                    "        return mim__fail(MIM_ERROR_MISALIGNED,",
                     f'                         "{op.op}: {label}=%p is not 16-byte aligned", '
                     f"ptr_{arg.name});"]
             values.append(f"    uint64_t arg_{arg.name} = (uint64_t)(uintptr_t)ptr_{arg.name};")
@@ -763,14 +763,14 @@ def render_source(op: AotOp, entry, variants: Sequence[Variant],
             if arg.type == "i32" and not is_flag:
                 integer_checks += [
                     f"    if (value_{arg.name} < INT32_MIN || value_{arg.name} > INT32_MAX)",
-                    f"        return mim__fail(MIM_ERROR_UNSUPPORTED,",
+                    "        return mim__fail(MIM_ERROR_UNSUPPORTED,",
                     f'                         "{op.op}: {label}=%lld is beyond the int32 range '
                     f'the kernel takes",',
                     f"                         (long long)value_{arg.name});"]
             if arg.divisible_16:
                 integer_checks += [
                     f"    if (value_{arg.name} % 16 != 0)",
-                    f"        return mim__fail(MIM_ERROR_UNSUPPORTED,",
+                    "        return mim__fail(MIM_ERROR_UNSUPPORTED,",
                     f'                         "{op.op}: {label}=%lld is not a multiple of 16 '
                     f'(the kernel is compiled with that specialization)",',
                     f"                         (long long)value_{arg.name});"]
