@@ -117,6 +117,7 @@ class ImageDecoder(nn.Module):
             width = out
         self.out = nn.Conv2d(width, 3, 3, padding=1)
         self.motion = None
+        self.eps = config.eps   # of M's standardization, as in the DIT
         if config.decoder_motion:
             first = config.decoder_channels
             self.motion = nn.Sequential(nn.Conv2d(config.motion_dim // 64, first, 3, padding=1), nn.SiLU(),
@@ -126,14 +127,14 @@ class ImageDecoder(nn.Module):
         self.checkpoint_activations = config.checkpoint_activations
 
     def _motion_map(self, motion: torch.Tensor, size) -> torch.Tensor:
-        maps = standardize_motion(motion, 1e-5).view(motion.shape[0], -1, 8, 8)
+        maps = standardize_motion(motion, self.eps).view(motion.shape[0], -1, 8, 8)
         return F.interpolate(self.motion(maps), size=size, mode="bilinear", align_corners=False)
 
     def _body(self, volume: torch.Tensor, appearance: torch.Tensor, *motion: torch.Tensor) -> torch.Tensor:
         x = self.inp[0](volume.flatten(1, 2))
         if motion:
             x = x + self._motion_map(motion[0], x.shape[-2:])
-        x = self.inp[2](self.inp[1](x))
+        x = self.inp[1:](x)
         for up, film in zip(self.ups, self.films):
             x = up(x)
             gamma, beta = film(appearance).chunk(2, dim=1)

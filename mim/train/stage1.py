@@ -216,7 +216,8 @@ class Stage1Trainer(TrainerBase):
                                         crop_boxes(target, boxes, cfg.mouth_crop, cfg.mouth_margin))
             opening = torch.zeros((), device=pred.device, dtype=self.dtype)
             if self.mouth_head is not None and mouth_open is not None:
-                read = self.mouth_head(standardize_motion(out["motion"].to(self.dtype), 1e-5))[..., 0]
+                read = self.mouth_head(standardize_motion(out["motion"].to(self.dtype),
+                                                         self.config.renderer.eps))[..., 0]
                 opening = (read - mouth_open).pow(2).mean()
             with torch.no_grad():   # L_pg's target: the driving frame's own F_id, activated like φ_r
                 v_gt = F.leaky_relu(self.renderer.encode_volume(target), self.config.renderer.beta)

@@ -272,7 +272,7 @@ def test_mouth_opening_read_out(tmp_path):
     torch.testing.assert_close(opening[0], clip["mouth_open"][start:start + 2].double())
     loss, terms, _, _ = trainer.generator_loss(source, driving, False, boxes, opening)
     with torch.no_grad():
-        read = trainer.mouth_head(standardize_motion(trainer.renderer.encode_motion(driving), 1e-5))[..., 0]
+        read = trainer.mouth_head(standardize_motion(trainer.renderer.encode_motion(driving), config.renderer.eps))[..., 0]
     expected = (read - opening).pow(2).mean()
     assert expected.item() > 0
     torch.testing.assert_close(terms["mouth_open"], expected)
