@@ -169,7 +169,8 @@ def _lower_face(face):
 
 def mouth_opening(frames):
     """How far the mouth is open in each frame, from the pixels alone: (T,) float64, the area of
-    the mouth interior as a fraction of the frame's area (0 when the mouth is shut).
+    the mouth interior as a fraction of the frame's area (least when the mouth is shut: the dark
+    line between shut lips is under a pixel high).
 
     ``frames``: (T, 3, H, W) float tensor or array (values in [0, 1]; H, W >= 32), frames of a
     procedural head as :func:`mim.data.synthetic.make_clip` paints it, at any pose.
@@ -195,8 +196,7 @@ def mouth_opening(frames):
        The opening is the sum of fractions over those blobs and the pixels next to them.
 
     Colour tolerances widen by NOISE_WIDENING times the pixel noise measured in the frames
-    (:func:`_pixel_noise`), so decoded or noisy frames are read too. Teeth (painted over the top
-    of the interior) are not counted; they cover a fixed share of the opening.
+    (:func:`_pixel_noise`), so decoded or noisy frames are read too.
 
     Limitations: a beard or hair the colour of the mouth interior, or lips and skin too dark to
     tell from it, blur the reading; at 64 x 64 the open mouth is a few pixels and a blurred

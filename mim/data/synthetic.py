@@ -218,12 +218,32 @@ def _jitter(rng, color, amount):
     return np.clip(color + rng.normal(0, amount, 3), 0.0, 1.0)
 
 
+_BACKGROUND_SKIN_ANGLE = 0.15  # radians: no colour of the background gradient is closer to the skin's
+
+
+def _background_unlike_skin(colours, skin):
+    """The two background colours, their channels turned (R, G, B -> B, R, G) until every blend of
+    them is at least _BACKGROUND_SKIN_ANGLE from the skin's RGB direction, so a face is told from
+    the background behind it by colour (turning keeps the draws, hence the rest of the look).
+    A skin-like colour (R > G > B) turns into a bluish one; after two turns the colours are kept."""
+    blends = np.linspace(0.0, 1.0, 21)[:, None]
+    unit_skin = skin / np.linalg.norm(skin)
+    for _ in range(2):
+        mixed = (1.0 - blends) * colours[0] + blends * colours[1]
+        cosines = mixed @ unit_skin / np.linalg.norm(mixed, axis=1)
+        if np.arccos(np.clip(cosines, -1.0, 1.0)).min() >= _BACKGROUND_SKIN_ANGLE:
+            break
+        colours = colours[:, [2, 0, 1]]
+    return colours
+
+
 def _draw_look(rng):
     skin = _jitter(rng, _SKIN_LIGHT + rng.uniform() * (_SKIN_DARK - _SKIN_LIGHT), 0.03)
-    face_rx = float(rng.uniform(0.36, 0.44))
+    face_rx = float(rng.uniform(_FACE_RX[0], _FACE_RX[1]))
+    background = _background_unlike_skin(rng.uniform(0.1, 0.95, (2, 3)), skin)
     return _Look(
-        background_a=rng.uniform(0.1, 0.95, 3),
-        background_b=rng.uniform(0.1, 0.95, 3),
+        background_a=background[0],
+        background_b=background[1],
         gradient_angle=float(rng.uniform(0, 2 * np.pi)),
         skin=skin,
         hair=_jitter(rng, _HAIR[rng.integers(len(_HAIR))], 0.04),
@@ -414,21 +434,42 @@ def _render(look, pose, mouth_open, blink, size):
     _paint(img, 0.7 * nostrils, look.skin * 0.7)
 
     mouth_x, mouth_y, mfx, mfy = _project(0.0, _MOUTH_Y * ry, yaw, pitch, look)
-    opening_ry = _OPENING_RY * ry * open_ * mfy
-    wx, wy, p, img = canvas.window(mouth_x, mouth_y, np.maximum(_LIPS_RX * rx, (_LIPS_RY + 1.1 * _OPENING_RY) * ry))
-    lips = _ellipse(wx, wy, mouth_x, mouth_y, _LIPS_RX * rx * mfx, _LIPS_RY * ry * mfy + 1.1 * opening_ry, p)[0]
+    # The upper lip stays put and the lower one drops: the opening grows downwards from a
+    # shut mouth's dark line between the lips (a stretch a warp of the shut mouth can show).
+    drop = _OPENING_RY * ry * open_ * mfy
+    opening_ry = _SHUT_RY * ry * mfy + drop
+    centre_y = mouth_y + drop
+    wx, wy, p, img = canvas.window(mouth_x, mouth_y, _mouth_reach(rx, ry))
+    lips = _ellipse(wx, wy, mouth_x, centre_y, _LIPS_RX * rx * mfx, _LIPS_RY * ry * mfy + 1.1 * opening_ry, p)[0]
     _paint(img, lips, look.lips)
-    opening = _ellipse(wx, wy, mouth_x, mouth_y, 0.26 * rx * mfx * (1.0 - 0.2 * open_), opening_ry, p)[0]
-    _paint(img, opening, (0.2, 0.04, 0.05))
-    _paint(img, opening * _coverage(wy - (mouth_y - 0.45 * opening_ry), p), (0.93, 0.91, 0.86))
+    opening = _ellipse(wx, wy, mouth_x, centre_y, _OPENING_RX * rx * mfx * (1.0 - 0.2 * open_), opening_ry, p)[0]
+    _paint(img, opening, _MOUTH_INTERIOR)
 
     np.clip(image, 0.0, 1.0, out=image)
     return np.ascontiguousarray(image.transpose(1, 0, 2, 3))
 
 
-# Mouth geometry in head units, as a fraction of the face's half axes (rx, ry): centre height,
-# lips half-width, lips half-height when shut, and the opening's half-height at full opening.
-_MOUTH_Y, _LIPS_RX, _LIPS_RY, _OPENING_RY = 0.5, 0.34, 0.06, 0.16
+# Face half-width range (frame units; the half-height is 1.15-1.4 times it).
+_FACE_RX = (0.46, 0.54)
+# Mouth geometry in head units, as a fraction of the face's half axes (rx, ry): centre height of
+# the shut mouth, lips half-width, lips half-height (beyond the opening), the opening's
+# half-width, its half-height when shut (a dark line about a pixel high at 64 x 64), and how far
+# the lower lip drops at full opening (the opening's half-height grows by that much, its centre
+# moves down by as much).
+_MOUTH_Y, _LIPS_RX, _LIPS_RY, _OPENING_RX, _SHUT_RY, _OPENING_RY = 0.48, 0.4, 0.08, 0.3, 0.03, 0.13
+_MOUTH_INTERIOR = (0.2, 0.04, 0.05)
+
+
+def _mouth_extent(ry, fy):
+    """Top and bottom of the lips at full opening below the shut mouth's centre (head units)."""
+    top = (_LIPS_RY + 1.1 * _SHUT_RY + 0.1 * _OPENING_RY) * ry * fy
+    bottom = (_LIPS_RY + 1.1 * _SHUT_RY + 2.1 * _OPENING_RY) * ry * fy
+    return top, bottom
+
+
+def _mouth_reach(rx, ry):
+    """Radius around the shut mouth's centre that holds the lips at any opening and pose."""
+    return max(_LIPS_RX * rx, _mouth_extent(ry, 1.0)[1])
 
 
 def _mouth_box(look, pose):
@@ -439,12 +480,12 @@ def _mouth_box(look, pose):
     rx, ry = look.face_rx, look.face_ry
     cx, cy, fx, fy = _project(0.0, _MOUTH_Y * ry, yaw, pitch, look)
     half_w = _LIPS_RX * rx * fx
-    half_h = (_LIPS_RY + 1.1 * _OPENING_RY) * ry * fy
+    top, bottom = _mouth_extent(ry, fy)
     cos_r, sin_r = np.cos(roll), np.sin(roll)
     xs, ys = [], []
     for sx in (-1.0, 1.0):
-        for sy in (-1.0, 1.0):
-            x, y = cx + sx * half_w, cy + sy * half_h
+        for dy in (-top, bottom):
+            x, y = cx + sx * half_w, cy + dy
             xs.append(scale * (cos_r * x - sin_r * y) + 2.0 * tx)
             ys.append(scale * (sin_r * x + cos_r * y + _HEAD_CENTRE_Y) + 2.0 * ty)
     xs, ys = np.stack(xs, 1), np.stack(ys, 1)

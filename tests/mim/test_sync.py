@@ -73,13 +73,17 @@ def test_mouth_opening_survives_noise_and_blur_at_128():
     assert min(correlations.values()) >= 0.8, correlations
 
 
-def test_mouth_opening_is_zero_when_shut_and_grows_with_the_opening(clips_64):
+def test_mouth_opening_is_least_when_shut_and_grows_with_the_opening(clips_64):
     clip = clips_64[3]
     opening = mouth_opening(clip["frames"])
     truth = clip["mouth_open"].numpy()
     assert opening.shape == (100,) and opening.dtype == np.float64
     assert np.all(opening >= 0)
-    assert np.all(opening[truth == 0] == 0)
+    shut = opening[truth == 0]
+    assert shut.size > 5
+    # a shut mouth still shows the dark line between the lips, under a pixel high
+    assert shut.max() < 64 * 1.0 / 64 ** 2
+    assert shut.max() < opening[truth > 0.5].min()
     assert opening[truth > 0.8].min() > opening[(truth > 0) & (truth < 0.3)].max()
 
 
