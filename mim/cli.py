@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--grad-accumulation", type=int, help="override train.grad_accumulation")
     s1.add_argument("--checkpoint-every", type=int, help="override train.checkpoint_every")
     s1.add_argument("--seed", type=int, help="override train.seed")
+    s1.add_argument("--freeze", help="override train.freeze: comma-separated renderer parts kept fixed "
+                                     "(image_encoder, appearance_extractor, motion_encoder, dit, lmdd, decoder)")
     s1.add_argument("--vgg19-weights", help="safetensors VGG-19 weights for the perceptual loss")
     s1.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     _add_common(s1)
@@ -70,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("--seed", type=int, help="override stage2.seed")
     s2.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s2.add_argument("--no-progress", action="store_true")
+    me = stages.add_parser("motion-encoder", help="not in the paper: teach a renderer checkpoint's motion "
+                                                  "encoder to read the procedural clips' mouth opening and pose")
+    me.add_argument("--init", required=True, help="stage-1/stage-2 checkpoint whose renderer is used")
+    me.add_argument("--out", required=True, help="stage-1 checkpoint to write (the renderer, new encoder)")
+    me.add_argument("--steps", type=int, default=2000)
+    me.add_argument("--clips", type=int, default=96, help="procedural training clips (50 frames each)")
+    me.add_argument("--seed", type=int, default=0)
+    me.add_argument("--no-progress", action="store_true")
 
     ev = sub.add_parser("evaluate", help="PSNR/SSIM (LPIPS with weights) of a renderer on held-out clips")
     ev.add_argument("--checkpoint", required=True)
@@ -135,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
+    if args.stage == "motion-encoder":
+        from mim.train.motion_pretrain import pretrain_motion_encoder
+
+        history = pretrain_motion_encoder(args.init, args.out, args.steps, clips=args.clips, seed=args.seed,
+                                          progress=not args.no_progress)
+        print(json.dumps({"out": args.out, "history": history}, indent=2))
+        return 0
     return _train_stage1(args) if args.stage == "stage1" else _train_stage2(args)
 
 
@@ -168,6 +185,8 @@ def _train_stage1(args) -> int:
                       ("checkpoint_every", "checkpoint_every"), ("seed", "seed")):
         if getattr(args, flag) is not None:
             setattr(config.train, key, getattr(args, flag))
+    if args.freeze is not None:
+        config.train.freeze = tuple(part.strip() for part in args.freeze.split(",") if part.strip())
     if args.vgg19_weights:
         config.loss.vgg19_weights = args.vgg19_weights
     if args.steps < 1:

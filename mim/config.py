@@ -48,6 +48,14 @@ class RendererConfig:
     # zero at the start) added after its first conv: a short path from motion to pixels for what
     # no warp of the source shows. False: the decoder sees φ_r and F_A alone, as in the paper.
     decoder_motion: bool = False
+    # Not in the paper: the standardized M of the driving frame modulates the decoder's channels
+    # (FiLM, zero at the start) after its input block and after each upsampling, the same over
+    # the whole frame: the opening of the mouth reaches the pixels wherever the mouth is.
+    decoder_motion_film: bool = False
+    # Not in the paper: the LMDD also gets the frame's whole Δ, through a zero-initialized
+    # linear layer, as a bias on its hourglass's first features at every voxel (the 8×8 view of
+    # Δ reaches a voxel only through the convolutions' receptive field).
+    lmdd_global_motion: bool = False
     beta: float = 0.2                # β, slope of the activation on negative values
     learn_beta: bool = False
     eps: float = 1e-5                # ε of eq. 2
@@ -130,6 +138,12 @@ class Stage1TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     eval_every: int = 0              # 0: evaluate only at the end
+    # Renderer parts kept fixed (fine-tuning; the paper trains everything): any of
+    # FREEZABLE_PARTS. Their parameters get no gradient and no optimizer state.
+    freeze: Tuple[str, ...] = ()
+
+
+FREEZABLE_PARTS = ("image_encoder", "appearance_extractor", "motion_encoder", "dit", "lmdd", "decoder")
 
 
 @dataclass
@@ -222,6 +236,10 @@ class Config:
             raise ValueError(f"loss.alpha_mouth must be >= 0, loss.mouth_crop >= 8 and "
                              f"loss.mouth_margin >= 0, got {self.loss.alpha_mouth}, "
                              f"{self.loss.mouth_crop}, {self.loss.mouth_margin}")
+        unknown = [part for part in self.train.freeze if part not in FREEZABLE_PARTS]
+        if unknown or len(set(self.train.freeze)) != len(self.train.freeze):
+            raise ValueError(f"train.freeze must name distinct renderer parts among "
+                             f"{', '.join(FREEZABLE_PARTS)}; got {list(self.train.freeze)}")
         if self.loss.gan_kind not in ("lsgan", "hinge"):
             raise ValueError(f"loss.gan_kind must be 'lsgan' or 'hinge', got {self.loss.gan_kind!r}")
         return self

@@ -25,8 +25,10 @@ class _Hourglass3d(nn.Module):
                                  nn.Conv3d(2 * width, width, 3, padding=1), group_norm(width))
         self.act = nn.SiLU()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         skip = self.inp(x)
+        if bias is not None:   # (K, width, S_d, 1, 1): the same at every (h, w)
+            skip = skip + bias
         return self.act(skip + self.mid(skip))
 
 
@@ -41,6 +43,11 @@ class LatentMotionDeviationDecoder(nn.Module):
     decoding of the paper), a 3-D hourglass and 3×3×3 heads produce the outputs. The logit,
     displacement and feature heads start at zero (uniform regions, identity warp, no added
     features), the mask near 1.
+
+    With ``config.lmdd_global_motion``, Δ of the frame, flattened, also passes a linear layer
+    (zero-initialized) whose output is added to the hourglass's first features, the same at every
+    (h, w) of a depth layer: the whole motion reaches every voxel, where the 8×8 view carries
+    each part of it only as far as the convolutions' reach.
     """
 
     def __init__(self, config: RendererConfig):
@@ -54,6 +61,12 @@ class LatentMotionDeviationDecoder(nn.Module):
         self.motion_in = nn.Sequential(nn.Conv2d(maps, width, 3, padding=1), nn.SiLU())
         self.motion_out = nn.Conv2d(width, config.lmdd_motion_channels * config.depth_layers, 3, padding=1)
         self.hourglass = _Hourglass3d(config.feature_channels + config.lmdd_motion_channels, width)
+        self.global_motion = None
+        if config.lmdd_global_motion:
+            self.global_motion = nn.Linear(config.regions * config.motion_dim, width * config.depth_layers)
+            nn.init.zeros_(self.global_motion.weight)
+            nn.init.zeros_(self.global_motion.bias)
+        self.width = width
         self.logits = nn.Conv3d(width, config.regions, 3, padding=1)
         self.displacement = nn.Conv3d(width, 3 * config.regions, 3, padding=1)
         self.mask = nn.Conv3d(width, 1, 3, padding=1)
@@ -76,7 +89,10 @@ class LatentMotionDeviationDecoder(nn.Module):
                           align_corners=False)
         m = self.motion_out(m).view(k, self.motion_channels, self.depth_layers,
                                     self.volume_size, self.volume_size)
-        h = self.hourglass(torch.cat([feature, m], dim=1))
+        bias = None
+        if self.global_motion is not None:
+            bias = self.global_motion(deviation.reshape(k, -1)).view(k, self.width, self.depth_layers, 1, 1)
+        h = self.hourglass(torch.cat([feature, m], dim=1), bias)
         logits = self.logits(h)
         displacement = self.displacement(h).view(k, self.regions, 3, *h.shape[2:])
         mask = torch.sigmoid(self.mask(h))
@@ -97,7 +113,10 @@ class ImageDecoder(nn.Module):
 
     With ``config.decoder_motion``, the driving frames' motion features M (K, motion_dim) also
     enter: standardized, viewed as (motion_dim / 64, 8, 8), two 3×3 convs (the second
-    zero-initialized), upsampled bilinearly to H × W and added after the first conv.
+    zero-initialized), upsampled bilinearly to H × W and added after the first conv. With
+    ``config.decoder_motion_film``, the standardized M modulates every channel (FiLM,
+    zero-initialized: identity at the start) after the input block and after each upsampling
+    block, the same everywhere in the frame.
     """
 
     def __init__(self, config: RendererConfig):
@@ -117,6 +136,7 @@ class ImageDecoder(nn.Module):
             width = out
         self.out = nn.Conv2d(width, 3, 3, padding=1)
         self.motion = None
+        self.motion_dim = config.motion_dim
         self.eps = config.eps   # of M's standardization, as in the DIT
         if config.decoder_motion:
             first = config.decoder_channels
@@ -124,7 +144,23 @@ class ImageDecoder(nn.Module):
                                         nn.Conv2d(first, first, 3, padding=1))
             nn.init.zeros_(self.motion[2].weight)
             nn.init.zeros_(self.motion[2].bias)
+        self.motion_films = None
+        if config.decoder_motion_film:   # at the volume's resolution, then after each upsampling
+            widths = [config.decoder_channels] + [film.out_features // 2 for film in self.films]
+            self.motion_films = nn.ModuleList(nn.Linear(config.motion_dim, 2 * w) for w in widths)
+            for film in self.motion_films:
+                nn.init.zeros_(film.weight)
+                nn.init.zeros_(film.bias)
         self.checkpoint_activations = config.checkpoint_activations
+
+    @property
+    def needs_motion(self) -> bool:
+        return self.motion is not None or self.motion_films is not None
+
+    @staticmethod
+    def _film(x: torch.Tensor, film: nn.Linear, condition: torch.Tensor) -> torch.Tensor:
+        gamma, beta = film(condition).chunk(2, dim=1)
+        return x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
     def _motion_map(self, motion: torch.Tensor, size) -> torch.Tensor:
         maps = standardize_motion(motion, self.eps).view(motion.shape[0], -1, 8, 8)
@@ -132,22 +168,26 @@ class ImageDecoder(nn.Module):
 
     def _body(self, volume: torch.Tensor, appearance: torch.Tensor, *motion: torch.Tensor) -> torch.Tensor:
         x = self.inp[0](volume.flatten(1, 2))
-        if motion:
+        if self.motion is not None:
             x = x + self._motion_map(motion[0], x.shape[-2:])
         x = self.inp[1:](x)
-        for up, film in zip(self.ups, self.films):
-            x = up(x)
-            gamma, beta = film(appearance).chunk(2, dim=1)
-            x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        m = standardize_motion(motion[0], self.eps) if self.motion_films is not None else None
+        if m is not None:
+            x = self._film(x, self.motion_films[0], m)
+        for i, (up, film) in enumerate(zip(self.ups, self.films)):
+            x = self._film(up(x), film, appearance)
+            if m is not None:
+                x = self._film(x, self.motion_films[i + 1], m)
         return torch.sigmoid(self.out(x))
 
     def forward(self, volume: torch.Tensor, appearance: torch.Tensor,
                 motion: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``motion`` (K, motion_dim): required with ``config.decoder_motion``, else ignored."""
-        if self.motion is None:
+        """``motion`` (K, motion_dim): required with ``config.decoder_motion`` or
+        ``config.decoder_motion_film``, else ignored."""
+        if not self.needs_motion:
             return maybe_checkpoint(self._body, self.checkpoint_activations, volume, appearance)
-        if motion is None or motion.shape != (volume.shape[0], self.motion[0].in_channels * 64):
+        if motion is None or motion.shape != (volume.shape[0], self.motion_dim):
             shape = None if motion is None else tuple(motion.shape)
-            raise ValueError(f"this decoder (decoder_motion) needs the driving motion features "
-                             f"({volume.shape[0]}, {self.motion[0].in_channels * 64}), got {shape}")
+            raise ValueError(f"this decoder (decoder_motion / decoder_motion_film) needs the driving "
+                             f"motion features ({volume.shape[0]}, {self.motion_dim}), got {shape}")
         return maybe_checkpoint(self._body, self.checkpoint_activations, volume, appearance, motion)

@@ -117,9 +117,10 @@ class Renderer(nn.Module):
     def decode(self, warped: torch.Tensor, added, appearance: torch.Tensor,
                motion: torch.Tensor) -> torch.Tensor:
         """The decoder U on φ_r (plus the LMDD's deviation features when ``added`` holds them),
-        with F_A and, when ``config.decoder_motion``, the driving motion features (K, motion_dim)."""
+        with F_A and, when ``config.decoder_motion`` or ``decoder_motion_film``, the driving
+        motion features (K, motion_dim)."""
         volume = warped + added[0] if added else warped
-        return self.decoder(volume, appearance, motion if self.config.decoder_motion else None)
+        return self.decoder(volume, appearance, motion if self.decoder.needs_motion else None)
 
     def render(self, state: SourceState, motion: torch.Tensor, window: Optional[int] = None,
                return_aux: bool = False):

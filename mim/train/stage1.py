@@ -39,7 +39,8 @@ KIND = "stage1"
 RENDERER_KINDS = (KIND, "stage2")   # checkpoints that hold a renderer
 # Renderer branches a config may add that start at zero (the renderer computes what it did
 # without them), by flag: a checkpoint trained without one initializes a renderer with it.
-OPTIONAL_BRANCHES = {"deviation_features": "lmdd.features.", "decoder_motion": "decoder.motion."}
+OPTIONAL_BRANCHES = {"deviation_features": "lmdd.features.", "decoder_motion": "decoder.motion.",
+                     "lmdd_global_motion": "lmdd.global_motion.", "decoder_motion_film": "decoder.motion_films."}
 
 
 def build_stage1_data(config: Config, data: str):
@@ -96,6 +97,8 @@ class Stage1Trainer(TrainerBase):
                                          config.loss.perceptual_layer_weight).to(dev, self.dtype)
         # the read-out of the mouth opening from M (loss.alpha_mouth_open): trained with the
         # renderer, saved in checkpoints, not part of the renderer (inference never uses it)
+        for part in t.freeze:
+            getattr(self.renderer, part).requires_grad_(False)
         self.mouth_head = None
         if config.loss.alpha_mouth_open > 0:
             self.mouth_head = torch.nn.Linear(config.renderer.motion_dim, 1).to(dev, self.dtype)
@@ -118,9 +121,10 @@ class Stage1Trainer(TrainerBase):
                 log.info("mouth-opening read-out off: the training clips have no mouth_open labels")
 
     def generator_parameters(self):
-        """The parameters opt_g trains: the renderer's and the mouth read-out's."""
+        """The parameters opt_g trains: the renderer's (but for ``train.freeze``) and the mouth
+        read-out's."""
         heads = [] if self.mouth_head is None else list(self.mouth_head.parameters())
-        return list(self.renderer.parameters()) + heads
+        return [p for p in self.renderer.parameters() if p.requires_grad] + heads
 
     def train_section(self):
         return self.config.train

@@ -220,9 +220,11 @@ def test_gather_decomposition_in_onnxruntime(tmp_path):
 
 @pytest.fixture(scope="module")
 def featured_renderer(config):
-    """renderer.deviation_features and renderer.decoder_motion on (off in the paper's config):
-    the LMDD's fourth head and the decoder's motion branch."""
-    renderer_config = dataclasses.replace(config.renderer, deviation_features=True, decoder_motion=True)
+    """renderer.deviation_features, renderer.decoder_motion and renderer.lmdd_global_motion on
+    (off in the paper's config): the LMDD's fourth head, the decoder's motion branch and the
+    LMDD's global motion layer."""
+    renderer_config = dataclasses.replace(config.renderer, deviation_features=True, decoder_motion=True,
+                                          lmdd_global_motion=True)
     torch.manual_seed(1)
     renderer = Renderer(renderer_config)
     with torch.no_grad():

@@ -86,6 +86,82 @@ def test_deviation_features_reach_the_decoder():
     assert with_features.lmdd.features.weight.grad.abs().sum() > 0
 
 
+def test_lmdd_global_motion_reaches_every_voxel():
+    """renderer.lmdd_global_motion: the linear layer starts at zero (frames equal those of a
+    renderer without it); then one frame's whole Δ moves the LMDD's outputs at every voxel,
+    also far from where its 8×8 view lies, and its gradient reaches the motion encoder."""
+    torch.manual_seed(0)
+    with_global = Renderer(tiny(lmdd_global_motion=True)).eval()
+    without = Renderer(tiny()).eval()
+    assert without.lmdd.global_motion is None
+    keys = without.load_state_dict(with_global.state_dict(), strict=False)
+    assert sorted(keys.unexpected_keys) == ["lmdd.global_motion.bias", "lmdd.global_motion.weight"]
+    assert not keys.missing_keys
+    source, driving = torch.rand(1, 3, 64, 64), torch.rand(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = with_global(source, driving), without(source, driving)
+        torch.testing.assert_close(a["frames"], b["frames"], rtol=0, atol=0)
+        lmdd = with_global.lmdd
+        for head in (lmdd.logits, lmdd.displacement):
+            head.weight.normal_(0, 0.05)
+        cfg = with_global.config
+        deviation = torch.zeros(1, cfg.regions, cfg.motion_dim)
+        feature = torch.rand(1, cfg.feature_channels, cfg.depth_layers, cfg.volume_size, cfg.volume_size)
+        base = lmdd(deviation, feature)
+        lmdd.global_motion.weight.normal_(0, 0.05)
+        nudged = deviation.clone()
+        nudged[0, 0, 0] = 3.0        # one entry: the 8×8 view's top-left corner of region 0's maps
+        moved = lmdd(nudged, feature)
+        # the bottom-right quarter of the volume, beyond the convolutions' reach of that corner
+        far = (Ellipsis, slice(cfg.volume_size // 2, None), slice(cfg.volume_size // 2, None))
+        assert (moved[1][far] - base[1][far]).abs().max() > 1e-4
+        without_global = without.lmdd
+        without_global.load_state_dict({k: v for k, v in lmdd.state_dict().items()
+                                        if not k.startswith("global_motion.")})
+        plain = (without_global(nudged, feature)[1][far] - without_global(deviation, feature)[1][far]).abs().max()
+        # without the layer only GroupNorm's statistics carry the nudge there, faintly
+        assert (moved[1][far] - base[1][far]).abs().max() > 50 * plain
+    with_global.zero_grad()
+    with_global(source, driving)["frames"].sum().backward()
+    assert with_global.motion_encoder.head.weight.grad.abs().sum() > 0
+    assert with_global.lmdd.global_motion.weight.grad.abs().sum() > 0
+
+
+def test_decoder_motion_film_modulates_the_decoder():
+    """renderer.decoder_motion_film: the FiLM layers start at zero (frames equal those of a
+    renderer without them); then the driving frame's M changes the pixels through the same warp,
+    its gradient reaches the motion encoder, and the decoder refuses to run without M."""
+    torch.manual_seed(0)
+    with_film = Renderer(tiny(decoder_motion_film=True)).eval()
+    without = Renderer(tiny()).eval()
+    assert without.decoder.motion_films is None and not without.decoder.needs_motion
+    keys = without.load_state_dict(with_film.state_dict(), strict=False)
+    # one FiLM at the volume's resolution and one per upsampling block (tiny: 32 -> 64 px)
+    assert sorted(keys.unexpected_keys) == [f"decoder.motion_films.{i}.{p}" for i in range(2) for p in ("bias", "weight")]
+    assert not keys.missing_keys
+    source, driving = torch.rand(1, 3, 64, 64), torch.rand(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = with_film(source, driving), without(source, driving)
+        torch.testing.assert_close(a["frames"], b["frames"], rtol=0, atol=0)
+        for film in with_film.decoder.motion_films:
+            film.weight.normal_(0, 0.05)
+        c = with_film(source, driving)
+        state = with_film.encode_source(source)
+        out = with_film._render_window(state, with_film.encode_motion(driving))
+        appearance = state.appearance.expand(2, -1)
+        plain = with_film.decoder(out["warped"], appearance, torch.zeros(2, with_film.config.motion_dim))
+        moved = with_film.decoder(out["warped"], appearance, torch.randn(2, with_film.config.motion_dim))
+    torch.testing.assert_close(c["warped"], a["warped"], rtol=0, atol=0)
+    assert (c["frames"] - a["frames"]).abs().max() > 1e-3
+    change = (moved - plain).abs().amax(1)       # (2, 64, 64): the whole frame, every corner
+    assert (change[:, :8, :8].amax((1, 2)) > 1e-3).all() and (change[:, -8:, -8:].amax((1, 2)) > 1e-3).all()
+    with_film.zero_grad()
+    with_film(source, driving)["frames"].sum().backward()
+    assert with_film.motion_encoder.head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="decoder_motion_film"):
+        with_film.decoder(out["warped"], appearance)
+
+
 def test_decoder_motion_reaches_the_pixels():
     """renderer.decoder_motion: the decoder's motion branch starts at zero (frames equal those of
     a renderer without it), then the driving frames' motion changes the pixels directly, and

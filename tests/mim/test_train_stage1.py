@@ -323,3 +323,35 @@ def test_fine_tuning_starts_from_a_checkpoints_renderer(tmp_path, capsys):
     assert code == 0
     log = open(os.path.join(tmp_path, "cli", "log.csv")).read().splitlines()
     assert log[0].startswith("step,") and log[1].startswith("1,")
+
+
+def test_frozen_parts_keep_their_weights_and_the_rest_trains(tmp_path):
+    """train.freeze: the named renderer parts keep their weights through training steps (and get
+    no optimizer state); the other parts change; an unknown part is refused, naming it, and
+    --freeze on the command line sets it."""
+    from mim.train.stage1 import Stage1Trainer
+
+    config = small_config()
+    config.train.freeze = ("image_encoder", "appearance_extractor", "motion_encoder", "dit", "lmdd")
+    trainer = Stage1Trainer(config, str(tmp_path / "frozen"), progress=False)
+    before = {k: v.clone() for k, v in trainer.renderer.state_dict().items()}
+    trainer.run(2)
+    after = trainer.renderer.state_dict()
+    frozen = [k for k in before if k.split(".")[0] in config.train.freeze]
+    trained = [k for k in before if k.startswith("decoder.") and before[k].is_floating_point()]
+    assert frozen and trained
+    for key in frozen:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    assert any(not torch.equal(after[key], before[key]) for key in trained)
+    optimized = {id(p) for group in trainer.opt_g.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in trainer.renderer.decoder.parameters()}
+
+    bad = small_config()
+    bad.train.freeze = ("decoder", "warp_field")
+    with pytest.raises(ValueError, match="train.freeze.*warp_field"):
+        bad.validate()
+    out = tmp_path / "cli"
+    assert main(["train", "stage1", "--config", "tiny", "--steps", "1", "--out", str(out), "--batch-size", "2",
+                 "--freeze", "image_encoder, lmdd", "--no-progress", "--no-eval"]) == 0
+    from mim.config import load_config
+    assert load_config(str(out / "config.yaml")).train.freeze == ("image_encoder", "lmdd")
