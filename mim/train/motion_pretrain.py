@@ -4,8 +4,8 @@ The paper learns the motion features M without labels, from reconstruction alone
 procedural heads that leaves the mouth out of M: the pose moves many pixels, the opening few, and
 the renderer never learns to draw it (see docs/architecture.md, "Stage 1"). Procedural clips know
 each frame's mouth opening and head pose, so the motion encoder can first be taught to read them:
-:func:`pretrain_motion_encoder` trains a copy of a renderer checkpoint's motion encoder, with a
-linear head, to regress the standardized (mouth_open, yaw, pitch, roll, tx, ty, scale) of single
+:func:`pretrain_motion_encoder` trains a fresh motion encoder of a renderer checkpoint's shape,
+with a linear head, to regress the standardized (mouth_open, yaw, pitch, roll, tx, ty, scale) of single
 frames, and writes the checkpoint back with that encoder in place (everything else unchanged).
 Fine-tuning then teaches the rest of the renderer the new M (``mim train stage1 --init``).
 """
@@ -28,7 +28,7 @@ from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata
 __all__ = ["pretrain_motion_encoder", "LABELS"]
 
 LABELS = ("mouth_open", "yaw", "pitch", "roll", "tx", "ty", "scale")
-MOUTH_WEIGHT = 2.0   # the opening's squared error counts this much more than a pose component's
+MOUTH_WEIGHT = 2.0   # the loss: mean squared error over all labels + this x the opening's
 
 
 def _labels(clip) -> torch.Tensor:
@@ -53,10 +53,10 @@ def pretrain_motion_encoder(checkpoint: str, out: str, steps: int, clips: int = 
                             frames_per_clip: int = 50, batch_size: int = 16, lr: float = 3e-4,
                             seed: int = 0, eval_every: int = 250, heldout_clips: int = 4,
                             progress: bool = True) -> List[Dict[str, float]]:
-    """Train the motion encoder of the renderer in ``checkpoint`` on procedural labels for
+    """Train a fresh motion encoder for the renderer in ``checkpoint`` on procedural labels for
     ``steps`` Adam steps (batches of ``batch_size`` frames drawn from ``clips`` training clips),
     then write ``out``: a stage-1 checkpoint (step 0) holding that renderer with the new motion
-    encoder. Returns the evaluations: every ``eval_every`` steps and at the end, the loss of the
+    encoder in place of its own. Returns the evaluations: every ``eval_every`` steps and at the end, the loss of the
     last batch and the held-out Pearson r of the predicted mouth opening (``heldout_clips`` clips
     of 100 frames from the held-out split). Deterministic given ``seed``."""
     for name, value in (("steps", steps), ("clips", clips), ("frames_per_clip", frames_per_clip),
@@ -75,8 +75,7 @@ def pretrain_motion_encoder(checkpoint: str, out: str, steps: int, clips: int = 
     size = config.renderer.image_size
 
     torch.manual_seed(seed)
-    encoder = MotionEncoder(config.renderer)
-    encoder.load_state_dict(renderer.motion_encoder.state_dict())
+    encoder = MotionEncoder(config.renderer)     # a fresh encoder: it replaces the checkpoint's
     head = torch.nn.Linear(config.renderer.motion_dim, len(LABELS))
     train = SyntheticTalkingHeads(clips, num_frames=frames_per_clip, size=size, seed=seed, split="train")
     heldout = SyntheticTalkingHeads(heldout_clips, num_frames=100, size=size, seed=seed, split="heldout")
@@ -84,16 +83,14 @@ def pretrain_motion_encoder(checkpoint: str, out: str, steps: int, clips: int = 
     labels = torch.cat([_labels(train[i]) for i in range(clips)])
     mean, std = labels.mean(0), labels.std(0).clamp_min(1e-6)
     targets = (labels - mean) / std
-    weights = torch.ones(len(LABELS))
-    weights[0] += MOUTH_WEIGHT
     optimizer = torch.optim.Adam(list(encoder.parameters()) + list(head.parameters()), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
     history = []
     bar = tqdm(range(1, steps + 1), desc="motion encoder", disable=not progress)
     for step in bar:
         index = torch.randint(len(frames), (batch_size,), generator=generator)
         error = (head(encoder(frames[index])) - targets[index]) ** 2
-        loss = (error * weights).mean()
+        loss = error.mean() + MOUTH_WEIGHT * error[:, 0].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -33,7 +33,7 @@ def test_only_the_motion_encoder_changes_and_the_fit_improves(start, tmp_path):
                                       lr=1e-3, eval_every=8, heldout_clips=1, progress=False)
     assert [row["step"] for row in history] == list(range(8, 65, 8))
     losses = [row["loss"] for row in history]
-    # weighted MSE of standardized labels: about 1 + MOUTH_WEIGHT / 7 for a constant guess
+    # MSE of standardized labels: about 1 + MOUTH_WEIGHT for a constant guess
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
     assert all(-1.0 <= row["heldout_mouth_r"] <= 1.0 for row in history)
     meta = read_metadata(out)
