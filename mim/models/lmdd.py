@@ -66,7 +66,6 @@ class LatentMotionDeviationDecoder(nn.Module):
             self.global_motion = nn.Linear(config.regions * config.motion_dim, width * config.depth_layers)
             nn.init.zeros_(self.global_motion.weight)
             nn.init.zeros_(self.global_motion.bias)
-        self.width = width
         self.logits = nn.Conv3d(width, config.regions, 3, padding=1)
         self.displacement = nn.Conv3d(width, 3 * config.regions, 3, padding=1)
         self.mask = nn.Conv3d(width, 1, 3, padding=1)
@@ -91,7 +90,7 @@ class LatentMotionDeviationDecoder(nn.Module):
                                     self.volume_size, self.volume_size)
         bias = None
         if self.global_motion is not None:
-            bias = self.global_motion(deviation.reshape(k, -1)).view(k, self.width, self.depth_layers, 1, 1)
+            bias = self.global_motion(deviation.reshape(k, -1)).view(k, -1, self.depth_layers, 1, 1)
         h = self.hourglass(torch.cat([feature, m], dim=1), bias)
         logits = self.logits(h)
         displacement = self.displacement(h).view(k, self.regions, 3, *h.shape[2:])

@@ -23,6 +23,7 @@ from mim.config import config_from_dict
 from mim.data import SyntheticTalkingHeads
 from mim.models import Renderer
 from mim.models.encoders import MotionEncoder
+from mim.sync import _pearson
 from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 
 __all__ = ["pretrain_motion_encoder", "LABELS"]
@@ -41,11 +42,7 @@ def _heldout_mouth_r(encoder, head, clips) -> float:
     for index in range(len(clips)):
         clip = clips[index]
         predicted = head(encoder(clip["frames"]))[:, 0].double().numpy()
-        truth = clip["mouth_open"].double().numpy()
-        if predicted.std() == 0 or truth.std() == 0:
-            rs.append(0.0)
-        else:
-            rs.append(float(np.corrcoef(predicted, truth)[0, 1]))
+        rs.append(_pearson(predicted, clip["mouth_open"].double().numpy()))
     return float(np.mean(rs))
 
 
