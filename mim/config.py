@@ -143,6 +143,7 @@ class Stage1TrainConfig:
     freeze: Tuple[str, ...] = ()
 
 
+PREDICTIONS = ("eps", "v")
 FREEZABLE_PARTS = ("image_encoder", "appearance_extractor", "motion_encoder", "dit", "lmdd", "decoder")
 
 
@@ -166,6 +167,10 @@ class MotionConfig:
     eta: float = 0.0
     guidance_scale: float = 2.0      # classifier-free guidance on the audio (1 = off)
     condition_drop: float = 0.25     # training-time probability of dropping the audio condition
+    # What the transformer's output means: "eps" (it is ε̂ itself) or "v" (it is v̂ and
+    # ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂, x̂_0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂). Presets use "v"; see
+    # docs/architecture.md. The default keeps checkpoints written before the field existed exact.
+    prediction: str = "eps"
 
 
 @dataclass
@@ -215,6 +220,9 @@ class Config:
                              f"{m.diffusion_steps}], got {m.sample_steps}")
         if m.window <= m.prev_frames or m.prev_frames < 0:
             raise ValueError(f"motion.window ({m.window}) must exceed motion.prev_frames ({m.prev_frames}) >= 0")
+        if m.prediction not in PREDICTIONS:
+            raise ValueError(f"motion.prediction must be one of {', '.join(PREDICTIONS)}, "
+                             f"got {m.prediction!r}")
         if not 0 <= m.condition_drop < 1:
             raise ValueError(f"motion.condition_drop must be in [0, 1), got {m.condition_drop}")
         for section in ("train", "stage2"):
@@ -261,14 +269,15 @@ def _tiny() -> Config:
                                 heldout_clips=8, frames_per_clip=50, log_every=10,
                                 checkpoint_every=100),
         motion=MotionConfig(window=25, audio_dim=64, global_layers=1, local_layers=1,
-                            d_state=8, width=128, layers=3, heads=4, sample_steps=20),
+                            d_state=8, width=128, layers=3, heads=4, sample_steps=20,
+                            prediction="v"),
         stage2=Stage2TrainConfig(batch_size=16, lr=5e-4, train_clips=128, heldout_clips=8,
                                  frames_per_clip=100, checkpoint_every=200),
     )
 
 
 def _base() -> Config:
-    return Config(name="base")
+    return Config(name="base", motion=MotionConfig(prediction="v"))
 
 
 _FACTORIES = {"tiny": _tiny, "base": _base}
@@ -315,8 +324,17 @@ def _build(cls, data: Dict[str, Any], where: str):
     return cls(**kwargs)
 
 
+_MOTION_FIELDS = frozenset(f.name for f in dataclasses.fields(MotionConfig))
+
+
 def config_from_dict(data: Dict[str, Any]) -> Config:
     """Build a Config; a ``name`` of a shipped config fills unspecified keys from it."""
+    motion = data.get("motion")
+    if (isinstance(motion, dict) and "prediction" not in motion
+            and set(motion) >= _MOTION_FIELDS - {"prediction"}):
+        # A complete motion section without the field was saved before it existed (every
+        # checkpoint holds its whole config): those models predict ε.
+        data = dict(data, motion=dict(motion, prediction="eps"))
     base = _FACTORIES.get(data.get("name", ""), _base)()
     merged = _merge(config_to_dict(base), data)
     return _build(Config, merged, "").validate()

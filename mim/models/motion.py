@@ -40,8 +40,9 @@ from mim.models.dit import sinusoidal_embedding
 __all__ = ["MambaGlobalExtractor", "MambaLocalExtractor", "MotionDenoiser", "MotionGenerator",
            "attention", "X0_LOSS_MIN_ALPHA_BAR"]
 
-# Eqs. 4-6 are computed on x̂_0 = predict_x0(x_t, t, ε̂), whose error is the ε error times
-# √((1 − ᾱ_t)/ᾱ_t). Only samples with ᾱ_t ≥ this floor (SNR ≥ 1) enter them, so that factor is ≤ 1.
+# With ε-prediction, eqs. 4-6 are computed on x̂_0 = predict_x0(x_t, t, ε̂), whose error is the ε
+# error times √((1 − ᾱ_t)/ᾱ_t). Only samples with ᾱ_t ≥ this floor (SNR ≥ 1) enter them then, so
+# that factor is ≤ 1. (v-prediction needs no floor: see MotionGenerator._predict.)
 X0_LOSS_MIN_ALPHA_BAR = 0.5
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
@@ -355,12 +356,24 @@ class MotionGenerator(nn.Module):
                         (mel.shape[0], None, None, None))
         return self.mamba_g(mel, mel_lengths), self.mamba_l(local_windows)
 
+    def _predict(self, x_t, t, audio_global, audio_local, prev_motion, appearance):
+        """(ε̂, x̂_0) at (x_t, t) under the condition. With ``config.prediction`` "eps" the
+        transformer's output is ε̂ and x̂_0 = predict_x0(x_t, t, ε̂); with "v" it is v̂ and
+        ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂, x̂_0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂ (no division by √ᾱ_t)."""
+        out = self.denoiser(x_t, t, audio_global=audio_global, audio_local=audio_local,
+                            prev_motion=prev_motion, appearance=appearance)
+        if self.config.prediction == "eps":
+            return out, self.schedule.predict_x0(x_t, t, out)
+        alpha_bar = self.schedule.alpha_bars.to(x_t.device)[t].view(-1, 1, 1)
+        signal, noise = alpha_bar.sqrt().to(x_t.dtype), (1 - alpha_bar).sqrt().to(x_t.dtype)
+        return noise * x_t + signal * out, signal * x_t - noise * out
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, audio_global: torch.Tensor,
                 audio_local: torch.Tensor, prev_motion: torch.Tensor,
                 appearance: torch.Tensor) -> torch.Tensor:
-        """ε̂ = ε_θ(x_t, t, c); see :class:`MotionDenoiser`."""
-        return self.denoiser(x_t, t, audio_global=audio_global, audio_local=audio_local,
-                             prev_motion=prev_motion, appearance=appearance)
+        """ε̂ = ε_θ(x_t, t, c): the :class:`MotionDenoiser`'s output read as ``config.prediction``
+        says (ε̂ itself, or v̂ turned into ε̂; see :meth:`_predict`)."""
+        return self._predict(x_t, t, audio_global, audio_local, prev_motion, appearance)[0]
 
     def _previous_frames(self, generated: torch.Tensor) -> torch.Tensor:
         """The last ``prev_frames`` frames of ``generated`` (B, n, D), left-padded with zeros
@@ -441,11 +454,11 @@ class MotionGenerator(nn.Module):
 
         - ``simple`` (eq. 7): mean (ε − ε̂)² over the whole batch.
         - ``mse``, ``velocity``, ``acceleration`` (eqs. 4-6) between the normalized x_0 and
-          x̂_0 = predict_x0(x_t, t, ε̂),
-          **only over the samples with ᾱ_t ≥ X0_LOSS_MIN_ALPHA_BAR = 0.5** (SNR ≥ 1). x̂_0's error
-          is ε̂'s times √((1 − ᾱ_t)/ᾱ_t), about 2e4 at t = 999 of the cosine schedule, so on all
-          samples these terms would be set by the noisiest timesteps; above the floor the factor
-          is ≤ 1. The terms are means over the kept samples (0 when the batch keeps none).
+          x̂_0 (see :meth:`_predict`). With ``config.prediction`` "v", x̂_0's error is the
+          network's times √(1 − ᾱ_t) ≤ 1 and every sample enters them. With "eps", x̂_0's error
+          is ε̂'s times √((1 − ᾱ_t)/ᾱ_t), about 2e4 at t = 999 of the cosine schedule, so
+          **only the samples with ᾱ_t ≥ X0_LOSS_MIN_ALPHA_BAR = 0.5** (SNR ≥ 1, factor ≤ 1)
+          enter them. The terms are means over the samples kept (0 when the batch keeps none).
         """
         if (not isinstance(weights, Sequence) or len(weights) != len(LOSS_TERMS)
                 or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
@@ -469,12 +482,15 @@ class MotionGenerator(nn.Module):
                         (batch, frames, self.config.audio_dim))
         audio_global, dropped = drop_condition(audio_global, self.config.condition_drop, generator)
         audio_local = audio_local * (~dropped).to(audio_local.dtype).view(-1, 1, 1)
-        eps_hat = self(x_t, t, audio_global=audio_global, audio_local=audio_local,
-                       prev_motion=prev_motion, appearance=appearance)
+        eps_hat, x0_hat = self._predict(x_t, t, audio_global, audio_local, prev_motion,
+                                        appearance)
         terms = {"simple": eps_loss(noise, eps_hat)}
-        kept = self.schedule.alpha_bars.to(device)[t] >= X0_LOSS_MIN_ALPHA_BAR
+        if self.config.prediction == "eps":
+            kept = self.schedule.alpha_bars.to(device)[t] >= X0_LOSS_MIN_ALPHA_BAR
+        else:
+            kept = torch.ones_like(t, dtype=torch.bool)
         if bool(kept.any()):
-            m_hat = self.schedule.predict_x0(x_t[kept], t[kept], eps_hat[kept])
+            m_hat = x0_hat[kept]
             terms["mse"] = motion_mse(x0[kept], m_hat)
             terms["velocity"] = velocity_loss(x0[kept], m_hat)
             terms["acceleration"] = acceleration_loss(x0[kept], m_hat)

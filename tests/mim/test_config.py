@@ -45,6 +45,7 @@ def test_partial_file_fills_from_named_config(tmp_path):
     ({"renderer": {"image_size": 96, "volume_size": 32}}, "power of two"),
     ({"renderer": {"padding_mode": "reflect"}}, "padding_mode"),
     ({"loss": {"gan_kind": "wgan"}}, "gan_kind"),
+    ({"motion": {"prediction": "x0"}}, "motion.prediction must be one of eps, v"),
     ({"bogus": 1}, "unknown config key"),
 ])
 def test_bad_values_are_named(update, match):
@@ -55,6 +56,15 @@ def test_bad_values_are_named(update, match):
             data[section].update(values)
     with pytest.raises(ValueError, match=match):
         config_from_dict(data)
+
+
+def test_presets_predict_v_and_a_config_without_the_field_keeps_eps():
+    assert get_config("tiny").motion.prediction == get_config("base").motion.prediction == "v"
+    data = config_to_dict(get_config("tiny"))
+    del data["motion"]["prediction"]      # a checkpoint written before the field existed
+    assert config_from_dict(data).motion.prediction == "eps"
+    # a partial file still takes the preset's value
+    assert config_from_dict({"name": "tiny", "motion": {"window": 30}}).motion.prediction == "v"
 
 
 def test_unknown_name_or_missing_file():

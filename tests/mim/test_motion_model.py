@@ -319,7 +319,7 @@ def test_training_loss_is_finite_and_reaches_every_parameter_group():
 
 
 def test_training_loss_applies_eqs_4_to_6_above_the_alpha_bar_floor():
-    config = dataclasses.replace(CFG, condition_drop=0.0)
+    config = dataclasses.replace(CFG, condition_drop=0.0, prediction="eps")
     model = make_generator(config=config)
     set_motion_statistics(model)
     captured = {}
@@ -351,8 +351,61 @@ def test_training_loss_applies_eqs_4_to_6_above_the_alpha_bar_floor():
     torch.testing.assert_close(terms["total"], total)
 
 
+def test_v_prediction_turns_the_output_into_eps_and_x0_and_uses_every_sample_in_eqs_4_to_6():
+    config = dataclasses.replace(CFG, condition_drop=0.0, prediction="v")
+    model = make_generator(config=config)
+    set_motion_statistics(model)
+    captured = {}
+
+    def hook(module, args, kwargs, output):
+        captured.update(x_t=args[0], t=args[1], v_hat=output)
+
+    model.denoiser.register_forward_hook(hook, with_kwargs=True)
+    batch = 12
+    torch.manual_seed(14)
+    m = torch.randn(batch, 5, MOTION_DIM)
+    f_ag, f_al, f_a = conditions(batch, 5)
+    prev = torch.zeros(batch, CFG.prev_frames, MOTION_DIM)
+    weights = (1.0, 0.5, 2.0, 0.25)
+    with torch.no_grad():
+        terms = model.training_loss(m, f_ag, f_al, prev, f_a, weights,
+                                    generator=torch.Generator().manual_seed(1))
+    x_t, t, v_hat = captured["x_t"], captured["t"], captured["v_hat"]
+    alpha_bar = model.schedule.alpha_bars[t].view(-1, 1, 1).double()
+    assert float(alpha_bar.min()) < X0_LOSS_MIN_ALPHA_BAR < float(alpha_bar.max())
+    x0 = model.normalize(m).double()
+    noise = (x_t.double() - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+    eps_hat = (1 - alpha_bar).sqrt() * x_t + alpha_bar.sqrt() * v_hat     # by hand, float64
+    x0_hat = alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * v_hat
+    # x̂_0 and ε̂ agree with x_t as the forward process says
+    torch.testing.assert_close(alpha_bar.sqrt() * x0_hat + (1 - alpha_bar).sqrt() * eps_hat,
+                               x_t.double())
+    expected = {"simple": ((noise - eps_hat) ** 2).mean(),
+                "mse": ((x0 - x0_hat) ** 2).mean(),                        # every sample
+                "velocity": ((x0.diff(dim=1) - x0_hat.diff(dim=1)) ** 2).mean(),
+                "acceleration": ((x0.diff(n=2, dim=1) - x0_hat.diff(n=2, dim=1)) ** 2).mean()}
+    for name, value in expected.items():
+        torch.testing.assert_close(terms[name].double(), value, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(terms["total"],
+                               sum(w * terms[n] for w, n in zip(weights, LOSS_TERMS)))
+
+
+def test_v_prediction_at_initialisation_passes_x_t_through_as_eps():
+    """The zero-initialized head gives v̂ = 0, so ε̂ = √(1 − ᾱ_t)·x_t: at high noise ε̂ ≈ x_t
+    before any training (what ε-prediction has to learn through the transformer)."""
+    config = dataclasses.replace(CFG, prediction="v")
+    model = make_generator(config=config, perturb_head=False)
+    inputs = denoiser_inputs(3, 5)
+    inputs["t"] = torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        eps_hat = model(**inputs)
+    scale = (1 - model.schedule.alpha_bars[inputs["t"]]).sqrt().float().view(-1, 1, 1)
+    torch.testing.assert_close(eps_hat, scale * inputs["x_t"])
+    assert float(scale[2]) > 0.99999
+
+
 def test_training_loss_without_samples_above_the_floor_is_eq_7_only():
-    model = make_generator()
+    model = make_generator(config=dataclasses.replace(CFG, prediction="eps"))
     model.schedule = NoiseSchedule(1, "cosine")             # ᾱ_0 = 0.001: nothing is kept
     f_ag, f_al, f_a = conditions(3, 4)
     terms = model.training_loss(torch.randn(3, 4, MOTION_DIM), f_ag, f_al,
