@@ -20,7 +20,7 @@ DEMO = ROOT / "examples" / "demo"
 
 def test_the_demo_files_are_committed():
     names = sorted(os.listdir(DEMO))
-    logs = ("stage1_init_log.csv", "stage1_log.csv", "stage1_readout_log.csv", "stage1_film_log.csv",
+    logs = ("stage1_log.csv", "stage1_readout_log.csv", "stage1_film_log.csv",
             "stage1_film2_log.csv", "stage2_log.csv")
     for name in ("config.yaml", "mim_tiny.safetensors", "portrait.png", "speech.wav", "README.md") + logs:
         assert name in names
@@ -33,7 +33,7 @@ def test_the_demo_files_are_committed():
         assert lines[0].startswith("step,") and len(lines) > 10
         last_steps[log] = int(lines[-1].split(",")[0])
     # the step counts examples/demo/README.md gives
-    assert last_steps == {"stage1_init_log.csv": 3000, "stage1_log.csv": 1200, "stage1_readout_log.csv": 800,
+    assert last_steps == {"stage1_log.csv": 3000, "stage1_readout_log.csv": 800,
                           "stage1_film_log.csv": 800, "stage1_film2_log.csv": 1600, "stage2_log.csv": 2000}
     config = yaml.safe_load((DEMO / "config.yaml").read_text())
     assert config["renderer"]["decoder_motion_film"] is True
