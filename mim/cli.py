@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "score lip sync (vs shuffled audio) and PSNR/SSIM against the ground truth")
     ev.add_argument("--sample-steps", type=int, help="DDIM steps for --lipsync (default: the config's)")
     ev.add_argument("--seed", type=int, default=0, help="noise seed for --lipsync")
+    ev.add_argument("--plot", help="with --lipsync: also draw each clip's mouth opening against the "
+                                   "audio envelope into this PNG")
     _add_common(ev)
 
     re_ = sub.add_parser("reenact", help="animate a portrait with the motion of a driving video")
@@ -210,8 +212,16 @@ def _evaluate(args) -> int:
     if args.clips is not None:
         config.train.heldout_clips = config.stage2.heldout_clips = args.clips
     device = _device(args.device)
+    if args.plot and not args.lipsync:
+        raise ValueError("--plot draws the lip-sync traces: it needs --lipsync")
     if args.lipsync:
         result = _evaluate_lipsync(args, config, device)
+        if args.plot:
+            from mim.evaluate import plot_lipsync
+
+            plot_lipsync(result, args.plot)
+            for clip in result["clips"]:
+                del clip["traces"]
         _print_result(result, args.json)
         return 0
     renderer = renderer_from_checkpoint(args.checkpoint, backend=args.backend).to(device)
@@ -250,7 +260,8 @@ def _evaluate_lipsync(args, config, device):
     clips = SyntheticTalkingHeads(s2.heldout_clips, num_frames=s2.frames_per_clip,
                                   size=config.renderer.image_size, seed=s2.seed, split="heldout")
     return evaluate_lipsync(animator, clips, steps=args.sample_steps, seed=args.seed,
-                            progress=not getattr(args, "no_progress", False))
+                            progress=not getattr(args, "no_progress", False),
+                            traces=bool(getattr(args, "plot", None)))
 
 
 def _device(name: str) -> torch.device:

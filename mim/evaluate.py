@@ -13,7 +13,7 @@ import torch
 from mim.metrics import LPIPS, psnr, ssim
 from mim.models import Renderer
 
-__all__ = ["evaluate_lipsync", "evaluate_reconstruction"]
+__all__ = ["evaluate_lipsync", "evaluate_reconstruction", "plot_lipsync"]
 
 
 @torch.no_grad()
@@ -60,7 +60,7 @@ def _mean(values):
 
 @torch.no_grad()
 def evaluate_lipsync(animator, clips, steps: Optional[int] = None, seed: int = 0,
-                     progress: bool = False) -> Dict[str, object]:
+                     progress: bool = False, traces: bool = False) -> Dict[str, object]:
     """Lip sync of ``animator`` (a :class:`mim.animate.Animator`) on procedural ``clips``
     (dicts of :func:`mim.data.synthetic.make_clip`, with ``frames``, ``audio`` and
     ``sample_rate``), where the truth is known.
@@ -77,11 +77,14 @@ def evaluate_lipsync(animator, clips, steps: Optional[int] = None, seed: int = 0
     - ``psnr``, ``ssim``: animated frames against the ground truth (the head pose the model
       chose differs from the clip's, so these measure appearance, not motion).
 
-    ``steps`` and ``seed`` go to :meth:`Animator.animate`.
+    ``steps`` and ``seed`` go to :meth:`Animator.animate`. With ``traces``, each clip's entry
+    also holds ``traces``: the per-frame audio envelope and the measured mouth opening of the
+    animated, shuffled-audio, ground-truth and reconstructed videos (lists of floats, what
+    :func:`plot_lipsync` draws).
     """
     from tqdm import tqdm
 
-    from mim.sync import shuffled_audio, sync_correlation
+    from mim.sync import audio_envelope_per_frame, mouth_opening, pearson, shuffled_audio
 
     if len(clips) == 0:
         raise ValueError("evaluate_lipsync needs at least one clip")
@@ -104,16 +107,79 @@ def evaluate_lipsync(animator, clips, steps: Optional[int] = None, seed: int = 0
         window = renderer.config.render_window
         recon = torch.cat([renderer.render(state, motion[:, s:s + window], window=window)[0]
                            for s in range(0, motion.shape[1], window)]).clamp(0, 1).cpu()
-        per_clip.append({
-            "sync": sync_correlation(animated, audio, rate),
-            "sync_shuffled": sync_correlation(control, audio, rate),
-            "sync_truth": sync_correlation(frames, audio, rate),
-            "sync_reconstruction": sync_correlation(recon, audio, rate),
+        # sync_correlation of each video, with the envelope computed once
+        envelope = audio_envelope_per_frame(audio, rate, frames.shape[0])
+        openings = {name: mouth_opening(video) for name, video in
+                    (("animated", animated), ("shuffled", control), ("truth", frames),
+                     ("reconstruction", recon))}
+        entry = {
+            "sync": pearson(openings["animated"], envelope),
+            "sync_shuffled": pearson(openings["shuffled"], envelope),
+            "sync_truth": pearson(openings["truth"], envelope),
+            "sync_reconstruction": pearson(openings["reconstruction"], envelope),
             "psnr": float(psnr(animated, frames).mean()),
             "ssim": float(ssim(animated, frames).mean()),
-        })
-    result: Dict[str, object] = {key: _mean([c[key] for c in per_clip]) for key in per_clip[0]}
+        }
+        if traces:
+            entry["traces"] = {"envelope": envelope.tolist(),
+                               **{name: o.tolist() for name, o in openings.items()}}
+        per_clip.append(entry)
+    result: Dict[str, object] = {key: _mean([c[key] for c in per_clip])
+                                 for key in per_clip[0] if key != "traces"}
     result["num_clips"] = len(per_clip)
     result["frames"] = int(sum(clips[i]["frames"].shape[0] for i in range(len(clips))))
     result["clips"] = per_clip
     return result
+
+
+def _standardized(values):
+    values = np.asarray(values, dtype=np.float64)
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else values - values.mean()
+
+
+def plot_lipsync(result: Dict[str, object], path: str, fps: float = 25.0) -> None:
+    """Draw each clip's audio envelope and measured mouth openings (animated from the audio,
+    from shuffled audio, and the ground truth), each standardized, over time: one panel per
+    clip titled with its r values. ``result`` is :func:`evaluate_lipsync`'s with ``traces``.
+    Written as PNG through a temporary file (matplotlib's Agg backend, no display needed)."""
+    from mim.io import atomic_output
+
+    clips = result.get("clips") or []
+    if not clips or any("traces" not in clip for clip in clips):
+        raise ValueError("plot_lipsync needs evaluate_lipsync(..., traces=True)'s result")
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise RuntimeError("plotting needs matplotlib: pip install matplotlib") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(2, len(clips))
+    rows = -(-len(clips) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(7 * columns, 2.2 * rows), squeeze=False,
+                                sharex=True)
+    lines = (("envelope", "audio envelope", "black", 1.6), ("animated", "animated", "tab:blue", 1.2),
+             ("shuffled", "shuffled audio", "tab:gray", 1.0), ("truth", "ground truth", "tab:green", 1.0))
+    for index, clip in enumerate(clips):
+        axis = axes[index // columns][index % columns]
+        trace = clip["traces"]
+        time = np.arange(len(trace["envelope"])) / fps
+        for key, label, colour, width in lines:
+            axis.plot(time, _standardized(trace[key]), label=label, color=colour, linewidth=width,
+                      alpha=0.6 if key in ("shuffled", "truth") else 1.0)
+        axis.set_title(f"clip {index}: r animated {clip['sync']:.2f}, shuffled "
+                       f"{clip['sync_shuffled']:.2f}, truth {clip['sync_truth']:.2f}", fontsize=9)
+        axis.set_yticks([])
+    for index in range(len(clips), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    for axis in axes[-1]:
+        axis.set_xlabel("seconds")
+    axes[0][0].legend(loc="upper right", fontsize=7, ncol=4)
+    figure.suptitle(f"Lip sync: mouth opening measured in the frames vs the audio envelope "
+                    f"(standardized); mean r {result['sync']:.3f}, shuffled "
+                    f"{result['sync_shuffled']:.3f}", fontsize=10)
+    figure.tight_layout()
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+    plt.close(figure)

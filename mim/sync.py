@@ -12,6 +12,7 @@ import torch
 __all__ = [
     "audio_envelope_per_frame",
     "mouth_opening",
+    "pearson",
     "shuffled_audio",
     "sync_correlation",
 ]
@@ -284,7 +285,7 @@ def audio_envelope_per_frame(audio, sample_rate, num_frames, fps=25):
     return np.sqrt(np.maximum(mean_square, 0.0))
 
 
-def _pearson(a, b):
+def pearson(a, b):
     """Pearson correlation of two (T,) series; 0.0 when either is constant (no motion or silence
     carries no evidence of sync either way)."""
     if np.ptp(a) == 0 or np.ptp(b) == 0:
@@ -305,7 +306,7 @@ def sync_correlation(frames, audio, sample_rate=16000, fps=25):
     """
     opening = mouth_opening(frames)
     envelope = audio_envelope_per_frame(audio, sample_rate, len(opening), fps)
-    return _pearson(opening, envelope)
+    return pearson(opening, envelope)
 
 
 def shuffled_audio(audio, sample_rate, fps=25, seed=0, chunk_s=SHUFFLE_CHUNK_S):

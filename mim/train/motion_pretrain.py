@@ -23,7 +23,7 @@ from mim.config import config_from_dict
 from mim.data import SyntheticTalkingHeads
 from mim.models import Renderer
 from mim.models.encoders import MotionEncoder
-from mim.sync import _pearson
+from mim.sync import pearson
 from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 
 __all__ = ["pretrain_motion_encoder", "LABELS"]
@@ -42,7 +42,7 @@ def _heldout_mouth_r(encoder, head, clips) -> float:
     for index in range(len(clips)):
         clip = clips[index]
         predicted = head(encoder(clip["frames"]))[:, 0].double().numpy()
-        rs.append(_pearson(predicted, clip["mouth_open"].double().numpy()))
+        rs.append(pearson(predicted, clip["mouth_open"].double().numpy()))
     return float(np.mean(rs))
 
 

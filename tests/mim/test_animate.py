@@ -260,6 +260,36 @@ def test_evaluate_lipsync_scores_sync_against_the_shuffled_control(media):
         evaluate_lipsync(oracle, [])
 
 
+def test_evaluate_lipsync_traces_and_their_plot(tmp_path):
+    from mim.evaluate import evaluate_lipsync, plot_lipsync
+    from mim.sync import audio_envelope_per_frame, mouth_opening, pearson
+
+    clip = make_clip(3, num_frames=75, size=64)
+    oracle = _OracleAnimator(clip, Renderer(get_config("tiny").renderer).eval())
+    result = evaluate_lipsync(oracle, [clip, clip, clip], traces=True)
+    traces = result["clips"][0]["traces"]
+    assert set(traces) == {"envelope", "animated", "shuffled", "truth", "reconstruction"}
+    assert all(len(values) == 75 for values in traces.values())
+    assert traces["envelope"] == pytest.approx(audio_envelope_per_frame(clip["audio"], 16000, 75).tolist())
+    assert traces["truth"] == pytest.approx(mouth_opening(clip["frames"]).tolist())
+    assert traces["shuffled"] == pytest.approx(mouth_opening(clip["frames"].flip(0)).tolist())
+    assert pearson(np.array(traces["shuffled"]), np.array(traces["envelope"])) == \
+        pytest.approx(result["clips"][0]["sync_shuffled"])
+    # the means leave the traces out
+    assert "traces" not in result and result["sync"] == pytest.approx(result["clips"][0]["sync"])
+
+    path = tmp_path / "sync.png"
+    path.write_bytes(b"old")
+    plot_lipsync(result, str(path))
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 600 and image.height > 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sync.png"]     # no temporary left
+    without = evaluate_lipsync(oracle, [clip])
+    with pytest.raises(ValueError, match="traces=True"):
+        plot_lipsync(without, str(tmp_path / "other.png"))
+    assert not (tmp_path / "other.png").exists()
+
+
 def test_evaluate_lipsync_command(media, tmp_path, capsys):
     import json
 
@@ -273,6 +303,20 @@ def test_evaluate_lipsync_command(media, tmp_path, capsys):
     assert result["sync_truth"] > 0.8
     assert main(["evaluate", "--checkpoint", media["stage2"], "--lipsync", "--data", str(tmp_path)]) == 2
     assert "procedural clips only" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", media["stage2"], "--plot", str(tmp_path / "p.png")]) == 2
+    assert "needs --lipsync" in capsys.readouterr().err and not (tmp_path / "p.png").exists()
+
+
+def test_evaluate_lipsync_command_plots(media, tmp_path, capsys):
+    import json
+
+    plot, out = tmp_path / "sync.png", tmp_path / "sync.json"
+    assert main(["evaluate", "--checkpoint", media["stage2"], "--lipsync", "--clips", "1",
+                 "--json", str(out), "--plot", str(plot), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert "traces" not in result["clips"][0] and result["num_clips"] == 1
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
 
 
 def test_the_package_exports_the_animator_lazily():
