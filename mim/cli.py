@@ -247,8 +247,7 @@ def _print_result(result, json_path) -> None:
 
 def _evaluate_lipsync(args, config, device):
     from mim.animate import Animator
-    from mim.data import SyntheticTalkingHeads
-    from mim.evaluate import evaluate_lipsync
+    from mim.evaluate import evaluate_lipsync, lipsync_clips
 
     if args.data != "synthetic":
         raise ValueError("--lipsync scores procedural clips only (--data synthetic): its mouth reading "
@@ -256,12 +255,8 @@ def _evaluate_lipsync(args, config, device):
     if args.sample_steps is not None and args.sample_steps < 1:
         raise ValueError(f"--sample-steps must be >= 1, got {args.sample_steps}")
     animator = Animator.from_pretrained(args.checkpoint, device=device, backend=args.backend)
-    s2 = config.stage2
-    clips = SyntheticTalkingHeads(s2.heldout_clips, num_frames=s2.frames_per_clip,
-                                  size=config.renderer.image_size, seed=s2.seed, split="heldout")
-    return evaluate_lipsync(animator, clips, steps=args.sample_steps, seed=args.seed,
-                            progress=not getattr(args, "no_progress", False),
-                            traces=bool(getattr(args, "plot", None)))
+    return evaluate_lipsync(animator, lipsync_clips(config), steps=args.sample_steps, seed=args.seed,
+                            progress=not getattr(args, "no_progress", False), traces=bool(args.plot))
 
 
 def _device(name: str) -> torch.device:

@@ -13,7 +13,7 @@ import torch
 from mim.metrics import LPIPS, psnr, ssim
 from mim.models import Renderer
 
-__all__ = ["evaluate_lipsync", "evaluate_reconstruction", "plot_lipsync"]
+__all__ = ["evaluate_lipsync", "evaluate_reconstruction", "lipsync_clips", "plot_lipsync"]
 
 
 @torch.no_grad()
@@ -56,6 +56,21 @@ def evaluate_reconstruction(renderer: Renderer, clips, device="cpu", max_frames:
 
 def _mean(values):
     return float(sum(values) / len(values))
+
+
+def lipsync_clips(config):
+    """The procedural clips :func:`evaluate_lipsync` scores a model of ``config`` on: stage 2's
+    held-out split (``config.stage2``: count, frames, seed) at the renderer's image size."""
+    from mim.data import SyntheticTalkingHeads
+
+    s2 = config.stage2
+    return SyntheticTalkingHeads(s2.heldout_clips, num_frames=s2.frames_per_clip,
+                                 size=config.renderer.image_size, seed=s2.seed, split="heldout")
+
+
+# the score of each video evaluate_lipsync measures the mouth of
+_SYNC_SCORES = (("sync", "animated"), ("sync_shuffled", "shuffled"), ("sync_truth", "truth"),
+                ("sync_reconstruction", "reconstruction"))
 
 
 @torch.no_grad()
@@ -112,14 +127,9 @@ def evaluate_lipsync(animator, clips, steps: Optional[int] = None, seed: int = 0
         openings = {name: mouth_opening(video) for name, video in
                     (("animated", animated), ("shuffled", control), ("truth", frames),
                      ("reconstruction", recon))}
-        entry = {
-            "sync": pearson(openings["animated"], envelope),
-            "sync_shuffled": pearson(openings["shuffled"], envelope),
-            "sync_truth": pearson(openings["truth"], envelope),
-            "sync_reconstruction": pearson(openings["reconstruction"], envelope),
-            "psnr": float(psnr(animated, frames).mean()),
-            "ssim": float(ssim(animated, frames).mean()),
-        }
+        entry = {key: pearson(openings[name], envelope) for key, name in _SYNC_SCORES}
+        entry["psnr"] = float(psnr(animated, frames).mean())
+        entry["ssim"] = float(ssim(animated, frames).mean())
         if traces:
             entry["traces"] = {"envelope": envelope.tolist(),
                                **{name: o.tolist() for name, o in openings.items()}}

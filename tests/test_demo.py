@@ -75,15 +75,11 @@ def test_the_demo_model_lip_syncs_on_held_out_clips():
     held-out procedural clips (100 frames each), videos animated from each clip's audio sync at
     >= 0.5 with it, and those animated from shuffled audio at about 0."""
     from mim.animate import Animator
-    from mim.data import SyntheticTalkingHeads
-    from mim.evaluate import evaluate_lipsync
+    from mim.evaluate import evaluate_lipsync, lipsync_clips
 
     # the torch backend: what `mim evaluate` uses on a CPU (the suite turns Triton's interpreter on)
     animator = Animator.from_pretrained(device="cpu", backend="torch")
-    s2, size = animator.config.stage2, animator.config.renderer.image_size
-    clips = SyntheticTalkingHeads(s2.heldout_clips, num_frames=s2.frames_per_clip, size=size,
-                                  seed=s2.seed, split="heldout")
-    result = evaluate_lipsync(animator, clips, seed=0)
+    result = evaluate_lipsync(animator, lipsync_clips(animator.config), seed=0)
     assert result["num_clips"] == 8 and result["frames"] == 800
     assert result["sync"] >= 0.5, result
     assert abs(result["sync_shuffled"]) < 0.2, result
