@@ -1,13 +1,15 @@
 """Fast CPU path of the selective scan: fused numba loops, with their own memory-lean autograd.
 
 Shapes (as ``selective_scan``): u, delta, z (batch, dim, L); A (dim, N); B, C (batch, G, N, L)
-(G = 1 when given as (batch, N, L)); D, delta_bias (dim,); initial_state (batch, dim, N).
+(G = 1 when given as (batch, N, L)); D, delta_bias (dim,); initial_state (batch, dim, N);
+seq_idx (batch, L) int32, optional.
 Arithmetic is float32 (float64 for float64 inputs); fp16/bf16 inputs are upcast once on entry.
 
 Forward: dt = softplus(delta + delta_bias) is one vectorized torch op; then one numba task per
 (batch, channel) runs the recurrence h_t = exp(dt_t·A)·h_{t−1} + dt_t·B_t·u_t,
 y_t = C_t·h_t + D·u_t with h (N values) held locally, and gates y·silu(z) in a second, vectorized
-loop over the row. The loop over the N states is vectorized: the float32 exp is a polynomial the
+loop over the row. With ``seq_idx``, h is set to zero before each step that starts a packed
+sequence (one byte per (batch, step) read, from a (batch, L) mask of the starts). The loop over the N states is vectorized: the float32 exp is a polynomial the
 compiler vectorizes (with libm's scalar expf the forward took 3× as long). Reads u, dt, z, B, C
 once; writes out, the last state, and a checkpoint of h every ``CHUNK`` steps
 (batch·dim·⌈L/CHUNK⌉·N floats: CHUNK times fewer than all the states).
@@ -15,7 +17,8 @@ once; writes out, the last state, and a checkpoint of h every ``CHUNK`` steps
 Backward: one numba task per (batch, group, slice of the group's channels). For each channel it
 walks the chunks last to first: recompute the chunk's states, decays and pre-gate y from its
 checkpoint into a per-task (CHUNK + 1, N) scratch, then run the adjoint recurrence backwards
-through it. dB and dC sum over the channels of a group: each task adds into its own (L, N) slab
+through it. A step that starts a packed sequence gets the decay 0: the recomputed state forgets
+what came before, and no adjoint, dA or dΔ flows back across it. dB and dC sum over the channels of a group: each task adds into its own (L, N) slab
 (no races; batch·G·slices·L·N floats, summed afterwards), and dA, dD are reduced over the batch
 in torch, as is the softplus backward. Nothing of size (batch, dim, L, N) is ever stored.
 
@@ -43,6 +46,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from .._custom_op import custom_op
+from .._seq_idx import sequence_starts
 from .reference import selective_scan_reference
 
 CHUNK = 64
@@ -103,9 +107,11 @@ def _silu(x):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _forward_kernel(u, dt, A, Bt, Ct, D, z, h0, has_z, chunk, out, last, checkpoints):
+def _forward_kernel(u, dt, A, Bt, Ct, D, z, h0, starts, has_z, has_seq, chunk, out, last,
+                    checkpoints):
     """u, dt, z (batch, dim, L); A (dim, N); Bt, Ct (batch, G, L, N) (time-major, so the N values
-    of a step are contiguous); D (dim,) (zeros when absent); h0 (batch, dim, N).
+    of a step are contiguous); D (dim,) (zeros when absent); h0 (batch, dim, N); starts (batch, L)
+    uint8, 1 where a packed sequence starts (read when has_seq).
     Writes out (batch, dim, L) (y, gated when has_z), last (batch, dim, N) and checkpoints
     (batch, dim, ⌈L/chunk⌉, N): the state before steps 0, chunk, 2·chunk, ...
 
@@ -124,6 +130,9 @@ def _forward_kernel(u, dt, A, Bt, Ct, D, z, h0, has_z, chunk, out, last, checkpo
             if t % chunk == 0:
                 for n in range(nstate):
                     checkpoints[b, d, t // chunk, n] = h[n]
+            if has_seq and starts[b, t] != 0:
+                for n in range(nstate):
+                    h[n] = 0
             step, ut = dt[b, d, t], u[b, d, t]
             step_u = step * ut
             y = D[d] * ut
@@ -140,8 +149,8 @@ def _forward_kernel(u, dt, A, Bt, Ct, D, z, h0, has_z, chunk, out, last, checkpo
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _backward_kernel(u, dt, A, Bt, Ct, D, z, has_z, chunk, checkpoints, grad_out, grad_last,
-                     slices, grad_u, grad_dt, grad_z, grad_h0, grad_A_parts, grad_D_parts,
+def _backward_kernel(u, dt, A, Bt, Ct, D, z, starts, has_z, has_seq, chunk, checkpoints, grad_out,
+                     grad_last, slices, grad_u, grad_dt, grad_z, grad_h0, grad_A_parts, grad_D_parts,
                      grad_B_parts, grad_C_parts):
     """Inputs as ``_forward_kernel`` plus checkpoints, grad_out (batch, dim, L) and grad_last
     (batch, dim, N). Writes grad_u, grad_dt, grad_z (batch, dim, L), grad_h0 (batch, dim, N), and
@@ -176,8 +185,11 @@ def _backward_kernel(u, dt, A, Bt, Ct, D, z, has_z, chunk, checkpoints, grad_out
                     step, ut = dt[b, d, t], u[b, d, t]
                     step_u = step * ut
                     y = D[d] * ut
+                    keep = np.float32(1.0)  # 0 where a packed sequence starts: h forgets h_{t−1}
+                    if has_seq and starts[b, t] != 0:
+                        keep = np.float32(0.0)
                     for n in range(nstate):
-                        e = vector_exp(step * A[d, n])
+                        e = vector_exp(step * A[d, n]) * keep
                         state = e * states[i, n] + step_u * Bt[b, g, t, n]
                         decays[i, n] = e
                         states[i + 1, n] = state
@@ -248,6 +260,14 @@ def _kernel_inputs(u, dt, A, B, C, D, z):
             dense(D if D is not None else absent_D), dense(z if z is not None else absent_z))
 
 
+def _starts(seq_idx, batch):
+    """(uint8 (batch, L) mask of the steps that start a packed sequence, has_seq); a 1×1 dummy
+    when seq_idx is None."""
+    if seq_idx is None:
+        return np.zeros((1, 1), dtype=np.uint8), False
+    return sequence_starts(seq_idx).to(torch.uint8).numpy(), True
+
+
 def _set_threads() -> int:
     """Run the kernels on torch's thread count (capped by numba's pool); returns it."""
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
@@ -261,7 +281,8 @@ def _channel_slices(batch: int, groups: int, per_group: int, threads: int) -> in
     return max(1, min(per_group, wanted))
 
 
-def scan_forward_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+def scan_forward_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                     seq_idx=None):
     """(out in u's dtype, last state, checkpoints (batch, dim, ⌈L/CHUNK⌉, N)); the last two in
     float32 (float64 for float64 inputs)."""
     compute = _compute_dtype(u)
@@ -276,13 +297,14 @@ def scan_forward_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initia
     last = torch.empty(batch, dim, nstate, dtype=compute)
     checkpoints = torch.empty(batch, dim, -(-length // CHUNK), nstate, dtype=compute)
     _set_threads()
-    _forward_kernel(*_kernel_inputs(u, dt, A, B, C, D, z), h0.numpy(), z is not None, CHUNK,
-                    out.numpy(), last.numpy(), checkpoints.numpy())
+    starts, has_seq = _starts(seq_idx, batch)
+    _forward_kernel(*_kernel_inputs(u, dt, A, B, C, D, z), h0.numpy(), starts, z is not None,
+                    has_seq, CHUNK, out.numpy(), last.numpy(), checkpoints.numpy())
     return out.to(u.dtype), last, checkpoints
 
 
 def scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z, delta_bias,
-                      delta_softplus):
+                      delta_softplus, seq_idx=None):
     """Gradients for (u, delta, A, B, C, D, z, delta_bias, initial_state), each in its input's
     dtype (None for an absent input; the initial state's in the compute dtype)."""
     compute = _compute_dtype(u)
@@ -301,7 +323,8 @@ def scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z,
     grad_D_parts = torch.empty(batch, dim, dtype=compute)
     grad_B_parts = torch.zeros(batch, groups, slices, length, nstate, dtype=compute)
     grad_C_parts = torch.zeros(batch, groups, slices, length, nstate, dtype=compute)
-    _backward_kernel(*_kernel_inputs(u, dt, A, B, C, D, z), z is not None, CHUNK,
+    starts, has_seq = _starts(seq_idx, batch)
+    _backward_kernel(*_kernel_inputs(u, dt, A, B, C, D, z), starts, z is not None, has_seq, CHUNK,
                      checkpoints.numpy(), grad_out.numpy(), grad_last.numpy(), slices,
                      grad_u.numpy(), grad_dt.numpy(), grad_z.numpy(), grad_h0.numpy(),
                      grad_A_parts.numpy(), grad_D_parts.numpy(), grad_B_parts.numpy(),
@@ -325,14 +348,15 @@ def scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z,
 def _forward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                 delta_bias: Optional[torch.Tensor], delta_softplus: bool,
-                initial_state: Optional[torch.Tensor]
+                initial_state: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor]
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, last state, state checkpoints) of the numba forward."""
-    return scan_forward_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    return scan_forward_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                            seq_idx)
 
 
 @_forward_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
     compute = _compute_dtype(u)
     batch, dim, length = u.shape
     nstate = A.shape[1]
@@ -344,16 +368,18 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
 def _backward_op(grad_out: torch.Tensor, grad_last: torch.Tensor, checkpoints: torch.Tensor,
                  u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                  C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
-                 delta_bias: Optional[torch.Tensor], delta_softplus: bool) -> List[torch.Tensor]:
+                 delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+                 seq_idx: Optional[torch.Tensor]) -> List[torch.Tensor]:
     """Gradients for (u, delta, A, B, C, D, z, delta_bias, initial_state); an absent input's
     gradient is an empty tensor."""
     grads = scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z,
-                              delta_bias, delta_softplus)
+                              delta_bias, delta_softplus, seq_idx)
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
 @_backward_op.register_fake
-def _(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+      seq_idx):
     like = [u, delta, A, B, C, D, z, delta_bias]
     return ([torch.empty_like(t) if t is not None else u.new_empty(0) for t in like]
             + [torch.empty_like(grad_last)])
@@ -364,28 +390,29 @@ class SelectiveScanCpuFunction(torch.autograd.Function):
     rebuilds each chunk's states from them instead of rescanning from the start)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
         out, last, checkpoints = _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                             initial_state)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints)
+                                             initial_state, seq_idx)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx,
+                              checkpoints)
         ctx.delta_softplus = delta_softplus
         return out, last
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, checkpoints = ctx.saved_tensors
         grads = _backward_op(grad_out.contiguous(), grad_last.contiguous(), checkpoints, u, delta,
-                             A, B, C, D, z, delta_bias, ctx.delta_softplus)
+                             A, B, C, D, z, delta_bias, ctx.delta_softplus, seq_idx)
         present = (True, True, True, True, True, D is not None, z is not None,
                    delta_bias is not None, initial_state is not None)
         grads = [g if keep else None for g, keep in zip(grads, present)]
         if initial_state is not None:
             grads[8] = grads[8].to(initial_state.dtype)
-        return (*grads[:8], None, grads[8])
+        return (*grads[:8], None, grads[8], None)
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       initial_state=None):
+                       initial_state=None, seq_idx=None):
     """(out, last_state) of the selective scan on CPU tensors; see the module docstring.
 
     out is in u's dtype, last_state (batch, dim, N) in float32 (float64 for float64 inputs).
@@ -394,6 +421,7 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     """
     if u.device.type != "cpu":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                        return_last_state=True, initial_state=initial_state)
+                                        return_last_state=True, initial_state=initial_state,
+                                        seq_idx=seq_idx)
     return SelectiveScanCpuFunction.apply(u, delta, A, B, C, D, z, delta_bias,
-                                          bool(delta_softplus), initial_state)
+                                          bool(delta_softplus), initial_state, seq_idx)

@@ -8,7 +8,8 @@ time t:
     out           = y · silu(z)  (when z is given)
 
 with h[·, −1] = initial_state (zeros by default) and g(d) = d // (dim / G) the group of channel d
-(B and C of shape (batch, N, L) are one group). One time step per iteration, in float32 (float64
+(B and C of shape (batch, N, L) are one group). With ``seq_idx`` (batch, L), h[b, ·, ·, t − 1] is
+taken as 0 wherever seq_idx[b, t] != seq_idx[b, t − 1]: a new packed sequence starts there. One time step per iteration, in float32 (float64
 for float64 inputs): slow, obviously right, differentiable by autograd.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from .._seq_idx import sequence_starts
 
 
 def _per_channel(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -28,7 +31,8 @@ def _per_channel(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                              delta_softplus=False, return_last_state=False,
-                             initial_state: Optional[torch.Tensor] = None):
+                             initial_state: Optional[torch.Tensor] = None,
+                             seq_idx: Optional[torch.Tensor] = None):
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, length = u.shape
     u32, dt = u.to(compute), delta.to(compute)
@@ -43,8 +47,11 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         h = u32.new_zeros(batch, dim, A.shape[1])
     else:
         h = initial_state.to(compute)
+    starts = None if seq_idx is None else sequence_starts(seq_idx)
     ys = []
     for t in range(length):
+        if starts is not None:
+            h = torch.where(starts[:, t, None, None], 0.0, h)
         decay = torch.exp(dt[:, :, t, None] * A32)
         h = decay * h + (dt[:, :, t] * u32[:, :, t])[:, :, None] * B_ch[:, :, :, t]
         ys.append((h * C_ch[:, :, :, t]).sum(-1))

@@ -114,14 +114,24 @@ def _channel_tiles(channel_in_group, group_dim, N, D_ptr, delta_bias_ptr, has_D,
 
 
 @triton.jit
-def _selective_scan_fwd_kernel(
+def _sequence_starts(seq_idx_ptr, t, in_time):
+    """(T_CHUNK,) bool: True at the steps t of the row ``seq_idx_ptr`` points to where a packed
+    sequence starts (seq_idx[t] != seq_idx[t − 1], never at t = 0 or past L)."""
+    seq = tl.load(seq_idx_ptr + t, mask=in_time, other=0)
+    seq_before = tl.load(seq_idx_ptr + t - 1, mask=in_time & (t > 0), other=0)
+    return in_time & (t > 0) & (seq != seq_before)
+
+
+@triton.jit
+def _scan_forward(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
-        out_ptr, checkpoint_ptr, last_state_ptr,
+        out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
         dim, L, N, groups, group_dim, n_chunks,
         has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
-        BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
-    """BLOCK_D channels of one (batch, group): out (batch, dim, L), checkpoint (batch, dim, n_c, N)
-    (the state at each chunk's start), last state (batch, dim, N)."""
+        HAS_SEQ_IDX: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr,
+        T_CHUNK: tl.constexpr):
+    """The forward program, for both forward kernels (HAS_SEQ_IDX compiles the resets in or
+    out)."""
     pid = tl.program_id(0).to(tl.int64)
     batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
     # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
@@ -137,6 +147,8 @@ def _selective_scan_fwd_kernel(
     initial_state_ptr += first_row * N
     last_state_ptr += first_row * N
     checkpoint_ptr += first_row * n_chunks * N
+    if HAS_SEQ_IDX:
+        seq_idx_ptr += batch * L
     rows, in_dim, steps, states, state_mask, state_offsets, D, bias = _channel_tiles(
         first_channel - group * group_dim, group_dim, N, D_ptr, delta_bias_ptr, has_D,
         has_delta_bias, BLOCK_D, N_PAD, T_CHUNK)
@@ -154,13 +166,18 @@ def _selective_scan_fwd_kernel(
         dt = tl.where(tile, dt, 0.0)
         dt_u = dt * u
         y = D[:, None] * u
+        if HAS_SEQ_IDX:
+            starts = _sequence_starts(seq_idx_ptr, t, in_time)
         tl.store(checkpoint_ptr + rows[:, None] * (n_chunks * N) + chunk * N + states[None, :],
                  state, mask=state_mask)
         for n in range(N):
             A_n = tl.load(A_ptr + rows * N + n, mask=in_dim, other=0.0)
             B_n = tl.load(B_ptr + n * L + t, mask=in_time, other=0.0).to(tl.float32)
             C_n = tl.load(C_ptr + n * L + t, mask=in_time, other=0.0).to(tl.float32)
-            decay, drive = tl.associative_scan((tl.exp(dt * A_n[:, None]), dt_u * B_n[None, :]),
+            step_decay = tl.exp(dt * A_n[:, None])
+            if HAS_SEQ_IDX:  # a new sequence: the state before it is forgotten
+                step_decay = tl.where(starts[None, :], 0.0, step_decay)
+            decay, drive = tl.associative_scan((step_decay, dt_u * B_n[None, :]),
                                                axis=1, combine_fn=_first_order_combine)
             h_start = tl.sum(tl.where(states[None, :] == n, state, 0.0), axis=1)
             h = decay * h_start[:, None] + drive
@@ -175,18 +192,50 @@ def _selective_scan_fwd_kernel(
 
 
 @triton.jit
-def _selective_scan_bwd_kernel(
+def _selective_scan_fwd_kernel(
+        u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
+        out_ptr, checkpoint_ptr, last_state_ptr,
+        dim, L, N, groups, group_dim, n_chunks,
+        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+        BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """BLOCK_D channels of one (batch, group): out (batch, dim, L), checkpoint (batch, dim, n_c, N)
+    (the state at each chunk's start), last state (batch, dim, N)."""
+    _scan_forward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
+                  initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, u_ptr,
+                  dim, L, N, groups, group_dim, n_chunks,
+                  has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+                  False, BLOCK_D, N_PAD, T_CHUNK)
+
+
+@triton.jit
+def _selective_scan_fwd_seq_idx_kernel(
+        u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
+        out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
+        dim, L, N, groups, group_dim, n_chunks,
+        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+        BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """``_selective_scan_fwd_kernel`` over packed sequences: seq_idx (batch, L) int32; the state
+    restarts from zero at every step where seq_idx changes."""
+    _scan_forward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
+                  initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
+                  dim, L, N, groups, group_dim, n_chunks,
+                  has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+                  True, BLOCK_D, N_PAD, T_CHUNK)
+
+
+@triton.jit
+def _scan_backward(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, checkpoint_ptr,
         grad_out_ptr, grad_last_state_ptr,
         grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
         grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
-        grad_delta_bias_part_ptr,
+        grad_delta_bias_part_ptr, seq_idx_ptr,
         dim, L, N, groups, group_dim, n_chunks,
         has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
-        BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
-    """BLOCK_D channels of one (batch, group), chunks in reverse: du, ddelta, dz (batch, dim, L),
-    d initial state (batch, dim, N); partials dB, dC (batch, G, J, N, L), dA (batch, dim, N),
-    dD, ddelta_bias (batch, dim), all fp32 but du/ddelta/dz."""
+        HAS_SEQ_IDX: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr,
+        T_CHUNK: tl.constexpr):
+    """The backward program, for both backward kernels (HAS_SEQ_IDX compiles the resets in or
+    out)."""
     pid = tl.program_id(0).to(tl.int64)
     batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
     # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
@@ -210,6 +259,8 @@ def _selective_scan_bwd_kernel(
     grad_D_part_ptr += first_row
     grad_delta_bias_part_ptr += first_row
     checkpoint_ptr += first_row * n_chunks * N
+    if HAS_SEQ_IDX:
+        seq_idx_ptr += batch * L
     rows, in_dim, steps, states, state_mask, state_offsets, D, bias = _channel_tiles(
         first_channel - group * group_dim, group_dim, N, D_ptr, delta_bias_ptr, has_D,
         has_delta_bias, BLOCK_D, N_PAD, T_CHUNK)
@@ -237,6 +288,13 @@ def _selective_scan_bwd_kernel(
             dt_next = _softplus(dt_next)
         dt = tl.where(tile, dt, 0.0)
         dt_next = tl.where(has_next, dt_next, 0.0)
+        if HAS_SEQ_IDX:
+            # Steps that start a sequence, and steps whose successor in this chunk does: the
+            # adjoint does not flow back across either (the next chunk's first step is seen by
+            # the gradient it carries in, zero when a sequence starts there).
+            starts = _sequence_starts(seq_idx_ptr, t, in_time)
+            next_in_chunk = in_time & (steps < T_CHUNK - 1) & (t + 1 < L)
+            starts_next = _sequence_starts(seq_idx_ptr, t + 1, next_in_chunk)
         grad_y = tl.load(grad_out_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
         if has_z != 0:
             z = tl.load(z_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
@@ -252,13 +310,17 @@ def _selective_scan_bwd_kernel(
             h_start = tl.load(checkpoint_ptr + rows * (n_chunks * N) + chunk * N + n, mask=in_dim,
                               other=0.0)
             step_decay = tl.exp(dt * A_n[:, None])
+            next_decay = tl.exp(dt_next * A_n[:, None])
+            if HAS_SEQ_IDX:
+                step_decay = tl.where(starts[None, :], 0.0, step_decay)
+                next_decay = tl.where(starts_next[None, :], 0.0, next_decay)
             step_drive = dt * u * B_n[None, :]
             decay, drive = tl.associative_scan((step_decay, step_drive), axis=1,
                                                combine_fn=_first_order_combine)
             h = decay * h_start[:, None] + drive
             y += h * C_n[None, :]
             grad_decay, grad_drive = tl.associative_scan(
-                (tl.exp(dt_next * A_n[:, None]), C_n[None, :] * grad_y), axis=1,
+                (next_decay, C_n[None, :] * grad_y), axis=1,
                 combine_fn=_first_order_combine, reverse=True)
             grad_end = tl.sum(tl.where(states[None, :] == n, grad_state, 0.0), axis=1)
             grad_h = grad_decay * grad_end[:, None] + grad_drive
@@ -293,6 +355,51 @@ def _selective_scan_bwd_kernel(
     tl.store(grad_D_part_ptr + rows, grad_D, mask=in_dim & (rows < BLOCK_D * has_D))
     tl.store(grad_delta_bias_part_ptr + rows, grad_bias,
              mask=in_dim & (rows < BLOCK_D * has_delta_bias))
+
+
+@triton.jit
+def _selective_scan_bwd_kernel(
+        u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, checkpoint_ptr,
+        grad_out_ptr, grad_last_state_ptr,
+        grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
+        grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
+        grad_delta_bias_part_ptr,
+        dim, L, N, groups, group_dim, n_chunks,
+        has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+        BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """BLOCK_D channels of one (batch, group), chunks in reverse: du, ddelta, dz (batch, dim, L),
+    d initial state (batch, dim, N); partials dB, dC (batch, G, J, N, L), dA (batch, dim, N),
+    dD, ddelta_bias (batch, dim), all fp32 but du/ddelta/dz."""
+    _scan_backward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
+                   checkpoint_ptr, grad_out_ptr, grad_last_state_ptr,
+                   grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
+                   grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
+                   grad_delta_bias_part_ptr, u_ptr,
+                   dim, L, N, groups, group_dim, n_chunks,
+                   has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+                   False, BLOCK_D, N_PAD, T_CHUNK)
+
+
+@triton.jit
+def _selective_scan_bwd_seq_idx_kernel(
+        u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, checkpoint_ptr,
+        grad_out_ptr, grad_last_state_ptr,
+        grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
+        grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
+        grad_delta_bias_part_ptr, seq_idx_ptr,
+        dim, L, N, groups, group_dim, n_chunks,
+        has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+        BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """``_selective_scan_bwd_kernel`` over packed sequences (seq_idx (batch, L) int32): no
+    adjoint, dA or dΔ crosses a step where seq_idx changes."""
+    _scan_backward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
+                   checkpoint_ptr, grad_out_ptr, grad_last_state_ptr,
+                   grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
+                   grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
+                   grad_delta_bias_part_ptr, seq_idx_ptr,
+                   dim, L, N, groups, group_dim, n_chunks,
+                   has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+                   True, BLOCK_D, N_PAD, T_CHUNK)
 
 
 def _configs(block_d: int, num_warps: int):
@@ -333,10 +440,17 @@ _BWD_SIGNATURE = {
     "has_grad_last_state": "i32",
 }
 _NOTES = "A, D, delta_bias and states in fp32; N_PAD = the state size N rounded up to 16, 32, 64"
+_SEQ_IDX_NOTES = _NOTES + "; packed sequences: seq_idx (batch, L) int32"
 register_kernel("selective_scan", _selective_scan_fwd_kernel, _FWD_SIGNATURE, FORWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
 register_kernel("selective_scan", _selective_scan_bwd_kernel, _BWD_SIGNATURE, BACKWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
+register_kernel("selective_scan", _selective_scan_fwd_seq_idx_kernel,
+                {**_FWD_SIGNATURE, "seq_idx_ptr": "*i32:16"}, FORWARD_CONFIGS,
+                dtypes=("fp32", "fp16", "bf16"), notes=_SEQ_IDX_NOTES)
+register_kernel("selective_scan", _selective_scan_bwd_seq_idx_kernel,
+                {**_BWD_SIGNATURE, "seq_idx_ptr": "*i32:16"}, BACKWARD_CONFIGS,
+                dtypes=("fp32", "fp16", "bf16"), notes=_SEQ_IDX_NOTES)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -369,10 +483,11 @@ def _fp32(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
-                                  initial_state):
+                                  initial_state, seq_idx=None):
     """Contiguous u, delta, z (batch, dim, L), B, C (batch, G, N, L) in one dtype; A (dim, N), D,
-    delta_bias (dim,), initial_state (batch, dim, N) fp32 or None → (out, last_state, checkpoints
-    (batch, dim, n_chunks, N) fp32, the T_CHUNK between checkpoints)."""
+    delta_bias (dim,), initial_state (batch, dim, N) fp32 or None; seq_idx (batch, L) int32
+    contiguous or None → (out, last_state, checkpoints (batch, dim, n_chunks, N) fp32, the
+    T_CHUNK between checkpoints)."""
     batch, dim, L = u.shape
     groups, N = B.shape[1], A.shape[1]
     cfg = launch_config(FORWARD_CONFIGS, FORWARD_PROGRAMS_PER_SM, batch, groups, dim // groups, N,
@@ -384,10 +499,12 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
     grid = (batch * groups * triton.cdiv(dim // groups, cfg.constexprs["BLOCK_D"]),)
     if grid[0] == 0:  # no channel: every output is empty
         return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"]
-    _selective_scan_fwd_kernel[grid](
+    kernel, packed = ((_selective_scan_fwd_kernel, ()) if seq_idx is None
+                      else (_selective_scan_fwd_seq_idx_kernel, (seq_idx,)))
+    kernel[grid](
         u, delta, u if z is None else z, A, B, C, A if D is None else D,
         A if delta_bias is None else delta_bias, A if initial_state is None else initial_state,
-        out, checkpoints, last_state,
+        out, checkpoints, last_state, *packed,
         dim, L, N, groups, dim // groups, n_chunks,
         int(z is not None), int(D is not None), int(delta_bias is not None),
         int(initial_state is not None), int(delta_softplus),
@@ -396,8 +513,8 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
 
 
 def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
-                                   delta_softplus: bool, checkpoints, t_chunk: int):
-    """Inputs as for the forward, its checkpoints and T_CHUNK, grad_out (batch, dim, L) contiguous
+                                   delta_softplus: bool, checkpoints, t_chunk: int, seq_idx=None):
+    """Inputs as for the forward (seq_idx included), its checkpoints and T_CHUNK, grad_out (batch, dim, L) contiguous
     in u's dtype, grad_last_state (batch, dim, N) fp32 or None → (du, ddelta, dA, dB (batch, G,
     N, L), dC, dD, dz, ddelta_bias, d initial_state); dA, dB, dC, dD, ddelta_bias and d initial
     state in fp32, the gradients of absent inputs None."""
@@ -419,14 +536,16 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
     grad_bias_part = None if delta_bias is None else torch.empty((batch, dim), **fp32)
     grid = (batch * groups * blocks,)
     if grid[0] > 0:  # with no channel every buffer is empty and each sum over one is zero
-        _selective_scan_bwd_kernel[grid](
+        kernel, packed = ((_selective_scan_bwd_kernel, ()) if seq_idx is None
+                          else (_selective_scan_bwd_seq_idx_kernel, (seq_idx,)))
+        kernel[grid](
             u, delta, u if z is None else z, A, B, C, A if D is None else D,
             A if delta_bias is None else delta_bias, checkpoints,
             grad_out, A if grad_last_state is None else grad_last_state,
             grad_u, grad_delta, grad_u if z is None else grad_z, grad_initial_state,
             grad_B_part, grad_C_part, grad_A_part,
             grad_A_part if D is None else grad_D_part,
-            grad_A_part if delta_bias is None else grad_bias_part,
+            grad_A_part if delta_bias is None else grad_bias_part, *packed,
             dim, L, N, groups, group_dim, n_chunks,
             int(z is not None), int(D is not None), int(delta_bias is not None),
             int(grad_last_state is not None), int(delta_softplus),
@@ -448,15 +567,16 @@ def _forward_t_chunk(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> int:
 def _forward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                 delta_bias: Optional[torch.Tensor], delta_softplus: bool,
-                initial_state: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                initial_state: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor]
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, last state, checkpoints); fp32 A, D, delta_bias, initial_state; grouped B, C."""
     out, last_state, checkpoints, _ = selective_scan_forward_triton(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx)
     return out, last_state, checkpoints
 
 
 @_forward_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
     batch, dim, L = u.shape
     n_chunks = -(-L // _forward_t_chunk(u, B, A))
     state = u.new_empty((batch, dim, A.shape[1]), dtype=torch.float32)
@@ -469,17 +589,19 @@ def _backward_op(grad_out: torch.Tensor, grad_last_state: Optional[torch.Tensor]
                  delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                  delta_bias: Optional[torch.Tensor], delta_softplus: bool,
-                 checkpoints: torch.Tensor, t_chunk: int) -> List[torch.Tensor]:
+                 checkpoints: torch.Tensor, t_chunk: int,
+                 seq_idx: Optional[torch.Tensor]) -> List[torch.Tensor]:
     """Gradients of u, delta, A, B, C, D, z, delta_bias, initial_state; an absent input's gradient
     is an empty tensor (a custom op cannot return None)."""
     grads = selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C, D, z,
-                                           delta_bias, delta_softplus, checkpoints, t_chunk)
+                                           delta_bias, delta_softplus, checkpoints, t_chunk,
+                                           seq_idx)
     return [u.new_empty(0) if g is None else g for g in grads]
 
 
 @_backward_op.register_fake
 def _(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, checkpoints,
-      t_chunk):
+      t_chunk, seq_idx):
     fp32 = torch.float32
     like = lambda t, dtype=None: u.new_empty(0) if t is None else torch.empty_like(t, dtype=dtype)  # noqa: E731
     return [torch.empty_like(u), torch.empty_like(delta), like(A, fp32), like(B, fp32), like(C, fp32),
@@ -495,32 +617,33 @@ class SelectiveScanTritonFunction(torch.autograd.Function):
     fake implementations), so ``torch.compile`` traces through without a graph break."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
         out, last_state, checkpoints = _forward_op(
             u, delta, _fp32(A), B, C, _fp32(D), z, _fp32(delta_bias), delta_softplus,
-            _fp32(initial_state))
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints)
+            _fp32(initial_state), seq_idx)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx,
+                              checkpoints)
         ctx.delta_softplus, ctx.t_chunk = delta_softplus, _forward_t_chunk(u, B, A)
         ctx.set_materialize_grads(False)
         return out, last_state
 
     @staticmethod
     def backward(ctx, grad_out, grad_last_state):
-        u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, checkpoints = ctx.saved_tensors
         grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
         (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias,
          grad_initial_state) = _backward_op(
             grad_out, _fp32(grad_last_state), u, delta, _fp32(A), B, C, _fp32(D), z,
-            _fp32(delta_bias), ctx.delta_softplus, checkpoints, ctx.t_chunk)
+            _fp32(delta_bias), ctx.delta_softplus, checkpoints, ctx.t_chunk, seq_idx)
         grads = [grad_u, grad_delta, grad_A.to(A.dtype), grad_B.to(B.dtype), grad_C.to(C.dtype),
                  None if D is None else grad_D.to(D.dtype), None if z is None else grad_z,
                  None if delta_bias is None else grad_bias.to(delta_bias.dtype), None,
-                 None if initial_state is None else grad_initial_state.to(initial_state.dtype)]
+                 None if initial_state is None else grad_initial_state.to(initial_state.dtype), None]
         return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          initial_state=None):
+                          initial_state=None, seq_idx=None):
     """The selective scan on the Triton kernels, inputs as checked by ``selective_scan`` →
     (out in u's dtype, last state (batch, dim, N) fp32), differentiable in every tensor input
     and through the last state."""
@@ -534,5 +657,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                          "scan it in pieces with initial_state, or use backend='torch'")
     out, last_state = SelectiveScanTritonFunction.apply(
         u.contiguous(), delta.contiguous(), A, _grouped(B), _grouped(C), D,
-        None if z is None else z.contiguous(), delta_bias, bool(delta_softplus), initial_state)
+        None if z is None else z.contiguous(), delta_bias, bool(delta_softplus), initial_state,
+        None if seq_idx is None else seq_idx.contiguous())
     return out, last_state
