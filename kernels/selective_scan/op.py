@@ -7,6 +7,7 @@ import torch
 
 from .._checks import check_grouped, check_same, check_tensor
 from .._dispatch import resolve_backend
+from .._seq_idx import check_seq_idx
 from .reference import selective_scan_reference
 
 
@@ -52,7 +53,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    C: torch.Tensor, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
                    delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
                    return_last_state: bool = False, initial_state: Optional[torch.Tensor] = None,
-                   backend: Optional[str] = None):
+                   backend: Optional[str] = None, seq_idx: Optional[torch.Tensor] = None):
     """The Mamba-1 selective scan, as ``mamba_ssm``'s ``selective_scan_fn`` for real A.
 
     Args:
@@ -65,19 +66,27 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         initial_state: optional h before the first step, (batch, dim, N); gradients flow through it
             and through the returned last state, so a long sequence can be scanned in chunks.
         backend: "auto", "reference", "torch" or "triton" (see ``kernels._dispatch``).
+        seq_idx: optional int32 (batch, L), non-decreasing along each row: several sequences
+            packed into one row (see ``kernels._seq_idx``). The state restarts from zero where
+            seq_idx changes, so out and every gradient equal those of separate calls on the
+            sequences. initial_state is the state before the first sequence of each row (the
+            later ones start from zero), and the last state is that of the row's last sequence:
+            a sequence whose final state is wanted goes last in its row.
 
     Returns:
         out (batch, dim, L) in u's dtype, and the last state when ``return_last_state``.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_seq_idx(seq_idx, u.shape[0], u.shape[2], u.device)
     chosen = resolve_backend(backend, u.device, "selective_scan")
     args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
     if chosen == "reference":
-        out, last = selective_scan_reference(*args[:9], return_last_state=True, initial_state=initial_state)
+        out, last = selective_scan_reference(*args[:9], return_last_state=True, initial_state=initial_state,
+                                             seq_idx=seq_idx)
     elif chosen == "triton":
         from .triton_kernels import selective_scan_triton
-        out, last = selective_scan_triton(*args)
+        out, last = selective_scan_triton(*args, seq_idx=seq_idx)
     else:
         from .cpu_path import selective_scan_cpu
-        out, last = selective_scan_cpu(*args)
+        out, last = selective_scan_cpu(*args, seq_idx=seq_idx)
     return (out, last) if return_last_state else out
