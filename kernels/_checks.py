@@ -39,15 +39,16 @@ def check_positive_float(name: str, value) -> float:
 
 
 def check_grouped(name: str, t: torch.Tensor, batch: int, dim: int, tail: Sequence[int],
-                  tail_names: str) -> None:
-    """``t`` is (batch, *tail), or (batch, G, *tail) with G groups dividing ``dim`` (Mamba's B, C)."""
+                  tail_names: str, dim_name: str = "dim") -> None:
+    """``t`` is (batch, *tail), or (batch, G, *tail) with G groups dividing ``dim`` (Mamba's B, C;
+    ``dim_name`` says what ``dim`` counts: channels, or heads in Mamba-2's layout)."""
     tail = tuple(tail)
     if t.dim() == 1 + len(tail):
         expected = (batch, *tail)
     elif t.dim() == 2 + len(tail):
         expected = (batch, t.shape[1], *tail)
         if t.shape[1] < 1 or dim % t.shape[1] != 0:
-            raise ValueError(f"{name} has {t.shape[1]} groups, which do not divide dim={dim}")
+            raise ValueError(f"{name} has {t.shape[1]} groups, which do not divide {dim_name}={dim}")
     else:
         sizes = ", ".join(str(n) for n in tail)
         raise ValueError(f"{name} must be (batch, {tail_names}) or (batch, G, {tail_names}) = "

@@ -8,7 +8,8 @@ sm_90a and reads the cubin; later, the AOT kernel library is built from the same
 Signature strings follow ``triton.tools.compile``: ``"*fp32"`` is a pointer, ``"i32"`` an int,
 ``"fp32"`` a float; a suffix ``":16"`` says the launcher guarantees divisibility by 16 (device
 allocations are 16-byte aligned, so the JIT specializes pointers that way). ``"{dtype}"`` in a
-type is replaced by each of the kernel's ``dtypes`` in turn.
+type is replaced by each of the kernel's ``dtypes`` in turn (an entry of ``dtypes`` may also fill
+several named placeholders, e.g. ``"{state_dtype}"``).
 """
 from __future__ import annotations
 
@@ -44,11 +45,17 @@ class RegisteredKernel:
         return self.kernel.__name__
 
     def variants(self) -> Iterator[Tuple[str, Dict[str, str], LaunchConfig]]:
-        """Yield (dtype, concrete signature, config) for every specialization to compile."""
+        """Yield (dtype, concrete signature, config) for every specialization to compile. An entry
+        of ``dtypes`` is a type that fills "{dtype}", or pairs (placeholder, type) filling several
+        placeholders (its label is "dtype=bf16,state_dtype=fp32")."""
         for dtype in self.dtypes:
-            sig = {k: v.replace("{dtype}", dtype) for k, v in self.signature.items()}
+            fills = {"dtype": dtype} if isinstance(dtype, str) else dict(dtype)
+            label = dtype if isinstance(dtype, str) else ",".join(f"{k}={v}" for k, v in fills.items())
+            sig = dict(self.signature)
+            for placeholder, type_name in fills.items():
+                sig = {k: v.replace("{" + placeholder + "}", type_name) for k, v in sig.items()}
             for cfg in self.configs:
-                yield dtype, sig, cfg
+                yield label, sig, cfg
 
 
 _REGISTRY: List[RegisteredKernel] = []

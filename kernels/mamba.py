@@ -67,6 +67,7 @@ class Mamba(nn.Module):
         self.layer_idx = layer_idx
         self.backend = backend
         self.activation = "silu"
+        self.act = nn.SiLU()  # as mamba_ssm.Mamba; no parameters, so the state_dict is unchanged
 
         self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory_kwargs)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,

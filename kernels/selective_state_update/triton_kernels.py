@@ -1,11 +1,15 @@
 """Triton kernel of the recurrence step (streaming inference) and its launcher.
 
-One program per (batch b, block of BLOCK_D channels): the program's (BLOCK_D, N) tile of the fp32
-state is loaded into registers once, advanced one step (h ← exp(dt·A)·h + dt·x·B), stored back in
-place once, and reduced against C in registers (y = Σ_n C·h + D·x, times silu(z)).
+One program per (batch b, block of BLOCK_D channels): the program's (BLOCK_D, N) tile of the
+state is loaded into registers once (upcast to fp32), advanced one step (h ← exp(dt·A)·h + dt·x·B),
+stored back in place once in the state's own dtype, and reduced against C in registers
+(y = Σ_n C·h + D·x, times silu(z)). With ``state_batch_indices`` the program of batch element b
+updates row state_batch_indices[b] of a larger state cache instead of row b. The Mamba-2 heads
+layout reaches the kernel flattened to channels (h·p of them, groups over heads become groups over
+channels), so one kernel serves both layouts.
 
-Traffic per step, with s bytes per element of x: the state is read once and written once
-(2·batch·dim·N·4 bytes, the bulk); x, dt, z are read once and out written once (4·batch·dim·s);
+Traffic per step, with s bytes per element of x and s_h per element of the state: the state is
+read once and written once (2·batch·dim·N·s_h bytes, the bulk); x, dt, z are read once and out written once (4·batch·dim·s);
 B and C once per program (each program gathers the rows of its channels' groups, served from L1);
 A (dim·N·4), D and dt_bias (dim·4 each) are shared by the batch and served from L2 after the
 first batch. Missing optional inputs (D, z, dt_bias) are not read.
@@ -28,24 +32,30 @@ MAX_STATE = 256  # largest N: the program's state tile lives in registers
 
 @triton.jit
 def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr,
-                         out_ptr, dim, N, channels_per_group, dim_blocks,
+                         state_batch_indices_ptr, out_ptr, dim, N, channels_per_group, dim_blocks,
                          stride_state_batch, stride_state_dim, stride_x_batch, stride_dt_batch,
                          stride_z_batch, stride_B_batch, stride_B_group, stride_C_batch,
                          stride_C_group, has_D, has_z, has_dt_bias, dt_softplus,
-                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """state (batch, dim, N) fp32 (unit stride along N); x, dt, z (batch, dim) unit stride along
-    dim; A (dim, N) fp32 contiguous; B, C (batch, G, N) unit stride along N; D, dt_bias (dim,) fp32;
-    out (batch, dim) contiguous. Offsets within one batch row are int32 (dim·N < 2^31)."""
+                         has_state_batch_indices, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """state (cache batch, dim, N) fp32, fp16 or bf16 (unit stride along N); x, dt, z (batch, dim)
+    unit stride along dim, in one dtype; A (dim, N) fp32 contiguous; B, C (batch, G, N) in x's
+    dtype, unit stride along N; D, dt_bias (dim,) fp32; state_batch_indices (batch,) int64, the
+    state row of each batch element; out (batch, dim) contiguous. Row offsets are int64; offsets
+    within one row are int32 (dim·N < 2^31)."""
     pid = tl.program_id(0)
     b = (pid // dim_blocks).to(tl.int64)
+    state_row = b
+    if has_state_batch_indices:
+        state_row = tl.load(state_batch_indices_ptr + b)
     channels = (pid % dim_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     states = tl.arange(0, BLOCK_N)
     in_dim = channels < dim
     tile = in_dim[:, None] & (states < N)[None, :]
     groups = channels // channels_per_group
 
-    state_at = state_ptr + b * stride_state_batch + channels[:, None] * stride_state_dim + states[None, :]
-    h = tl.load(state_at, mask=tile, other=0.0)
+    state_at = (state_ptr + state_row * stride_state_batch + channels[:, None] * stride_state_dim
+                + states[None, :])
+    h = tl.load(state_at, mask=tile, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + b * stride_x_batch + channels, mask=in_dim, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + b * stride_dt_batch + channels, mask=in_dim, other=0.0).to(tl.float32)
     if has_dt_bias:
@@ -59,7 +69,7 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
                 mask=tile, other=0.0).to(tl.float32)
 
     h = h * tl.exp(A * dt[:, None]) + B * (dt * x)[:, None]
-    tl.store(state_at, h, mask=tile)
+    tl.store(state_at, h.to(state_ptr.dtype.element_ty), mask=tile)
     y = tl.sum(h * C, axis=1)
     if has_D:
         y += x * tl.load(D_ptr + channels, mask=in_dim, other=0.0)
@@ -80,18 +90,25 @@ def launch_config(N: int) -> LaunchConfig:
 ALL_CONFIGS = tuple(launch_config(1 << k) for k in range(4, MAX_STATE.bit_length()))
 
 _SIGNATURE = {
-    "state_ptr": "*fp32:16", "x_ptr": "*{dtype}:16", "dt_ptr": "*{dtype}:16", "A_ptr": "*fp32:16",
-    "B_ptr": "*{dtype}", "C_ptr": "*{dtype}", "D_ptr": "*fp32:16", "z_ptr": "*{dtype}:16",
-    "dt_bias_ptr": "*fp32:16", "out_ptr": "*{dtype}:16",
+    "state_ptr": "*{state_dtype}:16", "x_ptr": "*{dtype}:16", "dt_ptr": "*{dtype}:16",
+    "A_ptr": "*fp32:16", "B_ptr": "*{dtype}", "C_ptr": "*{dtype}", "D_ptr": "*fp32:16",
+    "z_ptr": "*{dtype}:16", "dt_bias_ptr": "*fp32:16", "state_batch_indices_ptr": "*i64:16",
+    "out_ptr": "*{dtype}:16",
     "dim": "i32:16", "N": "i32:16", "channels_per_group": "i32:16", "dim_blocks": "i32",
     "stride_state_batch": "i32:16", "stride_state_dim": "i32:16", "stride_x_batch": "i32:16",
     "stride_dt_batch": "i32:16", "stride_z_batch": "i32:16",
     "stride_B_batch": "i32", "stride_B_group": "i32", "stride_C_batch": "i32", "stride_C_group": "i32",
     "has_D": "u1", "has_z": "u1", "has_dt_bias": "u1", "dt_softplus": "u1",
+    "has_state_batch_indices": "u1",
 }
+_TYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# (inputs' dtype, state dtype): an fp32 state with inputs of any dtype, or a state in the inputs'
+# dtype (mamba_ssm's inference cache in the model's dtype). Other mixes run on fp32 inputs.
+DTYPE_PAIRS = tuple((x, "fp32") for x in ("fp32", "fp16", "bf16")) + (
+    ("fp16", "fp16"), ("bf16", "bf16"), ("fp32", "fp16"), ("fp32", "bf16"))
 register_kernel(
     "selective_state_update", _state_update_kernel, _SIGNATURE, ALL_CONFIGS,
-    dtypes=("fp32", "fp16", "bf16"),
+    dtypes=tuple((("dtype", x), ("state_dtype", h)) for x, h in DTYPE_PAIRS),
     notes="specialized as kernels.Mamba.step calls it: dim, N (16) and the x/z row strides divisible "
           "by 16; B and C are slices of x_proj's output, so neither their pointers nor strides are")
 
@@ -101,13 +118,34 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
-    """Launches the kernel; ``state`` (fp32) is updated in place, out (batch, dim) is returned."""
-    batch, dim, N = state.shape
-    out = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
+def input_dtype(state_dtype: torch.dtype, *inputs: torch.Tensor) -> torch.dtype:
+    """The dtype the kernel reads x, dt, z, B and C in: theirs when they share one and it pairs
+    with the state's in ``DTYPE_PAIRS``, else float32 (exact for every input dtype; these inputs
+    are batch·dim and batch·G·N elements, small beside the state)."""
+    dtypes = {t.dtype for t in inputs}
+    if len(dtypes) == 1:
+        (dtype,) = dtypes
+        if (_TYPE_NAMES[dtype], _TYPE_NAMES[state_dtype]) in DTYPE_PAIRS:
+            return dtype
+    return torch.float32
+
+
+def selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                  state_batch_indices=None):
+    """Launches the kernel on the Mamba-1 layout (the heads layout arrives flattened): ``state``
+    (fp32, fp16 or bf16; (cache batch, dim, N) with ``state_batch_indices``) is updated in place,
+    out (batch, dim) in x's dtype is returned."""
+    batch, dim = x.shape
+    N = state.shape[2]
+    out_dtype = x.dtype
+    dtype = input_dtype(state.dtype, *(t for t in (x, dt, z, B, C) if t is not None))
+    x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
+    z = None if z is None else z.to(dtype)
+    out = torch.empty((batch, dim), device=x.device, dtype=dtype)
     if out.numel() == 0:
-        return out
-    flags = (D is not None, z is not None, dt_bias is not None, bool(dt_softplus))
+        return out.to(out_dtype)
+    flags = (D is not None, z is not None, dt_bias is not None, bool(dt_softplus),
+             state_batch_indices is not None)
     # The kernel writes the state through its strides; only a state whose N axis is strided goes
     # through a contiguous copy (written back below).
     work = state if state.stride(2) == 1 else state.contiguous()
@@ -119,13 +157,15 @@ def selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softp
     D = D.to(torch.float32).contiguous() if D is not None else A
     dt_bias = dt_bias.to(torch.float32).contiguous() if dt_bias is not None else A
     z = _unit_stride(z) if z is not None else x
+    rows = (state_batch_indices.to(torch.int64).contiguous() if state_batch_indices is not None
+            else torch.empty(0, dtype=torch.int64, device=x.device))
     cfg = launch_config(N)
     dim_blocks = triton.cdiv(dim, cfg.constexprs["BLOCK_D"])
     _state_update_kernel[(batch * dim_blocks,)](
-        work, x, dt, A, B, C, D, z, dt_bias, out, dim, N, dim // B.shape[1], dim_blocks,
+        work, x, dt, A, B, C, D, z, dt_bias, rows, out, dim, N, dim // B.shape[1], dim_blocks,
         work.stride(0), work.stride(1), x.stride(0), dt.stride(0), z.stride(0),
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), *flags,
         num_warps=cfg.num_warps, **cfg.constexprs)
     if work is not state:
         state.copy_(work)
-    return out
+    return out.to(out_dtype)

@@ -122,7 +122,7 @@ def test_float64_on_reference_and_torch_paths(backend):
     inputs = {k: v.double() if v is not None else None
               for k, v in _inputs(2, 9, 4, None, torch.float64).items()}
     if backend == "triton":
-        with pytest.raises(TypeError, match="x must have a floating dtype"):
+        with pytest.raises(TypeError, match="x must be float16, bfloat16 or float32 on the triton path"):
             _run(inputs, True, backend)
         return
     out, state = _run(inputs, True, backend)
@@ -140,16 +140,17 @@ def test_empty_batch_and_channels(backend):
         assert out.shape == (batch, dim) and state.shape == (batch, dim, 4)
 
 
-def test_inference_only_is_a_clear_error():
+def test_triton_under_autograd_is_a_clear_error():
     inputs = _inputs(2, 8, 4, None, torch.float32)
     inputs["A"].requires_grad_()
-    with pytest.raises(RuntimeError, match="inference-only.*A require grad.*torch.no_grad"):
-        selective_state_update(**inputs)
+    with pytest.raises(RuntimeError, match="no backward on the triton path.*A require grad.*"
+                                           "backend='torch'"):
+        selective_state_update(**inputs, backend="triton")
     with torch.no_grad():
-        assert selective_state_update(**inputs).shape == (2, 8)
+        assert selective_state_update(**inputs, backend="triton").shape == (2, 8)
     with torch.inference_mode():
         assert selective_state_update(**{k: v.clone() if v is not None else None
-                                         for k, v in inputs.items()}).shape == (2, 8)
+                                         for k, v in inputs.items()}, backend="triton").shape == (2, 8)
 
 
 def test_triton_limits_are_clear_errors():
@@ -158,14 +159,17 @@ def test_triton_limits_are_clear_errors():
         selective_state_update(**inputs, backend="triton")
     inputs = _inputs(1, 4, 3, None, torch.float32)
     inputs["state"] = inputs["state"].double()
-    with pytest.raises(TypeError, match="state must be float32 on the triton path"):
+    with pytest.raises(TypeError, match="state must be float16, bfloat16 or float32 on the triton path"):
         selective_state_update(**inputs, backend="triton")
 
 
 def test_every_launch_config_is_registered():
     from kernels import registered_kernels
     (entry,) = [e for e in registered_kernels() if e.op == "selective_state_update"]
-    assert set(entry.dtypes) == {"fp32", "fp16", "bf16"}
+    pairs = {tuple(dict(d)[k] for k in ("dtype", "state_dtype")) for d in entry.dtypes}
+    assert pairs == set(triton_kernels.DTYPE_PAIRS)
+    for x_dtype in ("fp32", "fp16", "bf16"):  # every input dtype with an fp32 and its own state
+        assert {(x_dtype, "fp32"), (x_dtype, x_dtype)} <= pairs
     for N in range(1, triton_kernels.MAX_STATE + 1):
         assert triton_kernels.launch_config(N) in entry.configs
 
@@ -210,11 +214,11 @@ def _with(**changes):
 
 
 BAD_INPUTS = [
-    ("x must be 2-D", _with(x=lambda t: t[None]), ValueError),
+    (r"x must be 2-D \(batch, dim\) or 3-D", _with(x=lambda t: t[None, None]), ValueError),
     ("dt must have the shape of x", _with(dt=lambda t: t[:, :5]), ValueError),
     ("z must have the shape of x", _with(z=lambda t: t[:1]), ValueError),
-    ("A must be 2-D", _with(A=lambda t: t[:, 0]), ValueError),
-    ("A must be 2-D", _with(A=lambda t: t[:5]), ValueError),
+    (r"A must be \(dim, N\) = \(8, N\)", _with(A=lambda t: t[:, 0]), ValueError),
+    (r"A must be \(dim, N\) = \(8, N\)", _with(A=lambda t: t[:5]), ValueError),
     ("state must have shape", _with(state=lambda t: t[:, :, :3]), ValueError),
     ("state must have shape", _with(state=lambda t: t[0]), ValueError),
     ("B must be", _with(B=lambda t: t[:, None, None]), ValueError),
@@ -225,9 +229,10 @@ BAD_INPUTS = [
      _with(B=lambda t: t[:, None].expand(2, 2, 4)), ValueError),
     ("D must have shape", _with(D=lambda t: t[:3]), ValueError),
     ("dt_bias must have shape", _with(dt_bias=lambda t: t[None]), ValueError),
-    ("dt has dtype", _with(dt=lambda t: t.double()), TypeError),
-    ("B has dtype", _with(B=lambda t: t.half()), TypeError),
-    ("state must be float32", _with(state=lambda t: t.bfloat16()), TypeError),
+    ("state must have a floating dtype", _with(state=lambda t: t.int()), TypeError),
+    ("dt must have a floating dtype", _with(dt=lambda t: t.long()), TypeError),
+    ("a larger state cache takes state_batch_indices", _with(state=lambda t: t.repeat(2, 1, 1)),
+     ValueError),
     ("x must have a floating dtype", _with(x=lambda t: t.long()), TypeError),
     ("C must be a torch.Tensor", _with(C=lambda t: t.numpy()), TypeError),
     ("z is on meta", _with(z=lambda t: t.to("meta")), ValueError),
@@ -240,5 +245,232 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("message,corrupt,error", BAD_INPUTS,
                          ids=[b[0][:24] + str(i) for i, b in enumerate(BAD_INPUTS)])
 def test_bad_input_is_named(message, corrupt, error):
+    with pytest.raises(error, match=message):
+        selective_state_update(**corrupt(_good()))
+
+
+# --- mamba_ssm parity: low-precision states, mixed dtypes, the heads layout, state_batch_indices,
+# gradients ------------------------------------------------------------------------------------
+
+ALL_BACKENDS = ["reference", "torch", "triton"]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("state_dtype,x_dtype", [(torch.bfloat16, torch.bfloat16),
+                                                 (torch.float16, torch.float16),
+                                                 (torch.bfloat16, torch.float32),
+                                                 (torch.float16, torch.bfloat16)], ids=str)
+def test_low_precision_state(state_dtype, x_dtype, backend):
+    """A bf16/fp16 state (mamba_ssm's inference cache in the model's dtype) is read, advanced in
+    float32 and written back in its own dtype."""
+    inputs = _inputs(3, 37, 5, None, x_dtype)
+    inputs["state"] = inputs["state"].to(state_dtype)
+    out, state = _run(inputs, True, backend)
+    ref_out, ref_state = _reference(inputs, True)
+    assert out.dtype == x_dtype and state.dtype == state_dtype
+    assert_close("out", out, ref_out, FORWARD_TOLERANCE[torch.bfloat16])
+    assert_close("state", state, ref_state, FORWARD_TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("x_dtype,dt_dtype,bc_dtype,z_dtype", [
+    (torch.bfloat16, torch.bfloat16, torch.float32, torch.bfloat16),  # fp32 B, C (mamba_ssm's)
+    (torch.float16, torch.float32, torch.float32, torch.float16),
+    (torch.float32, torch.bfloat16, torch.float16, torch.float32)], ids=str)
+def test_mixed_input_dtypes(x_dtype, dt_dtype, bc_dtype, z_dtype, backend):
+    inputs = _inputs(2, 36, 7, 3, torch.float32)
+    for key, dtype in (("x", x_dtype), ("dt", dt_dtype), ("B", bc_dtype), ("C", bc_dtype),
+                       ("z", z_dtype)):
+        inputs[key] = inputs[key].to(dtype)
+    out, state = _run(inputs, True, backend)
+    ref_out, ref_state = _reference(inputs, True)
+    assert out.dtype == x_dtype and state.dtype == torch.float32
+    tolerance = FORWARD_TOLERANCE[torch.bfloat16]
+    assert_close("out", out, ref_out, tolerance)
+    assert_close("state", state, ref_state, tolerance)
+
+
+def _heads_inputs(batch, heads, headdim, N, G, dtype=torch.float32, broadcast=True):
+    """The Mamba-2 layout as mamba_ssm's Mamba2.step builds it: A, dt, D, dt_bias per head,
+    expanded over headdim with stride 0 (``broadcast``), B and C per group of heads."""
+    bc_shape = (batch, N) if G is None else (batch, G, N)
+    per_head = (lambda t, shape: t[..., None].expand(*shape)) if broadcast else \
+        (lambda t, shape: t[..., None].expand(*shape).contiguous())
+    return {
+        "state": torch.randn(batch, heads, headdim, N),
+        "x": torch.randn(batch, heads, headdim).to(dtype),
+        "dt": per_head((torch.rand(batch, heads) - 0.5).to(dtype), (batch, heads, headdim)),
+        "A": per_head(-torch.rand(heads, 1) * 2, (heads, headdim, N)) if broadcast
+        else -torch.rand(heads, headdim, N) * 2,
+        "B": torch.randn(bc_shape).to(dtype),
+        "C": torch.randn(bc_shape).to(dtype),
+        "D": per_head(torch.randn(heads), (heads, headdim)),
+        "z": torch.randn(batch, heads, headdim).to(dtype),
+        "dt_bias": per_head(torch.rand(heads), (heads, headdim)),
+    }
+
+
+# (batch, nheads, headdim, N, G): headdim 1, groups of several heads, N straddling BLOCK_N.
+HEAD_SHAPES = [(2, 6, 5, 7, 3), (1, 4, 3, 16, None), (3, 2, 1, 5, 2), (2, 4, 9, 17, 1)]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("broadcast", [True, False])
+@pytest.mark.parametrize("shape", HEAD_SHAPES, ids=str)
+def test_heads_layout(shape, broadcast, backend):
+    inputs = _heads_inputs(*shape, broadcast=broadcast)
+    out, state = _run(inputs, True, backend)
+    assert out.shape == shape[:3] and state.shape == shape[:4]
+    ref_out, ref_state = _reference(inputs, True)
+    assert_close("out", out, ref_out, FORWARD_TOLERANCE[torch.float32])
+    assert_close("state", state, ref_state, STATE_TOLERANCE)
+
+
+def test_reference_heads_layout_is_mamba1_on_flattened_channels():
+    """Groups of heads are groups of channels head·headdim + j: the reference's two layouts
+    agree (in float64, to rounding)."""
+    batch, heads, headdim, N, G = 2, 6, 4, 5, 3
+    inputs = {k: v.double() for k, v in _heads_inputs(batch, heads, headdim, N, G).items()}
+    heads_state = inputs["state"].clone()
+    out = selective_state_update_reference(**dict(inputs, state=heads_state), dt_softplus=True)
+    flat = {k: inputs[k].flatten(1) for k in ("x", "dt", "z")}
+    flat.update(A=inputs["A"].flatten(0, 1), D=inputs["D"].flatten(), dt_bias=inputs["dt_bias"].flatten(),
+                B=inputs["B"], C=inputs["C"], state=inputs["state"].flatten(1, 2).clone())
+    flat_out = selective_state_update_reference(**flat, dt_softplus=True)
+    torch.testing.assert_close(out.flatten(1), flat_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(heads_state.flatten(1, 2), flat["state"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_heads_layout_state_that_is_not_a_view_of_channels(backend):
+    """A state whose (nheads, headdim) cannot be viewed as one channel axis (headdim-major
+    memory) is updated through a copy that is written back."""
+    inputs = _heads_inputs(2, 3, 4, 5, None)
+    inputs["state"] = torch.randn(2, 4, 3, 5).transpose(1, 2)
+    out, state = _run(inputs, True, backend)
+    ref_out, ref_state = _reference(inputs, True)
+    assert_close("out", out, ref_out, FORWARD_TOLERANCE[torch.float32])
+    assert_close("state", state, ref_state, STATE_TOLERANCE)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("layout", ["mamba1", "heads"])
+def test_state_batch_indices_update_their_rows_only(layout, index_dtype, backend):
+    inputs = (_inputs(3, 19, 6, None, torch.float32) if layout == "mamba1"
+              else _heads_inputs(3, 4, 3, 6, 2))
+    rows = torch.tensor([4, 0, 2], dtype=index_dtype)
+    cache = torch.randn(6, *inputs["state"].shape[1:])
+    before = cache.clone()
+    inputs["state"] = cache
+    ref_cache = cache.double().clone()
+    ref_inputs = {k: v.double() for k, v in inputs.items()}
+    ref_out = selective_state_update_reference(**dict(ref_inputs, state=ref_cache[rows.long()]),
+                                               dt_softplus=True)
+    ref_rows = ref_inputs["state"][rows.long()].clone()
+    selective_state_update_reference(**dict(ref_inputs, state=ref_rows), dt_softplus=True)
+    out = selective_state_update(**inputs, dt_softplus=True, state_batch_indices=rows, backend=backend)
+    assert_close("out", out, ref_out, FORWARD_TOLERANCE[torch.float32])
+    assert_close("updated rows", cache[rows.long()], ref_rows, STATE_TOLERANCE)
+    for untouched in (1, 3, 5):
+        assert torch.equal(cache[untouched], before[untouched])
+
+
+def _step_outputs(backend, layout, with_indices):
+    """A function of the inputs giving (out, new state) of one step, then a second step's out,
+    for gradcheck: the state is stepped through a clone, as a caller would."""
+    def run(state, x, dt, A, B, C, D, z, dt_bias):
+        state = state.clone()
+        kwargs = {}
+        if with_indices:
+            kwargs["state_batch_indices"] = torch.tensor([2, 0], dtype=torch.int32)
+        args = (x, dt, A, B, C, D, z, dt_bias)
+        out = selective_state_update(state, *args, dt_softplus=True, backend=backend, **kwargs)
+        second = selective_state_update(state, *args, dt_softplus=True, backend=backend, **kwargs)
+        return out, state, second
+    return run
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("layout,with_indices", [("mamba1", False), ("heads", False),
+                                                 ("mamba1", True)])
+def test_gradients_in_float64(layout, with_indices, backend):
+    """With grad mode on the step is differentiable in every input, the state before it included,
+    and gradients flow from the state after it (through a second step)."""
+    if layout == "mamba1":
+        inputs = _inputs(2, 6, 3, 2, torch.float64)
+    else:
+        inputs = _heads_inputs(2, 4, 2, 3, 2, broadcast=False)
+    if with_indices:
+        inputs["state"] = torch.randn(3, *inputs["state"].shape[1:])
+    names = ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias")
+    args = [inputs[k].double().detach().requires_grad_() for k in names]
+    assert torch.autograd.gradcheck(_step_outputs(backend, layout, with_indices), args)
+
+
+def test_torch_path_gradients_match_reference_in_float32():
+    inputs = _heads_inputs(2, 4, 3, 5, 2)
+    names = ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias")
+    grads = {}
+    for backend in ("reference", "torch"):
+        args = [inputs[k].detach().clone().requires_grad_() for k in names]
+        out, state, second = _step_outputs(backend, "heads", False)(*args)
+        (out.square().sum() + state.sin().sum() + second.sum()).backward()
+        grads[backend] = [a.grad for a in args]
+    for name, got, want in zip(names, grads["torch"], grads["reference"]):
+        assert_close(f"grad {name}", got, want, 1e-4)
+
+
+def test_leaf_state_requiring_grad_is_a_clear_error():
+    inputs = _inputs(2, 8, 4, None, torch.float32)
+    inputs["state"].requires_grad_()
+    for backend in ALL_BACKENDS:
+        with pytest.raises(RuntimeError, match="state is a leaf tensor that requires grad.*clone"):
+            selective_state_update(**inputs, backend=backend)
+
+
+def _good_heads():
+    return _heads_inputs(2, 4, 3, 5, 2)
+
+
+def _indices(values, dtype=torch.int64, device="cpu"):
+    return lambda inputs: dict(inputs, state_batch_indices=torch.tensor(values, dtype=dtype,
+                                                                         device=device))
+
+
+BAD_HEADS_INPUTS = [
+    ("dt must have the shape of x", _with(dt=lambda t: t[:, :, :2])),
+    (r"A must be \(nheads, headdim, N\) = \(4, 3, N\)", _with(A=lambda t: t[:, 0])),
+    (r"state must have shape \(batch, nheads, headdim, N\) = \(2, 4, 3, 5\)",
+     _with(state=lambda t: t[:, :, :2])),
+    ("B has 3 groups, which do not divide nheads=4",
+     _with(B=lambda t: t[:, :1].expand(2, 3, 5), C=lambda t: t[:, :1].expand(2, 3, 5))),
+    (r"D must have shape \(nheads, headdim\) = \(4, 3\)", _with(D=lambda t: t[:, 0])),
+    (r"dt_bias must have shape \(nheads, headdim\)", _with(dt_bias=lambda t: t.flatten())),
+]
+
+
+@pytest.mark.parametrize("message,corrupt", BAD_HEADS_INPUTS,
+                         ids=[b[0][:24] + str(i) for i, b in enumerate(BAD_HEADS_INPUTS)])
+def test_bad_heads_input_is_named(message, corrupt):
+    with pytest.raises(ValueError, match=message):
+        selective_state_update(**corrupt(_good_heads()))
+
+
+BAD_INDICES = [
+    ("state_batch_indices must be int32 or int64", _indices([0.0, 1.0], torch.float32), TypeError),
+    (r"state_batch_indices must have shape \(batch,\) = \(2,\)", _indices([0, 1, 2]), ValueError),
+    (r"state_batch_indices must lie in \[0, 2\).*from 0 to 2", _indices([0, 2]), ValueError),
+    (r"state_batch_indices must lie in \[0, 2\).*from -1 to 0", _indices([-1, 0]), ValueError),
+    ("state_batch_indices must not repeat an index", _indices([1, 1]), ValueError),
+    ("state_batch_indices is on meta", _indices([0, 1], device="meta"), ValueError),
+    ("state_batch_indices must be a torch.Tensor", lambda i: dict(i, state_batch_indices=[0, 1]),
+     TypeError),
+]
+
+
+@pytest.mark.parametrize("message,corrupt,error", BAD_INDICES,
+                         ids=[b[0][20:44] + str(i) for i, b in enumerate(BAD_INDICES)])
+def test_bad_state_batch_indices_are_named(message, corrupt, error):
     with pytest.raises(error, match=message):
         selective_state_update(**corrupt(_good()))
