@@ -100,12 +100,18 @@ class Mamba(nn.Module):
     def _A(self) -> torch.Tensor:
         return -torch.exp(_at_least_fp32(self.A_log))
 
-    def forward(self, hidden_states: torch.Tensor, inference_params=None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, inference_params=None,
+                seq_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """hidden_states (batch, L, d_model) → (batch, L, d_model).
 
         With ``inference_params`` (mamba_ssm's ``InferenceParams``: ``key_value_memory_dict`` and
         ``seqlen_offset``), a prompt (offset 0) also fills this layer's conv and SSM states, and a
         later call (offset > 0, one token) is a ``step`` on them.
+
+        ``seq_idx`` (int32 (batch, L), non-decreasing along each row) packs several sequences into
+        one row: it goes to ``causal_conv1d`` and ``selective_scan``, so each sequence's output
+        and gradients equal those of the block run on it alone. With a prompt, the states filled
+        are those of each row's last sequence, which later steps continue.
         """
         batch, length, _ = hidden_states.shape
         conv_state = ssm_state = None
@@ -119,10 +125,11 @@ class Mamba(nn.Module):
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         x, z = xz.chunk(2, dim=1)
-        if conv_state is not None:
-            conv_state.copy_(F.pad(x, (self.d_conv - length, 0)))  # the last d_conv inputs
+        if conv_state is not None:  # the last d_conv inputs (of the row's last sequence)
+            last_inputs = x if seq_idx is None else x * (seq_idx == seq_idx[:, -1:])[:, None, :]
+            conv_state.copy_(F.pad(last_inputs, (self.d_conv - length, 0)))
         x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation,
-                          backend=self.backend)
+                          backend=self.backend, seq_idx=seq_idx)
         x_dbl = self.x_proj(x.transpose(1, 2).reshape(batch * length, self.d_inner))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (self.dt_proj.weight @ dt.t()).unflatten(1, (batch, length)).transpose(0, 1)
@@ -130,7 +137,8 @@ class Mamba(nn.Module):
         C = C.unflatten(0, (batch, length)).transpose(1, 2).contiguous()
         y = selective_scan(x, dt, self._A(), B, C, _at_least_fp32(self.D), z=z,
                            delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True,
-                           return_last_state=ssm_state is not None, backend=self.backend)
+                           return_last_state=ssm_state is not None, backend=self.backend,
+                           seq_idx=seq_idx)
         if ssm_state is not None:
             y, last_state = y
             ssm_state.copy_(last_state)

@@ -3,7 +3,9 @@
 There is no Triton kernel of this op: on the GPU path (backend "triton", which auto picks for CUDA
 tensors) the ``causal_conv1d`` package's CUDA kernels run when it is installed (the ``cuda`` extra)
 and support the call (widths 2 to 4, fp32/fp16/bf16; for the step, a state of exactly W inputs);
-every other call takes the project's torch path, with the same results.
+every other call takes the project's torch path, with the same results. The package reads
+``seq_idx`` (packed sequences) only in the channel-last layout (x of stride 1 along dim); a call
+with ``seq_idx`` on any other layout takes the torch path.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 
 from .._checks import KERNEL_DTYPES, check_same, check_tensor
 from .._dispatch import resolve_backend
+from .._seq_idx import check_seq_idx
 from .reference import causal_conv1d_reference, causal_conv1d_update_reference
 from .torch_path import causal_conv1d_torch, causal_conv1d_update_torch
 
@@ -35,6 +38,12 @@ def _package_supports(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     return (x.is_cuda and weight.shape[1] in PACKAGE_WIDTHS
             and x.dtype in KERNEL_DTYPES and weight.dtype in KERNEL_DTYPES
             and (bias is None or bias.dtype in KERNEL_DTYPES) and _cuda_package() is not None)
+
+
+def _package_takes_seq_idx(x: torch.Tensor, seq_idx: Optional[torch.Tensor]) -> bool:
+    """Whether the package's kernels can take this call's ``seq_idx``: they read it only for a
+    channel-last x (stride 1 along dim; (batch, L, dim) memory seen as (batch, dim, L))."""
+    return seq_idx is None or (x.stride(1) == 1 and x.stride(2) != 1)
 
 
 def _check_common(x, weight, bias, activation, x_rank: int, x_shape: str) -> bool:
@@ -59,7 +68,8 @@ def _check_common(x, weight, bias, activation, x_rank: int, x_shape: str) -> boo
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                  activation: Optional[str] = None, backend: Optional[str] = None) -> torch.Tensor:
+                  activation: Optional[str] = None, backend: Optional[str] = None,
+                  seq_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Depthwise causal convolution of the Mamba block (``causal_conv1d_fn`` of the
     ``causal_conv1d`` package).
 
@@ -70,23 +80,30 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         bias: (dim,) optional.
         activation: None, or "silu" (alias "swish") applied to the result.
         backend: "auto", "reference", "torch" or "triton" (see the module docstring).
+        seq_idx: optional int32 (batch, L), non-decreasing along each row: several sequences
+            packed into one row (see ``kernels._seq_idx``). Inputs of another sequence count as
+            zero, so each sequence's outputs and gradients equal those of a separate call.
 
     Returns:
         (batch, dim, L) in x's dtype: y[:, :, t] = bias + Σ_k weight[:, k]·x[:, :, t − (W − 1) + k],
-        x being zero before the start. Differentiable in x, weight and bias.
+        x being zero before the start (and, with seq_idx, outside the sequence of t).
+        Differentiable in x, weight and bias.
 
     Example:
         >>> causal_conv1d(torch.randn(2, 64, 100), torch.randn(64, 4), activation="silu").shape
         torch.Size([2, 64, 100])
     """
     silu = _check_common(x, weight, bias, activation, 3, "(batch, dim, L)")
+    check_seq_idx(seq_idx, x.shape[0], x.shape[2], x.device)
     chosen = resolve_backend(backend, x.device, "causal_conv1d")
     if chosen == "reference":
-        return causal_conv1d_reference(x, weight, bias, activation)
-    if chosen == "triton" and _package_supports(x, weight, bias):
+        return causal_conv1d_reference(x, weight, bias, activation, seq_idx)
+    if chosen == "triton" and _package_supports(x, weight, bias) and _package_takes_seq_idx(x, seq_idx):
         bias = bias.to(weight.dtype) if bias is not None else None
-        return _cuda_package().causal_conv1d_fn(x, weight, bias, activation="silu" if silu else None)
-    return causal_conv1d_torch(x, weight, bias, silu)
+        packed = {} if seq_idx is None else {"seq_idx": seq_idx}
+        return _cuda_package().causal_conv1d_fn(x, weight, bias, activation="silu" if silu else None,
+                                                **packed)
+    return causal_conv1d_torch(x, weight, bias, silu, seq_idx)
 
 
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,

@@ -3,6 +3,10 @@
 ``F.conv1d`` with groups = dim pads W − 1 zeros on both sides; the first L outputs are the causal
 ones. fp16 and bf16 inputs are computed in fp32 (as the ``causal_conv1d`` CUDA package does) and
 cast back, so the two implementations agree.
+
+With ``seq_idx`` (packed sequences) the convolution is a masked sum over the W taps instead: the
+(batch, dim, L, W) windows of x (``unfold``, a view), times a (batch, L, W) mask that keeps the taps
+in the output's own sequence, contracted with the weight by ``einsum``.
 """
 from __future__ import annotations
 
@@ -14,12 +18,20 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def causal_conv1d_torch(x, weight, bias, silu):
-    """x (batch, dim, L), weight (dim, W), bias (dim,) or None → (batch, dim, L) in x's dtype."""
+def causal_conv1d_torch(x, weight, bias, silu, seq_idx=None):
+    """x (batch, dim, L), weight (dim, W), bias (dim,) or None, seq_idx (batch, L) int32 or None →
+    (batch, dim, L) in x's dtype."""
     compute = _compute_dtype(x, weight)
     dim, width = weight.shape
     if x.numel() == 0:  # nothing to convolve (F.conv1d rejects groups=0 and empty sequences)
         return x.clone()
+    if seq_idx is not None:
+        windows = F.pad(x.to(compute), (width - 1, 0)).unfold(2, width, 1)
+        same = F.pad(seq_idx, (width - 1, 0)).unfold(1, width, 1) == seq_idx[:, :, None]
+        y = torch.einsum("bdlw,blw,dw->bdl", windows, same.to(compute), weight.to(compute))
+        if bias is not None:
+            y = y + bias.to(compute)[:, None]
+        return (F.silu(y) if silu else y).to(x.dtype)
     y = F.conv1d(x.to(compute), weight.to(compute).unsqueeze(1),
                  bias.to(compute) if bias is not None else None, padding=width - 1, groups=dim)
     y = y[..., :x.shape[2]]
