@@ -1,6 +1,7 @@
 """``selective_scan``: input checks and backend dispatch (Mamba-1 selective scan, real A)."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -18,9 +19,10 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state):
                                     ("initial_state", initial_state)) if t is not None]
     for name, t in optional:
         check_tensor(name, t)
-    check_same(("u", "delta", "B", "C") + (("z",) if z is not None else ()),
-               (u, delta, B, C) + ((z,) if z is not None else ()))
-    devices = [("A", A)] + [(n, t) for n, t in optional if n != "z"]
+    check_same(("u", "delta") + (("z",) if z is not None else ()),
+               (u, delta) + ((z,) if z is not None else ()))
+    # B and C may have their own dtype (fp32 B, C with bf16 u, as selective_scan_fn takes them).
+    devices = [("A", A), ("B", B), ("C", C)] + [(n, t) for n, t in optional if n != "z"]
     for name, t in devices:
         if t.device != u.device:
             raise ValueError(f"{name} is on {t.device} but u is on {u.device}; pass tensors on one device")
@@ -38,15 +40,44 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state):
         raise TypeError("A must be real; complex A is not supported")
     state = A.shape[1]
     for name, t in (("B", B), ("C", C)):
-        check_grouped(name, t, batch, dim, (state, length), "N, L")
-    if B.dim() != C.dim() or (B.dim() == 4 and B.shape[1] != C.shape[1]):
-        raise ValueError(f"B and C must have the same groups, got shapes {tuple(B.shape)} and {tuple(C.shape)}")
+        if t.dim() == 2:  # constant over batch and time, per channel (mamba_ssm's is_variable_B)
+            if tuple(t.shape) != (dim, state):
+                raise ValueError(f"{name} must be (dim, N) = ({dim}, {state}) when 2-D (constant over "
+                                 f"batch and time), got shape {tuple(t.shape)}")
+        else:
+            check_grouped(name, t, batch, dim, (state, length), "N, L")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and tuple(t.shape) != (dim,):
             raise ValueError(f"{name} must have shape (dim,) = ({dim},), got {tuple(t.shape)}")
     if initial_state is not None and tuple(initial_state.shape) != (batch, dim, state):
         raise ValueError(f"initial_state must have shape (batch, dim, N) = ({batch}, {dim}, {state}), "
                          f"got {tuple(initial_state.shape)}")
+
+
+def _common_groups(B: torch.Tensor, C: torch.Tensor, batch: int, dim: int, length: int):
+    """B and C as (batch, G, N, L) with one G, the layout every backend's kernel reads: a constant
+    (dim, N) one as one group per channel (a stride-0 view over batch and time), a 3-D one as one
+    group, and both at the least common multiple of their group counts (a divisor of dim). Views
+    where possible; autograd sums the gradients of broadcast copies back."""
+    def groups(t):
+        return dim if t.dim() == 2 else 1 if t.dim() == 3 else t.shape[1]
+
+    if B.dim() == C.dim() != 2 and groups(B) == groups(C):
+        return B, C  # already one layout (the usual call): passed on untouched
+    common = math.lcm(groups(B), groups(C))
+
+    def regroup(t):
+        if t.dim() == 2:
+            t = t[None, :, :, None].expand(batch, dim, t.shape[1], length)
+        elif t.dim() == 3:
+            t = t.unsqueeze(1)
+        if t.shape[1] == common:
+            return t
+        if t.shape[1] == 1:
+            return t.expand(batch, common, *t.shape[2:])
+        return t.repeat_interleave(common // t.shape[1], dim=1)
+
+    return regroup(B), regroup(C)
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -59,12 +90,21 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Args:
         u, delta: (batch, dim, L) input and time step Δ; z (optional) the same shape, the gate.
         A: (dim, N) real state matrix (negative for a stable scan).
-        B, C: (batch, N, L), or (batch, G, N, L) with G groups dividing dim.
+        B, C: each (batch, N, L), (batch, G, N, L) with G groups dividing dim, or (dim, N), constant
+            over batch and time (mamba_ssm's non-variable B, C); B and C may differ in layout and
+            groups, and in dtype from u (e.g. fp32 B, C with bf16 u). The scan runs in float32
+            (float64 for float64 u); the triton kernels read B and C in u's dtype, so they are
+            cast to it there. A constant or differently grouped B, C reaches the torch and triton
+            kernels broadcast to one group count G (the lcm of the two; dim for a constant one),
+            as those kernels read B and C per group and time step: they copy it to (batch, G, N,
+            L), up to N times u's size.
         D, delta_bias: (dim,) optional skip weight and Δ bias.
         delta_softplus: apply softplus to Δ (+ bias).
         return_last_state: also return h at the last step, (batch, dim, N), float32.
         initial_state: optional h before the first step, (batch, dim, N); gradients flow through it
             and through the returned last state, so a long sequence can be scanned in chunks.
+            This is the one intended difference from ``selective_scan_fn``, whose backward ignores
+            the gradient of the last state: here a loss on ``last_state`` reaches every input.
         backend: "auto", "reference", "torch" or "triton" (see ``kernels._dispatch``).
         seq_idx: optional int32 (batch, L), non-decreasing along each row: several sequences
             packed into one row (see ``kernels._seq_idx``). The state restarts from zero where
@@ -79,6 +119,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     check_seq_idx(seq_idx, u.shape[0], u.shape[2], u.device)
     chosen = resolve_backend(backend, u.device, "selective_scan")
+    B, C = _common_groups(B, C, *u.shape)
+    if chosen == "triton":  # its kernels read B and C in u's dtype
+        B, C = B.to(u.dtype), C.to(u.dtype)
     args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
     if chosen == "reference":
         out, last = selective_scan_reference(*args[:9], return_last_state=True, initial_state=initial_state,

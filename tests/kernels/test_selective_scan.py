@@ -107,7 +107,7 @@ BAD_INPUTS = [
     ("B must be", lambda t: dict(B=t["B"][0]), ValueError),
     ("C must have shape", lambda t: dict(C=t["C"][:, :2]), ValueError),
     ("B has 3 groups, which do not divide dim=4", lambda t: dict(B=torch.randn(2, 3, 3, 7), C=torch.randn(2, 3, 3, 7)), ValueError),
-    ("B and C must have the same groups", lambda t: dict(B=torch.randn(2, 2, 3, 7)), ValueError),
+    (r"C must be \(dim, N\) = \(4, 3\) when 2-D", lambda t: dict(C=torch.randn(3, 4)), ValueError),
     ("D must have shape", lambda t: dict(D=torch.randn(5)), ValueError),
     ("delta_bias must have shape", lambda t: dict(delta_bias=torch.randn(4, 1)), ValueError),
     ("initial_state must have shape", lambda t: dict(initial_state=torch.randn(2, 4, 2)), ValueError),
