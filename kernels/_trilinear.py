@@ -8,7 +8,15 @@ They reproduce ATen's ``GridSampler.h`` for ``mode="bilinear"`` on 5-D inputs, o
   ``BORDER`` padding the index is clamped to [0, size − 1] (``clip_coordinates``). It also returns
   d index / d c, which is 0 where the clamp is active: index <= 0 or index >= size − 1, the
   bounds themselves counting as outside, as ``clip_coordinates_set_grad`` does (so a point
-  exactly on the border gets a zero grid gradient, like ``F.grid_sample``).
+  exactly on the border gets a zero grid gradient, like ``F.grid_sample``), and whether the index
+  is a number (not NaN).
+- NaN and ±inf coordinates follow ``F.grid_sample`` on CPU. ±inf is clamped to a bound with
+  ``BORDER`` and lies outside the volume (contributes 0) with zeros padding. A NaN index (a NaN
+  coordinate, or inf · 0 when ``ALIGN_CORNERS`` and size is 1) lies outside with zeros padding;
+  with ``BORDER`` ATen's forward clamps it to size − 1 (``std::min(size − 1, std::max(NaN, 0))``)
+  while its backward (``clip_coordinates_set_grad`` keeps the NaN) treats the point as outside:
+  no gradient reaches the input or any of the point's three coordinates. The backward kernels
+  reproduce that by zeroing the incoming gradient of a point whose index is NaN.
 - ``trilinear_corners`` takes fp32 source indices x, y, z (as ``source_index`` returns them) and
   returns, for the 8 corners of the cell holding the point, the spatial offset ``z·H·W + y·W + x``
   (int64), the trilinear weight and the in-bounds mask; corners outside the volume are masked
@@ -24,7 +32,8 @@ import triton.language as tl
 
 @triton.jit
 def source_index(coord, size, ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr):
-    """fp32 normalized coordinates, the axis size (int) → (fp32 source index, d index / d coord)."""
+    """fp32 normalized coordinates, the axis size (int) → (fp32 source index, d index / d coord,
+    index is a number). With ``BORDER`` a NaN index becomes size − 1, as in ATen's forward."""
     if ALIGN_CORNERS:
         scale = (size - 1) * 0.5
         index = (coord + 1.0) * scale
@@ -32,19 +41,21 @@ def source_index(coord, size, ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr)
         scale = size * 0.5
         index = ((coord + 1.0) * size - 1.0) * 0.5
     grad = tl.zeros_like(coord) + scale
+    defined = index == index
     if BORDER:
         limit = (size - 1) * 1.0
         grad = tl.where((index <= 0.0) | (index >= limit), 0.0, grad)
-        index = tl.minimum(tl.maximum(index, 0.0), limit)
-    return index, grad
+        index = tl.where(defined, tl.minimum(tl.maximum(index, 0.0), limit), limit)
+    return index, grad, defined
 
 
 @triton.jit
 def axis_cell(index, size):
     """fp32 source index → (floor as int32, fraction in [0, 1)). Indices far outside the volume
     are first clamped to [−2, size + 1], which keeps both corners outside (so the result is the
-    same) and keeps the int32 conversion in range."""
-    index = tl.minimum(tl.maximum(index, -2.0), size + 1.0)
+    same) and keeps the int32 conversion in range; a NaN index goes to −2 (outside, as ATen's
+    ``safe_downgrade_to_int_range`` sends it to −100)."""
+    index = tl.where(index == index, tl.minimum(tl.maximum(index, -2.0), size + 1.0), -2.0)
     low = tl.floor(index)
     return low.to(tl.int32), index - low
 

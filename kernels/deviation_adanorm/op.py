@@ -56,6 +56,9 @@ class DeviationAdaNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, scale, shift, eps, backend):
+        if scale.numel() == 0:  # an empty Δ depends on nothing: no launch, zero gradients
+            ctx.save_for_backward(v, scale)
+            return torch.zeros_like(scale)
         out, mean, rstd = _forward_op(v, scale, shift, eps, backend)
         ctx.save_for_backward(v, scale, mean, rstd)
         ctx.backend = backend
@@ -63,6 +66,9 @@ class DeviationAdaNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if grad_out.numel() == 0:
+            v, scale = ctx.saved_tensors
+            return torch.zeros_like(v), torch.zeros_like(scale), torch.zeros_like(scale), None, None
         v, scale, mean, rstd = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         grad_v, grad_scale = _backward_op(grad_out, v, scale, mean, rstd, ctx.backend)
@@ -120,7 +126,5 @@ def deviation_adanorm(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
         if v.shape[2] > _triton_module().MAX_G:
             raise ValueError(f"v has G={v.shape[2]} features; the triton kernel holds a row in "
                              f"registers and takes G <= {_triton_module().MAX_G}; use backend='torch'")
-    if scale.numel() == 0:
-        return torch.empty_like(scale)
     return DeviationAdaNormFunction.apply(v.contiguous(), scale.contiguous(), shift.contiguous(),
                                           eps, chosen)

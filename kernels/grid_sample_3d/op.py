@@ -148,7 +148,12 @@ def grid_sample_3d(input: torch.Tensor, grid: torch.Tensor, padding_mode: str = 
             outer edges (PyTorch's meaning).
         backend: "auto" (default), "reference", "torch" or "triton"; see ``kernels._dispatch``.
             The triton backward accumulates grad_input with atomic adds: it raises under
-            ``torch.use_deterministic_algorithms(True)`` when input needs a gradient.
+            ``torch.use_deterministic_algorithms(True)`` (warns with ``warn_only=True``) when
+            input needs a gradient.
+
+    NaN and ±inf grid coordinates give what ``F.grid_sample`` gives on CPU on every backend (see
+    ``kernels/_trilinear.py``); empty tensors (N, C or Do·Ho·Wo of 0) give empty outputs and
+    gradients.
 
     Returns:
         (N, C, Do, Ho, Wo) in input's dtype.

@@ -15,6 +15,12 @@ Plain PyTorch ops, so autograd gives the gradients for input and grid (floor has
 on an integer source index the one-sided derivative ATen uses comes out; the border clamp passes
 it strictly inside (0, size − 1) only, as ATen's clip_coordinates_set_grad does);
 ``gradcheck`` in float64 proves it in the tests.
+
+Non-finite source indices follow F.grid_sample on CPU: ±inf is clamped with "border" and lies
+outside with "zeros" (ATen's safe_downgrade_to_int_range sends it to −100, as it does a NaN).
+A NaN index with "border" is where ATen disagrees with itself: its forward clamps it to size − 1
+(std::min(size − 1, std::max(NaN, 0))), its backward sees the point outside, so that point's
+output is sampled at size − 1 and passes no gradient to input or grid.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import torch
 
 def source_index(coord: torch.Tensor, size: int, align_corners: bool, border: bool) -> torch.Tensor:
     """Normalized coordinate -> source index along one axis, as F.grid_sample computes it
-    ("border": clamped to [0, size - 1])."""
+    ("border": clamped to [0, size - 1]) for finite coordinates; NaN stays NaN."""
     if align_corners:
         index = (coord + 1) / 2 * (size - 1)
     else:
@@ -34,18 +40,28 @@ def source_index(coord: torch.Tensor, size: int, align_corners: bool, border: bo
     return index
 
 
+def _sampled_index(coord: torch.Tensor, size: int, align_corners: bool, border: bool):
+    """``source_index`` with ATen's rules for what is not a number: a NaN index becomes size - 1
+    with "border"; then ±inf and NaN become -100 (outside). Returns (index, index was NaN)."""
+    index = source_index(coord, size, align_corners, border)
+    undefined = index.isnan()
+    if border:
+        index = torch.where(undefined, size - 1.0, index)
+    return torch.where(index.isfinite(), index, -100.0), undefined
+
+
 def grid_sample_3d_reference(input: torch.Tensor, grid: torch.Tensor, padding_mode: str = "zeros",
                              align_corners: bool = False) -> torch.Tensor:
     """input (N, C, D, H, W), grid (N, Do, Ho, Wo, 3) in (x, y, z) → (N, C, Do, Ho, Wo)."""
     compute = torch.promote_types(input.dtype, torch.float32)
     volume, points = input.to(compute), grid.to(compute)
     N, C, D, H, W = volume.shape
-    out_shape = grid.shape[1:4]
+    out_shape = Do, Ho, Wo = grid.shape[1:4]
     border = padding_mode == "border"
-    points = points.reshape(N, 1, -1, 3)
-    ix = source_index(points[..., 0], W, align_corners, border)
-    iy = source_index(points[..., 1], H, align_corners, border)
-    iz = source_index(points[..., 2], D, align_corners, border)
+    points = points.reshape(N, 1, Do * Ho * Wo, 3)
+    ix, x_undefined = _sampled_index(points[..., 0], W, align_corners, border)
+    iy, y_undefined = _sampled_index(points[..., 1], H, align_corners, border)
+    iz, z_undefined = _sampled_index(points[..., 2], D, align_corners, border)
     x0, y0, z0 = ix.floor(), iy.floor(), iz.floor()
     flat = volume.reshape(N, C, D * H * W)
     out = volume.new_zeros(N, C, points.shape[2])
@@ -58,4 +74,6 @@ def grid_sample_3d_reference(input: torch.Tensor, grid: torch.Tensor, padding_mo
                 index = torch.where(inside, (k * H + j) * W + i, torch.zeros_like(i)).long()
                 values = torch.gather(flat, 2, index.expand(N, C, -1))
                 out = out + torch.where(inside, weight, torch.zeros_like(weight)) * values
+    # ATen's backward sees a NaN point outside the volume: no gradient from it
+    out = torch.where(x_undefined | y_undefined | z_undefined, out.detach(), out)
     return out.reshape(N, C, *out_shape).to(input.dtype)

@@ -38,15 +38,15 @@ from .._trilinear import axis_cell, source_index, trilinear_corners
 @triton.jit
 def _source_indices(grid_ptr, at, in_range, D, H, W, ALIGN_CORNERS: tl.constexpr,
                     BORDER: tl.constexpr):
-    """Source indices of the grid points at ``at`` (x along W, y along H, z along D) and their
-    derivatives with respect to the normalized coordinates."""
-    x, dx = source_index(tl.load(grid_ptr + at, mask=in_range, other=0.0).to(tl.float32),
-                         W, ALIGN_CORNERS, BORDER)
-    y, dy = source_index(tl.load(grid_ptr + at + 1, mask=in_range, other=0.0).to(tl.float32),
-                         H, ALIGN_CORNERS, BORDER)
-    z, dz = source_index(tl.load(grid_ptr + at + 2, mask=in_range, other=0.0).to(tl.float32),
-                         D, ALIGN_CORNERS, BORDER)
-    return x, dx, y, dy, z, dz
+    """Source indices of the grid points at ``at`` (x along W, y along H, z along D), their
+    derivatives with respect to the normalized coordinates, and whether all three are numbers."""
+    x, dx, x_defined = source_index(
+        tl.load(grid_ptr + at, mask=in_range, other=0.0).to(tl.float32), W, ALIGN_CORNERS, BORDER)
+    y, dy, y_defined = source_index(
+        tl.load(grid_ptr + at + 1, mask=in_range, other=0.0).to(tl.float32), H, ALIGN_CORNERS, BORDER)
+    z, dz, z_defined = source_index(
+        tl.load(grid_ptr + at + 2, mask=in_range, other=0.0).to(tl.float32), D, ALIGN_CORNERS, BORDER)
+    return x, dx, y, dy, z, dz, x_defined & y_defined & z_defined
 
 
 @triton.jit
@@ -55,10 +55,10 @@ def _grid_sample_3d_fwd_kernel(input_ptr, grid_ptr, out_ptr, C, D, H, W, P,
                                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """out[n, :, p] for BLOCK_P points p of batch element n = program_id(1)."""
     n = tl.program_id(1).to(tl.int64)
-    points = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    points = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     in_range = points < P
-    x, _, y, _, z, _ = _source_indices(grid_ptr, (n * P + points) * 3, in_range, D, H, W,
-                                       ALIGN_CORNERS, BORDER)
+    x, _, y, _, z, _, _ = _source_indices(grid_ptr, (n * P + points) * 3, in_range, D, H, W,
+                                          ALIGN_CORNERS, BORDER)
     offsets, weights, masks = trilinear_corners(x, y, z, D, H, W)
     volume = input_ptr + n * C * D * H * W
     for c0 in range(0, C, BLOCK_C):
@@ -82,10 +82,11 @@ def _grid_sample_3d_bwd_kernel(grad_out_ptr, input_ptr, grid_ptr, grad_input_ptr
                                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """grad_input (fp32, zeroed, atomically accumulated) and grad_grid for BLOCK_P points."""
     n = tl.program_id(1).to(tl.int64)
-    points = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    points = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     in_range = points < P
     at = (n * P + points) * 3
-    x, dx, y, dy, z, dz = _source_indices(grid_ptr, at, in_range, D, H, W, ALIGN_CORNERS, BORDER)
+    x, dx, y, dy, z, dz, defined = _source_indices(grid_ptr, at, in_range, D, H, W, ALIGN_CORNERS,
+                                                   BORDER)
     offsets, weights, masks = trilinear_corners(x, y, z, D, H, W)
     _, fx = axis_cell(x, W)
     _, fy = axis_cell(y, H)
@@ -102,6 +103,8 @@ def _grid_sample_3d_bwd_kernel(grad_out_ptr, input_ptr, grid_ptr, grad_input_ptr
         tile = (channels < C)[:, None] & in_range[None, :]
         out_at = (n * C + channels.to(tl.int64))[:, None] * P + points[None, :]
         grad_out = tl.load(grad_out_ptr + out_at, mask=tile, other=0.0).to(tl.float32)
+        if BORDER:  # a NaN point: forward read the border, backward sees it outside (as ATen)
+            grad_out = tl.where(defined[None, :], grad_out, 0.0)
         channel_at = (voxels + channels.to(tl.int64) * D * H * W)[:, None]
         for i in tl.static_range(8):
             corner = tile & masks[i][None, :]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Tuple, Union
 
 import torch
@@ -37,21 +38,38 @@ def _(feature, logits, displacement, mask, beta, padding_mode, align_corners, ba
 @custom_op("mim::region_softmax_warp_bwd", mutates_args=())
 def _backward_op(grad_out: torch.Tensor, feature: torch.Tensor, logits: torch.Tensor,
                  displacement: torch.Tensor, mask: torch.Tensor, beta: torch.Tensor,
-                 padding_mode: str, align_corners: bool, backend: str
+                 padding_mode: str, align_corners: bool, backend: str, feature_grad: bool
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_feature, grad_logits, grad_displacement, grad_mask, grad_beta), all recomputed from
-    the inputs."""
+    the inputs; grad_feature has 0 elements when feature_grad is False."""
     if backend == "triton":
         return _triton_module().warp_backward_triton(grad_out, feature, logits, displacement, mask,
-                                                     beta, padding_mode, align_corners)
+                                                     beta, padding_mode, align_corners, feature_grad)
     return warp_backward_torch(grad_out, feature, logits, displacement, mask, beta, padding_mode,
-                               align_corners)
+                               align_corners, feature_grad)
 
 
 @_backward_op.register_fake
-def _(grad_out, feature, logits, displacement, mask, beta, padding_mode, align_corners, backend):
-    return (torch.empty_like(feature), torch.empty_like(logits), torch.empty_like(displacement),
-            torch.empty_like(mask), torch.empty_like(beta))
+def _(grad_out, feature, logits, displacement, mask, beta, padding_mode, align_corners, backend,
+      feature_grad):
+    return (feature.new_empty(feature.shape if feature_grad else (0,)), torch.empty_like(logits),
+            torch.empty_like(displacement), torch.empty_like(mask), torch.empty_like(beta))
+
+
+def _check_deterministic() -> None:
+    """The triton feature gradient sums by atomic adds; behave as PyTorch does for its own such
+    ops (and as grid_sample_3d does)."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = ("region_softmax_warp backward on the triton backend accumulates the feature gradient "
+               "with atomic adds and is not deterministic, but torch.use_deterministic_algorithms(True) "
+               "is set. Use backend='torch' for a deterministic backward on CPU (on CUDA, PyTorch's "
+               "own grid_sampler_3d_backward is not deterministic either), or turn deterministic "
+               "algorithms off, to compute the gradient of feature.")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message)
+    else:
+        raise RuntimeError(message)
 
 
 class RegionSoftmaxWarpFunction(torch.autograd.Function):
@@ -62,15 +80,26 @@ class RegionSoftmaxWarpFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feature, logits, displacement, mask, beta, padding_mode, align_corners, backend):
-        out = _forward_op(feature, logits, displacement, mask, beta, padding_mode, align_corners,
-                          backend)
+        out_shape = (logits.shape[0],) + tuple(feature.shape[1:])
+        if math.prod(out_shape) == 0:  # an empty out depends on nothing: no launch, zero gradients
+            out = feature.new_zeros(out_shape)
+        else:
+            out = _forward_op(feature, logits, displacement, mask, beta, padding_mode,
+                              align_corners, backend)
         ctx.save_for_backward(feature, logits, displacement, mask, beta)
         ctx.options = (padding_mode, align_corners, backend)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        grads = _backward_op(grad_out.contiguous(), *ctx.saved_tensors, *ctx.options)
+        inputs = ctx.saved_tensors
+        if grad_out.numel() == 0:
+            grads = tuple(torch.zeros_like(t) for t in inputs)
+        else:
+            if ctx.needs_input_grad[0] and ctx.options[2] == "triton":
+                _check_deterministic()
+            grads = _backward_op(grad_out.contiguous(), *inputs, *ctx.options,
+                                 ctx.needs_input_grad[0])
         grads = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
         return (*grads, None, None, None)
 
@@ -144,6 +173,12 @@ def region_softmax_warp(feature: torch.Tensor, logits: torch.Tensor, displacemen
         padding_mode: "border" (default) or "zeros", as in ``F.grid_sample``.
         align_corners: as in ``F.grid_sample``; also fixes the identity grid's convention.
         backend: "auto" (default), "reference", "torch" or "triton"; see ``kernels._dispatch``.
+            The triton backward accumulates the feature gradient with atomic adds: it raises under
+            ``torch.use_deterministic_algorithms(True)`` (warns with ``warn_only=True``) when
+            feature needs a gradient, and then only.
+
+    A grid point made NaN or ±inf by the displacement is sampled as ``F.grid_sample`` (CPU) samples
+    it; empty tensors (B, C, D, H or W of 0) give an empty out and zero gradients.
 
     Returns:
         out (B, C, D, H, W) in feature's dtype: with w = softmax_r(ℓ), flow = Σ_r w_r·Δ_r,
@@ -165,8 +200,6 @@ def region_softmax_warp(feature: torch.Tensor, logits: torch.Tensor, displacemen
                                              padding_mode, align_corners)
     if chosen == "triton":
         check_tensor("feature", feature, KERNEL_DTYPES)
-    if logits.numel() == 0 or feature.shape[1] == 0:
-        return feature.new_zeros((logits.shape[0],) + tuple(feature.shape[1:]))
     return RegionSoftmaxWarpFunction.apply(feature.contiguous(), logits.contiguous(),
                                            displacement.contiguous(), mask.contiguous(), beta,
                                            padding_mode, align_corners, chosen)

@@ -51,8 +51,11 @@ def region_softmax_warp_reference(feature: torch.Tensor, logits: torch.Tensor,
     flow = torch.einsum("brdhw,brkdhw->bkdhw", weights, displacement32)
     grid = identity_grid(D, H, W, align_corners, compute, logits.device) + flow.permute(0, 2, 3, 4, 1)
     source = feature32.expand(B, *feature32.shape[1:])
-    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode=padding_mode,
-                           align_corners=align_corners)
+    if D * H * W == 0:  # nothing to sample (F.grid_sample refuses an empty volume)
+        warped = source
+    else:
+        warped = F.grid_sample(source, grid, mode="bilinear", padding_mode=padding_mode,
+                               align_corners=align_corners)
     blended = mask32 * warped + (1 - mask32) * source
     out = torch.where(blended > 0, blended, beta * blended)
     return out.to(feature.dtype)

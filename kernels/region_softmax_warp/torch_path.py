@@ -58,9 +58,10 @@ def warp_forward_torch(feature, logits, displacement, mask, beta, padding_mode, 
 
 
 def warp_backward_torch(grad_out, feature, logits, displacement, mask, beta, padding_mode,
-                        align_corners):
+                        align_corners, feature_grad=True):
     """(grad_feature, grad_logits, grad_displacement, grad_mask, grad_beta), each in its input's
-    dtype; the inputs are all forward saved."""
+    dtype (grad_feature with 0 elements when feature_grad is False); the inputs are all forward
+    saved."""
     compute = _compute_dtype(feature)
     weights, flow, grid = _weights_and_grid(logits, displacement, align_corners)
     source = feature.to(compute)
@@ -73,15 +74,17 @@ def warp_backward_torch(grad_out, feature, logits, displacement, mask, beta, pad
     grad_blended = torch.where(negative, beta.to(compute) * grad, grad)
     grad_mask = (grad_blended * (warped - source)).sum(dim=1, keepdim=True)
     grad_warped = grad_blended * mask32
-    grad_direct = grad_blended - grad_warped
     B, _, D, H, W = grad_out.shape
     padding = PADDING_MODES[padding_mode]
     grad_sampled, grad_grid = torch.ops.aten.grid_sampler_3d_backward(
         grad_warped, source.expand(B, *source.shape[1:]), grid, _BILINEAR, padding, align_corners,
-        [True, True])
-    grad_feature = grad_sampled + grad_direct
-    if feature.shape[0] != B:  # the shared feature's gradient sums over the frames
-        grad_feature = grad_feature.sum(dim=0, keepdim=True)
+        [feature_grad, True])
+    if feature_grad:
+        grad_feature = grad_sampled + (grad_blended - grad_warped)
+        if feature.shape[0] != B:  # the shared feature's gradient sums over the frames
+            grad_feature = grad_feature.sum(dim=0, keepdim=True)
+    else:
+        grad_feature = feature.new_empty((0,))
     grad_flow = grad_grid.view(B, D, H, W, 3).permute(0, 4, 1, 2, 3)
     grad_displacement = weights.unsqueeze(2) * grad_flow.unsqueeze(1)
     along_flow = (grad_flow * flow).sum(dim=1, keepdim=True)

@@ -40,14 +40,15 @@ CONFIG = LaunchConfig({"BLOCK": BLOCK_VOXELS}, num_warps=4)
 def _grid_point(logits_ptr, displacement_ptr, voxel, valid, R, D, H, W,
                 ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr):
     """Online softmax over R and flow for each voxel, then the source indices of the grid point.
-    Returns (spatial index, running max, softmax sum, flow x/y/z, source index x/y/z and their
-    derivatives d index / d grid)."""
+    Returns (spatial index, running max, softmax sum, flow x/y/z, source index x/y/z, their
+    derivatives d index / d grid, and whether the three indices are numbers)."""
     V = D.to(tl.int64) * H * W
     b = voxel // V
     spatial = voxel - b * V
     x = spatial % W
-    y = (spatial // W) % H
-    z = spatial // (H * W)
+    row = spatial // W
+    y = row % H
+    z = row // H
     logit_at = logits_ptr + b * R * V + spatial
     shift_at = displacement_ptr + b * R * 3 * V + spatial
     running_max = tl.full(voxel.shape, float("-inf"), tl.float32)
@@ -61,7 +62,7 @@ def _grid_point(logits_ptr, displacement_ptr, voxel, valid, R, D, H, W,
         rescale = tl.exp(running_max - new_max)
         p = tl.exp(logit - new_max)
         total = total * rescale + p
-        at = shift_at + r * 3 * V
+        at = shift_at + r * (3 * V)
         flow_x = flow_x * rescale + p * tl.load(at, mask=valid, other=0.0).to(tl.float32)
         flow_y = flow_y * rescale + p * tl.load(at + V, mask=valid, other=0.0).to(tl.float32)
         flow_z = flow_z * rescale + p * tl.load(at + 2 * V, mask=valid, other=0.0).to(tl.float32)
@@ -77,11 +78,11 @@ def _grid_point(logits_ptr, displacement_ptr, voxel, valid, R, D, H, W,
         base_x = (2.0 * x.to(tl.float32) + 1.0) / W - 1.0
         base_y = (2.0 * y.to(tl.float32) + 1.0) / H - 1.0
         base_z = (2.0 * z.to(tl.float32) + 1.0) / D - 1.0
-    index_x, slope_x = source_index(base_x + flow_x, W, ALIGN_CORNERS, BORDER)
-    index_y, slope_y = source_index(base_y + flow_y, H, ALIGN_CORNERS, BORDER)
-    index_z, slope_z = source_index(base_z + flow_z, D, ALIGN_CORNERS, BORDER)
+    index_x, slope_x, defined_x = source_index(base_x + flow_x, W, ALIGN_CORNERS, BORDER)
+    index_y, slope_y, defined_y = source_index(base_y + flow_y, H, ALIGN_CORNERS, BORDER)
+    index_z, slope_z, defined_z = source_index(base_z + flow_z, D, ALIGN_CORNERS, BORDER)
     return (spatial, running_max, total, flow_x, flow_y, flow_z,
-            index_x, index_y, index_z, slope_x, slope_y, slope_z)
+            index_x, index_y, index_z, slope_x, slope_y, slope_z, defined_x & defined_y & defined_z)
 
 
 @triton.jit
@@ -93,7 +94,7 @@ def _warp_fwd_kernel(feature_ptr, logits_ptr, displacement_ptr, mask_ptr, beta_p
     or 0 for a shared feature."""
     voxel = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     valid = voxel < n_voxels
-    (spatial, _, _, _, _, _, index_x, index_y, index_z, _, _, _) = _grid_point(
+    (spatial, _, _, _, _, _, index_x, index_y, index_z, _, _, _, _) = _grid_point(
         logits_ptr, displacement_ptr, voxel, valid, R, D, H, W, ALIGN_CORNERS, BORDER)
     offsets, weights, inside = trilinear_corners(index_x, index_y, index_z, D, H, W)
     V = D.to(tl.int64) * H * W
@@ -118,16 +119,17 @@ def _warp_fwd_kernel(feature_ptr, logits_ptr, displacement_ptr, mask_ptr, beta_p
 def _warp_bwd_kernel(grad_out_ptr, feature_ptr, logits_ptr, displacement_ptr, mask_ptr, beta_ptr,
                      grad_feature_ptr, grad_logits_ptr, grad_displacement_ptr, grad_mask_ptr,
                      grad_beta_ptr, n_voxels, C, R, D, H, W, feature_batch_stride,
-                     ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr, BLOCK: tl.constexpr):
+                     ALIGN_CORNERS: tl.constexpr, BORDER: tl.constexpr, FEATURE_GRAD: tl.constexpr,
+                     BLOCK: tl.constexpr):
     """Gradients for the voxels of one block: grad_feature (F_b, C, D, H, W) fp32, zeroed, takes
-    atomic adds; grad_logits, grad_displacement, grad_mask are written once; grad_beta holds one
-    fp32 partial sum per program."""
+    atomic adds (only with FEATURE_GRAD); grad_logits, grad_displacement, grad_mask are written
+    once; grad_beta holds one fp32 partial sum per program."""
     pid = tl.program_id(0)
     voxel = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     valid = voxel < n_voxels
     (spatial, running_max, total, flow_x, flow_y, flow_z, index_x, index_y, index_z,
-     slope_x, slope_y, slope_z) = _grid_point(logits_ptr, displacement_ptr, voxel, valid,
-                                              R, D, H, W, ALIGN_CORNERS, BORDER)
+     slope_x, slope_y, slope_z, defined) = _grid_point(logits_ptr, displacement_ptr, voxel, valid,
+                                                       R, D, H, W, ALIGN_CORNERS, BORDER)
     corner_offsets, _, corner_inside = trilinear_corners(index_x, index_y, index_z, D, H, W)
     # spatial offsets are < D·H·W < 2^31 (checked by the launcher): int32 keeps 8 registers free
     offsets = (corner_offsets[0].to(tl.int32), corner_offsets[1].to(tl.int32),
@@ -146,6 +148,10 @@ def _warp_bwd_kernel(grad_out_ptr, feature_ptr, logits_ptr, displacement_ptr, ma
     V = D.to(tl.int64) * H * W
     b = voxel // V
     blend = tl.load(mask_ptr + voxel, mask=valid, other=0.0).to(tl.float32)
+    if BORDER:  # a NaN grid point: forward read the border, backward sees it outside (as ATen)
+        blend_scatter = tl.where(defined, blend, 0.0)
+    else:
+        blend_scatter = blend
     beta = tl.load(beta_ptr)
     source = feature_ptr + b * feature_batch_stride
     grad_source = grad_feature_ptr + b * feature_batch_stride
@@ -184,15 +190,17 @@ def _warp_bwd_kernel(grad_out_ptr, feature_ptr, logits_ptr, displacement_ptr, ma
         grad_beta += tl.where(negative, grad * blended, 0.0)
         grad_blended = tl.where(negative, beta * grad, grad)
         grad_blend += grad_blended * (warped - centre)
-        grad_warped = grad_blended * blend
-        grad_plane = grad_source + c * V
-        tl.atomic_add(grad_plane + spatial, grad_blended - grad_warped, mask=valid, sem="relaxed")
-        low_z = grad_warped * gz
-        high_z = grad_warped * fz
-        scatter = (low_z * gy * gx, low_z * gy * fx, low_z * fy * gx, low_z * fy * fx,
-                   high_z * gy * gx, high_z * gy * fx, high_z * fy * gx, high_z * fy * fx)
-        for k in tl.static_range(8):
-            tl.atomic_add(grad_plane + offsets[k], scatter[k], mask=inside[k], sem="relaxed")
+        grad_warped = grad_blended * blend_scatter
+        if FEATURE_GRAD:
+            grad_plane = grad_source + c * V
+            tl.atomic_add(grad_plane + spatial, grad_blended - grad_blended * blend, mask=valid,
+                          sem="relaxed")
+            low_z = grad_warped * gz
+            high_z = grad_warped * fz
+            scatter = (low_z * gy * gx, low_z * gy * fx, low_z * fy * gx, low_z * fy * fx,
+                       high_z * gy * gx, high_z * gy * fx, high_z * fy * gx, high_z * fy * fx)
+            for k in tl.static_range(8):
+                tl.atomic_add(grad_plane + offsets[k], scatter[k], mask=inside[k], sem="relaxed")
         grad_index_x += grad_warped * (gz * (gy * diff_00 + fy * diff_01)
                                        + fz * (gy * diff_10 + fy * diff_11))
         grad_index_y += grad_warped * (gz * (along_x_01 - along_x_00) + fz * (along_x_11 - along_x_10))
@@ -208,7 +216,7 @@ def _warp_bwd_kernel(grad_out_ptr, feature_ptr, logits_ptr, displacement_ptr, ma
     for r in range(R):
         logit = tl.load(logits_ptr + logit_at + r * V, mask=valid, other=0.0).to(tl.float32)
         weight = tl.exp(logit - running_max) / total
-        at = shift_at + r * 3 * V
+        at = shift_at + r * (3 * V)
         shift_x = tl.load(displacement_ptr + at, mask=valid, other=0.0).to(tl.float32)
         shift_y = tl.load(displacement_ptr + at + V, mask=valid, other=0.0).to(tl.float32)
         shift_z = tl.load(displacement_ptr + at + 2 * V, mask=valid, other=0.0).to(tl.float32)
@@ -237,14 +245,18 @@ _BWD_SIGNATURE = {
     "grad_beta_ptr": "*fp32:16", **_SIZES,
     "ALIGN_CORNERS": "constexpr", "BORDER": "constexpr", "BLOCK": "constexpr",
 }
-ALL_CONFIGS = tuple(LaunchConfig({"BLOCK": BLOCK_VOXELS, "ALIGN_CORNERS": align, "BORDER": border},
-                                 num_warps=CONFIG.num_warps)
-                    for align in (False, True) for border in (False, True))
+FORWARD_CONFIGS = tuple(LaunchConfig({"BLOCK": BLOCK_VOXELS, "ALIGN_CORNERS": align, "BORDER": border},
+                                     num_warps=CONFIG.num_warps)
+                        for align in (False, True) for border in (False, True))
+BACKWARD_CONFIGS = tuple(LaunchConfig({**cfg.constexprs, "FEATURE_GRAD": feature_grad},
+                                      num_warps=cfg.num_warps)
+                         for cfg in FORWARD_CONFIGS for feature_grad in (True, False))
 _NOTES = "one block size; ALIGN_CORNERS × BORDER (padding zeros/border) are the four variants"
-register_kernel("region_softmax_warp", _warp_fwd_kernel, _FWD_SIGNATURE, ALL_CONFIGS,
+register_kernel("region_softmax_warp", _warp_fwd_kernel, _FWD_SIGNATURE, FORWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
-register_kernel("region_softmax_warp", _warp_bwd_kernel, _BWD_SIGNATURE, ALL_CONFIGS,
-                dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
+register_kernel("region_softmax_warp", _warp_bwd_kernel, _BWD_SIGNATURE, BACKWARD_CONFIGS,
+                dtypes=("fp32", "fp16", "bf16"),
+                notes=_NOTES + ", each with and without the feature gradient (FEATURE_GRAD)")
 
 
 def _launch_args(feature, logits):
@@ -269,21 +281,16 @@ def warp_forward_triton(feature, logits, displacement, mask, beta, padding_mode,
 
 
 def warp_backward_triton(grad_out, feature, logits, displacement, mask, beta, padding_mode,
-                         align_corners):
+                         align_corners, feature_grad):
     """Contiguous grad_out and inputs → (grad_feature, grad_logits, grad_displacement, grad_mask,
-    grad_beta); the feature gradient is accumulated with fp32 atomics (not deterministic)."""
-    if torch.are_deterministic_algorithms_enabled():
-        raise RuntimeError(
-            "region_softmax_warp's triton backward does not have a deterministic implementation: "
-            "it scatters the feature gradient with fp32 atomic adds, but you set "
-            "'torch.use_deterministic_algorithms(True)'. Use backend='torch' for a deterministic "
-            "backward on CPU (on CUDA, PyTorch's own grid_sampler_3d_backward is not deterministic "
-            "either).")
+    grad_beta); the feature gradient is accumulated with fp32 atomics (not deterministic), and
+    has 0 elements when feature_grad is False (the kernel then does no atomics)."""
     grid, sizes = _launch_args(feature, logits)
     if feature[0, 0].numel() >= 2 ** 31:
         raise ValueError(f"feature has {feature[0, 0].numel()} voxels per channel; the triton "
                          "backward takes fewer than 2^31 (int32 corner offsets); use backend='torch'")
-    grad_feature = torch.zeros(feature.shape, dtype=torch.float32, device=feature.device)
+    grad_feature = torch.zeros(feature.shape if feature_grad else (1,), dtype=torch.float32,
+                               device=feature.device)
     grad_logits = torch.empty_like(logits)
     grad_displacement = torch.empty_like(displacement)
     grad_mask = torch.empty_like(mask)
@@ -292,6 +299,7 @@ def warp_backward_triton(grad_out, feature, logits, displacement, mask, beta, pa
     _warp_bwd_kernel[grid](grad_out, feature, logits, displacement, mask, beta32, grad_feature,
                            grad_logits, grad_displacement, grad_mask, grad_beta, *sizes,
                            ALIGN_CORNERS=align_corners, BORDER=padding_mode == "border",
-                           BLOCK=BLOCK_VOXELS, num_warps=CONFIG.num_warps)
-    return (grad_feature.to(feature.dtype), grad_logits, grad_displacement, grad_mask,
-            grad_beta.sum().to(beta.dtype))
+                           FEATURE_GRAD=feature_grad, BLOCK=BLOCK_VOXELS,
+                           num_warps=CONFIG.num_warps)
+    grad_feature = grad_feature.to(feature.dtype) if feature_grad else feature.new_empty((0,))
+    return grad_feature, grad_logits, grad_displacement, grad_mask, grad_beta.sum().to(beta.dtype)

@@ -94,10 +94,15 @@ def test_module_wrapper_matches_function():
     assert "eps=0.001" in repr(module) and list(module.parameters()) == []
 
 
-def test_empty_batch_and_regions():
-    for B, R in ((0, 3), (2, 0)):
-        v, scale, shift = torch.randn(B, 3, 8), torch.randn(B, 2, R, 8), torch.randn(B, 2, R, 8)
-        assert deviation_adanorm(v, scale, shift, backend="triton").shape == (B, 2, R, 8)
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("B,R", [(0, 3), (2, 0)], ids=["batch0", "regions0"])
+def test_empty_inputs_give_empty_outputs_and_gradients(B, R, backend):
+    inputs = _inputs(B, 3, R, 8, torch.float32)
+    out = deviation_adanorm(*inputs, backend=backend)
+    assert out.shape == (B, 2, R, 8) and out.numel() == 0
+    grads = torch.autograd.grad(out.sum(), inputs)
+    for g, t in zip(grads, inputs):
+        assert g.shape == t.shape and not g.any()
 
 
 def _good():

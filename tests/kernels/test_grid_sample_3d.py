@@ -119,11 +119,55 @@ def test_reference_gradcheck(padding, align):
         lambda v, g: grid_sample_3d_reference(v, g, padding, align), (volume, grid))
 
 
-def test_empty_batch_and_grid():
-    for volume, grid in ((torch.randn(0, 2, 3, 4, 5), torch.randn(0, 2, 2, 2, 3)),
-                         (torch.randn(1, 2, 3, 4, 5), torch.randn(1, 0, 2, 2, 3))):
-        out = grid_sample_3d(volume, grid, backend="triton")
-        assert out.shape == (volume.shape[0], 2, *grid.shape[1:4])
+# (N, C, D, H, W, Do, Ho, Wo) with a size-0 batch, channel or output depth
+EMPTY_SHAPES = [(0, 2, 3, 4, 5, 2, 2, 2), (1, 0, 3, 4, 5, 2, 2, 2), (2, 3, 3, 4, 5, 0, 2, 2)]
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
+def test_empty_inputs_give_empty_outputs_and_gradients(shape, backend):
+    volume, grid = _inputs(*shape, torch.float32)
+    out = grid_sample_3d(volume, grid, "border", backend=backend)
+    assert out.shape == (*shape[:2], *shape[5:]) and out.numel() == 0
+    grads = torch.autograd.grad(out.sum(), (volume, grid))
+    for g, t in zip(grads, (volume, grid)):
+        assert g.shape == t.shape and not g.any()
+
+
+NON_FINITE = (float("nan"), float("inf"), float("-inf"))
+
+
+def _grid_with_non_finite(N, Do, Ho, Wo):
+    """Random points with NaN, +inf and -inf scattered over single coordinates (some points get
+    two), the rest inside and around the volume."""
+    grid = torch.rand(N, Do, Ho, Wo, 3, dtype=torch.float64) * 2.6 - 1.3
+    flat = grid.view(-1)
+    for k, at in enumerate(torch.randperm(flat.numel())[: flat.numel() // 3]):
+        flat[at] = NON_FINITE[k % 3]
+    return grid
+
+
+@pytest.mark.parametrize("padding,align", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+def test_non_finite_grid_matches_f_grid_sample(backend, padding, align, poisoned_empty):
+    """NaN and ±inf coordinates give what F.grid_sample (CPU) gives, forward and backward. D = 1
+    makes inf · 0 = NaN in the index with align_corners=True; with "border" a NaN index samples
+    the last voxel in forward and passes no gradient (ATen's own asymmetry)."""
+    volume = torch.randn(2, 3, 1, 4, 5, dtype=torch.float64)
+    grid = _grid_with_non_finite(2, 3, 4, 5)
+    assert grid.isnan().any() and grid.isposinf().any() and grid.isneginf().any()
+    grad = torch.randn(2, 3, 3, 4, 5, dtype=torch.float64)
+    expected_inputs = [t.clone().requires_grad_() for t in (volume, grid)]
+    expected = F.grid_sample(*expected_inputs, mode="bilinear", padding_mode=padding,
+                             align_corners=align)
+    expected_grads = torch.autograd.grad(expected, expected_inputs, grad)
+    dtype = torch.float64 if backend == "reference" else torch.float32
+    inputs = [t.to(dtype).requires_grad_() for t in (volume, grid)]
+    out = grid_sample_3d(*inputs, padding, align, backend=backend)
+    grads = torch.autograd.grad(out, inputs, grad.to(dtype))
+    assert_close("out", out, expected, FORWARD_TOLERANCE[dtype])
+    for name, g, e in zip(("grad_input", "grad_grid"), grads, expected_grads):
+        assert_close(name, g, e, GRADIENT_TOLERANCE[dtype])
 
 
 def _good():

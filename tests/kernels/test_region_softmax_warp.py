@@ -1,5 +1,7 @@
 """region_softmax_warp (warp + blend + leaky activation) against its float64 reference, on every
 backend."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,16 +127,99 @@ def test_torch_path_saves_only_its_inputs():
     assert reference_bytes > 2 * torch_bytes
 
 
-def test_triton_backward_raises_in_deterministic_mode():
+@pytest.fixture
+def deterministic_mode():
+    """Sets torch.use_deterministic_algorithms(True, warn_only=...) and restores it."""
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    yield lambda warn_only: torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def test_triton_backward_raises_in_deterministic_mode(deterministic_mode):
     inputs = _inputs(1, 2, torch.float32, shape=(1, 2, 2, 3, 4))
     out = region_softmax_warp(*inputs, backend="triton")
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        with pytest.raises(RuntimeError, match="backend='torch'"):
-            out.sum().backward()
-    finally:
-        torch.use_deterministic_algorithms(previous)
+    deterministic_mode(False)
+    with pytest.raises(RuntimeError, match="use_deterministic_algorithms.*backend='torch'"):
+        out.sum().backward()
+
+
+def test_triton_backward_warns_in_warn_only_deterministic_mode(deterministic_mode):
+    inputs = _inputs(1, 2, torch.float32, shape=(1, 2, 2, 3, 4))
+    out = region_softmax_warp(*inputs, backend="triton")
+    grad = torch.randn(out.shape)
+    deterministic_mode(True)
+    with pytest.warns(UserWarning, match="not deterministic.*backend='torch'"):
+        grads = torch.autograd.grad(out, inputs, grad)
+    _, ref_grads = _reference(inputs, grad)
+    for name, g, r in zip(NAMES, grads, ref_grads):
+        assert_close(f"grad_{name}", g, r, GRADIENT_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_feature_gradient_is_deterministic_and_matches(backend, deterministic_mode):
+    """A feature that needs no gradient: the atomics are skipped, so deterministic mode neither
+    raises nor warns, and the other gradients still match."""
+    inputs = _inputs(2, 3, torch.float32, shape=(2, 3, 2, 5, 4))
+    inputs[0] = inputs[0].detach()
+    out = region_softmax_warp(*inputs, padding_mode="zeros", backend=backend)
+    grad = torch.randn(out.shape)
+    deterministic_mode(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grads = torch.autograd.grad(out, inputs[1:], grad)
+    _, ref_grads = _reference(inputs, grad, padding_mode="zeros")
+    for name, g, r in zip(NAMES[1:], grads, ref_grads[1:]):
+        assert_close(f"grad_{name}", g, r, GRADIENT_TOLERANCE[torch.float32])
+
+
+# (feature batch, B, C, R, D, H, W) with a size-0 batch, channel, depth or width
+EMPTY_SHAPES = [(1, 0, 3, 2, 2, 3, 4), (0, 0, 3, 2, 2, 3, 4), (2, 2, 0, 2, 2, 3, 4),
+                (2, 2, 3, 2, 0, 3, 4), (1, 2, 3, 2, 2, 3, 0)]
+
+
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
+def test_empty_inputs_give_empty_outputs_and_gradients(shape, backend):
+    feature_batch, b, c, regions, d, h, w = shape
+    inputs = _inputs(feature_batch, regions, torch.float32, shape=(b, c, d, h, w))
+    out = region_softmax_warp(*inputs, backend=backend)
+    assert out.shape == (b, c, d, h, w) and out.numel() == 0
+    # materialize_grads: the reference's empty volume skips grid_sample, so logits and
+    # displacement are unused there; the ops return zero gradients of every input
+    grads = torch.autograd.grad(out.sum(), inputs, allow_unused=backend == "reference",
+                                materialize_grads=backend == "reference")
+    for g, t in zip(grads, inputs):
+        assert g.shape == t.shape and not g.any()
+
+
+NON_FINITE = (float("nan"), float("inf"), float("-inf"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("align_corners", [False, True], ids=lambda a: f"align{a}")
+def test_non_finite_displacement_behaves_as_grid_sample(align_corners, padding_mode, backend):
+    """NaN and ±inf displacements make NaN/±inf grid points: out and the gradients of feature,
+    mask, β and Δ match the float64 reference (F.grid_sample); grad_logits is NaN exactly where
+    the reference's is (0 · inf in Δ_r − flow) and matches elsewhere."""
+    inputs = _inputs(1, 3, torch.float32, shape=(2, 3, 2, 5, 4))
+    displacement = inputs[2].detach().clone()
+    flat = displacement.view(-1)
+    for k, at in enumerate(torch.randperm(flat.numel())[:12]):
+        flat[at] = NON_FINITE[k % 3]
+    inputs[2] = displacement.requires_grad_()
+    options = dict(padding_mode=padding_mode, align_corners=align_corners)
+    out = region_softmax_warp(*inputs, backend=backend, **options)
+    grad = torch.randn(out.shape)
+    grads = torch.autograd.grad(out, inputs, grad)
+    ref_out, ref_grads = _reference(inputs, grad, **options)
+    assert_close("out", out, ref_out, FORWARD_TOLERANCE[torch.float32])
+    for name, g, r in zip(NAMES, grads, ref_grads):
+        if name == "logits":
+            assert torch.equal(g.isnan(), r.isnan()) and r.isnan().any()
+            g, r = g.nan_to_num(0.0), r.nan_to_num(0.0)
+        assert_close(f"grad_{name}", g, r, GRADIENT_TOLERANCE[torch.float32])
 
 
 class _Warp(torch.nn.Module):
