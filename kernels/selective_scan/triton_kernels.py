@@ -48,6 +48,17 @@ ceil((dim / G) / BLOCK_D) programs per group, [x] = 1 when x is given, else 0:
 Optional inputs are runtime flags, not constexprs: an absent D, delta_bias, initial state or
 last-state gradient is a masked-off load (no bytes), z and softplus are uniform branches, so each
 (config, dtype) is one binary.
+
+Packed sequences (seq_idx (batch, L) int32, non-decreasing per row) are the exception: the
+kernels ``_selective_scan_fwd_seq_idx_kernel`` / ``_bwd_seq_idx_kernel`` run the same programs
+(``_scan_forward`` / ``_scan_backward``) with the constexpr HAS_SEQ_IDX, and the plain kernels
+compile without a trace of it. A step where seq_idx changes gets the decay exp(dt·A) = 0: the
+scan's cumulative decay drops the state carried in (and the checkpoint before it), and in
+backward the adjoint scan gets decay 0 at the step before a start (within a chunk; across a
+chunk boundary the carried gradient is that of a step with decay 0), so no adjoint, dA or dΔ
+crosses it. Extra traffic: each program reads its row's seq_idx (forward at t and t − 1,
+backward at t − 1, t, t + 1: 4 bytes per (b, t), the repeats from L1/L2), i.e. batch·L·4 bytes
+from device memory per launch beside the P·L·s·(3 + [z]) of u, delta and z.
 """
 from __future__ import annotations
 
