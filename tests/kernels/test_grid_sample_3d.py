@@ -92,6 +92,23 @@ def test_deterministic_mode_raises_for_input_gradient():
         torch.use_deterministic_algorithms(previous)
 
 
+def test_deterministic_warn_only_warns_and_computes():
+    volume, grid = _inputs(*SHAPES[2], torch.float32)
+    out = grid_sample_3d(volume, grid, backend="triton")
+    grad = torch.randn(out.shape)
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with pytest.warns(UserWarning, match="not deterministic.*backend='torch'"):
+            grads = torch.autograd.grad(out, (volume, grid), grad)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    _, ref_grads = _reference(volume, grid, grad, "zeros", False)
+    for name, g, r in zip(("grad_input", "grad_grid"), grads, ref_grads):
+        assert_close(name, g, r, GRADIENT_TOLERANCE[torch.float32])
+
+
 def test_torch_compile_fullgraph_matches_eager():
     class Warp(torch.nn.Module):
         def forward(self, volume, grid):
