@@ -63,6 +63,7 @@ __all__ = [
     "hz_to_mel",
     "load_audio",
     "log_mel",
+    "log_mel_range",
     "mel_filterbank",
     "mel_to_hz",
     "normalize_log_mel",
@@ -189,6 +190,36 @@ def log_mel(audio, sample_rate=SAMPLE_RATE):
     return torch.log(mel + LOG_EPSILON).T.contiguous()
 
 
+def log_mel_range(audio, start, stop):
+    """``log_mel(audio)[start:stop]``, computed from only the samples those mel frames read.
+
+    ``audio``: 1-D float32 numpy array of 16 kHz samples, at least 257 long (already checked:
+    only the samples read here are checked for NaN/inf); 0 <= start < stop <= N // 160 + 1. Mel
+    frame m reads samples 160 m - 256 … 160 m + 255 of the clip reflect-padded by 256 at each end,
+    as :func:`log_mel`'s centred STFT does, so a long clip can be featurized a chunk at a time.
+    """
+    if not isinstance(audio, np.ndarray) or audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+        raise TypeError(f"audio must be a 1-D float numpy array, got "
+                        f"{getattr(audio, 'dtype', type(audio).__name__)} of shape {getattr(audio, 'shape', None)}")
+    total = audio.shape[0] // HOP_LENGTH + 1
+    if not (_is_int(start) and _is_int(stop) and 0 <= start < stop <= total):
+        raise ValueError(f"start, stop must be ints with 0 <= start < stop <= {total} (the clip's mel "
+                         f"frames), got {start!r}, {stop!r}")
+    if audio.shape[0] <= N_FFT // 2:
+        raise ValueError(f"audio must have at least {N_FFT // 2 + 1} samples, got {audio.shape[0]}")
+    last = audio.shape[0] - 1
+    index = np.abs(np.arange(start * HOP_LENGTH - N_FFT // 2, (stop - 1) * HOP_LENGTH + N_FFT // 2))
+    index = np.where(index > last, 2 * last - index, index)
+    segment = torch.from_numpy(np.ascontiguousarray(audio[index], dtype=np.float32))
+    if not torch.isfinite(segment).all():
+        raise ValueError("audio contains NaN or infinite values")
+    window = torch.hann_window(WIN_LENGTH, periodic=True)
+    spectrum = torch.stft(segment, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH, window=window,
+                          center=False, return_complex=True)
+    power = spectrum.real.square() + spectrum.imag.square()
+    return torch.log(mel_filterbank() @ power + LOG_EPSILON).T.contiguous()
+
+
 def normalize_log_mel(log_mel_frames):
     """(log-mel - LOG_MEL_MEAN) / LOG_MEL_STD: the fixed affine map to O(1) features."""
     return (log_mel_frames - LOG_MEL_MEAN) / LOG_MEL_STD
@@ -199,12 +230,19 @@ def load_audio(path):
 
     :func:`mim.io.read_audio` does the reading: channels are averaged, the signal is resampled
     with libswresample. Raises :class:`mim.io.MediaError` naming the path for a missing, corrupt
-    or audio-less file, and for a file that holds no samples at all (silence of any nonzero length
-    is valid audio and is returned as it is).
+    or audio-less file, for a file that holds no samples at all (silence of any nonzero length
+    is valid audio and is returned as it is), and for one whose samples include NaN or infinity
+    (a float wav can hold them; they would poison every mel frame after them).
     """
     audio = read_audio(path, SAMPLE_RATE)
     if audio.size == 0:
         raise MediaError(f"{path}: the file holds no audio samples")
+    finite = np.isfinite(audio)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise MediaError(f"{path}: the audio holds {int(audio.size - finite.sum())} NaN or infinite "
+                         f"sample(s) (the first at {first / SAMPLE_RATE:.3f} s after resampling to "
+                         f"{SAMPLE_RATE} Hz)")
     return audio
 
 

@@ -10,7 +10,10 @@
     mim profile [--config tiny|base] [--seconds 1] [--repeats 3] [--trace t.json] [--json p.json]
 
 Errors a user can cause (a missing or corrupt file, a checkpoint from another config, a bad
-argument) print one line ``mim: error: ...`` and exit with status 2; nothing is left half-written.
+config value, an output that cannot be written: a directory, a read-only or full disk, an input
+given again as the output; training that diverges) print one line ``mim: error: ...`` naming the
+file or the config key and exit with status 2; nothing is left half-written, and an existing
+output is left as it was.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -146,8 +150,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_output(flag: str, path: Optional[str], args, inputs=()) -> None:
+    """Refuse, before any work, an output file that is a directory or is one of the inputs."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory; give the path of a file to write")
+    for name in inputs:
+        given = getattr(args, name.lstrip("-").replace("-", "_"), None)
+        if given and _same_file(path, given):
+            raise ValueError(f"{flag} {path!r} is the same file as {name}: it would overwrite the input; "
+                             f"choose another output")
+
+
+def _check_run_dir(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {path!r} is an existing file; give a run directory")
+
+
 def _train(args) -> int:
     if args.stage == "motion-encoder":
+        _check_output("--out", args.out, args)
         from mim.train.motion_pretrain import pretrain_motion_encoder
 
         history = pretrain_motion_encoder(args.init, args.out, args.steps, clips=args.clips, seed=args.seed,
@@ -170,6 +199,7 @@ def _train_stage2(args) -> int:
     elif args.batch_size is not None or args.seed is not None:
         raise ValueError("--batch-size and --seed need --config (otherwise the stage-1 "
                          "checkpoint's config is used as is)")
+    _check_run_dir(args.out)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     result = train_stage2(args.stage1, args.out, args.steps, config=config, data=args.data,
@@ -191,6 +221,7 @@ def _train_stage1(args) -> int:
         config.train.freeze = tuple(part.strip() for part in args.freeze.split(",") if part.strip())
     if args.vgg19_weights:
         config.loss.vgg19_weights = args.vgg19_weights
+    _check_run_dir(args.out)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     result = train_stage1(config.validate(), args.out, args.steps, data=args.data, backend=args.backend,
@@ -202,13 +233,14 @@ def _train_stage1(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from mim.config import config_from_dict
     from mim.evaluate import evaluate_reconstruction
     from mim.metrics import LPIPS
-    from mim.train.checkpoint import read_metadata
+    from mim.train.checkpoint import checkpoint_config
     from mim.train.stage1 import build_stage1_data, renderer_from_checkpoint
 
-    config = config_from_dict(read_metadata(args.checkpoint)["config"])
+    for flag in ("--json", "--plot"):
+        _check_output(flag, getattr(args, flag[2:]), args, ("--checkpoint",))
+    config = checkpoint_config(args.checkpoint)
     if args.clips is not None:
         config.train.heldout_clips = config.stage2.heldout_clips = args.clips
     device = _device(args.device)
@@ -270,6 +302,7 @@ def _device(name: str) -> torch.device:
 def _reenact(args) -> int:
     from mim.reenact import reenact
 
+    _check_output("--out", args.out, args, ("--image", "--driving", "--checkpoint"))
     reenact(args.image, args.driving, args.checkpoint, args.out, backend=args.backend,
             device=_device(args.device), fps=args.fps, max_frames=args.max_frames,
             relative=not args.absolute, copy_audio=not args.no_audio, progress=not args.no_progress)
@@ -280,6 +313,7 @@ def _reenact(args) -> int:
 def _animate(args) -> int:
     from mim.animate import Animator
 
+    _check_output("--out", args.out, args, ("--image", "--audio", "--checkpoint"))
     animator = Animator.from_pretrained(args.checkpoint, device=args.device, backend=args.backend)
     animator.animate_to_file(args.image, args.audio, args.out, steps=args.steps, seed=args.seed,
                              guidance_scale=args.guidance, progress=not args.no_progress)
@@ -290,6 +324,8 @@ def _animate(args) -> int:
 def _profile(args) -> int:
     from mim.profile import SCENARIOS, format_report, profile, report_json
 
+    for flag in ("--json", "--trace"):
+        _check_output(flag, getattr(args, flag[2:]), args, ("--checkpoint", "--config"))
     scenarios = SCENARIOS if args.scenario == "both" else (args.scenario,)
     run = profile(args.config, checkpoint=args.checkpoint, seconds=args.seconds, scenarios=scenarios,
                   repeats=args.repeats, warmup=args.warmup, backend=args.backend, device=args.device,
@@ -316,6 +352,7 @@ def _config(args) -> int:
     else:
         if not args.path:
             raise ValueError("mim config save NAME PATH: PATH is missing")
+        _check_output("PATH", args.path, args)
         save_config(config, args.path)
     return 0
 
@@ -334,14 +371,33 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "config": _config, "profile": _profile}
     try:
         return handlers[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
-        if args.verbose:
-            raise
-        print(f"mim: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("mim: interrupted; completed checkpoints are kept", file=sys.stderr)
         return 130
+    except Exception as error:
+        if args.verbose or not isinstance(error, _user_errors()):
+            raise
+        print(f"mim: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple:
+    """What a bad file, config or argument raises. The commands turn what they can into
+    ValueError/OSError naming the file or key; the third-party types (a library's errors that
+    escaped that) are the last line of defence, and their messages are shown as they are."""
+    known = [ValueError, TypeError, RuntimeError, OSError, ArithmeticError, MemoryError]
+    for module, name in (("safetensors", "SafetensorError"), ("PIL.Image", "DecompressionBombError"),
+                         ("av", "FFmpegError")):
+        if module in sys.modules:   # an error of a library that was never imported cannot occur
+            known.append(getattr(sys.modules[module], name))
+    return tuple(known)
+
+
+def _one_line(error: BaseException) -> str:
+    text = re.sub(r"\s*\n\s*", " ", str(error)).strip()
+    if isinstance(error, (ValueError, OSError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else f"{type(error).__name__} (run with -v for the traceback)"
 
 
 if __name__ == "__main__":

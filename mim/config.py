@@ -4,18 +4,25 @@ Two named configs ship: ``tiny`` (64×64 frames, small widths: trains on a CPU i
 ``base`` (256×256, the paper's setting: C = 32, S_d = 16, a 64×64 volume, λ = 10, 768-d motion,
 512-d F_A). A config is saved to and loaded from YAML or JSON (by suffix); unknown keys and
 wrong types are errors naming the key.
+
+:meth:`Config.validate` runs before any model is built (every load does it, a checkpoint's stored
+config included): sizes and widths positive, head counts dividing their widths, learning rates
+finite and positive, and :func:`estimate_memory` (the weights plus one frame's activations, a
+lower bound) within :func:`machine_memory`; a ValueError names the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 __all__ = ["RendererConfig", "Stage1LossConfig", "Stage1TrainConfig", "MotionConfig", "Stage2TrainConfig", "Config", "get_config",
-           "load_config", "save_config", "config_to_dict", "config_from_dict", "CONFIG_NAMES"]
+           "load_config", "save_config", "config_to_dict", "config_from_dict", "CONFIG_NAMES",
+           "estimate_memory", "machine_memory", "check_memory"]
 
 
 @dataclass
@@ -65,6 +72,14 @@ class RendererConfig:
     checkpoint_activations: bool = False  # recompute ResNet3D/LMDD/decoder blocks in backward
 
     def validate(self) -> None:
+        for name in ("image_size", "feature_channels", "depth_layers", "volume_size", "encoder_channels",
+                     "appearance_dim", "motion_dim", "motion_channels", "regions", "dit_conv_layers",
+                     "dit_channels", "dit_layers", "dit_heads", "lmdd_channels", "lmdd_motion_channels",
+                     "decoder_channels", "render_window"):
+            _check_int(self, "renderer", name, 1)
+        _check_int(self, "renderer", "resnet3d_blocks", 0)
+        _check_number(self, "renderer", "beta", 0.0)
+        _check_number(self, "renderer", "eps", 0.0, strict=True)
         if self.image_size % self.volume_size or self.image_size < self.volume_size:
             raise ValueError(f"renderer.image_size ({self.image_size}) must be a multiple of "
                              f"renderer.volume_size ({self.volume_size})")
@@ -72,6 +87,12 @@ class RendererConfig:
         if ratio & (ratio - 1):
             raise ValueError(f"renderer.image_size / renderer.volume_size must be a power of two, "
                              f"got {ratio}")
+        if self.image_size < 8 or self.image_size & (self.image_size - 1):
+            raise ValueError(f"renderer.image_size must be a power of two >= 8 (the motion encoder "
+                             f"halves it down to 4×4), got {self.image_size}")
+        if self.volume_size < 2:
+            raise ValueError(f"renderer.volume_size must be >= 2 (the LMDD's hourglass halves it), "
+                             f"got {self.volume_size}")
         if self.motion_dim % 64:
             raise ValueError(f"renderer.motion_dim must be a multiple of 64 (8×8 tokens), "
                              f"got {self.motion_dim}")
@@ -81,10 +102,6 @@ class RendererConfig:
         if self.padding_mode not in ("border", "zeros"):
             raise ValueError(f"renderer.padding_mode must be 'border' or 'zeros', "
                              f"got {self.padding_mode!r}")
-        for name in ("feature_channels", "depth_layers", "volume_size", "regions", "motion_dim",
-                     "appearance_dim", "render_window", "dit_layers", "dit_conv_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"renderer.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -206,7 +223,13 @@ class Config:
     stage2: Stage2TrainConfig = field(default_factory=Stage2TrainConfig)
 
     def validate(self) -> "Config":
+        """Check every field (types, ranges, divisibility), then refuse a config whose model
+        cannot fit in this machine's memory (:func:`estimate_memory`). Raises ValueError naming
+        the key."""
+        if not isinstance(self.name, str):
+            raise ValueError(f"config key name must be a string, got {self.name!r}")
         self.renderer.validate()
+        _validate_numbers(self)
         if self.train.batch_size < 1 or self.train.num_driving < 1 or self.train.grad_accumulation < 1:
             raise ValueError("train.batch_size, train.num_driving and train.grad_accumulation "
                              "must be >= 1")
@@ -250,7 +273,221 @@ class Config:
                              f"{', '.join(FREEZABLE_PARTS)}; got {list(self.train.freeze)}")
         if self.loss.gan_kind not in ("lsgan", "hinge"):
             raise ValueError(f"loss.gan_kind must be 'lsgan' or 'hinge', got {self.loss.gan_kind!r}")
+        check_memory(self)
         return self
+
+
+# Widths, sizes and counts of layers above this are refused outright: they keep the memory
+# estimate's arithmetic (and any shape built from them) far from overflow.
+_MAX_WIDTH = 2 ** 20
+_MAX_COUNT = 2 ** 31 - 1
+
+
+def _check_int(section_obj, section: str, name: str, minimum: int, maximum: int = _MAX_WIDTH) -> None:
+    value = getattr(section_obj, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"config key {section}.{name} must be an integer, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"config key {section}.{name} must be in [{minimum}, {maximum}], got {value}")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_number(section_obj, section: str, name: str, minimum: Optional[float] = None,
+                  strict: bool = False, maximum: Optional[float] = None) -> None:
+    """A finite number, >= ``minimum`` (> with ``strict``) and <= ``maximum`` where given."""
+    value = getattr(section_obj, name)
+    if not _is_real(value) or not math.isfinite(value):
+        raise ValueError(f"config key {section}.{name} must be a finite number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"config key {section}.{name} must be {'>' if strict else '>='} {minimum}, "
+                         f"got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"config key {section}.{name} must be <= {maximum}, got {value}")
+
+
+def _check_numbers(section_obj, section: str, name: str, length: Optional[int], minimum: float,
+                   strict: bool, below: Optional[float] = None) -> None:
+    """A tuple of finite numbers (``length`` of them, else at least one), each >= ``minimum``
+    (> with ``strict``) and < ``below`` where given."""
+    values = getattr(section_obj, name)
+    count = f"{length}" if length else "one or more"
+    ok = isinstance(values, tuple) and (len(values) == length if length else len(values) >= 1)
+    ok = ok and all(_is_real(v) and math.isfinite(v) and (v > minimum if strict else v >= minimum)
+                    and (below is None or v < below) for v in values)
+    if not ok:
+        bound = f"{'>' if strict else '>='} {minimum}" + (f" and < {below}" if below is not None else "")
+        raise ValueError(f"config key {section}.{name} must be {count} finite numbers {bound}, "
+                         f"got {list(values) if isinstance(values, tuple) else values!r}")
+
+
+def _validate_numbers(config: "Config") -> None:
+    """Types and ranges of every numeric field outside the renderer section (which checks its own)."""
+    loss, train, motion, stage2 = config.loss, config.train, config.motion, config.stage2
+    for name in ("alpha_perceptual", "alpha_adversarial", "alpha_mask", "feature_matching",
+                 "perceptual_layer_weight", "alpha_mouth", "alpha_mouth_open", "mouth_margin"):
+        _check_number(loss, "loss", name, 0.0)
+    _check_number(loss, "loss", "mask_tau")
+    _check_numbers(loss, "loss", "perceptual_scales", None, 0.0, True)
+    _check_numbers(loss, "loss", "discriminator_scales", None, 0.0, True)
+    _check_int(loss, "loss", "discriminator_channels", 1)
+    _check_int(loss, "loss", "mouth_crop", 8, 4096)
+    _check_int(loss, "loss", "adversarial_start_step", 0, _MAX_COUNT)
+    if loss.vgg19_weights is not None and not isinstance(loss.vgg19_weights, str):
+        raise ValueError(f"config key loss.vgg19_weights must be a path or null, got {loss.vgg19_weights!r}")
+    for section, t in (("train", train), ("stage2", stage2)):
+        for name in ("batch_size", "grad_accumulation", "train_clips", "frames_per_clip", "log_every"):
+            _check_int(t, section, name, 1, _MAX_COUNT)
+        for name in ("heldout_clips", "checkpoint_every"):
+            _check_int(t, section, name, 0, _MAX_COUNT)
+        _check_int(t, section, "seed", 0, 2 ** 63 - 1)
+        _check_number(t, section, "lr", 0.0, strict=True)
+        _check_number(t, section, "lr_min_factor", 0.0, maximum=1.0)
+        _check_number(t, section, "grad_clip", 0.0)
+        _check_numbers(t, section, "betas", 2, 0.0, False, below=1.0)
+        for name in ("lr_schedule", "dtype"):
+            if not isinstance(getattr(t, name), str):
+                raise ValueError(f"config key {section}.{name} must be a string, got {getattr(t, name)!r}")
+    _check_int(train, "train", "num_driving", 1, _MAX_COUNT)
+    _check_int(train, "train", "eval_every", 0, _MAX_COUNT)
+    _check_number(train, "train", "discriminator_lr", 0.0, strict=True)
+    if train.frames_per_clip <= train.num_driving:
+        raise ValueError(f"train.frames_per_clip ({train.frames_per_clip}) must exceed train.num_driving "
+                         f"({train.num_driving}): a source frame and the driving window")
+    if not all(isinstance(part, str) for part in train.freeze):
+        raise ValueError(f"config key train.freeze must be a list of renderer part names, got {list(train.freeze)}")
+    _check_numbers(stage2, "stage2", "loss_weights", 4, 0.0, False)
+    for name in ("window", "audio_dim", "d_state", "width", "heads"):
+        _check_int(motion, "motion", name, 1)
+    for name in ("prev_frames", "global_layers", "local_layers", "local_context", "layers"):
+        _check_int(motion, "motion", name, 0)
+    _check_int(motion, "motion", "diffusion_steps", 1, 10 ** 6)
+    _check_int(motion, "motion", "sample_steps", 1, 10 ** 6)
+    _check_number(motion, "motion", "eta", 0.0)
+    _check_number(motion, "motion", "guidance_scale")
+    _check_number(motion, "motion", "condition_drop")
+    for name in ("schedule", "prediction"):
+        if not isinstance(getattr(motion, name), str):
+            raise ValueError(f"config key motion.{name} must be a string, got {getattr(motion, name)!r}")
+
+
+def _conv(inputs: int, outputs: int, taps: int) -> int:
+    return inputs * outputs * taps + outputs
+
+
+def _down_stack(size: int, width: int, stop: int, cap: int) -> Tuple[int, int]:
+    """(parameters, output channels) of mim.models.encoders.down_stack."""
+    count, channels = 0, 3
+    while size > stop:
+        count += _conv(channels, width, 9)
+        channels, width, size = width, min(2 * width, cap), size // 2
+    return count, channels
+
+
+def _renderer_parameters(r: RendererConfig) -> int:
+    """The renderer's parameter count, layer by layer as mim.models builds it (norms and biases
+    of norms left out: a few per cent at most)."""
+    halvings = (r.image_size // r.volume_size).bit_length() - 1
+    volume = r.feature_channels * r.depth_layers
+    width, count = r.encoder_channels, _conv(3, r.encoder_channels, 9)
+    for _ in range(halvings):                                   # E: stem, expand, ResNet3D
+        count += _conv(width, min(2 * width, 256), 9)
+        width = min(2 * width, 256)
+    count += _conv(width, volume, 1) + _conv(r.feature_channels, r.feature_channels, 1)
+    count += 2 * r.resnet3d_blocks * _conv(r.feature_channels, r.feature_channels, 27)
+    body, channels = _down_stack(r.image_size, r.encoder_channels, 8, 512)   # appearance
+    count += body + _conv(channels, r.appearance_dim, 1)
+    body, channels = _down_stack(r.image_size, r.motion_channels, 4, 512)    # motion encoder
+    count += body + _conv(16 * channels, r.motion_dim, 1)
+    maps, d = r.motion_dim // 64, r.dit_channels                             # DIT
+    count += sum(_conv(maps if i == 0 else d, d, 27) for i in range(r.dit_conv_layers))
+    count += r.dit_layers * 12 * d * d + 64 * d + _conv(d, 2 * r.regions * maps, 1)
+    l = r.lmdd_channels                                                     # LMDD
+    count += _conv(r.regions * maps, l, 9) + _conv(l, r.lmdd_motion_channels * r.depth_layers, 9)
+    count += (_conv(r.feature_channels + r.lmdd_motion_channels, l, 27) + _conv(l, 2 * l, 27)
+              + _conv(2 * l, l, 27) + _conv(l, 4 * r.regions + 1, 27))
+    if r.lmdd_global_motion:
+        count += _conv(r.regions * r.motion_dim, l * r.depth_layers, 1)
+    if r.deviation_features:
+        count += _conv(l, r.feature_channels, 27)
+    width = r.decoder_channels                                              # decoder
+    count += _conv(volume, width, 9) + 4 * _conv(width, width, 9)
+    widths = [width]
+    for _ in range(halvings):
+        out = max(width // 2, 32)
+        count += _conv(width, out, 9) + _conv(r.appearance_dim, 2 * out, 1)
+        width = out
+        widths.append(out)
+    count += _conv(width, 3, 9)
+    if r.decoder_motion:
+        count += _conv(maps, r.decoder_channels, 9) + _conv(r.decoder_channels, r.decoder_channels, 9)
+    if r.decoder_motion_film:
+        count += sum(_conv(r.motion_dim, 2 * w, 1) for w in widths)
+    return count
+
+
+def _motion_parameters(m: MotionConfig, motion_dim: int, appearance_dim: int) -> int:
+    """The motion generator's parameter count: two Mamba stacks (about 6·d² + 6·d·d_state per
+    block at expand 2) and the denoiser's transformer (12·width² per layer) with its inputs."""
+    a, w = m.audio_dim, m.width
+    mamba = (m.global_layers + m.local_layers) * (6 * a * a + 6 * a * m.d_state + 16 * a)
+    inputs = 2 * _conv(80, a, 1) + 2 * _conv(w, w, 1) + 2 * _conv(a, w, 1) + _conv(appearance_dim, w, 1)
+    inputs += 2 * _conv(motion_dim, w, 1) + _conv(w, motion_dim, 1) + (m.window + m.prev_frames) * w
+    return mamba + inputs + m.layers * 12 * w * w + 4 * m.diffusion_steps
+
+
+def _frame_activations(r: RendererConfig) -> int:
+    """Elements of the largest tensors one frame's forward holds: the image-sized maps of the
+    encoders and decoder, the feature volume with the LMDD's hourglass and heads, the decoder's
+    input at the volume's resolution."""
+    pixels, voxels = r.image_size ** 2, r.depth_layers * r.volume_size ** 2
+    image = pixels * (3 + 2 * max(r.encoder_channels, r.motion_channels, 32))
+    volume = voxels * (3 * r.feature_channels + 3 * r.lmdd_channels + 4 * r.regions + r.lmdd_motion_channels + 1)
+    decoder = r.volume_size ** 2 * (r.feature_channels * r.depth_layers + 2 * r.decoder_channels)
+    return image + volume + decoder
+
+
+def estimate_memory(config: "Config") -> Dict[str, int]:
+    """A lower bound on the memory any use of the config needs, in bytes of float32: the weights
+    of the renderer and the motion generator (counted layer by layer, within a few per cent of
+    the built models) plus the largest activations of one frame's forward pass at batch 1.
+    Training needs several times more (gradients, optimizer state, a batch, saved activations).
+    Returns ``parameters``, ``activations`` (elements) and ``bytes``."""
+    r = config.renderer
+    parameters = _renderer_parameters(r) + _motion_parameters(config.motion, r.motion_dim, r.appearance_dim)
+    activations = _frame_activations(r)
+    return {"parameters": parameters, "activations": activations, "bytes": 4 * (parameters + activations)}
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (/proc/meminfo's MemTotal, else sysconf)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(config: "Config") -> None:
+    """Raise ValueError, naming the fields that drive the estimate, when
+    :func:`estimate_memory` exceeds :func:`machine_memory`."""
+    estimate = estimate_memory(config)
+    total = machine_memory()
+    if estimate["bytes"] > total:
+        r = config.renderer
+        raise ValueError(
+            f"config {config.name!r} needs at least {estimate['bytes'] / 2 ** 30:,.1f} GiB "
+            f"({estimate['parameters']:,} weights + {estimate['activations']:,} activation values of one "
+            f"frame, float32) but this machine has {total / 2 ** 30:,.1f} GiB; the sizes that drive it: "
+            f"renderer.image_size = {r.image_size}, renderer.volume_size = {r.volume_size}, "
+            f"renderer.depth_layers = {r.depth_layers}, renderer.feature_channels = {r.feature_channels}, "
+            f"the channel widths (renderer.*_channels, motion.width = {config.motion.width}, "
+            f"motion.audio_dim = {config.motion.audio_dim})")
 
 
 def _tiny() -> Config:
@@ -316,9 +553,11 @@ def _build(cls, data: Dict[str, Any], where: str):
                 raise ValueError(f"config key {key} must be an integer, got {value!r}")
             kwargs[name] = value
         elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"config key {key} must be a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 1e308:
+                raise ValueError(f"config key {key} must be a finite number, got {value!r}")
             kwargs[name] = float(value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ValueError(f"config key {key} must be a string, got {value!r}")
         else:
             kwargs[name] = value
     return cls(**kwargs)

@@ -8,6 +8,7 @@ empty file, naming the path and what was wrong. Every writer goes through :func:
 the destination is either the complete new file or, after any failure, exactly what it was before.
 """
 import contextlib
+import errno
 import itertools
 import os
 import secrets
@@ -19,12 +20,15 @@ import av
 import numpy as np
 import soundfile
 import torch
+from av.video.reformatter import ColorRange, Colorspace, Interpolation
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "MediaError",
+    "OutputError",
     "atomic_output",
     "has_audio",
+    "iter_video",
     "read_audio",
     "read_image",
     "read_video",
@@ -36,10 +40,39 @@ __all__ = [
 _SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg"}
 _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _WAV_SUBTYPES = ("PCM_16", "FLOAT")
+# write_video's fixed settings, so that the same frames give the same bytes on any machine: the
+# colour conversion (tagged in the stream, so decoders invert the same matrix), one x264 thread
+# (x264 otherwise picks its thread count, and with it its output, from the CPUs it may use), and
+# bitexact muxer/encoder flags (no library version strings in the file).
+_VIDEO_COLORSPACE = Colorspace.ITU601
+_VIDEO_RANGE = ColorRange.MPEG
+_X264_OPTIONS = {"preset": "medium", "threads": "1", "flags": "+bitexact"}
+_AAC_OPTIONS = {"flags": "+bitexact"}
+_MUXER_OPTIONS = {"fflags": "+bitexact"}
 
 
 class MediaError(ValueError):
     """A media file is missing, unreadable, corrupt or empty; the message names the path."""
+
+
+class OutputError(OSError):
+    """An output file cannot be written (a directory in its place, a read-only file system, a
+    full disk, no permission); the message names the path. ``errno`` is the cause's."""
+
+    def __init__(self, path, reason, errno=None):
+        super().__init__(f"{path}: cannot write ({reason})")
+        self.errno = errno
+
+
+# OSErrors a writer meets because of where it writes: turned into OutputError naming the file.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                 errno.EDQUOT, errno.EFBIG, errno.EIO, errno.ENAMETOOLONG, errno.EEXIST}
+
+
+def _output_error(path, error):
+    if isinstance(error, OutputError) or not isinstance(error, OSError) or error.errno not in _WRITE_ERRNOS:
+        return None
+    return OutputError(path, error.strerror or str(error), error.errno)
 
 
 @contextlib.contextmanager
@@ -52,16 +85,25 @@ def atomic_output(path):
     On leaving the block normally the file is flushed to disk and replaces ``path``. On any
     exception the temporary file is removed and ``path`` is left untouched. The destination
     directory is created if missing. Permissions follow the umask, as for a plain ``open``.
+
+    ``path`` being a directory, and an OSError of the file system (read-only, full, no
+    permission: ``EROFS``, ``ENOSPC``, ``EACCES``, ...) raised while creating, writing or
+    renaming, raise :class:`OutputError` naming ``path``; other exceptions pass unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}{path.suffix}")
-        try:
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
+    if path.is_dir():
+        raise OutputError(path, "it is a directory; give a file name", errno.EISDIR)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}{path.suffix}")
+            try:
+                os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                break
+            except FileExistsError:
+                continue
+    except OSError as error:
+        raise OutputError(path, error.strerror or str(error), error.errno) from None
     try:
         mode = stat.S_IMODE(os.stat(temp).st_mode)   # 0o666 less the umask
         yield temp
@@ -70,9 +112,12 @@ def atomic_output(path):
         # a writer that recreated the file (safetensors does, as 0o600) gets the umask's mode back
         os.chmod(temp, mode)
         os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as error:
+        with contextlib.suppress(OSError):
             os.unlink(temp)
+        wrapped = _output_error(path, error)
+        if wrapped is not None:
+            raise wrapped from error
         raise
 
 
@@ -137,13 +182,26 @@ def read_image(path, size=None):
     float clipped to [0, 1]), palette, CMYK, YCbCr; an alpha channel or a transparency key is
     composited over white. ``size`` (an int for a square, or ``(height, width)``) resizes with
     Pillow's antialiased bicubic filter, per channel in float precision.
+
+    An image of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 89 Mpixel, Pillow's
+    decompression-bomb limit; 12 bytes a pixel once in float) is refused with a
+    :class:`MediaError`, from its header alone, before anything is decoded: downscale it first.
     """
     path = _require_file(path)
     hw = _size_hw(size)
     try:
         with Image.open(path) as image:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and image.width * image.height > limit:
+                raise MediaError(f"{path}: image is {image.width}x{image.height} pixels, more than the "
+                                 f"{limit:,} this reader decodes (Pillow's decompression-bomb limit); "
+                                 f"downscale it first")
             image.load()
             rgb = _pil_to_rgb_float(image)
+    except MediaError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise MediaError(f"{path}: image refused as too large to decode ({error}); downscale it first") from error
     except UnidentifiedImageError as error:
         raise MediaError(f"{path}: not an image Pillow can read") from error
     except (OSError, SyntaxError, ValueError) as error:
@@ -188,31 +246,58 @@ def read_video(path, size=None, max_frames=None):
     """Decode the first video stream of ``path``: (frames (T, 3, H, W) float32 in [0, 1], fps).
 
     ``size`` (int or ``(height, width)``) resizes every frame as :func:`read_image` does;
-    ``max_frames`` stops after that many frames. fps is the stream's average frame rate.
+    ``max_frames`` stops after that many frames. fps is the stream's average frame rate. The whole
+    clip is held in memory: :func:`iter_video` decodes one frame at a time.
+    """
+    frames, rate = iter_video(path, size=size, max_frames=max_frames)
+    return torch.stack(list(frames)), rate
+
+
+def iter_video(path, size=None, max_frames=None):
+    """Open the first video stream of ``path`` for decoding frame by frame: (frames, fps).
+
+    ``frames`` is an iterator of (3, H, W) float32 tensors in [0, 1], decoded only as they are
+    taken (one frame in memory at a time); ``size`` and ``max_frames`` as for :func:`read_video`.
+    The file, its video stream and its frame rate are checked before this returns; a file that
+    turns out corrupt while decoding, or whose stream holds no frame, raises :class:`MediaError`
+    from the iterator. The file is closed when the iterator is exhausted or closed.
     """
     path = _require_file(path)
     hw = _size_hw(size)
-    if max_frames is not None and (not isinstance(max_frames, (int, np.integer)) or max_frames < 1):
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
+                                   or max_frames < 1):
         raise ValueError(f"max_frames must be None or a positive int, got {max_frames!r}")
-    frames = []
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            if not rate:
-                raise MediaError(f"{path}: the video stream has no frame rate")
-            for frame in container.decode(stream):
-                rgb = frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
-                frames.append(torch.from_numpy(np.ascontiguousarray(_resize(rgb, hw).transpose(2, 0, 1))))
-                if max_frames is not None and len(frames) == max_frames:
-                    break
+        container = av.open(str(path))
     except av.FFmpegError as error:
         raise MediaError(f"{path}: cannot decode video ({error})") from error
-    if not frames:
+    try:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+            raise MediaError(f"{path}: the video stream has no frame rate")
+    except BaseException:
+        container.close()
+        raise
+    return _decode_video(path, container, stream, hw, max_frames), float(rate)
+
+
+def _decode_video(path, container, stream, hw, max_frames):
+    count = 0
+    try:
+        with container:
+            for frame in container.decode(stream):
+                rgb = frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
+                yield torch.from_numpy(np.ascontiguousarray(_resize(rgb, hw).transpose(2, 0, 1)))
+                count += 1
+                if max_frames is not None and count == max_frames:
+                    return
+    except av.FFmpegError as error:
+        raise MediaError(f"{path}: cannot decode video ({error})") from error
+    if count == 0:
         raise MediaError(f"{path}: the video stream has no frames")
-    return torch.stack(frames), float(rate)
 
 
 def _check_audio(audio, sample_rate):
@@ -270,6 +355,10 @@ def write_video(path, frames, fps=25, audio=None, sample_rate=16000, crf=18):
     interleaved with the video frame by frame. A tensor's frames, the first frame of an iterable
     and the audio are validated before any file is created; a later bad frame raises and, as
     with any failure, no file is left behind.
+
+    The output is reproducible: the same frames and audio give the same bytes on any machine
+    (frames converted to yuv420p here, BT.601 limited range, tagged in the stream; one x264
+    thread; bitexact flags, so no library version strings in the file).
     """
     path = Path(path)
     if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction, np.number)) or not fps > 0:
@@ -280,18 +369,21 @@ def write_video(path, frames, fps=25, audio=None, sample_rate=16000, crf=18):
         audio = _check_audio(audio, sample_rate)
     first, rest = _frame_stream(frames)
     rate = fps if isinstance(fps, Fraction) else Fraction(float(fps)).limit_denominator(1001)
-    with atomic_output(path) as temp, av.open(str(temp), mode="w", format="mp4") as container:
+    with (atomic_output(path) as temp,
+          av.open(str(temp), mode="w", format="mp4", container_options=_MUXER_OPTIONS) as container):
         video = container.add_stream("libx264", rate=rate)
         video.height, video.width = first.shape[:2]
         video.pix_fmt = "yuv420p"
-        video.options = {"crf": str(int(crf))}
+        video.colorspace, video.color_range = _VIDEO_COLORSPACE, _VIDEO_RANGE
+        video.options = {"crf": str(int(crf)), **_X264_OPTIONS}
         sound = None
         if audio is not None:
             sound = container.add_stream("aac", rate=int(sample_rate))
             sound.layout = "mono"
+            sound.options = dict(_AAC_OPTIONS)
         samples_written = 0
         for index, pixels in enumerate(itertools.chain([first], rest)):
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame = _to_yuv420p(pixels)
             frame.pts = index
             container.mux(video.encode(frame))
             if sound is not None:
@@ -304,6 +396,17 @@ def write_video(path, frames, fps=25, audio=None, sample_rate=16000, crf=18):
             if len(audio) > samples_written:
                 _encode_audio(container, sound, audio[samples_written:], sample_rate, samples_written)
             container.mux(sound.encode(None))
+
+
+def _to_yuv420p(pixels):
+    """uint8 (H, W, 3) RGB -> a yuv420p frame: BT.601 matrix, limited range, converted here with
+    swscale's bit-exact C arithmetic on one thread (not left to ``encode()``, whose automatic
+    conversion picks SIMD paths and threads by machine)."""
+    return av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(
+        format="yuv420p", src_colorspace=_VIDEO_COLORSPACE, dst_colorspace=_VIDEO_COLORSPACE,
+        src_color_range=ColorRange.JPEG, dst_color_range=_VIDEO_RANGE,
+        interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.BITEXACT,
+        threads=1)
 
 
 def _encode_audio(container, stream, samples, sample_rate, pts):

@@ -14,17 +14,18 @@ import json
 import os
 import random
 import re
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from mim.io import atomic_output
+from mim.config import Config, config_from_dict
+from mim.io import OutputError, atomic_output
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata",
-           "latest_checkpoint", "checkpoint_path", "rng_state_tensors", "restore_rng_state",
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata", "checkpoint_config",
+           "latest_checkpoint", "list_checkpoints", "checkpoint_path", "rng_state_tensors", "restore_rng_state",
            "prune_checkpoints"]
 
 FORMAT = "mim-checkpoint-1"
@@ -39,13 +40,19 @@ def checkpoint_path(directory: str, step: int) -> str:
     return os.path.join(directory, f"step_{step:07d}.safetensors")
 
 
+def list_checkpoints(directory: str) -> List[Tuple[int, str]]:
+    """(step, path) of every ``step_*.safetensors`` in ``directory``, by step (temporary files
+    are ignored; a missing directory has none)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted((int(m.group(1)), os.path.join(directory, name)) for name in os.listdir(directory)
+                  if (m := _STEP_FILE.match(name)))
+
+
 def latest_checkpoint(directory: str) -> Optional[str]:
     """The highest-step ``step_*.safetensors`` in ``directory`` (temporary files are ignored)."""
-    if not os.path.isdir(directory):
-        return None
-    found = [(int(m.group(1)), name) for name in os.listdir(directory)
-             if (m := _STEP_FILE.match(name))]
-    return os.path.join(directory, max(found)[1]) if found else None
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
 
 
 def prune_checkpoints(directory: str, keep: int) -> None:
@@ -115,13 +122,30 @@ def save_checkpoint(path: str, *, kind: str, step: int, config: Dict[str, Any],
     metadata = {"format": FORMAT, "kind": kind, "step": str(step), "config": json.dumps(config),
                 "optimizers": json.dumps(optim_meta), "rng": json.dumps(rng_meta),
                 "extra": json.dumps(extra or {})}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_output(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    try:
+        with atomic_output(path) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
+    except SafetensorError as error:   # safetensors reports a full disk this way
+        raise OutputError(path, f"safetensors: {error}") from None
+
+
+def _json_field(meta: Mapping[str, str], key: str, path: str, default: Optional[str] = None) -> Any:
+    text = meta.get(key, default)
+    if text is None:
+        raise CheckpointError(f"checkpoint {path!r}: its metadata has no {key!r} field")
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {path!r}: metadata {key!r} is not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"checkpoint {path!r}: metadata {key!r} must be a JSON object, "
+                              f"got {type(value).__name__}")
+    return value
 
 
 def read_metadata(path: str) -> Dict[str, Any]:
-    """The checkpoint's kind, step, config and extra fields (no tensors are read)."""
+    """The checkpoint's kind, step, config and extra fields (no tensors are read). Every field is
+    checked: a missing or malformed one raises CheckpointError naming the file and the field."""
     from safetensors import safe_open
 
     if not os.path.isfile(path):
@@ -134,8 +158,76 @@ def read_metadata(path: str) -> Dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path!r} is a safetensors file but not a mim checkpoint "
                               f"(metadata format {meta.get('format')!r}, expected {FORMAT!r})")
-    return {"kind": meta["kind"], "step": int(meta["step"]), "config": json.loads(meta["config"]),
-            "extra": json.loads(meta.get("extra", "{}")), "_raw": meta}
+    for key in ("kind", "step"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {path!r}: its metadata has no {key!r} field")
+    step = meta["step"]
+    if not re.fullmatch(r"\d{1,18}", step.strip()):
+        raise CheckpointError(f"checkpoint {path!r}: metadata 'step' must be an integer >= 0, got {step!r}")
+    return {"kind": meta["kind"], "step": int(step), "config": _json_field(meta, "config", path),
+            "extra": _json_field(meta, "extra", path, "{}"), "_raw": meta}
+
+
+def checkpoint_config(path: str, meta: Optional[Dict[str, Any]] = None) -> Config:
+    """The checkpoint's stored config, validated as any config is (``Config.validate``, memory
+    estimate included) before any model is built; CheckpointError naming the file and the key."""
+    meta = read_metadata(path) if meta is None else meta
+    try:
+        return config_from_dict(meta["config"])
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {path!r} has a config this version cannot use: {error}") from None
+
+
+_FLOATING = {"F16", "BF16", "F32", "F64"}
+
+
+def _check_header(path: str, header: Mapping[str, Tuple[Tuple[int, ...], str]],
+                  modules: Mapping[str, torch.nn.Module], optional: Sequence[str]) -> None:
+    """Every module tensor against the file's header (shape, floating or not): nothing is read."""
+    for name, module in modules.items():
+        prefix = name + "."
+        stored = {k[len(prefix):]: v for k, v in header.items() if k.startswith(prefix)}
+        own = module.state_dict()
+        missing = sorted(k for k in set(own) - set(stored) if not (prefix + k).startswith(tuple(optional)))
+        unexpected = sorted(set(stored) - set(own))
+        wrong = sorted(k for k in set(own) & set(stored) if tuple(own[k].shape) != stored[k][0])
+        kind = sorted(k for k in set(own) & set(stored)
+                      if own[k].is_floating_point() != (stored[k][1] in _FLOATING))
+        if missing or unexpected or wrong or kind:
+            details = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                                for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                    ("wrong shape", wrong), ("wrong dtype", kind)) if keys)
+            raise CheckpointError(f"checkpoint {path!r} does not fit the {name!r} model of this "
+                                  f"config ({details}); was it trained with another config?")
+
+
+def _read_tensors(path: str, modules: Mapping[str, torch.nn.Module], optional: Sequence[str],
+                  wanted: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """The tensors whose names start with one of ``wanted``, after the header check; a floating
+    tensor with NaN or inf raises CheckpointError naming it."""
+    from safetensors import safe_open
+
+    tensors = {}
+    try:
+        with safe_open(path, framework="pt") as handle:
+            header = {}
+            for key in handle.keys():
+                piece = handle.get_slice(key)
+                header[key] = (tuple(piece.get_shape()), piece.get_dtype())
+            _check_header(path, header, modules, optional)
+            for key in handle.keys():
+                if not key.startswith(tuple(wanted)):
+                    continue
+                tensor = handle.get_tensor(key)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise CheckpointError(f"checkpoint {path!r}: tensor {key!r} holds NaN or infinite "
+                                          f"values (saved from a diverged run?)")
+                tensors[key] = tensor
+    except CheckpointError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {path!r} is corrupt: {error}") from None
+    return tensors
 
 
 def load_checkpoint(path: str, *, kind: str, modules: Mapping[str, torch.nn.Module],
@@ -150,43 +242,45 @@ def load_checkpoint(path: str, *, kind: str, modules: Mapping[str, torch.nn.Modu
     meta = read_metadata(path)
     if meta["kind"] != kind:
         raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, expected {kind!r}")
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path!r} is corrupt: {error}") from None
+    optimizers = optimizers or {}
+    wanted = [name + "." for name in [*modules, *optimizers]] + (["rng."] if restore_rng else [])
+    tensors = _read_tensors(path, modules, optional, wanted)
     for name, module in modules.items():
         prefix = name + "."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        own = module.state_dict()
-        missing = sorted(k for k in set(own) - set(state) if not (prefix + k).startswith(tuple(optional)))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if missing or unexpected or wrong:
-            details = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                                for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                                    ("wrong shape", wrong)) if keys)
-            raise CheckpointError(f"checkpoint {path!r} does not fit the {name!r} model of this "
-                                  f"config ({details}); was it trained with another config?")
-        module.load_state_dict(state, strict=not optional)
-    optim_meta = json.loads(meta["_raw"].get("optimizers", "{}"))
-    for name, optimizer in (optimizers or {}).items():
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                               strict=not optional)
+    optim_meta = _json_field(meta["_raw"], "optimizers", path, "{}")
+    for name, optimizer in optimizers.items():
         if name not in optim_meta:
             raise CheckpointError(f"checkpoint {path!r} has no optimizer state {name!r}")
-        prefix = name + ".state."
-        state: Dict[int, Dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith(prefix):
-                index, field = key[len(prefix):].split(".", 1)
-                state.setdefault(int(index), {})[field] = value
-        for key, value in optim_meta[name]["scalars"].items():
-            index, field = key.split(".", 1)
-            state.setdefault(int(index), {})[field] = value
-        groups = optim_meta[name]["param_groups"]
-        for group, current in zip(groups, optimizer.param_groups):  # JSON turned tuples into lists
-            for key, value in current.items():
-                if isinstance(value, tuple) and isinstance(group.get(key), list):
-                    group[key] = tuple(group[key])
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        try:
+            _load_optimizer(optimizer, name, optim_meta[name], tensors)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+            raise CheckpointError(f"checkpoint {path!r}: optimizer state {name!r} does not fit "
+                                  f"({type(error).__name__}: {error})") from None
     if restore_rng:
-        restore_rng_state(tensors, json.loads(meta["_raw"]["rng"]))
+        try:
+            restore_rng_state(tensors, _json_field(meta["_raw"], "rng", path))
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise CheckpointError(f"checkpoint {path!r}: its RNG state cannot be restored "
+                                  f"({type(error).__name__}: {error})") from None
     return meta
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, name: str, saved: Dict[str, Any],
+                    tensors: Mapping[str, torch.Tensor]) -> None:
+    prefix = name + ".state."
+    state: Dict[int, Dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            index, field = key[len(prefix):].split(".", 1)
+            state.setdefault(int(index), {})[field] = value
+    for key, value in saved["scalars"].items():
+        index, field = key.split(".", 1)
+        state.setdefault(int(index), {})[field] = value
+    groups = saved["param_groups"]
+    for group, current in zip(groups, optimizer.param_groups):  # JSON turned tuples into lists
+        for key, value in current.items():
+            if isinstance(value, tuple) and isinstance(group.get(key), list):
+                group[key] = tuple(group[key])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -14,13 +14,18 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 
 from mim.config import Config, config_to_dict, save_config
-from mim.train.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint,
+from mim.train.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint,
                                   prune_checkpoints, read_metadata, save_checkpoint)
 from mim.train.distributed import DistributedContext, init_distributed
 
-__all__ = ["CsvLog", "TrainerBase"]
+__all__ = ["CsvLog", "TrainerBase", "TrainingDiverged"]
 
 log = logging.getLogger("mim.train")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss of a training step is NaN or infinite; the message names the step and the last
+    good checkpoint. The run stops; the checkpoints written so far are kept."""
 
 
 class CsvLog:
@@ -151,6 +156,17 @@ class TrainerBase(ABC):
         self.step = meta["step"]
         log.info("resumed from %s at step %d", path, self.step)
 
+    def divergence_message(self, values: Dict[str, float]) -> str:
+        """One line: the step whose loss is not finite, and the last good checkpoint, the newest
+        one older than the weights that gave that loss (or that none was written)."""
+        bad = ", ".join(f"{k} = {v}" for k, v in values.items() if not math.isfinite(v))
+        good = [(step, path) for step, path in list_checkpoints(self.ckpt_dir) if step < self.step - 1]
+        section = "train" if self.train_section() is self.config.train else "stage2"
+        kept = (f"the last good checkpoint is {max(good)[1]}" if good else
+                f"no checkpoint was written before it (none in {self.ckpt_dir} older than step {self.step - 1})")
+        return (f"training diverged: step {self.step} gave a non-finite loss ({bad}); {kept}; "
+                f"try a lower {section}.lr (now {self.train_section().lr:g})")
+
     # -- the loop -------------------------------------------------------------------------------
     def run(self, steps: int) -> Dict[str, float]:
         """Train until ``steps`` optimizer steps in total; checkpoint every ``checkpoint_every``
@@ -175,8 +191,7 @@ class TrainerBase(ABC):
                 began = time.perf_counter()
                 values = self.train_step(steps)
                 if not all(math.isfinite(v) for v in values.values()):
-                    raise FloatingPointError(f"non-finite loss at step {self.step}: {values}; "
-                                             f"the last checkpoint is kept")
+                    raise TrainingDiverged(self.divergence_message(values))
                 values["seconds"] = time.perf_counter() - began
                 last = values
                 bar.update(1)

@@ -27,7 +27,7 @@ from mim.losses import (MultiScalePatchDiscriminator, PerceptualLoss, crop_boxes
                         feature_matching_loss, generator_adversarial_loss, threshold_mask_loss,
                         total_generator_loss)
 from mim.models import Renderer, standardize_motion
-from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from mim.train.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
 from mim.train.distributed import DistributedContext, shutdown_distributed
 from mim.train.loop import CsvLog, TrainerBase
 
@@ -65,7 +65,10 @@ def check_same_renderer(saved: Dict, config: Config, path: str) -> None:
     """Raise CheckpointError naming every renderer field where ``saved`` differs from ``config``.
     A field that ``saved`` lacks (a checkpoint older than the field) counts as its default."""
     ours = config_to_dict(config)["renderer"]
-    theirs = config_to_dict(config_from_dict(saved))["renderer"]
+    try:
+        theirs = config_to_dict(config_from_dict(saved))["renderer"]
+    except ValueError as error:
+        raise CheckpointError(f"{path!r} holds a config this version cannot use: {error}") from None
     diff = [f"renderer.{k}: checkpoint {theirs.get(k)!r} vs config {v!r}"
             for k, v in ours.items() if theirs.get(k) != v]
     if diff:
@@ -137,7 +140,7 @@ class Stage1Trainer(TrainerBase):
         meta = read_metadata(path)
         if meta["kind"] not in RENDERER_KINDS:
             raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, not a renderer")
-        saved = config_from_dict(meta["config"]).renderer
+        saved = checkpoint_config(path, meta).renderer
         added = [flag for flag in OPTIONAL_BRANCHES if getattr(self.config.renderer, flag) and not getattr(saved, flag)]
         compared = copy.deepcopy(self.config)
         for flag in added:
@@ -356,7 +359,7 @@ def renderer_from_checkpoint(path: str, backend: Optional[str] = None,
     meta = read_metadata(path)
     if meta["kind"] not in RENDERER_KINDS:
         raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, not a renderer")
-    saved = config_from_dict(meta["config"])
+    saved = checkpoint_config(path, meta)
     if config is not None:
         check_same_renderer(meta["config"], config, path)
     renderer = Renderer(saved.renderer, backend=backend)

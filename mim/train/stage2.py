@@ -21,10 +21,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mim.audio import audio_features
-from mim.config import Config, config_from_dict
+from mim.config import Config
 from mim.models import Renderer
 from mim.models.motion import MotionGenerator
-from mim.train.checkpoint import read_metadata
+from mim.train.checkpoint import checkpoint_config
 from mim.train.distributed import DistributedContext, shutdown_distributed
 from mim.train.loop import TrainerBase
 from mim.train.stage1 import build_stage1_data, check_same_renderer, renderer_from_checkpoint
@@ -181,7 +181,7 @@ def load_stage1_renderer(path: str, config: Optional[Config] = None):
     """(renderer, config) from a checkpoint holding a renderer; ``config``, when given, must have
     the same renderer section, and is returned; else the checkpoint's own config is."""
     renderer = renderer_from_checkpoint(path, config=config)
-    return renderer, (config or config_from_dict(read_metadata(path)["config"]))
+    return renderer, (config or checkpoint_config(path))
 
 
 def train_stage2(stage1: str, out_dir: str, steps: int, config: Optional[Config] = None,
