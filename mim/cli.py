@@ -395,7 +395,7 @@ def _user_errors() -> tuple:
 
 def _one_line(error: BaseException) -> str:
     text = re.sub(r"\s*\n\s*", " ", str(error)).strip()
-    if isinstance(error, (ValueError, OSError)) and text:
+    if text and (isinstance(error, (ValueError, OSError)) or type(error).__module__.startswith("mim.")):
         return text
     return f"{type(error).__name__}: {text}" if text else f"{type(error).__name__} (run with -v for the traceback)"
 

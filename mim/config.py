@@ -574,7 +574,10 @@ def config_from_dict(data: Dict[str, Any]) -> Config:
         # A complete motion section without the field was saved before it existed (every
         # checkpoint holds its whole config): those models predict ε.
         data = dict(data, motion=dict(motion, prediction="eps"))
-    base = _FACTORIES.get(data.get("name", ""), _base)()
+    name = data.get("name", "")
+    if not isinstance(name, str):
+        raise ValueError(f"config key name must be a string, got {name!r}")
+    base = _FACTORIES.get(name, _base)()
     merged = _merge(config_to_dict(base), data)
     return _build(Config, merged, "").validate()
 

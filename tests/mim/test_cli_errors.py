@@ -190,6 +190,19 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == [os.path.basename(path)] and open(path, "rb").read() == before
 
 
+def test_disk_full_while_training_writes_a_checkpoint(tmp_path, capsys, monkeypatch):
+    def full(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    monkeypatch.setattr(Stage1Trainer, "train_step", _fake_step(diverges_at=None))
+    out = tmp_path / "run"
+    run_failing(["train", "stage1", "--config", _tiny_run_config(tmp_path), "--steps", "1", "--out", out,
+                 "--no-eval", "--no-progress"], capsys,
+                os.path.join(out, "checkpoints", "step_0000001.safetensors"), "cannot write", "StorageFull")
+    assert os.listdir(out / "checkpoints") == []
+
+
 @pytest.mark.parametrize("flag, given", [("--image", "portrait.png"), ("--audio", "speech.wav"),
                                          ("--checkpoint", "stage2.safetensors")])
 def test_animate_out_equal_to_an_input_is_refused(media, capsys, flag, given):
@@ -267,11 +280,12 @@ def test_non_finite_samples_in_a_wav(media, tmp_path, capsys, bad):
     ("motion", "heads", 5),                # does not divide width = 128
     ("train", "betas", [0.5, "x"]),
     ("loss", "perceptual_scales", []),
+    ("", "name", ["tiny"]),
 ])
 def test_bad_config_values_name_the_key(tmp_path, capsys, section, key, value):
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps({"name": "tiny", section: {key: value}}))
-    run_failing(["config", "show", path], capsys, f"{section}.{key}")
+    path.write_text(json.dumps({"name": "tiny", section: {key: value}} if section else {key: value}))
+    run_failing(["config", "show", path], capsys, f"{section}.{key}" if section else f"key {key}")
 
 
 def test_memory_estimate_names_the_fields_and_spares_the_shipped_configs(monkeypatch):
@@ -331,11 +345,14 @@ def _rewrite(source, target, tensors=None, **metadata):
 @pytest.mark.parametrize("command", ["evaluate", "animate"])
 def test_bad_checkpoint_metadata(media, tmp_path, capsys, change, named, command):
     bad = _rewrite(media["stage2"], tmp_path / "bad.safetensors", **change)
+    out = tmp_path / ("out.json" if command == "evaluate" else "out.mp4")
+    listing = previous_output(out)
     if command == "evaluate":
-        argv = ["evaluate", "--checkpoint", bad, "--no-progress"]
+        argv = ["evaluate", "--checkpoint", bad, "--no-progress", "--json", out]
     else:
-        argv = animate_argv(media, tmp_path / "out.mp4", **{"--checkpoint": bad})
+        argv = animate_argv(media, out, **{"--checkpoint": bad})
     run_failing(argv, capsys, bad, named)
+    assert_untouched(out, listing)
 
 
 def test_nan_weights_are_found_on_loading(media, tmp_path, capsys, monkeypatch):
@@ -379,19 +396,24 @@ def _tiny_run_config(tmp_path, **train):
     return path
 
 
+def _fake_step(diverges_at):
+    """A training step without compute (the loop, its checkpoints and messages run as they are);
+    its loss is NaN at step ``diverges_at``."""
+    def step(self, total_steps=0):
+        self.step += 1
+        return {"loss": float("nan") if self.step == diverges_at else 1.0, "l1": 0.5, "lr": 1e-3}
+    return step
+
+
 @pytest.mark.parametrize("diverges_at, last_good", [(3, "step_0000001.safetensors"), (1, None)])
 def test_divergence_names_the_step_and_the_last_good_checkpoint(tmp_path, capsys, monkeypatch,
                                                                 diverges_at, last_good):
     """A non-finite loss stops the run with one line: the step, and the newest checkpoint older
     than the weights that gave it (step 3's loss comes from step 2's weights: step 1 is named)."""
-    def fake_step(self, total_steps=0):      # the loop, its checkpoints and the message, no compute
-        self.step += 1
-        return {"loss": float("nan") if self.step == diverges_at else 1.0, "l1": 0.5, "lr": 1e-3}
-
-    monkeypatch.setattr(Stage1Trainer, "train_step", fake_step)
+    monkeypatch.setattr(Stage1Trainer, "train_step", _fake_step(diverges_at))
     out = tmp_path / "run"
     named = [os.path.join(out, "checkpoints", last_good)] if last_good else ["no checkpoint was written"]
     err = run_failing(["train", "stage1", "--config", _tiny_run_config(tmp_path), "--steps", "5",
                        "--out", out, "--no-eval", "--no-progress"], capsys,
                       f"step {diverges_at} gave a non-finite loss", "loss = nan", "train.lr", *named)
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "TrainingDiverged" not in err
