@@ -438,15 +438,15 @@ def _motion_parameters(m: MotionConfig, motion_dim: int, appearance_dim: int) ->
     return mamba + inputs + m.layers * 12 * w * w + 4 * m.diffusion_steps
 
 
-def _frame_activations(r: RendererConfig) -> int:
-    """Elements of the largest tensors one frame's forward holds: the image-sized maps of the
-    encoders and decoder, the feature volume with the LMDD's hourglass and heads, the decoder's
-    input at the volume's resolution."""
+def _frame_activations(r: RendererConfig) -> Tuple[int, int]:
+    """Elements of the largest tensors one frame's forward holds: (the image-sized maps of the
+    encoders and decoder, the feature volume with the LMDD's hourglass and heads plus the
+    decoder's input at the volume's resolution)."""
     pixels, voxels = r.image_size ** 2, r.depth_layers * r.volume_size ** 2
     image = pixels * (3 + 2 * max(r.encoder_channels, r.motion_channels, 32))
     volume = voxels * (3 * r.feature_channels + 3 * r.lmdd_channels + 4 * r.regions + r.lmdd_motion_channels + 1)
     decoder = r.volume_size ** 2 * (r.feature_channels * r.depth_layers + 2 * r.decoder_channels)
-    return image + volume + decoder
+    return image, volume + decoder
 
 
 def estimate_memory(config: "Config") -> Dict[str, int]:
@@ -454,11 +454,13 @@ def estimate_memory(config: "Config") -> Dict[str, int]:
     of the renderer and the motion generator (counted layer by layer, within a few per cent of
     the built models) plus the largest activations of one frame's forward pass at batch 1.
     Training needs several times more (gradients, optimizer state, a batch, saved activations).
-    Returns ``parameters``, ``activations`` (elements) and ``bytes``."""
+    Returns ``parameters``, ``image_activations`` and ``volume_activations`` (elements) and
+    ``bytes``."""
     r = config.renderer
     parameters = _renderer_parameters(r) + _motion_parameters(config.motion, r.motion_dim, r.appearance_dim)
-    activations = _frame_activations(r)
-    return {"parameters": parameters, "activations": activations, "bytes": 4 * (parameters + activations)}
+    image, volume = _frame_activations(r)
+    return {"parameters": parameters, "image_activations": image, "volume_activations": volume,
+            "bytes": 4 * (parameters + image + volume)}
 
 
 def machine_memory() -> int:
@@ -479,15 +481,21 @@ def check_memory(config: "Config") -> None:
     estimate = estimate_memory(config)
     total = machine_memory()
     if estimate["bytes"] > total:
-        r = config.renderer
+        r, m = config.renderer, config.motion
+        drivers = {
+            "image_activations": f"renderer.image_size = {r.image_size} (maps of image_size² × "
+                                 f"renderer.encoder_channels = {r.encoder_channels} / "
+                                 f"motion_channels = {r.motion_channels})",
+            "volume_activations": f"renderer.volume_size = {r.volume_size}, depth_layers = {r.depth_layers}, "
+                                  f"feature_channels = {r.feature_channels}, lmdd_channels = {r.lmdd_channels}",
+            "parameters": f"the widths (renderer.*_channels, renderer.motion_dim = {r.motion_dim}, "
+                          f"motion.width = {m.width}, motion.audio_dim = {m.audio_dim}, motion.layers = {m.layers})",
+        }
+        largest = max(drivers, key=lambda key: estimate[key])
         raise ValueError(
-            f"config {config.name!r} needs at least {estimate['bytes'] / 2 ** 30:,.1f} GiB "
-            f"({estimate['parameters']:,} weights + {estimate['activations']:,} activation values of one "
-            f"frame, float32) but this machine has {total / 2 ** 30:,.1f} GiB; the sizes that drive it: "
-            f"renderer.image_size = {r.image_size}, renderer.volume_size = {r.volume_size}, "
-            f"renderer.depth_layers = {r.depth_layers}, renderer.feature_channels = {r.feature_channels}, "
-            f"the channel widths (renderer.*_channels, motion.width = {config.motion.width}, "
-            f"motion.audio_dim = {config.motion.audio_dim})")
+            f"config {config.name!r} needs at least {estimate['bytes'] / 2 ** 30:,.1f} GiB (float32 weights "
+            f"and one frame's activations) but this machine has {total / 2 ** 30:,.1f} GiB; most of it "
+            f"({4 * estimate[largest] / 2 ** 30:,.1f} GiB) comes from {drivers[largest]}")
 
 
 def _tiny() -> Config:

@@ -291,7 +291,11 @@ def test_bad_config_values_name_the_key(tmp_path, capsys, section, key, value):
 def test_memory_estimate_names_the_fields_and_spares_the_shipped_configs(monkeypatch):
     config = get_config("tiny")
     config.renderer.image_size = 1048576
-    with pytest.raises(ValueError, match=r"needs at least .* GiB.*renderer.image_size = 1048576"):
+    with pytest.raises(ValueError, match=r"needs at least .* GiB.*comes from renderer.image_size = 1048576"):
+        config.validate()
+    config = get_config("tiny")
+    config.motion.width, config.motion.heads = 400000, 1
+    with pytest.raises(ValueError, match=r"comes from the widths .*motion.width = 400000"):
         config.validate()
     for name in ("tiny", "base"):                      # a 24 GiB machine runs both
         assert estimate_memory(get_config(name))["bytes"] < 24 * 2 ** 30
