@@ -56,9 +56,11 @@ compile without a trace of it. A step where seq_idx changes gets the decay exp(d
 scan's cumulative decay drops the state carried in (and the checkpoint before it), and in
 backward the adjoint scan gets decay 0 at the step before a start (within a chunk; across a
 chunk boundary the carried gradient is that of a step with decay 0), so no adjoint, dA or dΔ
-crosses it. Extra traffic: each program reads its row's seq_idx (forward at t and t − 1,
-backward at t − 1, t, t + 1: 4 bytes per (b, t), the repeats from L1/L2), i.e. batch·L·4 bytes
-from device memory per launch beside the P·L·s·(3 + [z]) of u, delta and z.
+crosses it. Extra traffic: each program reads its row's seq_idx (forward once per chunk at t
+and t − 1; backward at t − 1, t and t + 1 once per state n, which keeps the masks out of the
+registers held through the loop over n: held there, they made the narrow config spill), 4 bytes
+per (b, t) from device memory, the repeats from L1/L2: batch·L·4 bytes per launch, beside the
+P·L·s·(3 + [z]) of u, delta and z.
 """
 from __future__ import annotations
 
@@ -300,12 +302,7 @@ def _scan_backward(
         dt = tl.where(tile, dt, 0.0)
         dt_next = tl.where(has_next, dt_next, 0.0)
         if HAS_SEQ_IDX:
-            # Steps that start a sequence, and steps whose successor in this chunk does: the
-            # adjoint does not flow back across either (the next chunk's first step is seen by
-            # the gradient it carries in, zero when a sequence starts there).
-            starts = _sequence_starts(seq_idx_ptr, t, in_time)
             next_in_chunk = in_time & (steps < T_CHUNK - 1) & (t + 1 < L)
-            starts_next = _sequence_starts(seq_idx_ptr, t + 1, next_in_chunk)
         grad_y = tl.load(grad_out_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
         if has_z != 0:
             z = tl.load(z_ptr + offsets, mask=tile, other=0.0).to(tl.float32)
@@ -323,6 +320,12 @@ def _scan_backward(
             step_decay = tl.exp(dt * A_n[:, None])
             next_decay = tl.exp(dt_next * A_n[:, None])
             if HAS_SEQ_IDX:
+                # Steps that start a sequence, and steps whose successor in this chunk does: the
+                # adjoint does not flow back across either (the next chunk's first step is seen
+                # by the gradient it carries in, zero when a sequence starts there). Loaded for
+                # each n (from L1) rather than held in registers through the loop.
+                starts = _sequence_starts(seq_idx_ptr, t, in_time)
+                starts_next = _sequence_starts(seq_idx_ptr, t + 1, next_in_chunk)
                 step_decay = tl.where(starts[None, :], 0.0, step_decay)
                 next_decay = tl.where(starts_next[None, :], 0.0, next_decay)
             step_drive = dt * u * B_n[None, :]
