@@ -6,7 +6,8 @@ For x (batch, dim, L), weight (dim, W) and every batch b, channel d and time t:
 
 with x = 0 before t = 0 (left zero padding of W − 1), then SiLU when ``activation`` is "silu" (or
 its other name "swish"). With ``seq_idx`` (batch, L) (packed sequences), a term k counts only when
-seq_idx[b, t − (W − 1) + k] == seq_idx[b, t]: inputs of another sequence count as 0. The one-step form keeps the last inputs in a state and rolls it.
+seq_idx[b, t − (W − 1) + k] == seq_idx[b, t]: inputs of another sequence count as 0. The
+one-step form keeps the last inputs in a state and rolls it.
 Computed in float32 (float64 for float64 inputs); differentiable by autograd.
 """
 from __future__ import annotations

@@ -9,18 +9,20 @@ Forward: dt = softplus(delta + delta_bias) is one vectorized torch op; then one 
 (batch, channel) runs the recurrence h_t = exp(dt_t·A)·h_{t−1} + dt_t·B_t·u_t,
 y_t = C_t·h_t + D·u_t with h (N values) held locally, and gates y·silu(z) in a second, vectorized
 loop over the row. With ``seq_idx``, h is set to zero before each step that starts a packed
-sequence (one byte per (batch, step) read, from a (batch, L) mask of the starts). The loop over the N states is vectorized: the float32 exp is a polynomial the
-compiler vectorizes (with libm's scalar expf the forward took 3× as long). Reads u, dt, z, B, C
-once; writes out, the last state, and a checkpoint of h every ``CHUNK`` steps
-(batch·dim·⌈L/CHUNK⌉·N floats: CHUNK times fewer than all the states).
+sequence (one byte per (batch, step) read, from a (batch, L) mask of the starts). The loop over
+the N states is vectorized: the float32 exp is a polynomial the compiler vectorizes (with libm's
+scalar expf the forward took 3× as long). Reads u, dt, z, B, C once; writes out, the last state,
+and a checkpoint of h every ``CHUNK`` steps (batch·dim·⌈L/CHUNK⌉·N floats: CHUNK times fewer
+than all the states).
 
 Backward: one numba task per (batch, group, slice of the group's channels). For each channel it
 walks the chunks last to first: recompute the chunk's states, decays and pre-gate y from its
 checkpoint into a per-task (CHUNK + 1, N) scratch, then run the adjoint recurrence backwards
 through it. A step that starts a packed sequence gets the decay 0: the recomputed state forgets
-what came before, and no adjoint, dA or dΔ flows back across it. dB and dC sum over the channels of a group: each task adds into its own (L, N) slab
-(no races; batch·G·slices·L·N floats, summed afterwards), and dA, dD are reduced over the batch
-in torch, as is the softplus backward. Nothing of size (batch, dim, L, N) is ever stored.
+what came before, and no adjoint, dA or dΔ flows back across it. dB and dC sum over the
+channels of a group: each task adds into its own (L, N) slab (no races; batch·G·slices·L·N
+floats, summed afterwards), and dA, dD are reduced over the batch in torch, as is the softplus
+backward. Nothing of size (batch, dim, L, N) is ever stored.
 
 The autograd Function saves the inputs and the checkpoints only. Forward and backward are the
 custom ops ``mim::selective_scan_cpu_fwd`` / ``_bwd`` (with fake implementations), so
