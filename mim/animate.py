@@ -6,9 +6,11 @@ portrait's appearance F_A in the condition), then the renderer draws each frame 
 (encoded once) and those features. T = ceil(25 · audio duration) frames, the last one covering
 the audio's tail.
 
-Motion is small (T × motion_dim) and is sampled whole first; frames are rendered one render window
+The audio is featurized and encoded a chunk at a time (Mamba-g carries its conv window and SSM
+state from chunk to chunk; Mamba-l's per-frame slices are independent). Motion is small
+(T × motion_dim) and is sampled whole first; frames are rendered one render window
 (``config.renderer.render_window``) at a time and streamed to the video encoder, so memory does
-not grow with the length of the audio.
+not grow with the length of the audio beyond the samples themselves and these T-row tensors.
 """
 
 from __future__ import annotations
@@ -21,7 +23,19 @@ import numpy as np
 import torch
 
 from kernels import Mamba
-from mim.audio import N_FFT, SAMPLE_RATE, VIDEO_FPS, audio_features, load_audio, num_video_frames
+from mim.audio import (
+    FEATURE_FLOOR,
+    HOP_LENGTH,
+    MEL_BINS,
+    MEL_PER_VIDEO_FRAME,
+    N_FFT,
+    SAMPLE_RATE,
+    VIDEO_FPS,
+    load_audio,
+    log_mel_range,
+    normalize_log_mel,
+    num_video_frames,
+)
 from mim.config import Config, config_from_dict
 from mim.io import MediaError, read_image, write_video
 from mim.models.motion import MotionGenerator
@@ -36,6 +50,11 @@ KIND = "stage2"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "examples" / "demo" / "mim_tiny.safetensors"
 # log_mel's STFT reflect-pads n_fft // 2 samples at each end, so it needs one sample more.
 _MIN_SAMPLES = N_FFT // 2 + 1
+# The audio is featurized and encoded a chunk at a time, so memory does not grow with its length:
+# Mamba-g reads this many mel frames (10 s) per call, carrying its state; Mamba-l this many
+# video frames' slices (10 s; each slice is independent).
+_MEL_CHUNK = 1000
+_FRAME_CHUNK = 250
 
 PathLike = Union[str, os.PathLike]
 
@@ -56,6 +75,22 @@ def _resolve_device(device) -> torch.device:
 
 def _is_path(value) -> bool:
     return isinstance(value, (str, os.PathLike))
+
+
+def _local_windows(samples: np.ndarray, num_frames: int, start: int, stop: int, context: int) -> torch.Tensor:
+    """``audio_features(samples, num_frames).local_windows(context)[start:stop]``, computed from the
+    mel frames that video frames start - context … stop + context - 1 own, and no others:
+    (stop - start, 4·(2·context + 1), 80). Video frames outside [0, num_frames) and mel frames
+    past the clip's end are silence (FEATURE_FLOOR), as there."""
+    first, last = start - context, stop + context              # the video frames read: [first, last)
+    lo, hi = max(first, 0), min(last, num_frames)
+    mel_lo = lo * MEL_PER_VIDEO_FRAME
+    mel_hi = min(hi * MEL_PER_VIDEO_FRAME, len(samples) // HOP_LENGTH + 1)
+    per_frame = torch.full(((last - first) * MEL_PER_VIDEO_FRAME, MEL_BINS), FEATURE_FLOOR)
+    offset = (lo - first) * MEL_PER_VIDEO_FRAME
+    per_frame[offset:offset + mel_hi - mel_lo] = normalize_log_mel(log_mel_range(samples, mel_lo, mel_hi))
+    windows = per_frame.view(last - first, MEL_PER_VIDEO_FRAME, MEL_BINS).unfold(0, 2 * context + 1, 1)
+    return windows.permute(0, 3, 1, 2).reshape(stop - start, -1, MEL_BINS)
 
 
 class Animator:
@@ -191,17 +226,36 @@ class Animator:
     # The two stages.
 
     @torch.no_grad()
+    def _encode_audio(self, audio: np.ndarray):
+        """(F_ag (1, audio_dim), F_al (1, T, audio_dim)) for T = num_video_frames(len(audio)):
+        ``self.motion.encode_audio`` on the clip's features, computed a chunk at a time (Mamba-g
+        over ``_MEL_CHUNK`` mel frames at a time carrying its state, Mamba-l over the slices of
+        ``_FRAME_CHUNK`` video frames), so only F_al, T × audio_dim, grows with the audio."""
+        num_frames = num_video_frames(len(audio))
+        mel_frames = len(audio) // HOP_LENGTH + 1
+
+        def mel_chunks():
+            for start in range(0, mel_frames, _MEL_CHUNK):
+                mel = log_mel_range(audio, start, min(start + _MEL_CHUNK, mel_frames))
+                yield normalize_log_mel(mel)[None].to(self.device)
+
+        audio_global = self.motion.mamba_g.forward_chunks(mel_chunks())
+        context = self.config.motion.local_context
+        audio_local = [
+            self.motion.mamba_l(_local_windows(audio, num_frames, start, min(start + _FRAME_CHUNK, num_frames),
+                                               context)[None].to(self.device))
+            for start in range(0, num_frames, _FRAME_CHUNK)]
+        return audio_global, torch.cat(audio_local, dim=1)
+
+    @torch.no_grad()
     def _generate_motion(self, state: SourceState, audio: np.ndarray, steps, seed, guidance_scale,
                          progress: bool) -> torch.Tensor:
         """Motion features (1, T, motion_dim) for T = num_video_frames(len(audio))."""
         from tqdm import tqdm
 
-        features = audio_features(audio, num_video_frames(len(audio)))
-        mel = features.mel[None].to(self.device)
-        windows = features.local_windows(self.config.motion.local_context)[None].to(self.device)
-        audio_global, audio_local = self.motion.encode_audio(mel, windows)
+        audio_global, audio_local = self._encode_audio(audio)
         generator = torch.Generator(self.device).manual_seed(int(seed))
-        total = -(-features.num_frames // self.config.motion.window)
+        total = -(-audio_local.shape[1] // self.config.motion.window)
         with tqdm(total=total, desc="motion", unit="window", disable=not progress) as bar:
             return self.motion.generate(audio_global, audio_local, state.appearance,
                                         steps=None if steps is None else int(steps),

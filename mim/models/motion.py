@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import Mamba
+from kernels import Mamba, causal_conv1d, selective_scan
 from mim.audio import MEL_BINS, MEL_PER_VIDEO_FRAME
 from mim.config import MotionConfig
 from mim.diffusion import (
@@ -113,6 +113,44 @@ class _MambaBlock(nn.Module):
         return x + self.mamba(self.norm(x))
 
 
+def _mamba_carrying_state(mamba: Mamba, hidden: torch.Tensor, state):
+    """``mamba(hidden)`` for one chunk of a longer sequence: (out (B, l, d_model), next state).
+
+    ``state`` is None before the first chunk, else what the previous chunk returned:
+    (the last d_conv − 1 inputs of the causal conv (B, d_inner, d_conv − 1), the SSM state h
+    (B, d_inner, N) float32). The conv reads those inputs ahead of the chunk's (its output for
+    them is dropped) and the scan starts from h, so chunk after chunk gives what one call over
+    the whole sequence gives, while holding only one chunk's activations.
+    """
+    batch, length, _ = hidden.shape
+    xz = torch.matmul(mamba.in_proj.weight, hidden.transpose(1, 2))     # (B, 2·d_inner, l)
+    if mamba.in_proj.bias is not None:
+        xz = xz + mamba.in_proj.bias.to(xz.dtype)[:, None]
+    x, z = xz.chunk(2, dim=1)
+    tail, ssm = (x.new_zeros(batch, mamba.d_inner, 0), None) if state is None else state
+    x = torch.cat([tail, x], dim=2)                  # the first chunk: zeros before it, as there
+    keep = mamba.d_conv - 1
+    padded = F.pad(x, (max(keep - x.shape[2], 0), 0))
+    next_tail = padded[:, :, padded.shape[2] - keep:]
+    x = causal_conv1d(x, mamba.conv1d.weight.squeeze(1), mamba.conv1d.bias, mamba.activation,
+                      backend=mamba.backend)[:, :, tail.shape[2]:].contiguous()
+    # From here on the same operations as Mamba.forward, so a first chunk holding the whole
+    # sequence gives its result bit for bit.
+    x_dbl = mamba.x_proj(x.transpose(1, 2).reshape(batch * length, mamba.d_inner))
+    dt, B, C = torch.split(x_dbl, [mamba.dt_rank, mamba.d_state, mamba.d_state], dim=-1)
+    dt = (mamba.dt_proj.weight @ dt.t()).unflatten(1, (batch, length)).transpose(0, 1)
+    B = B.unflatten(0, (batch, length)).transpose(1, 2).contiguous()
+    C = C.unflatten(0, (batch, length)).transpose(1, 2).contiguous()
+    full = torch.promote_types(mamba.A_log.dtype, torch.float32)
+    y, last = selective_scan(x, dt, -torch.exp(mamba.A_log.to(full)), B, C,
+                             mamba.D.to(torch.promote_types(mamba.D.dtype, torch.float32)), z=z,
+                             delta_bias=mamba.dt_proj.bias.to(torch.promote_types(mamba.dt_proj.bias.dtype,
+                                                                                  torch.float32)),
+                             delta_softplus=True, return_last_state=True, initial_state=ssm,
+                             backend=mamba.backend)
+    return mamba.out_proj(y.transpose(1, 2)), (next_tail, last)
+
+
 class _MambaStack(nn.Module):
     """Linear(80 → audio_dim), ``layers`` Mamba blocks, a final LayerNorm: (N, L, 80) →
     (N, L, audio_dim). Causal: token i depends on mel frames 0 … i only."""
@@ -129,6 +167,19 @@ class _MambaStack(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def forward_chunk(self, mel: torch.Tensor, states: Optional[list]):
+        """:meth:`forward` on one chunk (N, l, 80) of a longer sequence: (out, next states).
+        ``states`` is None before the first chunk, else what the previous chunk returned (one
+        conv window and SSM state per block, see :func:`_mamba_carrying_state`)."""
+        x = self.input(mel)
+        states = [None] * len(self.blocks) if states is None else states
+        carried = []
+        for block, state in zip(self.blocks, states):
+            out, state = _mamba_carrying_state(block.mamba, block.norm(x), state)
+            x = x + out
+            carried.append(state)
+        return self.norm(x), carried
 
 
 class MambaGlobalExtractor(nn.Module):
@@ -166,6 +217,25 @@ class MambaGlobalExtractor(nn.Module):
         valid = torch.arange(frames, device=x.device)[None, :] < lengths[:, None]   # (B, L_mel)
         total = (x * valid[..., None].to(x.dtype)).sum(dim=1)
         return total / lengths[:, None].to(x.dtype)
+
+    def forward_chunks(self, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+        """F_ag ``(B, audio_dim)`` of a clip whose log-mel comes as consecutive chunks
+        ``(B, l_k, 80)`` in time order: what :meth:`forward` gives on their concatenation
+        (without ``lengths``), holding one chunk's activations at a time. Each Mamba block's conv
+        window and SSM state are carried from chunk to chunk, and the mean is a running sum, so
+        memory does not grow with the clip's length (inference: ``mim animate``)."""
+        total, frames, states, batch = None, 0, None, None
+        for index, chunk in enumerate(chunks):
+            _check_features(chunk, f"mel chunk {index}", "(B, l, 80)", (batch, None, MEL_BINS))
+            if chunk.shape[1] < 1:
+                raise ValueError(f"mel chunk {index} holds no mel frame (l = 0)")
+            batch = chunk.shape[0]
+            x, states = self.stack.forward_chunk(chunk, states)
+            total = x.sum(dim=1) if total is None else total + x.sum(dim=1)
+            frames += chunk.shape[1]
+        if total is None:
+            raise ValueError("chunks yielded no mel chunk: the clip needs at least one mel frame")
+        return total / frames
 
 
 class MambaLocalExtractor(nn.Module):
@@ -417,11 +487,12 @@ class MotionGenerator(nn.Module):
         scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         window = self.config.window
         starts = range(0, frames, window)
-        generated = audio_local.new_zeros(batch, 0, self.motion_dim)
+        generated = []
+        previous = audio_local.new_zeros(batch, self.config.prev_frames, self.motion_dim)
         for k, start in enumerate(starts):
             local = audio_local[:, start:start + window]
             cond = {"audio_global": audio_global, "audio_local": local,
-                    "prev_motion": self._previous_frames(generated), "appearance": appearance}
+                    "prev_motion": previous, "appearance": appearance}
             uncond = None
             if scale != 1:
                 uncond = dict(cond, audio_global=torch.zeros_like(audio_global),
@@ -430,10 +501,11 @@ class MotionGenerator(nn.Module):
                                  steps=steps, eta=eta, cond=cond, uncond=uncond,
                                  guidance_scale=scale, generator=generator,
                                  dtype=audio_local.dtype, device=audio_local.device)
-            generated = torch.cat([generated, sample], dim=1)
+            generated.append(sample)
+            previous = self._previous_frames(torch.cat([previous, sample], dim=1))
             if progress is not None:
                 progress(k, len(starts))
-        return self.denormalize(generated)
+        return self.denormalize(torch.cat(generated, dim=1))
 
     def training_loss(self, m: torch.Tensor, audio_global: torch.Tensor,
                       audio_local: torch.Tensor, prev_motion: torch.Tensor,
