@@ -18,9 +18,10 @@ def check_seq_idx(seq_idx: Optional[torch.Tensor], batch: int, length: int,
                   device: torch.device) -> None:
     """Raise a clear error unless ``seq_idx`` is None or an int32 (batch, L) tensor on ``device``.
 
-    On CPU it is also checked to be non-decreasing along each row. On other devices that check
-    would wait for the device, so it is the caller's responsibility there (a decreasing step is
-    a boundary like any other change)."""
+    On CPU it is also checked to be non-decreasing along each row, except while ``torch.compile``
+    traces (a data-dependent branch would break the graph). On other devices that check would
+    wait for the device, so it is the caller's responsibility there, as under torch.compile (a
+    decreasing step is a boundary like any other change)."""
     if seq_idx is None:
         return
     if not isinstance(seq_idx, torch.Tensor):
@@ -33,7 +34,7 @@ def check_seq_idx(seq_idx: Optional[torch.Tensor], batch: int, length: int,
     if seq_idx.device != device:
         raise ValueError(f"seq_idx is on {seq_idx.device} but the input is on {device}; "
                          "pass tensors on one device")
-    if seq_idx.device.type == "cpu" and length > 1:
+    if seq_idx.device.type == "cpu" and length > 1 and not torch.compiler.is_compiling():
         falls = seq_idx[:, 1:] < seq_idx[:, :-1]
         if bool(falls.any()):
             b, t = (int(i) for i in falls.nonzero()[0])

@@ -5,8 +5,8 @@ ones. fp16 and bf16 inputs are computed in fp32 (as the ``causal_conv1d`` CUDA p
 cast back, so the two implementations agree.
 
 With ``seq_idx`` (packed sequences) the convolution is a masked sum over the W taps instead: the
-(batch, dim, L, W) windows of x (``unfold``, a view), times a (batch, L, W) mask that keeps the taps
-in the output's own sequence, contracted with the weight by ``einsum``.
+(batch, dim, L, W) windows of x (``unfold``, a view) times the weight where the tap is in the
+output's sequence (0 elsewhere), summed over W: (batch, dim, L, W) intermediates, W times x.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def causal_conv1d_torch(x, weight, bias, silu, seq_idx=None):
     if seq_idx is not None:
         windows = F.pad(x.to(compute), (width - 1, 0)).unfold(2, width, 1)
         same = F.pad(seq_idx, (width - 1, 0)).unfold(1, width, 1) == seq_idx[:, :, None]
-        y = torch.einsum("bdlw,blw,dw->bdl", windows, same.to(compute), weight.to(compute))
+        taps = same[:, None, :, :].to(compute) * weight.to(compute)[None, :, None, :]
+        y = (windows * taps).sum(-1)
         if bias is not None:
             y = y + bias.to(compute)[:, None]
         return (F.silu(y) if silu else y).to(x.dtype)

@@ -353,3 +353,26 @@ def test_mamba_prompt_with_seq_idx_then_steps_continue_the_last_sequence():
         for b, start in enumerate((7, 3)):
             alone = generate(hidden[b:b + 1, start:], None, after[b:b + 1])
             assert_close(f"row {b}", packed[b:b + 1], alone, FORWARD_TOLERANCE[torch.float32])
+
+
+def test_seq_idx_compiles_without_graph_break():
+    """torch.compile(fullgraph=True) traces the conv and the scan with seq_idx (the CPU
+    non-decreasing check, data-dependent, is skipped while tracing) and matches eager."""
+    torch._dynamo.reset()
+
+    def block(x, weight, delta, A, B, C, seq_idx):
+        x = causal_conv1d(x, weight, activation="silu", backend="torch", seq_idx=seq_idx)
+        out, last = selective_scan(x, delta, A, B, C, delta_softplus=True, return_last_state=True,
+                                   backend="torch", seq_idx=seq_idx)
+        return out.square().sum() + last.sum()
+
+    generator = torch.Generator().manual_seed(4)
+    seq_idx, _ = random_packing(2, 20, generator)
+    x = torch.randn(2, 3, 20, generator=generator, requires_grad=True)
+    rest = (torch.randn(3, 4, generator=generator), torch.randn(2, 3, 20, generator=generator),
+            -torch.rand(3, 4, generator=generator), torch.randn(2, 4, 20, generator=generator),
+            torch.randn(2, 4, 20, generator=generator))
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    (grad_x,) = torch.autograd.grad(compiled(x, *rest, seq_idx), x)
+    (ref_grad_x,) = torch.autograd.grad(block(x, *rest, seq_idx), x)
+    assert_close("grad x", grad_x, ref_grad_x, GRADIENT_TOLERANCE[torch.float32])
