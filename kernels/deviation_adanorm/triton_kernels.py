@@ -43,10 +43,10 @@ def _adanorm_fwd_kernel(v_ptr, scale_ptr, shift_ptr, out_ptr, mean_ptr, rstd_ptr
     centered = tl.where(in_row, deviation - mean, 0.0)
     rstd = 1.0 / tl.sqrt_rn(tl.sum(centered * centered, axis=0) / G + eps)
     normalized = deviation * rstd
-    region_at = row * R * G  # int64, advanced by G per region
-    for _ in range(R):
-        at = region_at + offs
-        region_at += G
+    region_row = row * R * G
+    row_length = G.to(tl.int64)  # r · G below in int64
+    for r in range(R):
+        at = region_row + r * row_length + offs
         scale = tl.load(scale_ptr + at, mask=in_row, other=0.0).to(tl.float32)
         shift = tl.load(shift_ptr + at, mask=in_row, other=0.0).to(tl.float32)
         tl.store(out_ptr + at, (normalized * scale + shift).to(out_ptr.dtype.element_ty), mask=in_row)
@@ -72,10 +72,10 @@ def _adanorm_bwd_kernel(grad_out_ptr, v_ptr, scale_ptr, mean_ptr, rstd_ptr,
     rstd = tl.load(rstd_ptr + row)
     normalized = deviation * rstd
     grad_normalized = tl.zeros([BLOCK_G], dtype=tl.float32)
-    region_at = row * R * G  # int64, advanced by G per region
-    for _ in range(R):
-        at = region_at + offs
-        region_at += G
+    region_row = row * R * G
+    row_length = G.to(tl.int64)  # r · G and (j + 1) · G below in int64
+    for r in range(R):
+        at = region_row + r * row_length + offs
         grad_out = tl.load(grad_out_ptr + at, mask=in_row, other=0.0).to(tl.float32)
         scale = tl.load(scale_ptr + at, mask=in_row, other=0.0).to(tl.float32)
         grad_normalized += grad_out * scale
@@ -90,10 +90,8 @@ def _adanorm_bwd_kernel(grad_out_ptr, v_ptr, scale_ptr, mean_ptr, rstd_ptr,
     arrived = tl.atomic_add(arrivals_ptr + b, 1, sem="acq_rel")
     if arrived == N - 1:
         total = tl.zeros([BLOCK_G], dtype=tl.float32)
-        frame = grad_source  # advanced by G per frame (no (j + 1) · G product in int32)
-        for _ in range(N):
-            frame += G
-            total += tl.load(frame + offs, mask=in_row, other=0.0,
+        for j in range(N):
+            total += tl.load(grad_source + (j + 1) * row_length + offs, mask=in_row, other=0.0,
                              cache_modifier=".cg").to(tl.float32)
         tl.store(grad_source + offs, (-total).to(grad_v_ptr.dtype.element_ty), mask=in_row)
 

@@ -55,12 +55,14 @@ def _grid_sample_3d_fwd_kernel(input_ptr, grid_ptr, out_ptr, C, D, H, W, P,
                                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """out[n, :, p] for BLOCK_P points p of batch element n = program_id(1)."""
     n = tl.program_id(1).to(tl.int64)
-    points = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    in_range = points < P
-    x, _, y, _, z, _, _ = _source_indices(grid_ptr, (n * P + points) * 3, in_range, D, H, W,
-                                          ALIGN_CORNERS, BORDER)
+    first = tl.program_id(0).to(tl.int64) * BLOCK_P  # the block's first point (int64 scalar)
+    lanes = tl.arange(0, BLOCK_P)
+    in_range = lanes < P - first
+    x, _, y, _, z, _, _ = _source_indices(grid_ptr + (n * P + first) * 3, lanes.to(tl.int64) * 3,
+                                          in_range, D, H, W, ALIGN_CORNERS, BORDER)
     offsets, weights, masks = trilinear_corners(x, y, z, D, H, W)
     volume = input_ptr + n * C * D * H * W
+    out_block = out_ptr + n * C * P + first
     for c0 in range(0, C, BLOCK_C):
         channels = c0 + tl.arange(0, BLOCK_C)
         tile = (channels < C)[:, None] & in_range[None, :]
@@ -70,8 +72,8 @@ def _grid_sample_3d_fwd_kernel(input_ptr, grid_ptr, out_ptr, C, D, H, W, P,
             value = tl.load(channel_base + offsets[i][None, :], mask=tile & masks[i][None, :],
                             other=0.0).to(tl.float32)
             acc += weights[i][None, :] * value
-        out_at = (n * C + channels.to(tl.int64))[:, None] * P + points[None, :]
-        tl.store(out_ptr + out_at, acc.to(out_ptr.dtype.element_ty), mask=tile)
+        out_at = (channels.to(tl.int64) * P)[:, None] + lanes[None, :]
+        tl.store(out_block + out_at, acc.to(out_ptr.dtype.element_ty), mask=tile)
 
 
 @triton.jit
@@ -82,12 +84,20 @@ def _grid_sample_3d_bwd_kernel(grad_out_ptr, input_ptr, grid_ptr, grad_input_ptr
                                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """grad_input (fp32, zeroed, atomically accumulated) and grad_grid for BLOCK_P points."""
     n = tl.program_id(1).to(tl.int64)
-    points = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    in_range = points < P
-    at = (n * P + points) * 3
-    x, dx, y, dy, z, dz, defined = _source_indices(grid_ptr, at, in_range, D, H, W, ALIGN_CORNERS,
-                                                   BORDER)
-    offsets, weights, masks = trilinear_corners(x, y, z, D, H, W)
+    first = tl.program_id(0).to(tl.int64) * BLOCK_P  # the block's first point (int64 scalar)
+    lanes = tl.arange(0, BLOCK_P)
+    in_range = lanes < P - first
+    block_grid = (n * P + first) * 3
+    at = lanes.to(tl.int64) * 3
+    x, dx, y, dy, z, dz, defined = _source_indices(grid_ptr + block_grid, at, in_range, D, H, W,
+                                                   ALIGN_CORNERS, BORDER)
+    corner_offsets, weights, masks = trilinear_corners(x, y, z, D, H, W)
+    # offsets within a channel are < D·H·W < 2^31 (checked by the launcher): int32 keeps 8
+    # registers free (at 128 registers on sm_80, int64 offsets spilled)
+    offsets = (corner_offsets[0].to(tl.int32), corner_offsets[1].to(tl.int32),
+               corner_offsets[2].to(tl.int32), corner_offsets[3].to(tl.int32),
+               corner_offsets[4].to(tl.int32), corner_offsets[5].to(tl.int32),
+               corner_offsets[6].to(tl.int32), corner_offsets[7].to(tl.int32))
     _, fx = axis_cell(x, W)
     _, fy = axis_cell(y, H)
     _, fz = axis_cell(z, D)
@@ -95,14 +105,15 @@ def _grid_sample_3d_bwd_kernel(grad_out_ptr, input_ptr, grid_ptr, grad_input_ptr
     wy = (1.0 - fy, fy)
     wz = (1.0 - fz, fz)
     voxels = n * C * D * H * W
+    grad_out_block = grad_out_ptr + n * C * P + first
     grad_x = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     grad_y = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     grad_z = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         channels = c0 + tl.arange(0, BLOCK_C)
         tile = (channels < C)[:, None] & in_range[None, :]
-        out_at = (n * C + channels.to(tl.int64))[:, None] * P + points[None, :]
-        grad_out = tl.load(grad_out_ptr + out_at, mask=tile, other=0.0).to(tl.float32)
+        out_at = (channels.to(tl.int64) * P)[:, None] + lanes[None, :]
+        grad_out = tl.load(grad_out_block + out_at, mask=tile, other=0.0).to(tl.float32)
         if BORDER:  # a NaN point: forward read the border, backward sees it outside (as ATen)
             grad_out = tl.where(defined[None, :], grad_out, 0.0)
         channel_at = (voxels + channels.to(tl.int64) * D * H * W)[:, None]
@@ -121,9 +132,10 @@ def _grid_sample_3d_bwd_kernel(grad_out_ptr, input_ptr, grid_ptr, grad_input_ptr
                 grad_z += ((2 * (i >> 2) - 1) * (wx[i & 1] * wy[(i >> 1) & 1]))[None, :] * pull
     if GRID_GRAD:
         element = grad_grid_ptr.dtype.element_ty
-        tl.store(grad_grid_ptr + at, (tl.sum(grad_x, axis=0) * dx).to(element), mask=in_range)
-        tl.store(grad_grid_ptr + at + 1, (tl.sum(grad_y, axis=0) * dy).to(element), mask=in_range)
-        tl.store(grad_grid_ptr + at + 2, (tl.sum(grad_z, axis=0) * dz).to(element), mask=in_range)
+        grad_grid_at = grad_grid_ptr + block_grid + at
+        tl.store(grad_grid_at, (tl.sum(grad_x, axis=0) * dx).to(element), mask=in_range)
+        tl.store(grad_grid_at + 1, (tl.sum(grad_y, axis=0) * dy).to(element), mask=in_range)
+        tl.store(grad_grid_at + 2, (tl.sum(grad_z, axis=0) * dz).to(element), mask=in_range)
 
 
 BLOCK_P = 128
@@ -187,6 +199,10 @@ def grid_sample_3d_backward_triton(grad_out: torch.Tensor, input: torch.Tensor, 
                                    border: bool, align_corners: bool, input_grad: bool, grid_grad: bool):
     """Contiguous grad_out, input, grid → (grad_input or None, grad_grid or None)."""
     N, C, D, H, W = input.shape
+    if D * H * W >= 2 ** 31:
+        raise ValueError(f"input has {D * H * W} voxels per channel; the triton backward of "
+                         "grid_sample_3d takes fewer than 2^31 (int32 corner offsets); use "
+                         "backend='torch'")
     P = grad_out.shape[2] * grad_out.shape[3] * grad_out.shape[4]
     grad_input = torch.zeros(input.shape, device=input.device, dtype=torch.float32) if input_grad else None
     grad_grid = torch.empty_like(grid) if grid_grad else None

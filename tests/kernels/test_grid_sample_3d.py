@@ -187,6 +187,18 @@ def test_non_finite_grid_matches_f_grid_sample(backend, padding, align, poisoned
         assert_close(name, g, e, GRADIENT_TOLERANCE[dtype])
 
 
+def test_triton_backward_refuses_channels_of_2_to_the_31_voxels():
+    """The backward's corner offsets are int32 within a channel: 2^31 voxels per channel are
+    refused before anything is allocated (an expanded view stands in for the 8 GB volume)."""
+    from kernels.grid_sample_3d.triton_kernels import grid_sample_3d_backward_triton
+
+    volume = torch.zeros(1).expand(1, 1, 2 ** 11, 2 ** 10, 2 ** 10)
+    grid = torch.zeros(1, 1, 1, 2, 3)
+    with pytest.raises(ValueError, match="2147483648 voxels per channel.*use backend='torch'"):
+        grid_sample_3d_backward_triton(torch.zeros(1, 1, 1, 1, 2), volume, grid, True, False,
+                                       True, True)
+
+
 def _good():
     return torch.randn(2, 3, 4, 5, 6), torch.rand(2, 2, 3, 4, 3) * 2 - 1
 
