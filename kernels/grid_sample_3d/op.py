@@ -13,6 +13,7 @@ from .._dispatch import resolve_backend
 from .reference import grid_sample_3d_reference
 
 PADDING_MODES = ("zeros", "border")
+MAX_TRITON_BATCH = 65535  # CUDA's limit on a launch grid's y dimension, which walks N
 _ATEN_PADDING = {"zeros": 0, "border": 1}
 _ATEN_BILINEAR = 0
 
@@ -149,7 +150,7 @@ def grid_sample_3d(input: torch.Tensor, grid: torch.Tensor, padding_mode: str = 
         backend: "auto" (default), "reference", "torch" or "triton"; see ``kernels._dispatch``.
             The triton backward accumulates grad_input with atomic adds: it raises under
             ``torch.use_deterministic_algorithms(True)`` (warns with ``warn_only=True``) when
-            input needs a gradient.
+            input needs a gradient. The triton kernels take N <= 65535 (a ``ValueError`` beyond).
 
     NaN and ±inf grid coordinates give what ``F.grid_sample`` gives on CPU on every backend (see
     ``kernels/_trilinear.py``); empty tensors (N, C or Do·Ho·Wo of 0) give empty outputs and
@@ -170,6 +171,10 @@ def grid_sample_3d(input: torch.Tensor, grid: torch.Tensor, padding_mode: str = 
         return grid_sample_3d_reference(input, grid, padding_mode, align_corners)
     if chosen == "triton":
         check_tensor("input", input, KERNEL_DTYPES)
+        if input.shape[0] > MAX_TRITON_BATCH:
+            raise ValueError(f"input has batch N={input.shape[0]}; the triton kernels take "
+                             f"N <= {MAX_TRITON_BATCH} (the launch grid's second dimension): "
+                             "split the batch or use backend='torch'")
     if input.shape[0] * input.shape[1] * grid[..., 0].numel() == 0:
         chosen = "torch"  # nothing to sample: no kernel launch over an empty grid
     return GridSample3dFunction.apply(input.contiguous(), grid.contiguous(), padding_mode,

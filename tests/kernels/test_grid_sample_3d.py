@@ -227,6 +227,12 @@ def test_bad_input_is_named(message, corrupt, kwargs, error):
         grid_sample_3d(*corrupt(*_good()), **kwargs)
 
 
+def test_triton_refuses_batches_beyond_the_launch_grid():
+    volume, grid = torch.randn(65536, 1, 1, 1, 1), torch.zeros(65536, 1, 1, 1, 3)
+    with pytest.raises(ValueError, match="batch N=65536.*N <= 65535.*backend='torch'"):
+        grid_sample_3d(volume, grid, backend="triton")
+
+
 def test_triton_rejects_float64_clearly():
     with pytest.raises(TypeError, match="input must have a floating dtype"):
         grid_sample_3d(*(t.double() for t in _good()), backend="triton")
