@@ -9,7 +9,7 @@ the same two sequences.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -47,3 +47,17 @@ def sequence_starts(seq_idx: torch.Tensor) -> torch.Tensor:
     starts = torch.zeros(seq_idx.shape, dtype=torch.bool, device=seq_idx.device)
     starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
     return starts
+
+
+def sequence_ordinals(seq_idx: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """(int32 (batch, L) ordinal of the sequence each position belongs to, number of sequences).
+
+    Sequences are numbered in order of appearance, row by row: row 0's in position order, then
+    row 1's, ... (the count of sequence starts, t = 0 of every row included, up to and including
+    the position, minus one). Cheap torch ops on seq_idx's device plus one host sync (``int``)
+    for the count, which sizes the per-sequence outputs."""
+    firsts = sequence_starts(seq_idx)
+    firsts[:, :1] = True
+    ordinals = firsts.flatten().cumsum(0, dtype=torch.int64).sub_(1)
+    count = int(ordinals[-1]) + 1 if ordinals.numel() else 0
+    return ordinals.to(torch.int32).view(seq_idx.shape), count

@@ -9,7 +9,9 @@ Forward: dt = softplus(delta + delta_bias) is one vectorized torch op; then one 
 (batch, channel) runs the recurrence h_t = exp(dt_t·A)·h_{t−1} + dt_t·B_t·u_t,
 y_t = C_t·h_t + D·u_t with h (N values) held locally, and gates y·silu(z) in a second, vectorized
 loop over the row. With ``seq_idx``, h is set to zero before each step that starts a packed
-sequence (one byte per (batch, step) read, from a (batch, L) mask of the starts). The loop over
+sequence (one byte per (batch, step) read, from a (batch, L) mask of the starts), and when the
+per-sequence final states are asked for, h is also written at each sequence's last step to row
+``ordinals[b, t]`` of a (num_sequences, dim, N) array. The loop over
 the N states is vectorized: the float32 exp is a polynomial the compiler vectorizes (with libm's
 scalar expf the forward took 3× as long). Reads u, dt, z, B, C once; writes out, the last state,
 and a checkpoint of h every ``CHUNK`` steps (batch·dim·⌈L/CHUNK⌉·N floats: CHUNK times fewer
@@ -19,7 +21,8 @@ Backward: one numba task per (batch, group, slice of the group's channels). For 
 walks the chunks last to first: recompute the chunk's states, decays and pre-gate y from its
 checkpoint into a per-task (CHUNK + 1, N) scratch, then run the adjoint recurrence backwards
 through it. A step that starts a packed sequence gets the decay 0: the recomputed state forgets
-what came before, and no adjoint, dA or dΔ flows back across it. dB and dC sum over the
+what came before, and no adjoint, dA or dΔ flows back across it; the gradient of a sequence's
+final state joins the adjoint at that sequence's last step. dB and dC sum over the
 channels of a group: each task adds into its own (L, N) slab (no races; batch·G·slices·L·N
 floats, summed afterwards), and dA, dD are reduced over the batch in torch, as is the softplus
 backward. Nothing of size (batch, dim, L, N) is ever stored.
@@ -109,13 +112,15 @@ def _silu(x):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _forward_kernel(u, dt, A, Bt, Ct, D, z, h0, starts, has_z, has_seq, chunk, out, last,
-                    checkpoints):
+def _forward_kernel(u, dt, A, Bt, Ct, D, z, h0, starts, ordinals, has_z, has_seq, has_varlen,
+                    chunk, out, last, checkpoints, varlen_states):
     """u, dt, z (batch, dim, L); A (dim, N); Bt, Ct (batch, G, L, N) (time-major, so the N values
     of a step are contiguous); D (dim,) (zeros when absent); h0 (batch, dim, N); starts (batch, L)
-    uint8, 1 where a packed sequence starts (read when has_seq).
-    Writes out (batch, dim, L) (y, gated when has_z), last (batch, dim, N) and checkpoints
-    (batch, dim, ⌈L/chunk⌉, N): the state before steps 0, chunk, 2·chunk, ...
+    uint8, 1 where a packed sequence starts (read when has_seq); ordinals (batch, L) int32, the
+    sequence of each step (read when has_varlen, which needs has_seq).
+    Writes out (batch, dim, L) (y, gated when has_z), last (batch, dim, N), checkpoints
+    (batch, dim, ⌈L/chunk⌉, N): the state before steps 0, chunk, 2·chunk, ..., and when
+    has_varlen varlen_states (num_sequences, dim, N): h at each sequence's last step.
 
     Loops index arrays element by element: a sliced view inside the loop would touch the shared
     reference count of its parent on every step, from every thread."""
@@ -143,6 +148,9 @@ def _forward_kernel(u, dt, A, Bt, Ct, D, z, h0, starts, has_z, has_seq, chunk, o
                 h[n] = state
                 y += Ct[b, g, t, n] * state
             out[b, d, t] = y
+            if has_varlen and (t == length - 1 or starts[b, t + 1] != 0):
+                for n in range(nstate):
+                    varlen_states[ordinals[b, t], d, n] = h[n]
         if has_z:
             for t in range(length):
                 out[b, d, t] = out[b, d, t] * _silu(z[b, d, t])
@@ -151,11 +159,12 @@ def _forward_kernel(u, dt, A, Bt, Ct, D, z, h0, starts, has_z, has_seq, chunk, o
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _backward_kernel(u, dt, A, Bt, Ct, D, z, starts, has_z, has_seq, chunk, checkpoints, grad_out,
-                     grad_last, slices, grad_u, grad_dt, grad_z, grad_h0, grad_A_parts, grad_D_parts,
-                     grad_B_parts, grad_C_parts):
-    """Inputs as ``_forward_kernel`` plus checkpoints, grad_out (batch, dim, L) and grad_last
-    (batch, dim, N). Writes grad_u, grad_dt, grad_z (batch, dim, L), grad_h0 (batch, dim, N), and
+def _backward_kernel(u, dt, A, Bt, Ct, D, z, starts, ordinals, has_z, has_seq, has_varlen, chunk,
+                     checkpoints, grad_out, grad_last, grad_varlen, slices, grad_u, grad_dt, grad_z,
+                     grad_h0, grad_A_parts, grad_D_parts, grad_B_parts, grad_C_parts):
+    """Inputs as ``_forward_kernel`` plus checkpoints, grad_out (batch, dim, L), grad_last
+    (batch, dim, N) and, read when has_varlen, grad_varlen (num_sequences, dim, N): added to the
+    state's adjoint at each sequence's last step. Writes grad_u, grad_dt, grad_z (batch, dim, L), grad_h0 (batch, dim, N), and
     per-batch parts grad_A_parts (batch, dim, N), grad_D_parts (batch, dim); adds into
     grad_B_parts, grad_C_parts (batch, G, slices, L, N), which must start at zero."""
     batch, dim, length = u.shape
@@ -215,6 +224,9 @@ def _backward_kernel(u, dt, A, Bt, Ct, D, z, starts, has_z, has_seq, chunk, chec
                     grad_d += grad_y * ut
                     grad_step = np.float32(0.0)
                     sum_gb = np.float32(0.0)
+                    if has_varlen and (t == length - 1 or starts[b, t + 1] != 0):
+                        for n in range(nstate):
+                            grad_h[n] += grad_varlen[ordinals[b, t], d, n]
                     for n in range(nstate):
                         gh = grad_h[n] + grad_y * Ct[b, g, t, n]
                         grad_C_parts[b, g, s, t, n] += grad_y * states[i + 1, n]
@@ -270,6 +282,13 @@ def _starts(seq_idx, batch):
     return sequence_starts(seq_idx).to(torch.uint8).numpy(), True
 
 
+def _ordinals(ordinals):
+    """(int32 (batch, L) sequence ordinals, has_varlen); a 1×1 dummy when None."""
+    if ordinals is None:
+        return np.zeros((1, 1), dtype=np.int32), False
+    return ordinals.contiguous().numpy(), True
+
+
 def _set_threads() -> int:
     """Run the kernels on torch's thread count (capped by numba's pool); returns it."""
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
@@ -284,9 +303,11 @@ def _channel_slices(batch: int, groups: int, per_group: int, threads: int) -> in
 
 
 def scan_forward_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                     seq_idx=None):
-    """(out in u's dtype, last state, checkpoints (batch, dim, ⌈L/CHUNK⌉, N)); the last two in
-    float32 (float64 for float64 inputs)."""
+                     seq_idx=None, ordinals=None, num_sequences=0):
+    """(out in u's dtype, last state, checkpoints (batch, dim, ⌈L/CHUNK⌉, N), varlen states
+    (num_sequences, dim, N), each sequence's final state: written when ``ordinals`` (see
+    ``sequence_ordinals``) is given, else (0, dim, N)); all but out in float32 (float64 for
+    float64 inputs)."""
     compute = _compute_dtype(u)
     batch, dim, length = u.shape
     nstate = A.shape[1]
@@ -298,17 +319,23 @@ def scan_forward_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initia
     out = torch.empty(batch, dim, length, dtype=compute)
     last = torch.empty(batch, dim, nstate, dtype=compute)
     checkpoints = torch.empty(batch, dim, -(-length // CHUNK), nstate, dtype=compute)
+    varlen_states = torch.empty(num_sequences if ordinals is not None else 0, dim, nstate,
+                                dtype=compute)
     _set_threads()
     starts, has_seq = _starts(seq_idx, batch)
-    _forward_kernel(*_kernel_inputs(u, dt, A, B, C, D, z), h0.numpy(), starts, z is not None,
-                    has_seq, CHUNK, out.numpy(), last.numpy(), checkpoints.numpy())
-    return out.to(u.dtype), last, checkpoints
+    ordinals, has_varlen = _ordinals(ordinals)
+    _forward_kernel(*_kernel_inputs(u, dt, A, B, C, D, z), h0.numpy(), starts, ordinals,
+                    z is not None, has_seq, has_varlen, CHUNK, out.numpy(), last.numpy(),
+                    checkpoints.numpy(), varlen_states.numpy())
+    return out.to(u.dtype), last, checkpoints, varlen_states
 
 
 def scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z, delta_bias,
-                      delta_softplus, seq_idx=None):
+                      delta_softplus, seq_idx=None, ordinals=None, grad_varlen=None):
     """Gradients for (u, delta, A, B, C, D, z, delta_bias, initial_state), each in its input's
-    dtype (None for an absent input; the initial state's in the compute dtype)."""
+    dtype (None for an absent input; the initial state's in the compute dtype). grad_varlen
+    (num_sequences, dim, N), with ``ordinals``, is the gradient of the per-sequence final
+    states."""
     compute = _compute_dtype(u)
     batch, dim, length = u.shape
     nstate = A.shape[1]
@@ -326,8 +353,13 @@ def scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z,
     grad_B_parts = torch.zeros(batch, groups, slices, length, nstate, dtype=compute)
     grad_C_parts = torch.zeros(batch, groups, slices, length, nstate, dtype=compute)
     starts, has_seq = _starts(seq_idx, batch)
-    _backward_kernel(*_kernel_inputs(u, dt, A, B, C, D, z), starts, z is not None, has_seq, CHUNK,
-                     checkpoints.numpy(), grad_out.numpy(), grad_last.numpy(), slices,
+    if ordinals is None or grad_varlen is None:
+        ordinals, grad_varlen = None, torch.zeros(1, 1, 1, dtype=compute)
+    ordinals, has_varlen = _ordinals(ordinals)
+    grad_varlen = grad_varlen.to(compute).contiguous()
+    _backward_kernel(*_kernel_inputs(u, dt, A, B, C, D, z), starts, ordinals, z is not None,
+                     has_seq, has_varlen, CHUNK, checkpoints.numpy(), grad_out.numpy(),
+                     grad_last.numpy(), grad_varlen.numpy(), slices,
                      grad_u.numpy(), grad_dt.numpy(), grad_z.numpy(), grad_h0.numpy(),
                      grad_A_parts.numpy(), grad_D_parts.numpy(), grad_B_parts.numpy(),
                      grad_C_parts.numpy())
@@ -350,20 +382,24 @@ def scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z,
 def _forward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                 delta_bias: Optional[torch.Tensor], delta_softplus: bool,
-                initial_state: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor]
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, last state, state checkpoints) of the numba forward."""
+                initial_state: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
+                ordinals: Optional[torch.Tensor], num_sequences: int
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, last state, state checkpoints, varlen states) of the numba forward."""
     return scan_forward_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                            seq_idx)
+                            seq_idx, ordinals, num_sequences)
 
 
 @_forward_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, ordinals,
+      num_sequences):
     compute = _compute_dtype(u)
     batch, dim, length = u.shape
     nstate = A.shape[1]
+    sequences = num_sequences if ordinals is not None else 0
     return (torch.empty_like(u), u.new_empty((batch, dim, nstate), dtype=compute),
-            u.new_empty((batch, dim, -(-length // CHUNK), nstate), dtype=compute))
+            u.new_empty((batch, dim, -(-length // CHUNK), nstate), dtype=compute),
+            u.new_empty((sequences, dim, nstate), dtype=compute))
 
 
 @custom_op("mim::selective_scan_cpu_bwd", mutates_args=())
@@ -371,17 +407,18 @@ def _backward_op(grad_out: torch.Tensor, grad_last: torch.Tensor, checkpoints: t
                  u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                  C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                  delta_bias: Optional[torch.Tensor], delta_softplus: bool,
-                 seq_idx: Optional[torch.Tensor]) -> List[torch.Tensor]:
+                 seq_idx: Optional[torch.Tensor], ordinals: Optional[torch.Tensor],
+                 grad_varlen: Optional[torch.Tensor]) -> List[torch.Tensor]:
     """Gradients for (u, delta, A, B, C, D, z, delta_bias, initial_state); an absent input's
     gradient is an empty tensor."""
     grads = scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z,
-                              delta_bias, delta_softplus, seq_idx)
+                              delta_bias, delta_softplus, seq_idx, ordinals, grad_varlen)
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
 @_backward_op.register_fake
 def _(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-      seq_idx):
+      seq_idx, ordinals, grad_varlen):
     like = [u, delta, A, B, C, D, z, delta_bias]
     return ([torch.empty_like(t) if t is not None else u.new_empty(0) for t in like]
             + [torch.empty_like(grad_last)])
@@ -392,38 +429,47 @@ class SelectiveScanCpuFunction(torch.autograd.Function):
     rebuilds each chunk's states from them instead of rescanning from the start)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
-        out, last, checkpoints = _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                             initial_state, seq_idx)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
+                ordinals, num_sequences):
+        out, last, checkpoints, varlen_states = _forward_op(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, ordinals,
+            num_sequences)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx,
-                              checkpoints)
+                              ordinals, checkpoints)
         ctx.delta_softplus = delta_softplus
-        return out, last
+        return out, last, varlen_states
 
     @staticmethod
-    def backward(ctx, grad_out, grad_last):
-        u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, checkpoints = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_last, grad_varlen):
+        (u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, ordinals,
+         checkpoints) = ctx.saved_tensors
         grads = _backward_op(grad_out.contiguous(), grad_last.contiguous(), checkpoints, u, delta,
-                             A, B, C, D, z, delta_bias, ctx.delta_softplus, seq_idx)
+                             A, B, C, D, z, delta_bias, ctx.delta_softplus, seq_idx, ordinals,
+                             grad_varlen)
         present = (True, True, True, True, True, D is not None, z is not None,
                    delta_bias is not None, initial_state is not None)
         grads = [g if keep else None for g, keep in zip(grads, present)]
         if initial_state is not None:
             grads[8] = grads[8].to(initial_state.dtype)
-        return (*grads[:8], None, grads[8], None)
+        return (*grads[:8], None, grads[8], None, None, None)
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       initial_state=None, seq_idx=None):
-    """(out, last_state) of the selective scan on CPU tensors; see the module docstring.
+                       initial_state=None, seq_idx=None, ordinals=None, num_sequences=0):
+    """(out, last_state) of the selective scan on CPU tensors; see the module docstring. With
+    ``ordinals`` and ``num_sequences`` (``sequence_ordinals(seq_idx)``) also the varlen states,
+    (num_sequences, dim, N): each packed sequence's final state.
 
-    out is in u's dtype, last_state (batch, dim, N) in float32 (float64 for float64 inputs).
-    Gradients flow to every tensor input, initial_state included, and from both outputs.
-    Tensors on any other device run ``selective_scan_reference`` instead (numba is CPU-only).
+    out is in u's dtype, the states in float32 (float64 for float64 inputs). Gradients flow to
+    every tensor input, initial_state included, and from every output. Tensors on any other
+    device run ``selective_scan_reference`` instead (numba is CPU-only).
     """
+    varlen = ordinals is not None
     if u.device.type != "cpu":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                         return_last_state=True, initial_state=initial_state,
-                                        seq_idx=seq_idx)
-    return SelectiveScanCpuFunction.apply(u, delta, A, B, C, D, z, delta_bias,
-                                          bool(delta_softplus), initial_state, seq_idx)
+                                        seq_idx=seq_idx, return_varlen_states=varlen)
+    out, last, varlen_states = SelectiveScanCpuFunction.apply(
+        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state, seq_idx,
+        ordinals, num_sequences)
+    return (out, last, varlen_states) if varlen else (out, last)

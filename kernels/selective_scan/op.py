@@ -8,7 +8,7 @@ import torch
 
 from .._checks import check_grouped, check_same, check_tensor
 from .._dispatch import resolve_backend
-from .._seq_idx import check_seq_idx
+from .._seq_idx import check_seq_idx, sequence_ordinals
 from .reference import selective_scan_reference
 
 
@@ -84,7 +84,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    C: torch.Tensor, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
                    delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
                    return_last_state: bool = False, initial_state: Optional[torch.Tensor] = None,
-                   backend: Optional[str] = None, seq_idx: Optional[torch.Tensor] = None):
+                   backend: Optional[str] = None, seq_idx: Optional[torch.Tensor] = None,
+                   return_varlen_states: bool = False):
     """The Mamba-1 selective scan, as ``mamba_ssm``'s ``selective_scan_fn`` for real A.
 
     Args:
@@ -110,26 +111,48 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             packed into one row (see ``kernels._seq_idx``). The state restarts from zero where
             seq_idx changes, so out and every gradient equal those of separate calls on the
             sequences. initial_state is the state before the first sequence of each row (the
-            later ones start from zero), and the last state is that of the row's last sequence:
-            a sequence whose final state is wanted goes last in its row.
+            later ones start from zero), and the last state is that of the row's last sequence.
+        return_varlen_states: also return every packed sequence's final state (h at its last
+            step), ``varlen_states`` (num_sequences, dim, N), float32 — the name and layout of
+            mamba_ssm's Mamba-2 varlen final states (``return_varlen_states``, (num_seqs, ...)).
+            Sequences are numbered in order of appearance, row by row: row 0's in position
+            order, then row 1's, ... (the ordinal of position (b, t) is the number of sequence
+            starts, every row's t = 0 included, up to it in row-major order, minus one; see
+            ``kernels._seq_idx.sequence_ordinals``). Gradients flow through them on every
+            backend. Needs seq_idx (a ValueError otherwise). Sizing the output costs one host
+            sync (num_sequences read from the device), so under ``torch.compile`` it breaks
+            the graph.
 
     Returns:
-        out (batch, dim, L) in u's dtype, and the last state when ``return_last_state``.
+        out (batch, dim, L) in u's dtype, then the last state when ``return_last_state``, then
+        the varlen states when ``return_varlen_states``: a tuple when anything but out is asked
+        for, else out.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     check_seq_idx(seq_idx, u.shape[0], u.shape[2], u.device)
+    if return_varlen_states and seq_idx is None:
+        raise ValueError("return_varlen_states=True needs seq_idx (batch, L): the varlen states "
+                         "are the final states of the sequences seq_idx packs")
     chosen = resolve_backend(backend, u.device, "selective_scan")
     B, C = _common_groups(B, C, *u.shape)
     if chosen == "triton":  # its kernels read B and C in u's dtype
         B, C = B.to(u.dtype), C.to(u.dtype)
     args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
     if chosen == "reference":
-        out, last = selective_scan_reference(*args[:9], return_last_state=True, initial_state=initial_state,
-                                             seq_idx=seq_idx)
-    elif chosen == "triton":
-        from .triton_kernels import selective_scan_triton
-        out, last = selective_scan_triton(*args, seq_idx=seq_idx)
+        result = selective_scan_reference(*args[:9], return_last_state=True,
+                                          initial_state=initial_state, seq_idx=seq_idx,
+                                          return_varlen_states=bool(return_varlen_states))
     else:
-        from .cpu_path import selective_scan_cpu
-        out, last = selective_scan_cpu(*args, seq_idx=seq_idx)
-    return (out, last) if return_last_state else out
+        varlen = {}
+        if return_varlen_states:
+            ordinals, num_sequences = sequence_ordinals(seq_idx)
+            varlen = dict(ordinals=ordinals, num_sequences=num_sequences)
+        if chosen == "triton":
+            from .triton_kernels import selective_scan_triton
+            result = selective_scan_triton(*args, seq_idx=seq_idx, **varlen)
+        else:
+            from .cpu_path import selective_scan_cpu
+            result = selective_scan_cpu(*args, seq_idx=seq_idx, **varlen)
+    out, last, *varlen_states = result
+    result = (out,) + ((last,) if return_last_state else ()) + tuple(varlen_states)
+    return result if len(result) > 1 else out

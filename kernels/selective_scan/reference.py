@@ -9,8 +9,10 @@ time t:
 
 with h[·, −1] = initial_state (zeros by default) and g(d) = d // (dim / G) the group of channel d
 (B and C of shape (batch, N, L) are one group). With ``seq_idx`` (batch, L), h[b, ·, ·, t − 1] is
-taken as 0 wherever seq_idx[b, t] != seq_idx[b, t − 1]: a new packed sequence starts there. One time step per iteration, in float32 (float64
-for float64 inputs): slow, obviously right, differentiable by autograd.
+taken as 0 wherever seq_idx[b, t] != seq_idx[b, t − 1]: a new packed sequence starts there, and
+``return_varlen_states`` also returns h at the last step of every sequence, (num_sequences, dim,
+N) in ``sequence_ordinals`` order. One time step per iteration, in float32 (float64 for float64
+inputs): slow, obviously right, differentiable by autograd.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._seq_idx import sequence_starts
+from .._seq_idx import sequence_ordinals, sequence_starts
 
 
 def _per_channel(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -32,7 +34,11 @@ def _per_channel(x: torch.Tensor, dim: int) -> torch.Tensor:
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                              delta_softplus=False, return_last_state=False,
                              initial_state: Optional[torch.Tensor] = None,
-                             seq_idx: Optional[torch.Tensor] = None):
+                             seq_idx: Optional[torch.Tensor] = None,
+                             return_varlen_states: bool = False):
+    if return_varlen_states and seq_idx is None:
+        raise ValueError("return_varlen_states=True needs seq_idx: the per-sequence final states "
+                         "are those of the sequences packed by seq_idx")
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, length = u.shape
     u32, dt = u.to(compute), delta.to(compute)
@@ -48,6 +54,11 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     else:
         h = initial_state.to(compute)
     starts = None if seq_idx is None else sequence_starts(seq_idx)
+    if return_varlen_states:
+        ordinals, count = sequence_ordinals(seq_idx)
+        ends = torch.ones_like(starts)  # the last step of each sequence
+        ends[:, :-1] = starts[:, 1:]
+        sequence_states = [None] * count
     ys = []
     for t in range(length):
         if starts is not None:
@@ -55,10 +66,18 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         decay = torch.exp(dt[:, :, t, None] * A32)
         h = decay * h + (dt[:, :, t] * u32[:, :, t])[:, :, None] * B_ch[:, :, :, t]
         ys.append((h * C_ch[:, :, :, t]).sum(-1))
+        if return_varlen_states:
+            for b in ends[:, t].nonzero().flatten().tolist():
+                sequence_states[int(ordinals[b, t])] = h[b]
     y = torch.stack(ys, dim=-1) if ys else u32.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + D.to(compute)[:, None] * u32
     if z is not None:
         y = y * F.silu(z.to(compute))
     out = y.to(u.dtype)
-    return (out, h) if return_last_state else out
+    result = (out, h) if return_last_state else (out,)
+    if return_varlen_states:
+        varlen_states = (torch.stack(sequence_states) if sequence_states
+                         else h.new_zeros(0, dim, A.shape[1]))
+        result += (varlen_states,)
+    return result if len(result) > 1 else out

@@ -136,15 +136,24 @@ def _sequence_starts(seq_idx_ptr, t, in_time):
 
 
 @triton.jit
+def _sequence_ends(seq_idx_ptr, t, in_time, L):
+    """(T_CHUNK,) bool: True at the steps t of the row ``seq_idx_ptr`` points to where a packed
+    sequence ends (t = L − 1, or seq_idx[t + 1] != seq_idx[t])."""
+    seq = tl.load(seq_idx_ptr + t, mask=in_time, other=0)
+    seq_after = tl.load(seq_idx_ptr + t + 1, mask=in_time & (t + 1 < L), other=0)
+    return in_time & ((t == L - 1) | (seq != seq_after))
+
+
+@triton.jit
 def _scan_forward(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
-        out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
+        out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr, ordinal_ptr, varlen_states_ptr,
         dim, L, N, groups, group_dim, n_chunks,
-        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus, has_varlen_states,
         HAS_SEQ_IDX: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr,
         T_CHUNK: tl.constexpr):
-    """The forward program, for both forward kernels (HAS_SEQ_IDX compiles the resets in or
-    out)."""
+    """The forward program, for both forward kernels (HAS_SEQ_IDX compiles the resets and the
+    varlen states' stores in or out)."""
     pid = tl.program_id(0).to(tl.int64)
     batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
     # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
@@ -162,6 +171,8 @@ def _scan_forward(
     checkpoint_ptr += first_row * n_chunks * N
     if HAS_SEQ_IDX:
         seq_idx_ptr += batch * L
+        ordinal_ptr += batch * L
+        varlen_states_ptr += first_channel * N
     rows, in_dim, steps, states, state_mask, state_offsets, D, bias = _channel_tiles(
         first_channel - group * group_dim, group_dim, N, D_ptr, delta_bias_ptr, has_D,
         has_delta_bias, BLOCK_D, N_PAD, T_CHUNK)
@@ -181,6 +192,12 @@ def _scan_forward(
         y = D[:, None] * u
         if HAS_SEQ_IDX:
             starts = _sequence_starts(seq_idx_ptr, t, in_time)
+            # The steps that end a sequence, and the int64 offset of that sequence's row of the
+            # varlen states (its ordinal · dim · N); off (no bytes) unless they are asked for.
+            ends = _sequence_ends(seq_idx_ptr, t, in_time, L) & (t < L * has_varlen_states)
+            ordinal = tl.load(ordinal_ptr + t, mask=ends, other=0).to(tl.int64)
+            varlen_offsets = ordinal[None, :] * dim * N + rows[:, None] * N
+            varlen_mask = in_dim[:, None] & ends[None, :]
         tl.store(checkpoint_ptr + rows[:, None] * (n_chunks * N) + chunk * N + states[None, :],
                  state, mask=state_mask)
         for n in range(N):
@@ -195,6 +212,8 @@ def _scan_forward(
             h_start = tl.sum(tl.where(states[None, :] == n, state, 0.0), axis=1)
             h = decay * h_start[:, None] + drive
             y += h * C_n[None, :]
+            if HAS_SEQ_IDX:  # a sequence's final state, at its last step
+                tl.store(varlen_states_ptr + varlen_offsets + n, h, mask=varlen_mask)
             h_end = tl.sum(tl.where(steps[None, :] == T_CHUNK - 1, h, 0.0), axis=1)
             state = tl.where(states[None, :] == n, h_end[:, None], state)
         if has_z != 0:
@@ -214,26 +233,28 @@ def _selective_scan_fwd_kernel(
     """BLOCK_D channels of one (batch, group): out (batch, dim, L), checkpoint (batch, dim, n_c, N)
     (the state at each chunk's start), last state (batch, dim, N)."""
     _scan_forward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
-                  initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, u_ptr,
-                  dim, L, N, groups, group_dim, n_chunks,
-                  has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+                  initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, u_ptr, u_ptr,
+                  last_state_ptr, dim, L, N, groups, group_dim, n_chunks,
+                  has_z, has_D, has_delta_bias, has_initial_state, delta_softplus, 0,
                   False, BLOCK_D, N_PAD, T_CHUNK)
 
 
 @triton.jit
 def _selective_scan_fwd_seq_idx_kernel(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
-        out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
+        out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr, ordinal_ptr, varlen_states_ptr,
         dim, L, N, groups, group_dim, n_chunks,
-        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus, has_varlen_states,
         BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
     """``_selective_scan_fwd_kernel`` over packed sequences: seq_idx (batch, L) int32; the state
-    restarts from zero at every step where seq_idx changes."""
+    restarts from zero at every step where seq_idx changes. When has_varlen_states, h at each
+    sequence's last step t goes to row ordinal[b, t] of varlen_states (num_sequences, dim, N)
+    (ordinal (batch, L) int32, see ``sequence_ordinals``)."""
     _scan_forward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
                   initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
-                  dim, L, N, groups, group_dim, n_chunks,
+                  ordinal_ptr, varlen_states_ptr, dim, L, N, groups, group_dim, n_chunks,
                   has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
-                  True, BLOCK_D, N_PAD, T_CHUNK)
+                  has_varlen_states, True, BLOCK_D, N_PAD, T_CHUNK)
 
 
 @triton.jit
@@ -242,13 +263,14 @@ def _scan_backward(
         grad_out_ptr, grad_last_state_ptr,
         grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
         grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
-        grad_delta_bias_part_ptr, seq_idx_ptr,
+        grad_delta_bias_part_ptr, seq_idx_ptr, ordinal_ptr, grad_varlen_states_ptr,
         dim, L, N, groups, group_dim, n_chunks,
         has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+        has_grad_varlen_states,
         HAS_SEQ_IDX: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr,
         T_CHUNK: tl.constexpr):
-    """The backward program, for both backward kernels (HAS_SEQ_IDX compiles the resets in or
-    out)."""
+    """The backward program, for both backward kernels (HAS_SEQ_IDX compiles the resets and
+    the varlen states' gradient in or out)."""
     pid = tl.program_id(0).to(tl.int64)
     batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
     # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
@@ -274,6 +296,8 @@ def _scan_backward(
     checkpoint_ptr += first_row * n_chunks * N
     if HAS_SEQ_IDX:
         seq_idx_ptr += batch * L
+        ordinal_ptr += batch * L
+        grad_varlen_states_ptr += first_channel * N
     rows, in_dim, steps, states, state_mask, state_offsets, D, bias = _channel_tiles(
         first_channel - group * group_dim, group_dim, N, D_ptr, delta_bias_ptr, has_D,
         has_delta_bias, BLOCK_D, N_PAD, T_CHUNK)
@@ -333,8 +357,17 @@ def _scan_backward(
                                                combine_fn=_first_order_combine)
             h = decay * h_start[:, None] + drive
             y += h * C_n[None, :]
+            grad_input = C_n[None, :] * grad_y
+            if HAS_SEQ_IDX:
+                # A sequence's final-state gradient joins the adjoint at its last step (where
+                # the adjoint from the next sequence is zero). Loaded per n, from L1, like starts.
+                ends = _sequence_ends(seq_idx_ptr, t, in_time, L) & (t < L * has_grad_varlen_states)
+                ordinal = tl.load(ordinal_ptr + t, mask=ends, other=0).to(tl.int64)
+                grad_input += tl.load(
+                    grad_varlen_states_ptr + ordinal[None, :] * dim * N + rows[:, None] * N + n,
+                    mask=in_dim[:, None] & ends[None, :], other=0.0)
             grad_decay, grad_drive = tl.associative_scan(
-                (next_decay, C_n[None, :] * grad_y), axis=1,
+                (next_decay, grad_input), axis=1,
                 combine_fn=_first_order_combine, reverse=True)
             grad_end = tl.sum(tl.where(states[None, :] == n, grad_state, 0.0), axis=1)
             grad_h = grad_decay * grad_end[:, None] + grad_drive
@@ -388,9 +421,9 @@ def _selective_scan_bwd_kernel(
                    checkpoint_ptr, grad_out_ptr, grad_last_state_ptr,
                    grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
                    grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
-                   grad_delta_bias_part_ptr, u_ptr,
+                   grad_delta_bias_part_ptr, u_ptr, u_ptr, grad_last_state_ptr,
                    dim, L, N, groups, group_dim, n_chunks,
-                   has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+                   has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus, 0,
                    False, BLOCK_D, N_PAD, T_CHUNK)
 
 
@@ -400,20 +433,23 @@ def _selective_scan_bwd_seq_idx_kernel(
         grad_out_ptr, grad_last_state_ptr,
         grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
         grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
-        grad_delta_bias_part_ptr, seq_idx_ptr,
+        grad_delta_bias_part_ptr, seq_idx_ptr, ordinal_ptr, grad_varlen_states_ptr,
         dim, L, N, groups, group_dim, n_chunks,
         has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+        has_grad_varlen_states,
         BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
     """``_selective_scan_bwd_kernel`` over packed sequences (seq_idx (batch, L) int32): no
-    adjoint, dA or dΔ crosses a step where seq_idx changes."""
+    adjoint, dA or dΔ crosses a step where seq_idx changes. When has_grad_varlen_states, the
+    gradient of the varlen states (num_sequences, dim, N) joins the state's adjoint at each
+    sequence's last step t (row ordinal[b, t])."""
     _scan_backward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
                    checkpoint_ptr, grad_out_ptr, grad_last_state_ptr,
                    grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
                    grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
-                   grad_delta_bias_part_ptr, seq_idx_ptr,
+                   grad_delta_bias_part_ptr, seq_idx_ptr, ordinal_ptr, grad_varlen_states_ptr,
                    dim, L, N, groups, group_dim, n_chunks,
                    has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
-                   True, BLOCK_D, N_PAD, T_CHUNK)
+                   has_grad_varlen_states, True, BLOCK_D, N_PAD, T_CHUNK)
 
 
 def _configs(block_d: int, num_warps: int):
@@ -454,16 +490,20 @@ _BWD_SIGNATURE = {
     "has_grad_last_state": "i32",
 }
 _NOTES = "A, D, delta_bias and states in fp32; N_PAD = the state size N rounded up to 16, 32, 64"
-_SEQ_IDX_NOTES = _NOTES + "; packed sequences: seq_idx (batch, L) int32"
+_SEQ_IDX_NOTES = (_NOTES + "; packed sequences: seq_idx (batch, L) int32, the per-sequence "
+                  "final states (num_sequences, dim, N) fp32 at ordinal (batch, L) int32")
 register_kernel("selective_scan", _selective_scan_fwd_kernel, _FWD_SIGNATURE, FORWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
 register_kernel("selective_scan", _selective_scan_bwd_kernel, _BWD_SIGNATURE, BACKWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
 register_kernel("selective_scan", _selective_scan_fwd_seq_idx_kernel,
-                {**_FWD_SIGNATURE, "seq_idx_ptr": "*i32:16"}, FORWARD_CONFIGS,
+                {**_FWD_SIGNATURE, "seq_idx_ptr": "*i32:16", "ordinal_ptr": "*i32:16",
+                 "varlen_states_ptr": "*fp32:16", "has_varlen_states": "i32"}, FORWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_SEQ_IDX_NOTES)
 register_kernel("selective_scan", _selective_scan_bwd_seq_idx_kernel,
-                {**_BWD_SIGNATURE, "seq_idx_ptr": "*i32:16"}, BACKWARD_CONFIGS,
+                {**_BWD_SIGNATURE, "seq_idx_ptr": "*i32:16", "ordinal_ptr": "*i32:16",
+                 "grad_varlen_states_ptr": "*fp32:16", "has_grad_varlen_states": "i32"},
+                BACKWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_SEQ_IDX_NOTES)
 
 
@@ -497,11 +537,13 @@ def _fp32(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
-                                  initial_state, seq_idx=None):
+                                  initial_state, seq_idx=None, ordinals=None, num_sequences=0):
     """Contiguous u, delta, z (batch, dim, L), B, C (batch, G, N, L) in one dtype; A (dim, N), D,
     delta_bias (dim,), initial_state (batch, dim, N) fp32 or None; seq_idx (batch, L) int32
-    contiguous or None → (out, last_state, checkpoints (batch, dim, n_chunks, N) fp32, the
-    T_CHUNK between checkpoints)."""
+    contiguous or None, and with it optionally ordinals (batch, L) int32 contiguous and
+    num_sequences (``sequence_ordinals``) → (out, last_state, checkpoints (batch, dim, n_chunks,
+    N) fp32, the T_CHUNK between checkpoints, varlen states (num_sequences, dim, N) fp32, each
+    sequence's final state, (0, dim, N) without ordinals)."""
     batch, dim, L = u.shape
     groups, N = B.shape[1], A.shape[1]
     cfg = launch_config(FORWARD_CONFIGS, FORWARD_PROGRAMS_PER_SM, batch, groups, dim // groups, N,
@@ -510,28 +552,35 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
     out = torch.empty_like(u)
     checkpoints = torch.empty((batch, dim, n_chunks, N), device=u.device, dtype=torch.float32)
     last_state = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
+    varlen_states = torch.empty((num_sequences if ordinals is not None else 0, dim, N),
+                                device=u.device, dtype=torch.float32)
     grid = (batch * groups * triton.cdiv(dim // groups, cfg.constexprs["BLOCK_D"]),)
     if grid[0] == 0:  # no channel: every output is empty
-        return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"]
-    kernel, packed = ((_selective_scan_fwd_kernel, ()) if seq_idx is None
-                      else (_selective_scan_fwd_seq_idx_kernel, (seq_idx,)))
+        return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"], varlen_states
+    packed, varlen_flag = (), ()
+    if seq_idx is not None:
+        packed = (seq_idx, seq_idx if ordinals is None else ordinals, varlen_states)
+        varlen_flag = (int(ordinals is not None),)
+    kernel = _selective_scan_fwd_kernel if seq_idx is None else _selective_scan_fwd_seq_idx_kernel
     kernel[grid](
         u, delta, u if z is None else z, A, B, C, A if D is None else D,
         A if delta_bias is None else delta_bias, A if initial_state is None else initial_state,
         out, checkpoints, last_state, *packed,
         dim, L, N, groups, dim // groups, n_chunks,
         int(z is not None), int(D is not None), int(delta_bias is not None),
-        int(initial_state is not None), int(delta_softplus),
+        int(initial_state is not None), int(delta_softplus), *varlen_flag,
         num_warps=cfg.num_warps, **cfg.constexprs)
-    return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"]
+    return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"], varlen_states
 
 
 def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
-                                   delta_softplus: bool, checkpoints, t_chunk: int, seq_idx=None):
-    """Inputs as for the forward (seq_idx included), its checkpoints and T_CHUNK, grad_out (batch, dim, L) contiguous
-    in u's dtype, grad_last_state (batch, dim, N) fp32 or None → (du, ddelta, dA, dB (batch, G,
-    N, L), dC, dD, dz, ddelta_bias, d initial_state); dA, dB, dC, dD, ddelta_bias and d initial
-    state in fp32, the gradients of absent inputs None."""
+                                   delta_softplus: bool, checkpoints, t_chunk: int, seq_idx=None,
+                                   ordinals=None, grad_varlen_states=None):
+    """Inputs as for the forward (seq_idx and ordinals included), its checkpoints and T_CHUNK,
+    grad_out (batch, dim, L) contiguous in u's dtype, grad_last_state (batch, dim, N) fp32 or
+    None, grad_varlen_states (num_sequences, dim, N) fp32 contiguous or None → (du, ddelta, dA,
+    dB (batch, G, N, L), dC, dD, dz, ddelta_bias, d initial_state); dA, dB, dC, dD, ddelta_bias
+    and d initial state in fp32, the gradients of absent inputs None."""
     batch, dim, L = u.shape
     groups, N = B.shape[1], A.shape[1]
     group_dim = dim // groups
@@ -550,8 +599,14 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
     grad_bias_part = None if delta_bias is None else torch.empty((batch, dim), **fp32)
     grid = (batch * groups * blocks,)
     if grid[0] > 0:  # with no channel every buffer is empty and each sum over one is zero
-        kernel, packed = ((_selective_scan_bwd_kernel, ()) if seq_idx is None
-                          else (_selective_scan_bwd_seq_idx_kernel, (seq_idx,)))
+        packed, varlen_flag = (), ()
+        if seq_idx is not None:
+            varlen = ordinals is not None and grad_varlen_states is not None
+            packed = (seq_idx, ordinals if varlen else seq_idx,
+                      grad_varlen_states if varlen else grad_initial_state)
+            varlen_flag = (int(varlen),)
+        kernel = (_selective_scan_bwd_kernel if seq_idx is None
+                  else _selective_scan_bwd_seq_idx_kernel)
         kernel[grid](
             u, delta, u if z is None else z, A, B, C, A if D is None else D,
             A if delta_bias is None else delta_bias, checkpoints,
@@ -562,7 +617,7 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
             grad_A_part if delta_bias is None else grad_bias_part, *packed,
             dim, L, N, groups, group_dim, n_chunks,
             int(z is not None), int(D is not None), int(delta_bias is not None),
-            int(grad_last_state is not None), int(delta_softplus),
+            int(grad_last_state is not None), int(delta_softplus), *varlen_flag,
             num_warps=cfg.num_warps, **cfg.constexprs)
     grad_D = None if D is None else grad_D_part.sum(0)
     grad_bias = None if delta_bias is None else grad_bias_part.sum(0)
@@ -581,21 +636,27 @@ def _forward_t_chunk(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> int:
 def _forward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                 delta_bias: Optional[torch.Tensor], delta_softplus: bool,
-                initial_state: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor]
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, last state, checkpoints); fp32 A, D, delta_bias, initial_state; grouped B, C."""
-    out, last_state, checkpoints, _ = selective_scan_forward_triton(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx)
-    return out, last_state, checkpoints
+                initial_state: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
+                ordinals: Optional[torch.Tensor], num_sequences: int
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, last state, checkpoints, varlen states); fp32 A, D, delta_bias, initial_state;
+    grouped B, C."""
+    out, last_state, checkpoints, _, varlen_states = selective_scan_forward_triton(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, ordinals,
+        num_sequences)
+    return out, last_state, checkpoints, varlen_states
 
 
 @_forward_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, ordinals,
+      num_sequences):
     batch, dim, L = u.shape
     n_chunks = -(-L // _forward_t_chunk(u, B, A))
     state = u.new_empty((batch, dim, A.shape[1]), dtype=torch.float32)
+    sequences = num_sequences if ordinals is not None else 0
     return (torch.empty_like(u), state,
-            u.new_empty((batch, dim, n_chunks, A.shape[1]), dtype=torch.float32))
+            u.new_empty((batch, dim, n_chunks, A.shape[1]), dtype=torch.float32),
+            u.new_empty((sequences, dim, A.shape[1]), dtype=torch.float32))
 
 
 @custom_op("mim::selective_scan_triton_bwd", mutates_args=())
@@ -604,18 +665,19 @@ def _backward_op(grad_out: torch.Tensor, grad_last_state: Optional[torch.Tensor]
                  D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                  delta_bias: Optional[torch.Tensor], delta_softplus: bool,
                  checkpoints: torch.Tensor, t_chunk: int,
-                 seq_idx: Optional[torch.Tensor]) -> List[torch.Tensor]:
+                 seq_idx: Optional[torch.Tensor], ordinals: Optional[torch.Tensor],
+                 grad_varlen_states: Optional[torch.Tensor]) -> List[torch.Tensor]:
     """Gradients of u, delta, A, B, C, D, z, delta_bias, initial_state; an absent input's gradient
     is an empty tensor (a custom op cannot return None)."""
     grads = selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C, D, z,
                                            delta_bias, delta_softplus, checkpoints, t_chunk,
-                                           seq_idx)
+                                           seq_idx, ordinals, grad_varlen_states)
     return [u.new_empty(0) if g is None else g for g in grads]
 
 
 @_backward_op.register_fake
 def _(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, checkpoints,
-      t_chunk, seq_idx):
+      t_chunk, seq_idx, ordinals, grad_varlen_states):
     fp32 = torch.float32
     like = lambda t, dtype=None: u.new_empty(0) if t is None else torch.empty_like(t, dtype=dtype)  # noqa: E731
     return [torch.empty_like(u), torch.empty_like(delta), like(A, fp32), like(B, fp32), like(C, fp32),
@@ -631,36 +693,42 @@ class SelectiveScanTritonFunction(torch.autograd.Function):
     fake implementations), so ``torch.compile`` traces through without a graph break."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
-        out, last_state, checkpoints = _forward_op(
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
+                ordinals, num_sequences):
+        out, last_state, checkpoints, varlen_states = _forward_op(
             u, delta, _fp32(A), B, C, _fp32(D), z, _fp32(delta_bias), delta_softplus,
-            _fp32(initial_state), seq_idx)
+            _fp32(initial_state), seq_idx, ordinals, num_sequences)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx,
-                              checkpoints)
+                              ordinals, checkpoints)
         ctx.delta_softplus, ctx.t_chunk = delta_softplus, _forward_t_chunk(u, B, A)
         ctx.set_materialize_grads(False)
-        return out, last_state
+        return out, last_state, varlen_states
 
     @staticmethod
-    def backward(ctx, grad_out, grad_last_state):
-        u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, checkpoints = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_last_state, grad_varlen_states):
+        (u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, ordinals,
+         checkpoints) = ctx.saved_tensors
         grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
         (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias,
          grad_initial_state) = _backward_op(
             grad_out, _fp32(grad_last_state), u, delta, _fp32(A), B, C, _fp32(D), z,
-            _fp32(delta_bias), ctx.delta_softplus, checkpoints, ctx.t_chunk, seq_idx)
+            _fp32(delta_bias), ctx.delta_softplus, checkpoints, ctx.t_chunk, seq_idx, ordinals,
+            _fp32(grad_varlen_states))
         grads = [grad_u, grad_delta, grad_A.to(A.dtype), grad_B.to(B.dtype), grad_C.to(C.dtype),
                  None if D is None else grad_D.to(D.dtype), None if z is None else grad_z,
                  None if delta_bias is None else grad_bias.to(delta_bias.dtype), None,
-                 None if initial_state is None else grad_initial_state.to(initial_state.dtype), None]
+                 None if initial_state is None else grad_initial_state.to(initial_state.dtype), None,
+                 None, None]
         return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          initial_state=None, seq_idx=None):
+                          initial_state=None, seq_idx=None, ordinals=None, num_sequences=0):
     """The selective scan on the Triton kernels, inputs as checked by ``selective_scan`` →
-    (out in u's dtype, last state (batch, dim, N) fp32), differentiable in every tensor input
-    and through the last state."""
+    (out in u's dtype, last state (batch, dim, N) fp32), and with ``ordinals`` and
+    ``num_sequences`` (``sequence_ordinals(seq_idx)``) also the varlen states (num_sequences,
+    dim, N) fp32, each packed sequence's final state; differentiable in every tensor input and
+    through every state returned."""
     check_tensor("u", u, KERNEL_DTYPES)
     N = A.shape[1]
     if N > MAX_N:
@@ -669,8 +737,10 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if u.shape[2] > MAX_L:
         raise ValueError(f"u has L={u.shape[2]} steps; the triton kernels take L <= {MAX_L}; "
                          "scan it in pieces with initial_state, or use backend='torch'")
-    out, last_state = SelectiveScanTritonFunction.apply(
+    varlen = ordinals is not None
+    out, last_state, varlen_states = SelectiveScanTritonFunction.apply(
         u.contiguous(), delta.contiguous(), A, _grouped(B), _grouped(C), D,
         None if z is None else z.contiguous(), delta_bias, bool(delta_softplus), initial_state,
-        None if seq_idx is None else seq_idx.contiguous())
-    return out, last_state
+        None if seq_idx is None else seq_idx.contiguous(),
+        ordinals.contiguous() if varlen else None, num_sequences if varlen else 0)
+    return (out, last_state, varlen_states) if varlen else (out, last_state)

@@ -15,6 +15,7 @@ from kernels.causal_conv1d import causal_conv1d, causal_conv1d_reference
 from kernels.causal_conv1d import op as conv_op
 from kernels.selective_scan import cpu_path, selective_scan, selective_scan_reference, triton_kernels
 from kernels._registry import LaunchConfig
+from kernels._seq_idx import sequence_ordinals
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
 
 SMALL_CHUNK = 8
@@ -187,6 +188,111 @@ def test_selective_scan_registers_the_seq_idx_kernels():
         assert names[packed].signature["seq_idx_ptr"] == "*i32:16"
         assert names[packed].configs == names[plain].configs
         assert names[packed].dtypes == names[plain].dtypes
+
+
+def _varlen_scan(t, seq_idx, backend):
+    """(out, last state, varlen states) of the packed call."""
+    return selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                          t["delta_bias"], delta_softplus=True, return_last_state=True,
+                          initial_state=t["initial_state"], backend=backend,
+                          seq_idx=seq_idx, return_varlen_states=True)
+
+
+def _final_states_separately(t, segments):
+    """Every sequence's final state from one reference call per sequence, numbered row by row
+    and in position order within a row: (num_sequences, dim, N)."""
+    finals = [_scan(t, sl=slice(start, stop), rows=slice(b, b + 1), first=i == 0)[1]
+              for b, row in enumerate(segments) for i, (start, stop) in enumerate(row)]
+    return torch.cat(finals)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", range(3))
+def test_selective_scan_varlen_states_equal_separate_calls(backend, case, small_chunks):
+    """Each packed sequence's final state equals its own call's last state, and the gradient of
+    every input under random weights on out, the last state and the varlen states equals that
+    of the separate calls (so the varlen states' gradient joins the adjoint at the right step)."""
+    generator = torch.Generator().manual_seed(300 + case)
+    batch, dim, N = (2, 3, 3)[case], (3, 4, 2)[case], (4, 3, 5)[case]
+    L = int(torch.randint(9, 36, (), generator=generator))
+    groups, full = ((None, True), (2, False), (None, True))[case]
+    seq_idx, segments = random_packing(batch, L, generator)
+    t = _scan_inputs(batch, dim, N, L, groups, full, generator)
+    out, last, finals = _varlen_scan(t, seq_idx, backend)
+    count = sum(len(row) for row in segments)
+    assert finals.shape == (count, dim, N) and finals.dtype == torch.float32
+    w_out, w_last, w_finals = (torch.randn(x.shape, generator=generator)
+                               for x in (out, last, finals))
+    got = _grads((out * w_out).sum() + (last * w_last).sum() + (finals * w_finals).sum(), t)
+
+    t64 = _float64(t)
+    ref_out, ref_last = _scan_separately(t64, segments)
+    ref_finals = _final_states_separately(t64, segments)
+    expected = _grads((ref_out * w_out.double()).sum() + (ref_last * w_last.double()).sum()
+                      + (ref_finals * w_finals.double()).sum(), t64)
+    assert_close("varlen states", finals, ref_finals, FORWARD_TOLERANCE[torch.float32])
+    assert_close("out", out, ref_out, FORWARD_TOLERANCE[torch.float32])
+    assert_close("last state", last, ref_last, FORWARD_TOLERANCE[torch.float32])
+    assert set(got) == set(expected)
+    for name in expected:
+        assert_close(f"grad {name}", got[name], expected[name], GRADIENT_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_selective_scan_varlen_states_alone_carry_the_gradient(backend, small_chunks):
+    """A loss on the varlen states only (out and the last state unused): the gradients still
+    equal the separate calls', and with return_last_state=False the tuple is (out, states)."""
+    generator = torch.Generator().manual_seed(41)
+    seq_idx = torch.tensor([[3] * 8 + [5] * 9 + [6] * 2, [0] * 19], dtype=torch.int32)
+    segments = [[(0, 8), (8, 17), (17, 19)], [(0, 19)]]
+    t = _scan_inputs(2, 3, 4, 19, None, True, generator)
+    out, finals = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                                 t["delta_bias"], delta_softplus=True,
+                                 initial_state=t["initial_state"], backend=backend,
+                                 seq_idx=seq_idx, return_varlen_states=True)
+    assert out.shape == (2, 3, 19) and finals.shape == (4, 3, 4)
+    w = torch.randn(finals.shape, generator=generator)
+    state_inputs = ("u", "delta", "A", "B", "delta_bias", "initial_state")  # not C, D, z
+    got = _grads((finals * w).sum(), {k: t[k] for k in state_inputs})
+    t64 = _float64(t)
+    ref_finals = _final_states_separately(t64, segments)
+    expected = _grads((ref_finals * w.double()).sum(), {k: t64[k] for k in state_inputs})
+    assert set(got) == set(expected) == set(state_inputs)
+    assert_close("varlen states", finals, ref_finals, FORWARD_TOLERANCE[torch.float32])
+    for name in expected:
+        assert_close(f"grad {name}", got[name], expected[name], GRADIENT_TOLERANCE[torch.float32])
+
+
+def test_selective_scan_reference_gradcheck_through_varlen_states():
+    generator = torch.Generator().manual_seed(13)
+    t = _float64(_scan_inputs(2, 2, 2, 6, None, True, generator))
+    seq_idx = torch.tensor([[0, 0, 1, 2, 2, 2], [5, 5, 5, 5, 6, 6]], dtype=torch.int32)
+    names = [k for k, v in t.items() if v is not None]
+
+    def scan(*values):
+        return selective_scan_reference(*values[:5], values[5], values[6], values[7], True,
+                                        initial_state=values[8], seq_idx=seq_idx,
+                                        return_varlen_states=True)
+
+    out, finals = scan(*[t[k] for k in names])
+    assert finals.shape == (5, 2, 2)
+    assert torch.autograd.gradcheck(scan, [t[k] for k in names])
+
+
+def test_sequence_ordinals_number_sequences_row_by_row():
+    seq_idx = torch.tensor([[4, 4, 7, 7, 9], [0, 0, 0, 0, 0], [1, 2, 2, 3, 3]], dtype=torch.int32)
+    ordinals, count = sequence_ordinals(seq_idx)
+    assert count == 7 and ordinals.dtype == torch.int32
+    assert ordinals.tolist() == [[0, 0, 1, 1, 2], [3, 3, 3, 3, 3], [4, 5, 5, 6, 6]]
+    assert sequence_ordinals(torch.zeros(2, 0, dtype=torch.int32))[1] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_selective_scan_varlen_states_need_seq_idx(backend):
+    t = _scan_inputs(2, 3, 4, 10, None, False, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="return_varlen_states=True needs seq_idx"):
+        selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], backend=backend,
+                       return_varlen_states=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
