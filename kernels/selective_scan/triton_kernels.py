@@ -61,6 +61,16 @@ and t − 1; backward at t − 1, t and t + 1 once per state n, which keeps the 
 registers held through the loop over n: held there, they made the narrow config spill), 4 bytes
 per (b, t) from device memory, the repeats from L1/L2: batch·L·4 bytes per launch, beside the
 P·L·s·(3 + [z]) of u, delta and z.
+
+The per-sequence final states (``return_varlen_states``, a runtime flag of the seq_idx kernels:
+``has_varlen_states`` / ``has_grad_varlen_states``) are addressed by ordinal (batch, L) int32,
+the sequence each step belongs to, numbered row by row (``sequence_ordinals``, on the host).
+Forward: at a step that ends a sequence (t = L − 1 or seq_idx[t + 1] != seq_idx[t]), one masked
+store of h[:, n] per state n to row ordinal[t] of varlen_states (num_sequences, dim, N) fp32, at
+the int64 offset ordinal·dim·N: num_sequences·dim·N·4 bytes written, and ordinal read only at
+the ends. Backward: the gradient of that row is loaded (masked, per n, like the resets) and added
+to the adjoint's input at that step, where the adjoint from the next sequence is zero:
+num_sequences·dim·N·4 bytes read. With the flag off both are masked off (no bytes).
 """
 from __future__ import annotations
 
@@ -193,8 +203,9 @@ def _scan_forward(
         if HAS_SEQ_IDX:
             starts = _sequence_starts(seq_idx_ptr, t, in_time)
             # The steps that end a sequence, and the int64 offset of that sequence's row of the
-            # varlen states (its ordinal · dim · N); off (no bytes) unless they are asked for.
-            ends = _sequence_ends(seq_idx_ptr, t, in_time, L) & (t < L * has_varlen_states)
+            # varlen states (its ordinal · dim · N); masked off (no loads, no stores) unless
+            # they are asked for.
+            ends = _sequence_ends(seq_idx_ptr, t, in_time & (t < L * has_varlen_states), L)
             ordinal = tl.load(ordinal_ptr + t, mask=ends, other=0).to(tl.int64)
             varlen_offsets = ordinal[None, :] * dim * N + rows[:, None] * N
             varlen_mask = in_dim[:, None] & ends[None, :]
@@ -361,7 +372,7 @@ def _scan_backward(
             if HAS_SEQ_IDX:
                 # A sequence's final-state gradient joins the adjoint at its last step (where
                 # the adjoint from the next sequence is zero). Loaded per n, from L1, like starts.
-                ends = _sequence_ends(seq_idx_ptr, t, in_time, L) & (t < L * has_grad_varlen_states)
+                ends = _sequence_ends(seq_idx_ptr, t, in_time & (t < L * has_grad_varlen_states), L)
                 ordinal = tl.load(ordinal_ptr + t, mask=ends, other=0).to(tl.int64)
                 grad_input += tl.load(
                     grad_varlen_states_ptr + ordinal[None, :] * dim * N + rows[:, None] * N + n,

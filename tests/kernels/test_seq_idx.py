@@ -186,6 +186,9 @@ def test_selective_scan_registers_the_seq_idx_kernels():
                           ("_selective_scan_bwd_kernel", "_selective_scan_bwd_seq_idx_kernel")):
         assert "seq_idx_ptr" not in names[plain].signature
         assert names[packed].signature["seq_idx_ptr"] == "*i32:16"
+        assert names[packed].signature["ordinal_ptr"] == "*i32:16"
+        assert not {"ordinal_ptr", "has_varlen_states", "has_grad_varlen_states"} & set(
+            names[plain].signature)
         assert names[packed].configs == names[plain].configs
         assert names[packed].dtypes == names[plain].dtypes
 
