@@ -266,6 +266,22 @@ def test_selective_scan_varlen_states_alone_carry_the_gradient(backend, small_ch
         assert_close(f"grad {name}", got[name], expected[name], GRADIENT_TOLERANCE[torch.float32])
 
 
+def test_selective_scan_varlen_states_in_bfloat16_on_triton(small_chunks):
+    generator = torch.Generator().manual_seed(17)
+    seq_idx, segments = random_packing(2, 19, generator)
+    t = _scan_inputs(2, 3, 4, 19, None, True, generator)
+    for name in ("u", "delta", "B", "C", "z"):
+        t[name] = t[name].detach().to(torch.bfloat16).requires_grad_()
+    _, _, finals = _varlen_scan(t, seq_idx, "triton")
+    grad_u, = torch.autograd.grad(finals.sum(), [t["u"]])
+    t64 = _float64(t)
+    ref_finals = _final_states_separately(t64, segments)
+    ref_grad_u, = torch.autograd.grad(ref_finals.sum(), [t64["u"]])
+    assert finals.dtype == torch.float32
+    assert_close("varlen states", finals, ref_finals, FORWARD_TOLERANCE[torch.bfloat16])
+    assert_close("grad u", grad_u, ref_grad_u, GRADIENT_TOLERANCE[torch.bfloat16])
+
+
 def test_selective_scan_reference_gradcheck_through_varlen_states():
     generator = torch.Generator().manual_seed(13)
     t = _float64(_scan_inputs(2, 2, 2, 6, None, True, generator))
