@@ -62,15 +62,19 @@ registers held through the loop over n: held there, they made the narrow config 
 per (b, t) from device memory, the repeats from L1/L2: batch·L·4 bytes per launch, beside the
 P·L·s·(3 + [z]) of u, delta and z.
 
-The per-sequence final states (``return_varlen_states``, a runtime flag of the seq_idx kernels:
-``has_varlen_states`` / ``has_grad_varlen_states``) are addressed by ordinal (batch, L) int32,
-the sequence each step belongs to, numbered row by row (``sequence_ordinals``, on the host).
-Forward: at a step that ends a sequence (t = L − 1 or seq_idx[t + 1] != seq_idx[t]), one masked
-store of h[:, n] per state n to row ordinal[t] of varlen_states (num_sequences, dim, N) fp32, at
-the int64 offset ordinal·dim·N: num_sequences·dim·N·4 bytes written, and ordinal read only at
-the ends. Backward: the gradient of that row is loaded (masked, per n, like the resets) and added
-to the adjoint's input at that step, where the adjoint from the next sequence is zero:
-num_sequences·dim·N·4 bytes read. With the flag off both are masked off (no bytes).
+The per-sequence final states (``return_varlen_states``) are two more kernels,
+``_selective_scan_fwd_varlen_kernel`` / ``_bwd_varlen_kernel``: the same programs with a second
+constexpr, HAS_VARLEN, so the plain and seq_idx kernels compile as before. They read ordinal
+(batch, L) int32, the sequence each step belongs to, numbered row by row (``sequence_ordinals``,
+on the host). Forward: at a step that ends a sequence (t = L − 1, or ordinal[t + 1] !=
+ordinal[t]), one masked store of h[:, n] per state n to row ordinal[t] of varlen_states
+(num_sequences, dim, N) fp32, from an int64 base at the chunk's first sequence plus int32
+offsets below T_CHUNK·dim·N: num_sequences·dim·N·4 bytes written, plus ordinal (batch·L·4, read
+once per chunk at t and t + 1). Backward: its resets come from the ordinals too (t − 1, t, t + 1
+once per n, in place of seq_idx's), and the gradient of row ordinal[t] is loaded (masked to the
+ends, int64 offsets) and added to the adjoint's input at that step, where the adjoint from the
+next sequence is zero: num_sequences·dim·N·4 bytes read. Its narrow configs run on 4 warps
+(``BACKWARD_VARLEN_CONFIGS``). Without a gradient for the varlen states the seq_idx backward runs.
 """
 from __future__ import annotations
 
@@ -146,12 +150,13 @@ def _sequence_starts(seq_idx_ptr, t, in_time):
 
 
 @triton.jit
-def _sequence_ends(seq_idx_ptr, t, in_time, L):
-    """(T_CHUNK,) bool: True at the steps t of the row ``seq_idx_ptr`` points to where a packed
-    sequence ends (t = L − 1, or seq_idx[t + 1] != seq_idx[t])."""
-    seq = tl.load(seq_idx_ptr + t, mask=in_time, other=0)
-    seq_after = tl.load(seq_idx_ptr + t + 1, mask=in_time & (t + 1 < L), other=0)
-    return in_time & ((t == L - 1) | (seq != seq_after))
+def _sequence_ends(ordinal_ptr, t, in_time, L):
+    """((T_CHUNK,) bool, (T_CHUNK,) int32): True at the steps t of the row ``ordinal_ptr`` points
+    to where a packed sequence ends (t = L − 1, or ordinal[t + 1] != ordinal[t]), and ordinal[t]
+    (the sequence's number; 0 where in_time is False)."""
+    ordinal = tl.load(ordinal_ptr + t, mask=in_time, other=0)
+    ordinal_after = tl.load(ordinal_ptr + t + 1, mask=in_time & (t + 1 < L), other=0)
+    return in_time & ((t == L - 1) | (ordinal != ordinal_after)), ordinal
 
 
 @triton.jit
@@ -159,11 +164,11 @@ def _scan_forward(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
         out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr, ordinal_ptr, varlen_states_ptr,
         dim, L, N, groups, group_dim, n_chunks,
-        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus, has_varlen_states,
-        HAS_SEQ_IDX: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr,
-        T_CHUNK: tl.constexpr):
-    """The forward program, for both forward kernels (HAS_SEQ_IDX compiles the resets and the
-    varlen states' stores in or out)."""
+        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+        HAS_SEQ_IDX: tl.constexpr, HAS_VARLEN: tl.constexpr, BLOCK_D: tl.constexpr,
+        N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """The forward program, for the three forward kernels: HAS_SEQ_IDX compiles the resets in,
+    HAS_VARLEN (with HAS_SEQ_IDX) the stores of each sequence's final state."""
     pid = tl.program_id(0).to(tl.int64)
     batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
     # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
@@ -181,6 +186,7 @@ def _scan_forward(
     checkpoint_ptr += first_row * n_chunks * N
     if HAS_SEQ_IDX:
         seq_idx_ptr += batch * L
+    if HAS_VARLEN:
         ordinal_ptr += batch * L
         varlen_states_ptr += first_channel * N
     rows, in_dim, steps, states, state_mask, state_offsets, D, bias = _channel_tiles(
@@ -202,13 +208,15 @@ def _scan_forward(
         y = D[:, None] * u
         if HAS_SEQ_IDX:
             starts = _sequence_starts(seq_idx_ptr, t, in_time)
-            # The steps that end a sequence, and the int64 offset of that sequence's row of the
-            # varlen states (its ordinal · dim · N); masked off (no loads, no stores) unless
-            # they are asked for.
-            ends = _sequence_ends(seq_idx_ptr, t, in_time & (t < L * has_varlen_states), L)
-            ordinal = tl.load(ordinal_ptr + t, mask=ends, other=0).to(tl.int64)
-            varlen_offsets = ordinal[None, :] * dim * N + rows[:, None] * N
-            varlen_mask = in_dim[:, None] & ends[None, :]
+        if HAS_VARLEN:
+            # The steps that end a sequence and where their rows of the varlen states are: an
+            # int64 base at the chunk's first sequence, first_ordinal · dim · N, plus int32
+            # offsets (ordinal − first_ordinal) · dim · N < T_CHUNK · dim · N (checked on the
+            # host), fewer registers held through the loop over n than int64 offsets.
+            ends, ordinal = _sequence_ends(ordinal_ptr, t, in_time, L)
+            first_ordinal = tl.load(ordinal_ptr + chunk * T_CHUNK)
+            chunk_varlen_ptr = varlen_states_ptr + first_ordinal.to(tl.int64) * dim * N
+            varlen_offsets = (ordinal - first_ordinal) * (dim * N)
         tl.store(checkpoint_ptr + rows[:, None] * (n_chunks * N) + chunk * N + states[None, :],
                  state, mask=state_mask)
         for n in range(N):
@@ -223,8 +231,9 @@ def _scan_forward(
             h_start = tl.sum(tl.where(states[None, :] == n, state, 0.0), axis=1)
             h = decay * h_start[:, None] + drive
             y += h * C_n[None, :]
-            if HAS_SEQ_IDX:  # a sequence's final state, at its last step
-                tl.store(varlen_states_ptr + varlen_offsets + n, h, mask=varlen_mask)
+            if HAS_VARLEN:  # a sequence's final state, at its last step
+                tl.store(chunk_varlen_ptr + varlen_offsets[None, :] + rows[:, None] * N + n, h,
+                         mask=in_dim[:, None] & ends[None, :])
             h_end = tl.sum(tl.where(steps[None, :] == T_CHUNK - 1, h, 0.0), axis=1)
             state = tl.where(states[None, :] == n, h_end[:, None], state)
         if has_z != 0:
@@ -246,26 +255,41 @@ def _selective_scan_fwd_kernel(
     _scan_forward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
                   initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, u_ptr, u_ptr,
                   last_state_ptr, dim, L, N, groups, group_dim, n_chunks,
-                  has_z, has_D, has_delta_bias, has_initial_state, delta_softplus, 0,
-                  False, BLOCK_D, N_PAD, T_CHUNK)
+                  has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+                  False, False, BLOCK_D, N_PAD, T_CHUNK)
 
 
 @triton.jit
 def _selective_scan_fwd_seq_idx_kernel(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
-        out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr, ordinal_ptr, varlen_states_ptr,
+        out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
         dim, L, N, groups, group_dim, n_chunks,
-        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus, has_varlen_states,
+        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
         BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
     """``_selective_scan_fwd_kernel`` over packed sequences: seq_idx (batch, L) int32; the state
-    restarts from zero at every step where seq_idx changes. When has_varlen_states, h at each
-    sequence's last step t goes to row ordinal[b, t] of varlen_states (num_sequences, dim, N)
-    (ordinal (batch, L) int32, see ``sequence_ordinals``)."""
+    restarts from zero at every step where seq_idx changes."""
+    _scan_forward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
+                  initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
+                  seq_idx_ptr, last_state_ptr, dim, L, N, groups, group_dim, n_chunks,
+                  has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+                  True, False, BLOCK_D, N_PAD, T_CHUNK)
+
+
+@triton.jit
+def _selective_scan_fwd_varlen_kernel(
+        u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
+        out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr, ordinal_ptr, varlen_states_ptr,
+        dim, L, N, groups, group_dim, n_chunks,
+        has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
+        BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """``_selective_scan_fwd_seq_idx_kernel`` that also writes every sequence's final state: h at
+    each sequence's last step t to row ordinal[b, t] of varlen_states (num_sequences, dim, N)
+    fp32 (ordinal (batch, L) int32, see ``sequence_ordinals``)."""
     _scan_forward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
                   initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
                   ordinal_ptr, varlen_states_ptr, dim, L, N, groups, group_dim, n_chunks,
                   has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
-                  has_varlen_states, True, BLOCK_D, N_PAD, T_CHUNK)
+                  True, True, BLOCK_D, N_PAD, T_CHUNK)
 
 
 @triton.jit
@@ -277,11 +301,10 @@ def _scan_backward(
         grad_delta_bias_part_ptr, seq_idx_ptr, ordinal_ptr, grad_varlen_states_ptr,
         dim, L, N, groups, group_dim, n_chunks,
         has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
-        has_grad_varlen_states,
-        HAS_SEQ_IDX: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr,
-        T_CHUNK: tl.constexpr):
-    """The backward program, for both backward kernels (HAS_SEQ_IDX compiles the resets and
-    the varlen states' gradient in or out)."""
+        HAS_SEQ_IDX: tl.constexpr, HAS_VARLEN: tl.constexpr, BLOCK_D: tl.constexpr,
+        N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """The backward program, for the three backward kernels: HAS_SEQ_IDX compiles the resets
+    in, HAS_VARLEN (with HAS_SEQ_IDX) the gradient of each sequence's final state."""
     pid = tl.program_id(0).to(tl.int64)
     batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
     # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
@@ -307,6 +330,7 @@ def _scan_backward(
     checkpoint_ptr += first_row * n_chunks * N
     if HAS_SEQ_IDX:
         seq_idx_ptr += batch * L
+    if HAS_VARLEN:
         ordinal_ptr += batch * L
         grad_varlen_states_ptr += first_channel * N
     rows, in_dim, steps, states, state_mask, state_offsets, D, bias = _channel_tiles(
@@ -354,7 +378,18 @@ def _scan_backward(
                               other=0.0)
             step_decay = tl.exp(dt * A_n[:, None])
             next_decay = tl.exp(dt_next * A_n[:, None])
-            if HAS_SEQ_IDX:
+            if HAS_VARLEN:
+                # As below, from the ordinals (they change where seq_idx does): three loads give
+                # the starts, the steps before a start, the ends and the ordinal.
+                ordinal_before = tl.load(ordinal_ptr + t - 1, mask=in_time & (t > 0), other=0)
+                ordinal = tl.load(ordinal_ptr + t, mask=in_time, other=0)
+                ordinal_after = tl.load(ordinal_ptr + t + 1, mask=in_time & (t + 1 < L), other=0)
+                starts = in_time & (t > 0) & (ordinal != ordinal_before)
+                starts_after = in_time & (t + 1 < L) & (ordinal_after != ordinal)
+                step_decay = tl.where(starts[None, :], 0.0, step_decay)
+                next_decay = tl.where((starts_after & next_in_chunk)[None, :], 0.0, next_decay)
+                ends = (starts_after | (t == L - 1)) & in_time
+            elif HAS_SEQ_IDX:
                 # Steps that start a sequence, and steps whose successor in this chunk does: the
                 # adjoint does not flow back across either (the next chunk's first step is seen
                 # by the gradient it carries in, zero when a sequence starts there). Loaded for
@@ -369,13 +404,12 @@ def _scan_backward(
             h = decay * h_start[:, None] + drive
             y += h * C_n[None, :]
             grad_input = C_n[None, :] * grad_y
-            if HAS_SEQ_IDX:
+            if HAS_VARLEN:
                 # A sequence's final-state gradient joins the adjoint at its last step (where
-                # the adjoint from the next sequence is zero). Loaded per n, from L1, like starts.
-                ends = _sequence_ends(seq_idx_ptr, t, in_time & (t < L * has_grad_varlen_states), L)
-                ordinal = tl.load(ordinal_ptr + t, mask=ends, other=0).to(tl.int64)
+                # the adjoint from the next sequence is zero); int64 offsets ordinal · dim · N.
+                varlen_offsets = ordinal.to(tl.int64) * dim * N
                 grad_input += tl.load(
-                    grad_varlen_states_ptr + ordinal[None, :] * dim * N + rows[:, None] * N + n,
+                    grad_varlen_states_ptr + varlen_offsets[None, :] + rows[:, None] * N + n,
                     mask=in_dim[:, None] & ends[None, :], other=0.0)
             grad_decay, grad_drive = tl.associative_scan(
                 (next_decay, grad_input), axis=1,
@@ -434,8 +468,8 @@ def _selective_scan_bwd_kernel(
                    grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
                    grad_delta_bias_part_ptr, u_ptr, u_ptr, grad_last_state_ptr,
                    dim, L, N, groups, group_dim, n_chunks,
-                   has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus, 0,
-                   False, BLOCK_D, N_PAD, T_CHUNK)
+                   has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+                   False, False, BLOCK_D, N_PAD, T_CHUNK)
 
 
 @triton.jit
@@ -444,23 +478,44 @@ def _selective_scan_bwd_seq_idx_kernel(
         grad_out_ptr, grad_last_state_ptr,
         grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
         grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
-        grad_delta_bias_part_ptr, seq_idx_ptr, ordinal_ptr, grad_varlen_states_ptr,
+        grad_delta_bias_part_ptr, seq_idx_ptr,
         dim, L, N, groups, group_dim, n_chunks,
         has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
-        has_grad_varlen_states,
         BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
     """``_selective_scan_bwd_kernel`` over packed sequences (seq_idx (batch, L) int32): no
-    adjoint, dA or dΔ crosses a step where seq_idx changes. When has_grad_varlen_states, the
-    gradient of the varlen states (num_sequences, dim, N) joins the state's adjoint at each
-    sequence's last step t (row ordinal[b, t])."""
+    adjoint, dA or dΔ crosses a step where seq_idx changes."""
     _scan_backward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
                    checkpoint_ptr, grad_out_ptr, grad_last_state_ptr,
                    grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
                    grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
-                   grad_delta_bias_part_ptr, seq_idx_ptr, ordinal_ptr, grad_varlen_states_ptr,
+                   grad_delta_bias_part_ptr, seq_idx_ptr, seq_idx_ptr, grad_last_state_ptr,
                    dim, L, N, groups, group_dim, n_chunks,
                    has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
-                   has_grad_varlen_states, True, BLOCK_D, N_PAD, T_CHUNK)
+                   True, False, BLOCK_D, N_PAD, T_CHUNK)
+
+
+@triton.jit
+def _selective_scan_bwd_varlen_kernel(
+        u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, checkpoint_ptr,
+        grad_out_ptr, grad_last_state_ptr,
+        grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
+        grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
+        grad_delta_bias_part_ptr, ordinal_ptr, grad_varlen_states_ptr,
+        dim, L, N, groups, group_dim, n_chunks,
+        has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+        BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
+    """``_selective_scan_bwd_seq_idx_kernel`` with the gradient of every sequence's final state,
+    grad_varlen_states (num_sequences, dim, N) fp32: row ordinal[b, t] joins the state's adjoint
+    at that sequence's last step t. The resets are read from the ordinals (ordinal (batch, L)
+    int32, see ``sequence_ordinals``), which change exactly where seq_idx does."""
+    _scan_backward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
+                   checkpoint_ptr, grad_out_ptr, grad_last_state_ptr,
+                   grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_initial_state_ptr,
+                   grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
+                   grad_delta_bias_part_ptr, ordinal_ptr, ordinal_ptr, grad_varlen_states_ptr,
+                   dim, L, N, groups, group_dim, n_chunks,
+                   has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
+                   True, True, BLOCK_D, N_PAD, T_CHUNK)
 
 
 def _configs(block_d: int, num_warps: int):
@@ -474,6 +529,10 @@ def _configs(block_d: int, num_warps: int):
 # ask for 1 per SM. The narrow configs serve grids the wide ones leave short (small batch·dim).
 FORWARD_CONFIGS = _configs(16, 4) + _configs(4, 2)
 BACKWARD_CONFIGS = _configs(32, 16) + _configs(8, 8)
+# The backward with the varlen states' gradient runs its narrow configs on 4 warps (140-170
+# registers): on 8, where ptxas held it to 80 registers, the gather of that gradient spilled
+# 4-12 B in some sm_90a variants.
+BACKWARD_VARLEN_CONFIGS = _configs(32, 16) + _configs(8, 4)
 FORWARD_PROGRAMS_PER_SM = 2
 BACKWARD_PROGRAMS_PER_SM = 1
 
@@ -501,21 +560,26 @@ _BWD_SIGNATURE = {
     "has_grad_last_state": "i32",
 }
 _NOTES = "A, D, delta_bias and states in fp32; N_PAD = the state size N rounded up to 16, 32, 64"
-_SEQ_IDX_NOTES = (_NOTES + "; packed sequences: seq_idx (batch, L) int32, the per-sequence "
-                  "final states (num_sequences, dim, N) fp32 at ordinal (batch, L) int32")
+_SEQ_IDX_NOTES = _NOTES + "; packed sequences: seq_idx (batch, L) int32"
+_VARLEN_NOTES = (_SEQ_IDX_NOTES + "; every sequence's final state (num_sequences, dim, N) fp32 "
+                 "at ordinal (batch, L) int32")
 register_kernel("selective_scan", _selective_scan_fwd_kernel, _FWD_SIGNATURE, FORWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
 register_kernel("selective_scan", _selective_scan_bwd_kernel, _BWD_SIGNATURE, BACKWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
 register_kernel("selective_scan", _selective_scan_fwd_seq_idx_kernel,
-                {**_FWD_SIGNATURE, "seq_idx_ptr": "*i32:16", "ordinal_ptr": "*i32:16",
-                 "varlen_states_ptr": "*fp32:16", "has_varlen_states": "i32"}, FORWARD_CONFIGS,
+                {**_FWD_SIGNATURE, "seq_idx_ptr": "*i32:16"}, FORWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_SEQ_IDX_NOTES)
 register_kernel("selective_scan", _selective_scan_bwd_seq_idx_kernel,
-                {**_BWD_SIGNATURE, "seq_idx_ptr": "*i32:16", "ordinal_ptr": "*i32:16",
-                 "grad_varlen_states_ptr": "*fp32:16", "has_grad_varlen_states": "i32"},
-                BACKWARD_CONFIGS,
+                {**_BWD_SIGNATURE, "seq_idx_ptr": "*i32:16"}, BACKWARD_CONFIGS,
                 dtypes=("fp32", "fp16", "bf16"), notes=_SEQ_IDX_NOTES)
+register_kernel("selective_scan", _selective_scan_fwd_varlen_kernel,
+                {**_FWD_SIGNATURE, "seq_idx_ptr": "*i32:16", "ordinal_ptr": "*i32:16",
+                 "varlen_states_ptr": "*fp32:16"}, FORWARD_CONFIGS,
+                dtypes=("fp32", "fp16", "bf16"), notes=_VARLEN_NOTES)
+register_kernel("selective_scan", _selective_scan_bwd_varlen_kernel,
+                {**_BWD_SIGNATURE, "ordinal_ptr": "*i32:16", "grad_varlen_states_ptr": "*fp32:16"},
+                BACKWARD_VARLEN_CONFIGS, dtypes=("fp32", "fp16", "bf16"), notes=_VARLEN_NOTES)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -568,18 +632,19 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
     grid = (batch * groups * triton.cdiv(dim // groups, cfg.constexprs["BLOCK_D"]),)
     if grid[0] == 0:  # no channel: every output is empty
         return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"], varlen_states
-    packed, varlen_flag = (), ()
-    if seq_idx is not None:
-        packed = (seq_idx, seq_idx if ordinals is None else ordinals, varlen_states)
-        varlen_flag = (int(ordinals is not None),)
-    kernel = _selective_scan_fwd_kernel if seq_idx is None else _selective_scan_fwd_seq_idx_kernel
+    if seq_idx is None:
+        kernel, packed = _selective_scan_fwd_kernel, ()
+    elif ordinals is None:
+        kernel, packed = _selective_scan_fwd_seq_idx_kernel, (seq_idx,)
+    else:
+        kernel, packed = _selective_scan_fwd_varlen_kernel, (seq_idx, ordinals, varlen_states)
     kernel[grid](
         u, delta, u if z is None else z, A, B, C, A if D is None else D,
         A if delta_bias is None else delta_bias, A if initial_state is None else initial_state,
         out, checkpoints, last_state, *packed,
         dim, L, N, groups, dim // groups, n_chunks,
         int(z is not None), int(D is not None), int(delta_bias is not None),
-        int(initial_state is not None), int(delta_softplus), *varlen_flag,
+        int(initial_state is not None), int(delta_softplus),
         num_warps=cfg.num_warps, **cfg.constexprs)
     return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"], varlen_states
 
@@ -596,8 +661,15 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
     groups, N = B.shape[1], A.shape[1]
     group_dim = dim // groups
     n_chunks = checkpoints.shape[2]
-    cfg = launch_config(BACKWARD_CONFIGS, BACKWARD_PROGRAMS_PER_SM, batch, groups, group_dim, N,
-                        u.device, t_chunk)
+    if seq_idx is None:
+        kernel, packed, configs = _selective_scan_bwd_kernel, (), BACKWARD_CONFIGS
+    elif ordinals is None or grad_varlen_states is None:
+        kernel, packed, configs = _selective_scan_bwd_seq_idx_kernel, (seq_idx,), BACKWARD_CONFIGS
+    else:
+        kernel, packed = _selective_scan_bwd_varlen_kernel, (ordinals, grad_varlen_states)
+        configs = BACKWARD_VARLEN_CONFIGS
+    cfg = launch_config(configs, BACKWARD_PROGRAMS_PER_SM, batch, groups, group_dim, N, u.device,
+                        t_chunk)
     blocks = triton.cdiv(group_dim, cfg.constexprs["BLOCK_D"])
     fp32 = dict(device=u.device, dtype=torch.float32)
     grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
@@ -610,14 +682,6 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
     grad_bias_part = None if delta_bias is None else torch.empty((batch, dim), **fp32)
     grid = (batch * groups * blocks,)
     if grid[0] > 0:  # with no channel every buffer is empty and each sum over one is zero
-        packed, varlen_flag = (), ()
-        if seq_idx is not None:
-            varlen = ordinals is not None and grad_varlen_states is not None
-            packed = (seq_idx, ordinals if varlen else seq_idx,
-                      grad_varlen_states if varlen else grad_initial_state)
-            varlen_flag = (int(varlen),)
-        kernel = (_selective_scan_bwd_kernel if seq_idx is None
-                  else _selective_scan_bwd_seq_idx_kernel)
         kernel[grid](
             u, delta, u if z is None else z, A, B, C, A if D is None else D,
             A if delta_bias is None else delta_bias, checkpoints,
@@ -628,7 +692,7 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
             grad_A_part if delta_bias is None else grad_bias_part, *packed,
             dim, L, N, groups, group_dim, n_chunks,
             int(z is not None), int(D is not None), int(delta_bias is not None),
-            int(grad_last_state is not None), int(delta_softplus), *varlen_flag,
+            int(grad_last_state is not None), int(delta_softplus),
             num_warps=cfg.num_warps, **cfg.constexprs)
     grad_D = None if D is None else grad_D_part.sum(0)
     grad_bias = None if delta_bias is None else grad_bias_part.sum(0)
@@ -748,6 +812,10 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if u.shape[2] > MAX_L:
         raise ValueError(f"u has L={u.shape[2]} steps; the triton kernels take L <= {MAX_L}; "
                          "scan it in pieces with initial_state, or use backend='torch'")
+    if ordinals is not None and T_CHUNK * u.shape[1] * N >= 2 ** 31:
+        raise ValueError(f"u has dim={u.shape[1]} channels and A N={N} states: the triton "
+                         f"kernels' varlen states take T_CHUNK·dim·N < 2^31 (T_CHUNK = {T_CHUNK}); "
+                         "use backend='torch'")
     varlen = ordinals is not None
     out, last_state, varlen_states = SelectiveScanTritonFunction.apply(
         u.contiguous(), delta.contiguous(), A, _grouped(B), _grouped(C), D,

@@ -29,6 +29,7 @@ def small_chunks(monkeypatch):
                     for pad in triton_kernels.STATE_PADS)
     monkeypatch.setattr(triton_kernels, "FORWARD_CONFIGS", configs)
     monkeypatch.setattr(triton_kernels, "BACKWARD_CONFIGS", configs)
+    monkeypatch.setattr(triton_kernels, "BACKWARD_VARLEN_CONFIGS", configs)
     monkeypatch.setattr(cpu_path, "CHUNK", SMALL_CHUNK)
 
 
@@ -186,11 +187,19 @@ def test_selective_scan_registers_the_seq_idx_kernels():
                           ("_selective_scan_bwd_kernel", "_selective_scan_bwd_seq_idx_kernel")):
         assert "seq_idx_ptr" not in names[plain].signature
         assert names[packed].signature["seq_idx_ptr"] == "*i32:16"
-        assert names[packed].signature["ordinal_ptr"] == "*i32:16"
-        assert not {"ordinal_ptr", "has_varlen_states", "has_grad_varlen_states"} & set(
-            names[plain].signature)
         assert names[packed].configs == names[plain].configs
         assert names[packed].dtypes == names[plain].dtypes
+    # The varlen variants: the plain signature plus the ordinals and the (gradient of the)
+    # varlen states, every config its launcher may pick, and the same dtypes.
+    forward = names["_selective_scan_fwd_varlen_kernel"]
+    assert forward.signature == {**names["_selective_scan_fwd_seq_idx_kernel"].signature,
+                                 "ordinal_ptr": "*i32:16", "varlen_states_ptr": "*fp32:16"}
+    assert forward.configs == triton_kernels.FORWARD_CONFIGS
+    backward = names["_selective_scan_bwd_varlen_kernel"]
+    assert backward.signature == {**names["_selective_scan_bwd_kernel"].signature,
+                                  "ordinal_ptr": "*i32:16", "grad_varlen_states_ptr": "*fp32:16"}
+    assert backward.configs == triton_kernels.BACKWARD_VARLEN_CONFIGS
+    assert forward.dtypes == backward.dtypes == names["_selective_scan_fwd_kernel"].dtypes
 
 
 def _varlen_scan(t, seq_idx, backend):
