@@ -307,6 +307,18 @@ def test_selective_scan_reference_gradcheck_through_varlen_states():
     assert torch.autograd.gradcheck(scan, [t[k] for k in names])
 
 
+def test_triton_varlen_states_refuse_offsets_past_int32():
+    """The varlen kernels' in-chunk offsets are int32: T_CHUNK·dim·N must stay below 2^31."""
+    dim, N = 2 ** 20, 64  # broadcast views: no memory behind A, B, C
+    u = torch.zeros(1, dim, 1)
+    A = torch.zeros(1, N).expand(dim, N)
+    B = torch.zeros(1, 1, N, 1)
+    seq_idx = torch.zeros(1, 1, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"varlen states take T_CHUNK·dim·N < 2\^31"):
+        triton_kernels.selective_scan_triton(u, u, A, B, B, seq_idx=seq_idx,
+                                             ordinals=seq_idx, num_sequences=1)
+
+
 def test_sequence_ordinals_number_sequences_row_by_row():
     seq_idx = torch.tensor([[4, 4, 7, 7, 9], [0, 0, 0, 0, 0], [1, 2, 2, 3, 3]], dtype=torch.int32)
     ordinals, count = sequence_ordinals(seq_idx)
