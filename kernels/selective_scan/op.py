@@ -120,8 +120,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             starts, every row's t = 0 included, up to it in row-major order, minus one; see
             ``kernels._seq_idx.sequence_ordinals``). Gradients flow through them on every
             backend. Needs seq_idx (a ValueError otherwise). Sizing the output costs one host
-            sync (num_sequences read from the device), so under ``torch.compile`` it breaks
-            the graph.
+            sync (num_sequences read from the device).
 
     Returns:
         out (batch, dim, L) in u's dtype, then the last state when ``return_last_state``, then
