@@ -36,12 +36,12 @@ from mim.audio import (
     normalize_log_mel,
     num_video_frames,
 )
-from mim.config import Config, config_from_dict
+from mim.config import Config
 from mim.io import MediaError, read_image, write_video
 from mim.models.motion import MotionGenerator
 from mim.models.renderer import Renderer, SourceState
 from mim.reenact import square_resize
-from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from mim.train.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
 
 __all__ = ["Animator", "DEFAULT_CHECKPOINT", "KIND"]
 
@@ -145,10 +145,7 @@ class Animator:
                                   f"it has no motion generator; train stage 2 on it to animate from audio")
         if meta["kind"] != KIND:
             raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, expected {KIND!r}")
-        try:
-            config = config_from_dict(meta["config"])
-        except ValueError as error:
-            raise CheckpointError(f"checkpoint {path!r} has a config this version cannot use: {error}") from None
+        config = checkpoint_config(path, meta)
         device = _resolve_device(device)
         renderer = Renderer(config.renderer, backend=backend)
         motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)

@@ -57,7 +57,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
-from mim.config import Config, config_from_dict, load_config
+from mim.config import Config, load_config
 
 __all__ = ["STAGES", "SCENARIOS", "SCENARIO_STAGES", "HOST_STAGES", "PAPER_TABLE3_S",
            "H100_PEAK_FLOPS", "modeled_h100_s", "render_in_stages", "StageRecorder", "Inputs",
@@ -462,7 +462,7 @@ def build_animator(config: Union[str, Config, None] = None, checkpoint: Optional
     from mim.animate import Animator
     from mim.models import Renderer
     from mim.models.motion import MotionGenerator
-    from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata
+    from mim.train.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
 
     if checkpoint is not None and config is not None:
         raise ValueError("give --config or --checkpoint, not both: a checkpoint carries its config")
@@ -472,7 +472,7 @@ def build_animator(config: Union[str, Config, None] = None, checkpoint: Optional
         if meta["kind"] not in ("stage1", "stage2"):
             raise CheckpointError(f"checkpoint {checkpoint!r} holds a {meta['kind']!r} model, "
                                   f"expected a stage-1 or stage-2 one")
-        config = config_from_dict(meta["config"])
+        config = checkpoint_config(os.fspath(checkpoint), meta)
     elif not isinstance(config, Config):
         config = load_config(config or "tiny")
     torch.manual_seed(seed)

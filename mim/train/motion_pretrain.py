@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mim.config import config_from_dict
 from mim.data import SyntheticTalkingHeads
 from mim.models import Renderer
 from mim.models.encoders import MotionEncoder
 from mim.sync import pearson
-from mim.train.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from mim.train.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata, save_checkpoint
 
 __all__ = ["pretrain_motion_encoder", "LABELS"]
 
@@ -66,7 +65,7 @@ def pretrain_motion_encoder(checkpoint: str, out: str, steps: int, clips: int = 
     meta = read_metadata(checkpoint)
     if meta["kind"] not in ("stage1", "stage2"):
         raise CheckpointError(f"checkpoint {checkpoint!r} holds a {meta['kind']!r} model, not a renderer")
-    config = config_from_dict(meta["config"])
+    config = checkpoint_config(checkpoint, meta)
     renderer = Renderer(config.renderer)
     load_checkpoint(checkpoint, kind=meta["kind"], modules={"renderer": renderer})
     size = config.renderer.image_size

@@ -346,13 +346,15 @@ def _rewrite(source, target, tensors=None, **metadata):
     ({"config": json.dumps({"name": "tiny", "renderer": {"dit_heads": 0}})}, "renderer.dit_heads"),
     ({"config": json.dumps({"name": "tiny", "renderer": {"image_size": 1048576}})}, "renderer.image_size"),
 ])
-@pytest.mark.parametrize("command", ["evaluate", "animate"])
+@pytest.mark.parametrize("command", ["evaluate", "animate", "profile"])
 def test_bad_checkpoint_metadata(media, tmp_path, capsys, change, named, command):
     bad = _rewrite(media["stage2"], tmp_path / "bad.safetensors", **change)
-    out = tmp_path / ("out.json" if command == "evaluate" else "out.mp4")
+    out = tmp_path / ("out.mp4" if command == "animate" else "out.json")
     listing = previous_output(out)
     if command == "evaluate":
         argv = ["evaluate", "--checkpoint", bad, "--no-progress", "--json", out]
+    elif command == "profile":
+        argv = ["profile", "--checkpoint", bad, "--device", "cpu", "--json", out]
     else:
         argv = animate_argv(media, out, **{"--checkpoint": bad})
     run_failing(argv, capsys, bad, named)
