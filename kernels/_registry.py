@@ -9,11 +9,13 @@ Signature strings follow ``triton.tools.compile``: ``"*fp32"`` is a pointer, ``"
 ``"fp32"`` a float; a suffix ``":16"`` says the launcher guarantees divisibility by 16 (device
 allocations are 16-byte aligned, so the JIT specializes pointers that way). ``"{dtype}"`` in a
 type is replaced by each of the kernel's ``dtypes`` in turn (an entry of ``dtypes`` may also fill
-several named placeholders, e.g. ``"{state_dtype}"``).
+several named placeholders, e.g. ``"{state_dtype}"``; a plain type fills every placeholder).
+``dtype_configs`` may give a dtype (by its label) fewer launch configs than ``configs``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Tuple
 
 
@@ -39,6 +41,7 @@ class RegisteredKernel:
     configs: Tuple[LaunchConfig, ...]
     dtypes: Tuple[str, ...] = ("fp32",)
     notes: str = ""
+    dtype_configs: Mapping[str, Tuple[LaunchConfig, ...]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -46,15 +49,18 @@ class RegisteredKernel:
 
     def variants(self) -> Iterator[Tuple[str, Dict[str, str], LaunchConfig]]:
         """Yield (dtype, concrete signature, config) for every specialization to compile. An entry
-        of ``dtypes`` is a type that fills "{dtype}", or pairs (placeholder, type) filling several
-        placeholders (its label is "dtype=bf16,state_dtype=fp32")."""
+        of ``dtypes`` is a type that fills "{dtype}" and every other placeholder, or pairs
+        (placeholder, type) filling several placeholders (its label is
+        "dtype=bf16,state_dtype=fp32"); a label in ``dtype_configs`` takes those configs."""
         for dtype in self.dtypes:
             fills = {"dtype": dtype} if isinstance(dtype, str) else dict(dtype)
             label = dtype if isinstance(dtype, str) else ",".join(f"{k}={v}" for k, v in fills.items())
             sig = dict(self.signature)
             for placeholder, type_name in fills.items():
                 sig = {k: v.replace("{" + placeholder + "}", type_name) for k, v in sig.items()}
-            for cfg in self.configs:
+            if isinstance(dtype, str):
+                sig = {k: re.sub(r"\{\w+\}", dtype, v) for k, v in sig.items()}
+            for cfg in self.dtype_configs.get(label, self.configs):
                 yield label, sig, cfg
 
 
@@ -62,9 +68,16 @@ _REGISTRY: List[RegisteredKernel] = []
 
 
 def register_kernel(op: str, kernel: Callable, signature: Mapping[str, str],
-                    configs, dtypes=("fp32",), notes: str = "") -> RegisteredKernel:
+                    configs, dtypes=("fp32",), notes: str = "",
+                    dtype_configs=None) -> RegisteredKernel:
     entry = RegisteredKernel(op=op, kernel=kernel, signature=dict(signature),
-                             configs=tuple(configs), dtypes=tuple(dtypes), notes=notes)
+                             configs=tuple(configs), dtypes=tuple(dtypes), notes=notes,
+                             dtype_configs={k: tuple(v) for k, v in (dtype_configs or {}).items()})
+    labels = {d if isinstance(d, str) else ",".join(f"{k}={v}" for k, v in d) for d in entry.dtypes}
+    unknown = set(entry.dtype_configs) - labels
+    if unknown:
+        raise ValueError(f"kernel {entry.name}: dtype_configs names dtypes {sorted(unknown)} "
+                         "that it does not register")
     if any(e.op == op and e.name == entry.name for e in _REGISTRY):
         raise ValueError(f"kernel {entry.name} of op {op} is registered twice")
     _REGISTRY.append(entry)

@@ -412,7 +412,16 @@ Limits: L <= $MAX_L, groups divides dim, dim < 2^31.""",
               "initial_state_ptr": "initial_state != NULL ? (const void *)initial_state : A",
               "out_ptr": "out", "checkpoint_ptr": "checkpoints", "last_state_ptr": "last_state",
               "dim": "dim", "L": "L", "N": "N", "groups": "groups", "group_dim": "group_dim",
-              "n_chunks": "n_chunks", "has_z": "z != NULL", "has_D": "D != NULL",
+              "n_chunks": "n_chunks",
+              # B and C are contiguous (batch, groups, N, L) in dtype: torch's strides for
+              # that (a size of 0 counted as 1)
+              "stride_B_batch": "groups * (N > 1 ? N : 1) * (L > 1 ? L : 1)",
+              "stride_B_group": "(N > 1 ? N : 1) * (L > 1 ? L : 1)",
+              "stride_B_n": "L > 1 ? L : 1", "stride_B_t": "1",
+              "stride_C_batch": "groups * (N > 1 ? N : 1) * (L > 1 ? L : 1)",
+              "stride_C_group": "(N > 1 ? N : 1) * (L > 1 ? L : 1)",
+              "stride_C_n": "L > 1 ? L : 1", "stride_C_t": "1",
+              "has_z": "z != NULL", "has_D": "D != NULL",
               "has_delta_bias": "delta_bias != NULL",
               "has_initial_state": "initial_state != NULL",
               "delta_softplus": "delta_softplus != 0"},
@@ -695,7 +704,7 @@ class Variant:
 def render_source(op: AotOp, entry, variants: Sequence[Variant],
                   constants: Mapping[str, Any]) -> str:
     names = constexpr_names(entry)
-    signature = {k: v.replace("{dtype}", "fp32") for k, v in entry.signature.items()}
+    signature = {k: re.sub(r"\{\w+\}", "fp32", v) for k, v in entry.signature.items()}
     args = runtime_args(entry, signature)
     if set(op.args) != {a.name for a in args}:
         raise RuntimeError(f"{op.op}: the C launcher maps {sorted(op.args)} but {entry.name} "
@@ -882,7 +891,7 @@ def group_variants(results: Sequence[Mapping[str, Any]], registry) -> Dict[str, 
 
 
 def manifest_record(op: AotOp, entry, variants: Sequence[Variant]) -> Dict[str, Any]:
-    signature = {k: v.replace("{dtype}", "fp32") for k, v in entry.signature.items()}
+    signature = {k: re.sub(r"\{\w+\}", "fp32", v) for k, v in entry.signature.items()}
     params = [{"name": a.name, "type": entry.signature[a.name], "c_type": a.c_type}
               for a in runtime_args(entry, signature)]
     params += [{"name": s, "type": "*i8", "c_type": POINTER_TYPE[0]} for s in SCRATCH_PARAMS]

@@ -94,11 +94,15 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         B, C: each (batch, N, L), (batch, G, N, L) with G groups dividing dim, or (dim, N), constant
             over batch and time (mamba_ssm's non-variable B, C); B and C may differ in layout and
             groups, and in dtype from u (e.g. fp32 B, C with bf16 u). The scan runs in float32
-            (float64 for float64 u); the triton kernels read B and C in u's dtype, so they are
-            cast to it there. A constant or differently grouped B, C reaches the torch and triton
-            kernels broadcast to one group count G (the lcm of the two; dim for a constant one),
-            as those kernels read B and C per group and time step: they copy it to (batch, G, N,
-            L), up to N times u's size.
+            (float64 for float64 u); the triton kernels read B and C in u's dtype or, when either
+            is float32, both in float32 (as mamba_ssm's CUDA kernel reads fp32 weights with bf16
+            inputs); another dtype is cast to that first. A constant or differently grouped B, C
+            reaches the torch and triton kernels broadcast to one group count G (the lcm of the
+            two; dim for a constant one): the triton kernels read a constant one through its
+            stride-0 view (no copy; its gradient is still computed per (batch, dim, N, L), in
+            fp32, and summed to (dim, N)); the torch path copies it to (batch, G, N, L), up to N
+            times u's size. B and C with different group counts are repeated to the lcm (a copy)
+            on both paths.
         D, delta_bias: (dim,) optional skip weight and Δ bias.
         delta_softplus: apply softplus to Δ (+ bias).
         return_last_state: also return h at the last step, (batch, dim, N), float32.
@@ -133,9 +137,11 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         raise ValueError("return_varlen_states=True needs seq_idx (batch, L): the varlen states "
                          "are the final states of the sequences seq_idx packs")
     chosen = resolve_backend(backend, u.device, "selective_scan")
+    if chosen == "triton":  # before the broadcast, so a cast never copies a broadcast B or C
+        from .triton_kernels import bc_kernel_dtype
+        bc_dtype = bc_kernel_dtype(u.dtype, B.dtype, C.dtype)
+        B, C = B.to(bc_dtype), C.to(bc_dtype)
     B, C = _common_groups(B, C, *u.shape)
-    if chosen == "triton":  # its kernels read B and C in u's dtype
-        B, C = B.to(u.dtype), C.to(u.dtype)
     args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
     if chosen == "reference":
         result = selective_scan_reference(*args[:9], return_last_state=True,

@@ -1,7 +1,9 @@
 """Triton kernels of the Mamba-1 selective scan (real A), forward and backward, their launchers and
 the autograd Function.
 
-Shapes: u, delta, z, out (batch, dim, L); A (dim, N); B, C (batch, G, N, L) (a 3-D B/C is G = 1);
+Shapes: u, delta, z, out (batch, dim, L); A (dim, N); B, C (batch, G, N, L) (a 3-D B/C is G = 1)
+read through their (batch, group, n, t) strides, so a constant (dim, N) B or C is a stride-0 view
+(G = dim, strides (0, N, 1, 0)), not a copy; B and C in u's dtype or both fp32 (with fp16/bf16 u);
 D, delta_bias (dim,); initial and last state (batch, dim, N) in fp32. Channel d reads the B/C of
 group g = d // (dim / G). With dt = delta + delta_bias (softplus if asked):
 h_t = exp(dt_t·A)·h_{t−1} + dt_t·B_t·u_t, y_t = Σ_n C_t·h_t + D·u_t, out = y·silu(z).
@@ -23,7 +25,9 @@ per n, beside the BLOCK_D·T_CHUNK elements scanned (each a few operations and 5
 Traffic in bytes, with P = batch·dim, s the input dtype's size, n_c = ceil(L / T_CHUNK), J =
 ceil((dim / G) / BLOCK_D) programs per group, [x] = 1 when x is given, else 0:
 - forward reads u, delta (and z) once, B and C once (the J programs of a group run side by side
-  and share them through L2), A, D, delta_bias and the initial state once; it writes out once, one
+  and share them through L2; a constant B, C is dim·N elements, read by every program from L2,
+  in place of the 2·batch·G·N·L·s below; s is B's and C's own size there when they are fp32
+  with half-precision u), A, D, delta_bias and the initial state once; it writes out once, one
   fp32 checkpoint of the state at the start of every chunk (saved for backward) and the last
   state:
       P·L·s·(3 + [z]) + 2·batch·G·N·L·s + P·N·4·(n_c + 1 + [initial_state])
@@ -164,6 +168,8 @@ def _scan_forward(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
         out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr, ordinal_ptr, varlen_states_ptr,
         dim, L, N, groups, group_dim, n_chunks,
+        stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+        stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
         has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
         HAS_SEQ_IDX: tl.constexpr, HAS_VARLEN: tl.constexpr, BLOCK_D: tl.constexpr,
         N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
@@ -171,13 +177,14 @@ def _scan_forward(
     HAS_VARLEN (with HAS_SEQ_IDX) the stores of each sequence's final state."""
     pid = tl.program_id(0).to(tl.int64)
     batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
-    # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
+    # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31 (B's
+    # and C's n·stride_n + t·stride_t too: the launcher checks their span, ``_grouped``).
     u_ptr += first_row * L
     delta_ptr += first_row * L
     z_ptr += first_row * L
     out_ptr += first_row * L
-    B_ptr += (batch * groups + group) * N * L
-    C_ptr += (batch * groups + group) * N * L
+    B_ptr += batch * stride_B_batch + group * stride_B_group
+    C_ptr += batch * stride_C_batch + group * stride_C_group
     A_ptr += first_channel * N
     D_ptr += first_channel
     delta_bias_ptr += first_channel
@@ -221,8 +228,10 @@ def _scan_forward(
                  state, mask=state_mask)
         for n in range(N):
             A_n = tl.load(A_ptr + rows * N + n, mask=in_dim, other=0.0)
-            B_n = tl.load(B_ptr + n * L + t, mask=in_time, other=0.0).to(tl.float32)
-            C_n = tl.load(C_ptr + n * L + t, mask=in_time, other=0.0).to(tl.float32)
+            B_n = tl.load(B_ptr + n * stride_B_n + t * stride_B_t, mask=in_time,
+                          other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + n * stride_C_n + t * stride_C_t, mask=in_time,
+                          other=0.0).to(tl.float32)
             step_decay = tl.exp(dt * A_n[:, None])
             if HAS_SEQ_IDX:  # a new sequence: the state before it is forgotten
                 step_decay = tl.where(starts[None, :], 0.0, step_decay)
@@ -248,6 +257,8 @@ def _selective_scan_fwd_kernel(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
         out_ptr, checkpoint_ptr, last_state_ptr,
         dim, L, N, groups, group_dim, n_chunks,
+        stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+        stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
         has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
         BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
     """BLOCK_D channels of one (batch, group): out (batch, dim, L), checkpoint (batch, dim, n_c, N)
@@ -255,6 +266,8 @@ def _selective_scan_fwd_kernel(
     _scan_forward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
                   initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, u_ptr, u_ptr,
                   last_state_ptr, dim, L, N, groups, group_dim, n_chunks,
+                  stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+                  stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
                   has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
                   False, False, BLOCK_D, N_PAD, T_CHUNK)
 
@@ -264,6 +277,8 @@ def _selective_scan_fwd_seq_idx_kernel(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
         out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
         dim, L, N, groups, group_dim, n_chunks,
+        stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+        stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
         has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
         BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
     """``_selective_scan_fwd_kernel`` over packed sequences: seq_idx (batch, L) int32; the state
@@ -271,6 +286,8 @@ def _selective_scan_fwd_seq_idx_kernel(
     _scan_forward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
                   initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
                   seq_idx_ptr, last_state_ptr, dim, L, N, groups, group_dim, n_chunks,
+                  stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+                  stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
                   has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
                   True, False, BLOCK_D, N_PAD, T_CHUNK)
 
@@ -280,6 +297,8 @@ def _selective_scan_fwd_varlen_kernel(
         u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr, initial_state_ptr,
         out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr, ordinal_ptr, varlen_states_ptr,
         dim, L, N, groups, group_dim, n_chunks,
+        stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+        stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
         has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
         BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
     """``_selective_scan_fwd_seq_idx_kernel`` that also writes every sequence's final state: h at
@@ -288,6 +307,8 @@ def _selective_scan_fwd_varlen_kernel(
     _scan_forward(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
                   initial_state_ptr, out_ptr, checkpoint_ptr, last_state_ptr, seq_idx_ptr,
                   ordinal_ptr, varlen_states_ptr, dim, L, N, groups, group_dim, n_chunks,
+                  stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+                  stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
                   has_z, has_D, has_delta_bias, has_initial_state, delta_softplus,
                   True, True, BLOCK_D, N_PAD, T_CHUNK)
 
@@ -300,6 +321,8 @@ def _scan_backward(
         grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
         grad_delta_bias_part_ptr, seq_idx_ptr, ordinal_ptr, grad_varlen_states_ptr,
         dim, L, N, groups, group_dim, n_chunks,
+        stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+        stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
         has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
         HAS_SEQ_IDX: tl.constexpr, HAS_VARLEN: tl.constexpr, BLOCK_D: tl.constexpr,
         N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
@@ -307,7 +330,8 @@ def _scan_backward(
     in, HAS_VARLEN (with HAS_SEQ_IDX) the gradient of each sequence's final state."""
     pid = tl.program_id(0).to(tl.int64)
     batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
-    # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31.
+    # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31 (B's
+    # and C's n·stride_n + t·stride_t too: the launcher checks their span, ``_grouped``).
     u_ptr += first_row * L
     delta_ptr += first_row * L
     z_ptr += first_row * L
@@ -315,8 +339,8 @@ def _scan_backward(
     grad_u_ptr += first_row * L
     grad_delta_ptr += first_row * L
     grad_z_ptr += first_row * L
-    B_ptr += (batch * groups + group) * N * L
-    C_ptr += (batch * groups + group) * N * L
+    B_ptr += batch * stride_B_batch + group * stride_B_group
+    C_ptr += batch * stride_C_batch + group * stride_C_group
     grad_B_part_ptr += pid * N * L
     grad_C_part_ptr += pid * N * L
     A_ptr += first_channel * N
@@ -372,8 +396,10 @@ def _scan_backward(
         grad_D += tl.sum(grad_y * u, axis=1)
         for n in range(N):
             A_n = tl.load(A_ptr + rows * N + n, mask=in_dim, other=0.0)
-            B_n = tl.load(B_ptr + n * L + t, mask=in_time, other=0.0).to(tl.float32)
-            C_n = tl.load(C_ptr + n * L + t, mask=in_time, other=0.0).to(tl.float32)
+            B_n = tl.load(B_ptr + (t * stride_B_t + n * stride_B_n), mask=in_time,
+                          other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + (t * stride_C_t + n * stride_C_n), mask=in_time,
+                          other=0.0).to(tl.float32)
             h_start = tl.load(checkpoint_ptr + rows * (n_chunks * N) + chunk * N + n, mask=in_dim,
                               other=0.0)
             step_decay = tl.exp(dt * A_n[:, None])
@@ -457,6 +483,8 @@ def _selective_scan_bwd_kernel(
         grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
         grad_delta_bias_part_ptr,
         dim, L, N, groups, group_dim, n_chunks,
+        stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+        stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
         has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
         BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
     """BLOCK_D channels of one (batch, group), chunks in reverse: du, ddelta, dz (batch, dim, L),
@@ -468,6 +496,8 @@ def _selective_scan_bwd_kernel(
                    grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
                    grad_delta_bias_part_ptr, u_ptr, u_ptr, grad_last_state_ptr,
                    dim, L, N, groups, group_dim, n_chunks,
+                   stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+                   stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
                    has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
                    False, False, BLOCK_D, N_PAD, T_CHUNK)
 
@@ -480,6 +510,8 @@ def _selective_scan_bwd_seq_idx_kernel(
         grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
         grad_delta_bias_part_ptr, seq_idx_ptr,
         dim, L, N, groups, group_dim, n_chunks,
+        stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+        stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
         has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
         BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
     """``_selective_scan_bwd_kernel`` over packed sequences (seq_idx (batch, L) int32): no
@@ -490,6 +522,8 @@ def _selective_scan_bwd_seq_idx_kernel(
                    grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
                    grad_delta_bias_part_ptr, seq_idx_ptr, seq_idx_ptr, grad_last_state_ptr,
                    dim, L, N, groups, group_dim, n_chunks,
+                   stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+                   stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
                    has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
                    True, False, BLOCK_D, N_PAD, T_CHUNK)
 
@@ -502,6 +536,8 @@ def _selective_scan_bwd_varlen_kernel(
         grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
         grad_delta_bias_part_ptr, ordinal_ptr, grad_varlen_states_ptr,
         dim, L, N, groups, group_dim, n_chunks,
+        stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+        stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
         has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
         BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, T_CHUNK: tl.constexpr):
     """``_selective_scan_bwd_seq_idx_kernel`` with the gradient of every sequence's final state,
@@ -514,6 +550,8 @@ def _selective_scan_bwd_varlen_kernel(
                    grad_B_part_ptr, grad_C_part_ptr, grad_A_part_ptr, grad_D_part_ptr,
                    grad_delta_bias_part_ptr, ordinal_ptr, ordinal_ptr, grad_varlen_states_ptr,
                    dim, L, N, groups, group_dim, n_chunks,
+                   stride_B_batch, stride_B_group, stride_B_n, stride_B_t,
+                   stride_C_batch, stride_C_group, stride_C_n, stride_C_t,
                    has_z, has_D, has_delta_bias, has_grad_last_state, delta_softplus,
                    True, True, BLOCK_D, N_PAD, T_CHUNK)
 
@@ -540,10 +578,13 @@ _COMMON_SIGNATURE = {
     "dim": "i32", "L": "i32", "N": "i32", "groups": "i32", "group_dim": "i32", "n_chunks": "i32",
     "has_z": "i32", "has_D": "i32", "has_delta_bias": "i32", "delta_softplus": "i32",
     "BLOCK_D": "constexpr", "N_PAD": "constexpr", "T_CHUNK": "constexpr",
+    # B's and C's (batch, group, n, t) strides; the batch stride may pass 2^31.
+    **{f"stride_{x}_{axis}": "i64" if axis == "batch" else "i32"
+       for x in "BC" for axis in ("batch", "group", "n", "t")},
 }
 _INPUT_SIGNATURE = {
     "u_ptr": "*{dtype}:16", "delta_ptr": "*{dtype}:16", "z_ptr": "*{dtype}:16",
-    "A_ptr": "*fp32:16", "B_ptr": "*{dtype}:16", "C_ptr": "*{dtype}:16", "D_ptr": "*fp32:16",
+    "A_ptr": "*fp32:16", "B_ptr": "*{bc_dtype}:16", "C_ptr": "*{bc_dtype}:16", "D_ptr": "*fp32:16",
     "delta_bias_ptr": "*fp32:16",
 }
 _FWD_SIGNATURE = {
@@ -563,23 +604,42 @@ _NOTES = "A, D, delta_bias and states in fp32; N_PAD = the state size N rounded 
 _SEQ_IDX_NOTES = _NOTES + "; packed sequences: seq_idx (batch, L) int32"
 _VARLEN_NOTES = (_SEQ_IDX_NOTES + "; every sequence's final state (num_sequences, dim, N) fp32 "
                  "at ordinal (batch, L) int32")
-register_kernel("selective_scan", _selective_scan_fwd_kernel, _FWD_SIGNATURE, FORWARD_CONFIGS,
-                dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
-register_kernel("selective_scan", _selective_scan_bwd_kernel, _BWD_SIGNATURE, BACKWARD_CONFIGS,
-                dtypes=("fp32", "fp16", "bf16"), notes=_NOTES)
-register_kernel("selective_scan", _selective_scan_fwd_seq_idx_kernel,
-                {**_FWD_SIGNATURE, "seq_idx_ptr": "*i32:16"}, FORWARD_CONFIGS,
-                dtypes=("fp32", "fp16", "bf16"), notes=_SEQ_IDX_NOTES)
-register_kernel("selective_scan", _selective_scan_bwd_seq_idx_kernel,
-                {**_BWD_SIGNATURE, "seq_idx_ptr": "*i32:16"}, BACKWARD_CONFIGS,
-                dtypes=("fp32", "fp16", "bf16"), notes=_SEQ_IDX_NOTES)
-register_kernel("selective_scan", _selective_scan_fwd_varlen_kernel,
-                {**_FWD_SIGNATURE, "seq_idx_ptr": "*i32:16", "ordinal_ptr": "*i32:16",
-                 "varlen_states_ptr": "*fp32:16"}, FORWARD_CONFIGS,
-                dtypes=("fp32", "fp16", "bf16"), notes=_VARLEN_NOTES)
-register_kernel("selective_scan", _selective_scan_bwd_varlen_kernel,
-                {**_BWD_SIGNATURE, "ordinal_ptr": "*i32:16", "grad_varlen_states_ptr": "*fp32:16"},
-                BACKWARD_VARLEN_CONFIGS, dtypes=("fp32", "fp16", "bf16"), notes=_VARLEN_NOTES)
+# (u, B/C) dtypes: B and C in u's dtype, or fp32 B and C with fp16 or bf16 u (mamba_ssm's fp32
+# weights). A plain dtype fills both placeholders. The mixed pairs run the wide configs only
+# (``configs_for``): every config for them would add about 70 s to the compile report.
+DTYPES = ("fp32", "fp16", "bf16", (("dtype", "fp16"), ("bc_dtype", "fp32")),
+          (("dtype", "bf16"), ("bc_dtype", "fp32")))
+_MIXED_LABELS = ("dtype=fp16,bc_dtype=fp32", "dtype=bf16,bc_dtype=fp32")
+
+
+def _wide(configs):
+    """The widest config of each N_PAD (the first of each in ``configs``)."""
+    return tuple(c for c in configs if c.constexprs["BLOCK_D"] == configs[0].constexprs["BLOCK_D"])
+
+
+def _register(kernel, signature, configs, notes):
+    register_kernel("selective_scan", kernel, signature, configs, dtypes=DTYPES, notes=notes,
+                    dtype_configs={label: _wide(configs) for label in _MIXED_LABELS})
+
+
+_register(_selective_scan_fwd_kernel, _FWD_SIGNATURE, FORWARD_CONFIGS, _NOTES)
+_register(_selective_scan_bwd_kernel, _BWD_SIGNATURE, BACKWARD_CONFIGS, _NOTES)
+_register(_selective_scan_fwd_seq_idx_kernel, {**_FWD_SIGNATURE, "seq_idx_ptr": "*i32:16"},
+          FORWARD_CONFIGS, _SEQ_IDX_NOTES)
+_register(_selective_scan_bwd_seq_idx_kernel, {**_BWD_SIGNATURE, "seq_idx_ptr": "*i32:16"},
+          BACKWARD_CONFIGS, _SEQ_IDX_NOTES)
+_register(_selective_scan_fwd_varlen_kernel,
+          {**_FWD_SIGNATURE, "seq_idx_ptr": "*i32:16", "ordinal_ptr": "*i32:16",
+           "varlen_states_ptr": "*fp32:16"}, FORWARD_CONFIGS, _VARLEN_NOTES)
+_register(_selective_scan_bwd_varlen_kernel,
+          {**_BWD_SIGNATURE, "ordinal_ptr": "*i32:16", "grad_varlen_states_ptr": "*fp32:16"},
+          BACKWARD_VARLEN_CONFIGS, _VARLEN_NOTES)
+
+
+def configs_for(configs, u_dtype: torch.dtype, bc_dtype: torch.dtype):
+    """The configs a launcher may pick for u and B/C of these dtypes: all of them when B and C
+    are in u's dtype, the wide ones for fp32 B and C with fp16 or bf16 u (as registered)."""
+    return configs if bc_dtype == u_dtype else _wide(configs)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -602,9 +662,31 @@ def launch_config(configs, programs_per_sm: int, batch: int, groups: int, group_
     return candidates[-1]
 
 
+def bc_kernel_dtype(u_dtype: torch.dtype, B_dtype: torch.dtype,
+                    C_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels read B and C in (one for both, a registered (u, B/C) pair): float32
+    when either is float32 (mamba_ssm's fp32 weights with bf16 or fp16 inputs keep their
+    precision), else u's dtype."""
+    return torch.float32 if torch.float32 in (B_dtype, C_dtype) else u_dtype
+
+
 def _grouped(x: torch.Tensor) -> torch.Tensor:
-    """B or C as a contiguous (batch, G, N, L) tensor."""
-    return (x.unsqueeze(1) if x.dim() == 3 else x).contiguous()
+    """B or C as a (batch, G, N, L) view, kept as it is (a constant one's stride-0 view over
+    batch and time included: the kernels read it through its strides, no copy) unless an offset
+    inside one (batch, group), n·stride_n + t·stride_t, or the group stride, can pass 2^31: then
+    a contiguous copy."""
+    x = x.unsqueeze(1) if x.dim() == 3 else x
+    _, _, N, L = x.shape
+    _, stride_group, stride_n, stride_t = x.stride()
+    if stride_group >= 2 ** 31 or max(N - 1, 0) * stride_n + max(L - 1, 0) * stride_t >= 2 ** 31:
+        return x.contiguous()
+    return x
+
+
+def _bc_strides(x: torch.Tensor) -> Tuple[int, int, int, int]:
+    """The (batch, group, n, t) strides of a (batch, G, N, L) B or C, as the kernels take them
+    (the batch stride may pass 2^31: the kernels multiply it in int64)."""
+    return tuple(x.stride())
 
 
 def _fp32(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -621,8 +703,8 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
     sequence's final state, (0, dim, N) without ordinals)."""
     batch, dim, L = u.shape
     groups, N = B.shape[1], A.shape[1]
-    cfg = launch_config(FORWARD_CONFIGS, FORWARD_PROGRAMS_PER_SM, batch, groups, dim // groups, N,
-                        u.device)
+    cfg = launch_config(configs_for(FORWARD_CONFIGS, u.dtype, B.dtype), FORWARD_PROGRAMS_PER_SM,
+                        batch, groups, dim // groups, N, u.device)
     n_chunks = triton.cdiv(L, cfg.constexprs["T_CHUNK"])
     out = torch.empty_like(u)
     checkpoints = torch.empty((batch, dim, n_chunks, N), device=u.device, dtype=torch.float32)
@@ -642,7 +724,7 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
         u, delta, u if z is None else z, A, B, C, A if D is None else D,
         A if delta_bias is None else delta_bias, A if initial_state is None else initial_state,
         out, checkpoints, last_state, *packed,
-        dim, L, N, groups, dim // groups, n_chunks,
+        dim, L, N, groups, dim // groups, n_chunks, *_bc_strides(B), *_bc_strides(C),
         int(z is not None), int(D is not None), int(delta_bias is not None),
         int(initial_state is not None), int(delta_softplus),
         num_warps=cfg.num_warps, **cfg.constexprs)
@@ -668,8 +750,8 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
     else:
         kernel, packed = _selective_scan_bwd_varlen_kernel, (ordinals, grad_varlen_states)
         configs = BACKWARD_VARLEN_CONFIGS
-    cfg = launch_config(configs, BACKWARD_PROGRAMS_PER_SM, batch, groups, group_dim, N, u.device,
-                        t_chunk)
+    cfg = launch_config(configs_for(configs, u.dtype, B.dtype), BACKWARD_PROGRAMS_PER_SM, batch,
+                        groups, group_dim, N, u.device, t_chunk)
     blocks = triton.cdiv(group_dim, cfg.constexprs["BLOCK_D"])
     fp32 = dict(device=u.device, dtype=torch.float32)
     grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
@@ -690,7 +772,7 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
             grad_B_part, grad_C_part, grad_A_part,
             grad_A_part if D is None else grad_D_part,
             grad_A_part if delta_bias is None else grad_bias_part, *packed,
-            dim, L, N, groups, group_dim, n_chunks,
+            dim, L, N, groups, group_dim, n_chunks, *_bc_strides(B), *_bc_strides(C),
             int(z is not None), int(D is not None), int(delta_bias is not None),
             int(grad_last_state is not None), int(delta_softplus),
             num_warps=cfg.num_warps, **cfg.constexprs)
@@ -703,8 +785,9 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
 def _forward_t_chunk(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> int:
     """The steps between the forward's checkpoints: T_CHUNK of the config its launcher picks."""
     batch, dim, _ = u.shape
-    return launch_config(FORWARD_CONFIGS, FORWARD_PROGRAMS_PER_SM, batch, B.shape[1],
-                         dim // B.shape[1], A.shape[1], u.device).constexprs["T_CHUNK"]
+    return launch_config(configs_for(FORWARD_CONFIGS, u.dtype, B.dtype), FORWARD_PROGRAMS_PER_SM,
+                         batch, B.shape[1], dim // B.shape[1], A.shape[1],
+                         u.device).constexprs["T_CHUNK"]
 
 
 @custom_op("mim::selective_scan_triton_fwd", mutates_args=())
@@ -817,6 +900,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                          f"kernels' varlen states take T_CHUNK·dim·N < 2^31 (T_CHUNK = {T_CHUNK}); "
                          "use backend='torch'")
     varlen = ordinals is not None
+    bc_dtype = bc_kernel_dtype(u.dtype, B.dtype, C.dtype)  # ``selective_scan`` casts them first
+    B, C = B.to(bc_dtype), C.to(bc_dtype)
     out, last_state, varlen_states = SelectiveScanTritonFunction.apply(
         u.contiguous(), delta.contiguous(), A, _grouped(B), _grouped(C), D,
         None if z is None else z.contiguous(), delta_bias, bool(delta_softplus), initial_state,

@@ -4,10 +4,12 @@ state and the gradient of every input, with random gradients for both outputs.
 The interpreter scans element by element, about 0.2 ms per element of a padded tile, so most cases
 run with the ``small_tiles`` fixture: 8-step chunks (several chunk boundaries in a short L) and 2
 channels per program (odd dims leave a half-masked program; dB/dC sum partials over programs)."""
+from functools import partial
+
 import pytest
 import torch
 
-from kernels._registry import LaunchConfig
+from kernels._registry import LaunchConfig, registered_kernels
 from kernels.selective_scan import selective_scan, selective_scan_reference
 from kernels.selective_scan import triton_kernels
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
@@ -60,22 +62,22 @@ def _leaves(t):
     return [(k, v) for k, v in t.items() if v is not None]
 
 
-def _reference(t, softplus, grad_out, grad_last):
+def _reference(t, softplus, grad_out, grad_last, reference=selective_scan_reference):
     ref = {k: None if v is None else v.detach().double().requires_grad_() for k, v in t.items()}
-    out, last = _call(selective_scan_reference, ref, softplus)
+    out, last = _call(reference, ref, softplus)
     names, leaves = zip(*_leaves(ref))
     grads = torch.autograd.grad((out, last), leaves, (grad_out.double(), grad_last.double()))
     return out, last, dict(zip(names, grads))
 
 
-def _check_against_reference(t, softplus, dtype):
+def _check_against_reference(t, softplus, dtype, reference=selective_scan_reference):
     out, last = _call(selective_scan, t, softplus, backend="triton")
     assert out.dtype == dtype and out.shape == t["u"].shape
     assert last.dtype == torch.float32 and last.shape == t["u"].shape[:2] + t["A"].shape[1:]
     grad_out, grad_last = torch.randn(out.shape).to(dtype), torch.randn(last.shape)
     names, leaves = zip(*_leaves(t))
     grads = torch.autograd.grad((out, last), leaves, (grad_out, grad_last))
-    ref_out, ref_last, ref_grads = _reference(t, softplus, grad_out, grad_last)
+    ref_out, ref_last, ref_grads = _reference(t, softplus, grad_out, grad_last, reference)
     assert_close("out", out, ref_out, FORWARD_TOLERANCE[dtype])
     assert_close("last_state", last, ref_last, FORWARD_TOLERANCE[dtype])
     for name, grad in zip(names, grads):
@@ -227,3 +229,103 @@ def test_triton_limits_are_clear_errors():
     with pytest.raises(ValueError, match=f"N={N} states.*use backend='torch'"):
         selective_scan(t["u"], t["delta"], torch.zeros(2, N), torch.zeros(1, N, 4),
                        torch.zeros(1, N, 4), backend="triton")
+
+
+class _RecordingLaunches:
+    """Stands in for a triton kernel: records the B and C each launch is handed (arguments 4 and
+    5), then launches the real kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.seen = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.seen.append((args[4], args[5]))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_constant_B_C_reach_the_kernels_as_stride_zero_views(dtype, small_tiles, monkeypatch):
+    """A constant (dim, N) B and C (fp32, with fp32 or bf16 u) are handed to the forward and
+    backward kernels as views of the caller's tensors, stride 0 over batch and time: no
+    (batch, dim, N, L) copy. Out and every gradient still match the float64 reference, the
+    gradients of B and C (dim, N)."""
+    batch, dim, N, L = 2, 3, 2, 19
+    t, softplus = _inputs(batch, dim, N, L, dtype=dtype)
+    t["B"] = torch.randn(dim, N).requires_grad_()
+    t["C"] = torch.randn(dim, N).requires_grad_()
+    launches = {}
+    for name in ("_selective_scan_fwd_kernel", "_selective_scan_bwd_kernel"):
+        launches[name] = _RecordingLaunches(getattr(triton_kernels, name))
+        monkeypatch.setattr(triton_kernels, name, launches[name])
+    _check_against_reference(t, softplus, dtype, partial(selective_scan, backend="reference"))
+    for name, recorded in launches.items():
+        assert len(recorded.seen) == 1, name
+        for given, caller in zip(recorded.seen[0], (t["B"], t["C"])):
+            assert given.shape == (batch, dim, N, L) and given.stride() == (0, N, 1, 0), name
+            assert given.data_ptr() == caller.data_ptr() and given.dtype == torch.float32, name
+
+
+def test_fp32_B_C_with_bf16_u_are_read_in_fp32(small_tiles, poisoned_empty):
+    """fp32 B and C with bf16 u (mamba_ssm's mix) are read by the kernels in fp32: closer to the
+    float64 reference than the same call with B and C cast to bf16 first (measured both ways),
+    most of all in the fp32 last state, and every gradient within bf16's tolerance."""
+    t, softplus = _inputs(2, 4, 3, 41, 2, dtype=torch.bfloat16)
+    for name in ("B", "C"):
+        t[name] = torch.randn(t[name].shape).requires_grad_()  # not representable in bf16
+    _check_against_reference(t, softplus, torch.bfloat16)
+    ref_out, ref_last, _ = _reference(t, softplus, torch.zeros(t["u"].shape),
+                                      torch.zeros(t["initial_state"].shape))
+
+    def errors(B, C):
+        out, last = _call(selective_scan, dict(t, B=B, C=C), softplus, backend="triton")
+        return [((x.double() - ref).norm() / ref.norm()).item()
+                for x, ref in ((out, ref_out), (last, ref_last))]
+
+    out_fp32, last_fp32 = errors(t["B"], t["C"])
+    out_cast, last_cast = errors(t["B"].bfloat16(), t["C"].bfloat16())
+    assert out_fp32 < out_cast, (out_fp32, out_cast)
+    assert last_fp32 * 10 < last_cast, (last_fp32, last_cast)
+
+
+def test_registered_dtype_pairs():
+    """Every selective_scan kernel is registered for (u, B/C) = (fp32, fp32), (fp16, fp16),
+    (bf16, bf16) with every config, and (fp16, fp32), (bf16, fp32) with the wide configs, which
+    are the ones its launcher picks for fp32 B and C with half-precision u."""
+    entries = [e for e in registered_kernels() if e.op == "selective_scan"]
+    assert len(entries) == 6
+    for entry in entries:
+        assert entry.signature["B_ptr"] == entry.signature["C_ptr"] == "*{bc_dtype}:16"
+        variants = {}
+        for label, signature, config in entry.variants():
+            variants.setdefault(label, []).append(config)
+            u_type, b_type = signature["u_ptr"], signature["B_ptr"]
+            assert (u_type, b_type) in {("*fp32:16", "*fp32:16"), ("*fp16:16", "*fp16:16"),
+                                        ("*bf16:16", "*bf16:16"), ("*fp16:16", "*fp32:16"),
+                                        ("*bf16:16", "*fp32:16")}, (entry.name, label)
+        assert list(variants) == ["fp32", "fp16", "bf16", "dtype=fp16,bc_dtype=fp32",
+                                  "dtype=bf16,bc_dtype=fp32"]
+        for label in ("fp32", "fp16", "bf16"):
+            assert tuple(variants[label]) == entry.configs
+        for half in (torch.float16, torch.bfloat16):
+            wide = triton_kernels.configs_for(entry.configs, half, torch.float32)
+            label = f"dtype={'fp16' if half == torch.float16 else 'bf16'},bc_dtype=fp32"
+            assert tuple(variants[label]) == wide and 0 < len(wide) < len(entry.configs)
+            assert all(c.constexprs["BLOCK_D"] == entry.configs[0].constexprs["BLOCK_D"]
+                       for c in wide)
+
+
+def test_strided_B_C_views(small_tiles, poisoned_empty):
+    """A (batch, N, L) B and C that are transposes of (batch, L, N) tensors (strides (L·N, 1, N))
+    are read through their strides, and match the reference; a view whose offsets inside one
+    group could pass 2^31 is made contiguous for the kernels."""
+    t, softplus = _inputs(2, 3, 2, 19, initial_state=False)
+    for name in ("B", "C"):
+        t[name] = torch.randn(2, 19, 2).transpose(1, 2).requires_grad_()
+        assert not t[name].is_contiguous()
+    _check_against_reference(t, softplus, torch.float32)
+    huge = torch.empty_strided((1, 1, 2, 3), (0, 0, 2 ** 31, 1), device="meta")
+    assert triton_kernels._grouped(huge).is_contiguous()
+    small = torch.empty_strided((2, 1, 2, 3), (0, 0, 1, 0), device="meta")
+    assert triton_kernels._grouped(small).stride() == (0, 0, 1, 0)
