@@ -20,7 +20,6 @@ from mim.config import config_to_dict, get_config
 from mim.data import make_clip, speech_like_audio
 from mim.io import MediaError, write_image, write_wav
 from mim.models import Renderer
-from mim.models.motion import MotionGenerator
 from mim.reenact import square_resize
 from mim.train.checkpoint import CheckpointError, save_checkpoint
 
@@ -28,21 +27,11 @@ RATE = 16000
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def media(tmp_path_factory, tiny_stage2):
     """A random tiny stage-2 checkpoint (2 DDIM steps), a stage-1 one, a portrait, speech."""
     root = tmp_path_factory.mktemp("animate")
-    config = get_config("tiny")
-    config.motion.sample_steps = 2
-    torch.manual_seed(0)
-    renderer = Renderer(config.renderer)
-    motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)
-    with torch.no_grad():   # zero-initialized heads would make frames ignore motion, motion ignore audio
-        for parameter in [*renderer.parameters(), *motion.parameters()]:
-            if not parameter.any():
-                parameter.normal_(0, 0.05)
     stage2 = str(root / "stage2.safetensors")
-    save_checkpoint(stage2, kind="stage2", step=0, config=config_to_dict(config),
-                    modules={"renderer": renderer, "motion": motion})
+    config, renderer, _ = tiny_stage2(stage2, wake_zero_heads=True)
     stage1 = str(root / "stage1.safetensors")
     save_checkpoint(stage1, kind="stage1", step=0, config=config_to_dict(config),
                     modules={"renderer": renderer})

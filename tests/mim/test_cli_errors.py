@@ -24,7 +24,7 @@ import mim.config
 import mim.io
 import mim.train.checkpoint as ckpt
 from mim.cli import main
-from mim.config import check_memory, config_to_dict, estimate_memory, get_config
+from mim.config import check_memory, estimate_memory, get_config
 from mim.data import make_clip, speech_like_audio
 from mim.io import MediaError, OutputError, read_image, write_image, write_wav
 from mim.models import Renderer
@@ -38,17 +38,11 @@ PREVIOUS = b"previous result, must survive"
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def media(tmp_path_factory, tiny_stage2):
     """A random tiny stage-2 checkpoint (2 DDIM steps), a portrait and 0.3 s of speech."""
     root = tmp_path_factory.mktemp("cli_errors")
-    config = get_config("tiny")
-    config.motion.sample_steps = 2
-    torch.manual_seed(0)
-    renderer = Renderer(config.renderer)
-    motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)
     stage2 = root / "stage2.safetensors"
-    save_checkpoint(str(stage2), kind="stage2", step=0, config=config_to_dict(config),
-                    modules={"renderer": renderer, "motion": motion})
+    config, _, _ = tiny_stage2(stage2)
     write_image(str(root / "portrait.png"), make_clip(1, num_frames=1, size=64)["frames"][0])
     speech, _ = speech_like_audio(0.3, seed=1)
     write_wav(str(root / "speech.wav"), speech[:round(0.3 * RATE)], RATE)

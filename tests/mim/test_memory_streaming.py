@@ -12,12 +12,10 @@ from kernels.testing import FORWARD_TOLERANCE, assert_close
 from mim.animate import Animator, _local_windows
 from mim.audio import audio_features, log_mel, log_mel_range, num_video_frames
 from mim.cli import main
-from mim.config import MotionConfig, config_to_dict, get_config
+from mim.config import MotionConfig, get_config
 from mim.data import make_clip, speech_like_audio, write_clip
 from mim.io import iter_video, read_video, write_image
-from mim.models import Renderer
-from mim.models.motion import MambaGlobalExtractor, MotionGenerator
-from mim.train.checkpoint import save_checkpoint
+from mim.models.motion import MambaGlobalExtractor
 
 TOL = FORWARD_TOLERANCE[torch.float32]
 
@@ -92,16 +90,10 @@ def test_local_windows_of_a_range_equal_those_of_the_whole_clip(samples, context
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def media(tmp_path_factory, tiny_stage2):
     """A random tiny stage-2 checkpoint, a portrait, a driving clip."""
     root = tmp_path_factory.mktemp("streaming")
-    config = get_config("tiny")
-    config.motion.sample_steps = 2
-    torch.manual_seed(0)
-    renderer = Renderer(config.renderer)
-    motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)
-    save_checkpoint(str(root / "stage2.safetensors"), kind="stage2", step=0, config=config_to_dict(config),
-                    modules={"renderer": renderer, "motion": motion})
+    tiny_stage2(root / "stage2.safetensors")
     write_image(str(root / "portrait.png"), make_clip(1, num_frames=1, size=64)["frames"][0])
     write_clip(make_clip(2, num_frames=21, size=64), str(root / "driving.mp4"))
     return root

@@ -9,12 +9,8 @@ import pytest
 import torch
 
 from mim.cli import main
-from mim.config import config_to_dict, get_config
 from mim.data import make_clip, speech_like_audio, write_clip
 from mim.io import read_video, write_image, write_video, write_wav
-from mim.models import Renderer
-from mim.models.motion import MotionGenerator
-from mim.train.checkpoint import save_checkpoint
 
 
 def digest(path):
@@ -57,20 +53,10 @@ def test_tagged_colours_round_trip_and_no_version_strings(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def media(tmp_path_factory, tiny_stage2):
     """A random tiny stage-2 checkpoint (2 DDIM steps), a portrait, 0.5 s of speech, a driving clip."""
     root = tmp_path_factory.mktemp("repro")
-    config = get_config("tiny")
-    config.motion.sample_steps = 2
-    torch.manual_seed(0)
-    renderer = Renderer(config.renderer)
-    motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)
-    with torch.no_grad():   # zero-initialized heads would make frames ignore motion, motion ignore audio
-        for parameter in [*renderer.parameters(), *motion.parameters()]:
-            if not parameter.any():
-                parameter.normal_(0, 0.05)
-    save_checkpoint(str(root / "stage2.safetensors"), kind="stage2", step=0, config=config_to_dict(config),
-                    modules={"renderer": renderer, "motion": motion})
+    tiny_stage2(root / "stage2.safetensors", wake_zero_heads=True)
     write_image(str(root / "portrait.png"), make_clip(1, num_frames=1, size=64)["frames"][0])
     write_wav(str(root / "speech.wav"), speech_like_audio(0.5, seed=2)[0], 16000)
     write_clip(make_clip(2, num_frames=5, size=64), str(root / "driving.mp4"))

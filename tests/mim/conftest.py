@@ -1,0 +1,36 @@
+"""Fixtures shared by the tests of the product modules."""
+
+import pytest
+import torch
+
+from mim.config import config_to_dict, get_config
+from mim.models import Renderer
+from mim.models.motion import MotionGenerator
+from mim.train.checkpoint import save_checkpoint
+
+
+def _tiny_stage2(path, *, wake_zero_heads=False):
+    """A random tiny stage-2 checkpoint (seed 0, 2 DDIM steps) written to ``path``.
+
+    ``wake_zero_heads`` fills the zero-initialized parameters with small noise: untouched, they
+    make the frames ignore the motion and the motion ignore the audio. Returns
+    (config, renderer, motion)."""
+    config = get_config("tiny")
+    config.motion.sample_steps = 2
+    torch.manual_seed(0)
+    renderer = Renderer(config.renderer)
+    motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)
+    if wake_zero_heads:
+        with torch.no_grad():
+            for parameter in [*renderer.parameters(), *motion.parameters()]:
+                if not parameter.any():
+                    parameter.normal_(0, 0.05)
+    save_checkpoint(str(path), kind="stage2", step=0, config=config_to_dict(config),
+                    modules={"renderer": renderer, "motion": motion})
+    return config, renderer, motion
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2():
+    """The factory ``tiny_stage2(path, wake_zero_heads=False) -> (config, renderer, motion)``."""
+    return _tiny_stage2
