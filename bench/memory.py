@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mim.io import atomic_output
+
 REPO = Path(__file__).resolve().parent.parent
 CHECKPOINT = Path("examples/demo/mim_tiny.safetensors")
 PORTRAIT = Path("examples/demo/portrait.png")
@@ -170,8 +172,10 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "memory" if not args.label else f"memory_{args.label}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    for path, text in ((out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n"),
+                       (out_dir / f"{stem}.md", "\n".join(lines) + "\n")):
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(text)
     print("\n".join(lines))
     return 0
 
