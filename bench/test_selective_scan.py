@@ -1,7 +1,7 @@
 """CPU microbenchmarks of selective_scan at a Mamba block's shape: batch 2, dim 256, N 16,
 L 2048, with D, z, delta_bias and softplus (fp32).
 
-The peer, ``bench.mamba_style_scan.mamba_style_loop``, is written the way mamba_ssm's ``selective_scan_ref`` is
+The peer, ``kernels.selective_scan.reference.selective_scan_mamba_style``, is written the way mamba_ssm's ``selective_scan_ref`` is
 (our own code, same structure): exp(Δ·A) and Δ·B·u precomputed for all steps as
 (batch, dim, L, N) float32 tensors by einsum, then one time step per Python iteration with y by
 einsum per step, and autograd for the backward. Against it: the torch path
@@ -21,8 +21,8 @@ split into the inputs themselves and everything else (``saved_beyond_inputs_byte
 import pytest
 import torch
 
-from bench.mamba_style_scan import mamba_style_loop
-from bench.saved import saved_bytes
+from kernels.selective_scan.reference import selective_scan_mamba_style as mamba_style_loop
+from kernels.cost import saved_bytes
 from kernels.selective_scan import selective_scan
 
 BATCH, DIM, STATE = 2, 256, 16

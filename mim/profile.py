@@ -170,7 +170,7 @@ class StageRecorder:
     def __init__(self, device: torch.device, mode: str = "run", prefix: str = ""):
         if mode not in ("run", "time", "count"):
             raise ValueError(f"mode must be 'run', 'time' or 'count', got {mode!r}")
-        from bench.traffic import Traffic
+        from kernels.cost import Traffic
 
         self.device = torch.device(device)
         self.mode = mode
@@ -195,7 +195,7 @@ class StageRecorder:
                 self.times[name] += time.perf_counter() - start
             elif self.mode == "count":
                 from torch.utils.flop_counter import FlopCounterMode
-                from bench.traffic import TrafficCounter
+                from kernels.cost import TrafficCounter
 
                 flops = FlopCounterMode(display=False, custom_mapping=_flop_formulas())
                 self.current = name
@@ -224,7 +224,7 @@ def numba_scan_traffic(batch: int, dim: int, length: int, nstate: int, compute_i
     the initial state (batch·dim·N); writes out (batch·dim·L), the last state (batch·dim·N) and a
     checkpoint every 64 steps (batch·dim·⌈L/64⌉·N); all in the compute dtype (fp32 for fp32
     inputs). The torch ops around it (softplus, layout copies) are counted by the counter."""
-    from bench.traffic import Traffic
+    from kernels.cost import Traffic
     from kernels.selective_scan.cpu_path import CHUNK
 
     s = compute_itemsize
@@ -237,13 +237,13 @@ def numba_scan_traffic(batch: int, dim: int, length: int, nstate: int, compute_i
 
 def _conv_package_traffic(batch: int, dim: int, length: int, width: int, itemsize: int):
     """The causal_conv1d package's forward: reads x, weight and bias, writes out, one launch."""
-    from bench.traffic import Traffic
+    from kernels.cost import Traffic
     return Traffic(1, batch * dim * length * itemsize + dim * (width + 1) * itemsize,
                    batch * dim * length * itemsize)
 
 
 def _adanorm_hook(recorder, module, args, output):
-    from bench.traffic import adanorm_fused_traffic
+    from kernels.deviation_adanorm.cost import fused_traffic as adanorm_fused_traffic
     from kernels._dispatch import resolve_backend
 
     v, scale = args[0], args[1]
@@ -256,7 +256,7 @@ def _adanorm_hook(recorder, module, args, output):
 
 
 def _warp_hook(recorder, module, args, output):
-    from bench.traffic import warp_fused_traffic
+    from kernels.region_softmax_warp.cost import fused_traffic as warp_fused_traffic
     from kernels._dispatch import resolve_backend
 
     feature, logits = args[0], args[1]
@@ -269,7 +269,7 @@ def _warp_hook(recorder, module, args, output):
 
 
 def _mamba_hook(recorder, module, args, output):
-    from bench.traffic import scan_fused_traffic
+    from kernels.selective_scan.cost import fused_traffic as scan_fused_traffic
     from kernels._dispatch import resolve_backend
     from kernels.causal_conv1d.op import _package_supports
 

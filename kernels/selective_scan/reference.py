@@ -81,3 +81,22 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                          else h.new_zeros(0, dim, A.shape[1]))
         result += (varlen_states,)
     return result if len(result) > 1 else out
+
+
+def selective_scan_mamba_style(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """(out, last state) computed the way mamba_ssm's ``selective_scan_ref`` is structured (our own
+    code): the peer the CPU benchmark and the traffic table measure the engine against. exp(Δ·A)
+    and Δ·B·u are precomputed for all steps as (batch, dim, L, N) tensors by einsum, then one time
+    step per Python iteration, y by einsum per step; autograd gives the backward. B, C (batch, N, L)."""
+    dt = delta + delta_bias[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    decay = torch.exp(torch.einsum("bdl,dn->bdln", dt, A))
+    drive = torch.einsum("bdl,bnl,bdl->bdln", dt, B, u)
+    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for i in range(u.shape[2]):
+        state = decay[:, :, i] * state + drive[:, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", state, C[:, :, i]))
+    y = torch.stack(ys, dim=2) + u * D[:, None]
+    return y * F.silu(z), state

@@ -4,8 +4,10 @@ import json
 
 import torch
 
-from bench.traffic import (CASES, Traffic, TrafficCounter, adanorm_fused_traffic,
-                           adanorm_minimum_traffic, main, measure, tensor_bytes)
+from bench.traffic import CASES, main, measure
+from kernels.cost import Traffic, TrafficCounter, tensor_bytes
+from kernels.deviation_adanorm.cost import fused_traffic as adanorm_fused_traffic
+from kernels.deviation_adanorm.cost import minimum_traffic as adanorm_minimum_traffic
 from kernels import deviation_adanorm
 
 FP32 = 4

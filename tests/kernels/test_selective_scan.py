@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.mamba_style_scan import mamba_style_loop
+from kernels.selective_scan.reference import selective_scan_mamba_style as mamba_style_loop
 from kernels import selective_scan
 from kernels.selective_scan import selective_scan_reference
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close

@@ -13,7 +13,8 @@ from bench import plots
 from mim.cli import main
 from mim.config import get_config
 from mim.models import Renderer
-from bench.traffic import adanorm_fused_traffic, warp_fused_traffic
+from kernels.deviation_adanorm.cost import fused_traffic as adanorm_fused_traffic
+from kernels.region_softmax_warp.cost import fused_traffic as warp_fused_traffic
 from mim.config import config_to_dict
 from mim.models.motion import MotionGenerator
 from mim.profile import (HOST_STAGES, SCENARIO_STAGES, STAGES, StageRecorder, _opaque_kernel_hooks,
