@@ -9,7 +9,7 @@ from .._custom_op import custom_op
 from .._checks import KERNEL_DTYPES, check_positive_float, check_same, check_tensor
 from .._dispatch import resolve_backend
 from .reference import deviation_adanorm_reference
-from .torch_path import adanorm_backward_torch, adanorm_forward_torch
+from .fast_path import adanorm_backward_torch, adanorm_forward_torch
 
 
 def _triton_module():

@@ -11,7 +11,7 @@ from .._checks import FLOAT_DTYPES, KERNEL_DTYPES, check_same, check_tensor
 from .._custom_op import custom_op
 from .._dispatch import resolve_backend
 from .reference import region_softmax_warp_reference
-from .torch_path import PADDING_MODES, warp_backward_torch, warp_forward_torch
+from .fast_path import PADDING_MODES, warp_backward_torch, warp_forward_torch
 
 
 def _triton_module():
