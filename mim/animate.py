@@ -147,7 +147,7 @@ class Animator:
             raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, expected {KIND!r}")
         config = checkpoint_config(path, meta)
         device = _resolve_device(device)
-        renderer = Renderer(config.renderer, backend=backend)
+        renderer = Renderer.from_config(config, backend=backend)
         motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)
         for module in motion.modules():
             if isinstance(module, Mamba):

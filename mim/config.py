@@ -1,9 +1,12 @@
-"""Configs as dataclasses: the renderer's shapes, the stage-1 losses and the stage-1 trainer.
+"""Configs as dataclasses: the renderer's shapes, the stage-1 losses and trainer, the stage-2
+motion generator and trainer (the paper's settings), and the recipe (what a training recipe adds
+outside the paper: :class:`RecipeConfig`).
 
 Two named configs ship: ``tiny`` (64×64 frames, small widths: trains on a CPU in minutes) and
 ``base`` (256×256, the paper's setting: C = 32, S_d = 16, a 64×64 volume, λ = 10, 768-d motion,
 512-d F_A). A config is saved to and loaded from YAML or JSON (by suffix); unknown keys and
-wrong types are errors naming the key.
+wrong types are errors naming the key. Mappings of earlier forms (flat recipe knobs, no
+``motion.prediction``) are brought to the current one by :func:`migrate_config`.
 
 :meth:`Config.validate` runs before any model is built (every load does it, a checkpoint's stored
 config included): sizes and widths positive, head counts dividing their widths, learning rates
@@ -20,9 +23,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["RendererConfig", "Stage1LossConfig", "Stage1TrainConfig", "MotionConfig", "Stage2TrainConfig", "Config", "get_config",
-           "load_config", "save_config", "config_to_dict", "config_from_dict", "CONFIG_NAMES",
-           "estimate_memory", "machine_memory", "check_memory"]
+__all__ = ["RendererConfig", "Stage1LossConfig", "Stage1TrainConfig", "MotionConfig", "Stage2TrainConfig",
+           "RecipeConfig", "Config", "get_config", "load_config", "save_config", "config_to_dict",
+           "config_from_dict", "migrate_config", "CONFIG_NAMES", "RECIPE_NAMES", "FREEZABLE_PARTS",
+           "PREDICTIONS", "estimate_memory", "machine_memory", "check_memory"]
 
 
 @dataclass
@@ -46,23 +50,6 @@ class RendererConfig:
     lmdd_channels: int = 64          # hidden width of the LMDD's 3-D hourglass
     lmdd_motion_channels: int = 4    # channels per depth layer that Δ contributes to the LMDD
     decoder_channels: int = 128      # width at the volume resolution; halves per upsampling
-    # Not in the paper's equations: the LMDD also emits a feature volume (zero at the start)
-    # added to φ_r before the decoder, so motion can create what no warp of the source holds
-    # (an open mouth from a shut one). False: the decoder sees φ_r alone, as in the paper.
-    deviation_features: bool = False
-    # Not in the paper: the decoder also sees the driving frame's motion feature M (standardized,
-    # viewed as motion_dim / 64 maps of 8×8, two 3×3 convs, upsampled to H × W, the last conv
-    # zero at the start) added after its first conv: a short path from motion to pixels for what
-    # no warp of the source shows. False: the decoder sees φ_r and F_A alone, as in the paper.
-    decoder_motion: bool = False
-    # Not in the paper: the standardized M of the driving frame modulates the decoder's channels
-    # (FiLM, zero at the start) after its input block and after each upsampling, the same over
-    # the whole frame: the opening of the mouth reaches the pixels wherever the mouth is.
-    decoder_motion_film: bool = False
-    # Not in the paper: the LMDD also gets the frame's whole Δ, through a zero-initialized
-    # linear layer, as a bias on its hourglass's first features at every voxel (the 8×8 view of
-    # Δ reaches a voxel only through the convolutions' receptive field).
-    lmdd_global_motion: bool = False
     beta: float = 0.2                # β, slope of the activation on negative values
     learn_beta: bool = False
     eps: float = 1e-5                # ε of eq. 2
@@ -120,17 +107,6 @@ class Stage1LossConfig:
     discriminator_scales: Tuple[float, ...] = (1.0, 0.5)
     discriminator_channels: int = 64
     adversarial_start_step: int = 0  # generator-only warm-up before the GAN terms switch on
-    # Not in the paper: the perceptual loss again on a crop around the mouth (the data's
-    # mouth_box, upsampled to mouth_crop pixels), weighted alpha_mouth; 0 turns it off, and
-    # data without mouth boxes (a folder of videos) trains without it.
-    alpha_mouth: float = 0.0
-    mouth_crop: int = 32
-    mouth_margin: float = 0.25       # the box grows by this fraction of its size on each side
-    # Not in the paper (whose motion is unsupervised): where the data knows each frame's mouth
-    # opening (procedural clips), a linear head reads it from the driving frames' standardized
-    # motion features M and its squared error, weighted alpha_mouth_open, joins the loss, so M
-    # is pushed to carry the opening. 0 turns it off; data without the labels trains without it.
-    alpha_mouth_open: float = 0.0
 
 
 @dataclass
@@ -155,9 +131,6 @@ class Stage1TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     eval_every: int = 0              # 0: evaluate only at the end
-    # Renderer parts kept fixed (fine-tuning; the paper trains everything): any of
-    # FREEZABLE_PARTS. Their parameters get no gradient and no optimizer state.
-    freeze: Tuple[str, ...] = ()
 
 
 PREDICTIONS = ("eps", "v")
@@ -184,10 +157,10 @@ class MotionConfig:
     eta: float = 0.0
     guidance_scale: float = 2.0      # classifier-free guidance on the audio (1 = off)
     condition_drop: float = 0.25     # training-time probability of dropping the audio condition
-    # What the transformer's output means: "eps" (it is ε̂ itself) or "v" (it is v̂ and
-    # ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂, x̂_0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂). Presets use "v"; see
-    # docs/architecture.md. The default keeps checkpoints written before the field existed exact.
-    prediction: str = "eps"
+    # What the transformer's output means: "v" (it is v̂ and ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂,
+    # x̂_0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂; see docs/architecture.md) or "eps" (it is ε̂ itself).
+    # Configs and checkpoints written before the field existed predict ε (migrate_config).
+    prediction: str = "v"
 
 
 @dataclass
@@ -213,6 +186,42 @@ class Stage2TrainConfig:
     checkpoint_every: int = 500
 
 
+RECIPE_NAMES = ("paper", "mouth", "custom")
+
+
+@dataclass
+class RecipeConfig:
+    """What a training recipe adds to the paper: every knob here is outside the paper's
+    equations, and the default (``name: paper``) leaves them all off, so the other sections read
+    as the paper alone. The shipped demo's ``mouth`` recipe (tools/train_demo.py; measured in
+    docs/architecture.md) sets them: after the paper's stage 1 it warm-starts the motion encoder
+    on the procedural labels (``mim train motion-encoder``), then fine-tunes with the source
+    encoders frozen, the mouth-crop loss and the mouth read-out, then only the decoder with the
+    motion FiLM. ``custom``: knobs set by hand (and what a config written before the recipe
+    section existed migrates to when it set any)."""
+
+    name: str = "paper"              # one of RECIPE_NAMES; a label, the knobs below decide
+    # The standardized M of the driving frame modulates the decoder's channels (FiLM, zero at the
+    # start) after its input block and after each upsampling, the same over the whole frame:
+    # the opening of the mouth reaches the pixels wherever the mouth is. Changes the renderer's
+    # parameters (a checkpoint trained without it initializes a renderer with it: stage-1 --init).
+    decoder_motion_film: bool = False
+    # The perceptual loss again on a crop around the mouth (the data's mouth_box, upsampled to
+    # mouth_crop pixels), weighted alpha_mouth; 0 turns it off, and data without mouth boxes
+    # (a folder of videos) trains without it.
+    alpha_mouth: float = 0.0
+    mouth_crop: int = 32
+    mouth_margin: float = 0.25       # the box grows by this fraction of its size on each side
+    # The mouth read-out (the paper's motion is unsupervised): where the data knows each frame's
+    # mouth opening (procedural clips), a linear head reads it from the driving frames'
+    # standardized M and its squared error, weighted alpha_mouth_open, joins the stage-1 loss,
+    # so M is pushed to carry the opening. 0 turns it off; data without the labels trains without it.
+    alpha_mouth_open: float = 0.0
+    # Renderer parts kept fixed in stage 1 (fine-tuning; the paper trains everything): any of
+    # FREEZABLE_PARTS. Their parameters get no gradient and no optimizer state.
+    freeze: Tuple[str, ...] = ()
+
+
 @dataclass
 class Config:
     name: str = "base"
@@ -221,6 +230,7 @@ class Config:
     train: Stage1TrainConfig = field(default_factory=Stage1TrainConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
     stage2: Stage2TrainConfig = field(default_factory=Stage2TrainConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
     def validate(self) -> "Config":
         """Check every field (types, ranges, divisibility), then refuse a config whose model
@@ -261,16 +271,19 @@ class Config:
         if self.stage2.frames_per_clip < self.motion.window:
             raise ValueError(f"stage2.frames_per_clip ({self.stage2.frames_per_clip}) must be >= "
                              f"motion.window ({self.motion.window})")
-        if not self.loss.alpha_mouth_open >= 0:
-            raise ValueError(f"loss.alpha_mouth_open must be >= 0, got {self.loss.alpha_mouth_open}")
-        if self.loss.alpha_mouth < 0 or self.loss.mouth_crop < 8 or self.loss.mouth_margin < 0:
-            raise ValueError(f"loss.alpha_mouth must be >= 0, loss.mouth_crop >= 8 and "
-                             f"loss.mouth_margin >= 0, got {self.loss.alpha_mouth}, "
-                             f"{self.loss.mouth_crop}, {self.loss.mouth_margin}")
-        unknown = [part for part in self.train.freeze if part not in FREEZABLE_PARTS]
-        if unknown or len(set(self.train.freeze)) != len(self.train.freeze):
-            raise ValueError(f"train.freeze must name distinct renderer parts among "
-                             f"{', '.join(FREEZABLE_PARTS)}; got {list(self.train.freeze)}")
+        recipe = self.recipe
+        if recipe.name not in RECIPE_NAMES:
+            raise ValueError(f"recipe.name must be one of {', '.join(RECIPE_NAMES)}, got {recipe.name!r}")
+        if recipe.name == "paper" and recipe != RecipeConfig():
+            changed = [f.name for f in dataclasses.fields(RecipeConfig)
+                       if getattr(recipe, f.name) != getattr(RecipeConfig(), f.name)]
+            raise ValueError(f"recipe.name is 'paper' (no knob outside the paper) but the recipe sets "
+                             f"{', '.join('recipe.' + name for name in changed)}; name the recipe "
+                             f"(recipe.name: mouth or custom) or leave those at their defaults")
+        unknown = [part for part in recipe.freeze if part not in FREEZABLE_PARTS]
+        if unknown or len(set(recipe.freeze)) != len(recipe.freeze):
+            raise ValueError(f"recipe.freeze must name distinct renderer parts among "
+                             f"{', '.join(FREEZABLE_PARTS)}; got {list(recipe.freeze)}")
         if self.loss.gan_kind not in ("lsgan", "hinge"):
             raise ValueError(f"loss.gan_kind must be 'lsgan' or 'hinge', got {self.loss.gan_kind!r}")
         check_memory(self)
@@ -326,14 +339,25 @@ def _check_numbers(section_obj, section: str, name: str, length: Optional[int], 
 def _validate_numbers(config: "Config") -> None:
     """Types and ranges of every numeric field outside the renderer section (which checks its own)."""
     loss, train, motion, stage2 = config.loss, config.train, config.motion, config.stage2
+    recipe = config.recipe
     for name in ("alpha_perceptual", "alpha_adversarial", "alpha_mask", "feature_matching",
-                 "perceptual_layer_weight", "alpha_mouth", "alpha_mouth_open", "mouth_margin"):
+                 "perceptual_layer_weight"):
         _check_number(loss, "loss", name, 0.0)
+    if not isinstance(recipe.name, str):
+        raise ValueError(f"config key recipe.name must be a string, got {recipe.name!r}")
+    if not isinstance(recipe.decoder_motion_film, bool):
+        raise ValueError(f"config key recipe.decoder_motion_film must be true or false, "
+                         f"got {recipe.decoder_motion_film!r}")
+    for name in ("alpha_mouth", "alpha_mouth_open", "mouth_margin"):
+        _check_number(recipe, "recipe", name, 0.0)
+    _check_int(recipe, "recipe", "mouth_crop", 8, 4096)
+    if not isinstance(recipe.freeze, tuple) or not all(isinstance(part, str) for part in recipe.freeze):
+        raise ValueError(f"config key recipe.freeze must be a list of renderer part names, "
+                         f"got {recipe.freeze!r}")
     _check_number(loss, "loss", "mask_tau")
     _check_numbers(loss, "loss", "perceptual_scales", None, 0.0, True)
     _check_numbers(loss, "loss", "discriminator_scales", None, 0.0, True)
     _check_int(loss, "loss", "discriminator_channels", 1)
-    _check_int(loss, "loss", "mouth_crop", 8, 4096)
     _check_int(loss, "loss", "adversarial_start_step", 0, _MAX_COUNT)
     if loss.vgg19_weights is not None and not isinstance(loss.vgg19_weights, str):
         raise ValueError(f"config key loss.vgg19_weights must be a path or null, got {loss.vgg19_weights!r}")
@@ -356,8 +380,6 @@ def _validate_numbers(config: "Config") -> None:
     if train.frames_per_clip <= train.num_driving:
         raise ValueError(f"train.frames_per_clip ({train.frames_per_clip}) must exceed train.num_driving "
                          f"({train.num_driving}): a source frame and the driving window")
-    if not all(isinstance(part, str) for part in train.freeze):
-        raise ValueError(f"config key train.freeze must be a list of renderer part names, got {list(train.freeze)}")
     _check_numbers(stage2, "stage2", "loss_weights", 4, 0.0, False)
     for name in ("window", "audio_dim", "d_state", "width", "heads"):
         _check_int(motion, "motion", name, 1)
@@ -386,9 +408,9 @@ def _down_stack(size: int, width: int, stop: int, cap: int) -> Tuple[int, int]:
     return count, channels
 
 
-def _renderer_parameters(r: RendererConfig) -> int:
+def _renderer_parameters(r: RendererConfig, motion_film: bool) -> int:
     """The renderer's parameter count, layer by layer as mim.models builds it (norms and biases
-    of norms left out: a few per cent at most)."""
+    of norms left out: a few per cent at most); ``motion_film``: the recipe's decoder FiLM."""
     halvings = (r.image_size // r.volume_size).bit_length() - 1
     volume = r.feature_channels * r.depth_layers
     width, count = r.encoder_channels, _conv(3, r.encoder_channels, 9)
@@ -408,10 +430,6 @@ def _renderer_parameters(r: RendererConfig) -> int:
     count += _conv(r.regions * maps, l, 9) + _conv(l, r.lmdd_motion_channels * r.depth_layers, 9)
     count += (_conv(r.feature_channels + r.lmdd_motion_channels, l, 27) + _conv(l, 2 * l, 27)
               + _conv(2 * l, l, 27) + _conv(l, 4 * r.regions + 1, 27))
-    if r.lmdd_global_motion:
-        count += _conv(r.regions * r.motion_dim, l * r.depth_layers, 1)
-    if r.deviation_features:
-        count += _conv(l, r.feature_channels, 27)
     width = r.decoder_channels                                              # decoder
     count += _conv(volume, width, 9) + 4 * _conv(width, width, 9)
     widths = [width]
@@ -421,9 +439,7 @@ def _renderer_parameters(r: RendererConfig) -> int:
         width = out
         widths.append(out)
     count += _conv(width, 3, 9)
-    if r.decoder_motion:
-        count += _conv(maps, r.decoder_channels, 9) + _conv(r.decoder_channels, r.decoder_channels, 9)
-    if r.decoder_motion_film:
+    if motion_film:
         count += sum(_conv(r.motion_dim, 2 * w, 1) for w in widths)
     return count
 
@@ -457,7 +473,7 @@ def estimate_memory(config: "Config") -> Dict[str, int]:
     Returns ``parameters``, ``image_activations`` and ``volume_activations`` (elements) and
     ``bytes``."""
     r = config.renderer
-    parameters = _renderer_parameters(r) + _motion_parameters(config.motion, r.motion_dim, r.appearance_dim)
+    parameters = _renderer_parameters(r, config.recipe.decoder_motion_film) + _motion_parameters(config.motion, r.motion_dim, r.appearance_dim)
     image, volume = _frame_activations(r)
     return {"parameters": parameters, "image_activations": image, "volume_activations": volume,
             "bytes": 4 * (parameters + image + volume)}
@@ -514,15 +530,14 @@ def _tiny() -> Config:
                                 heldout_clips=8, frames_per_clip=50, log_every=10,
                                 checkpoint_every=100),
         motion=MotionConfig(window=25, audio_dim=64, global_layers=1, local_layers=1,
-                            d_state=8, width=128, layers=3, heads=4, sample_steps=20,
-                            prediction="v"),
+                            d_state=8, width=128, layers=3, heads=4, sample_steps=20),
         stage2=Stage2TrainConfig(batch_size=16, lr=5e-4, train_clips=128, heldout_clips=8,
                                  frames_per_clip=100, checkpoint_every=200),
     )
 
 
 def _base() -> Config:
-    return Config(name="base", motion=MotionConfig(prediction="v"))
+    return Config(name="base")
 
 
 _FACTORIES = {"tiny": _tiny, "base": _base}
@@ -571,17 +586,79 @@ def _build(cls, data: Dict[str, Any], where: str):
     return cls(**kwargs)
 
 
-_MOTION_FIELDS = frozenset(f.name for f in dataclasses.fields(MotionConfig))
+def _field_names(cls) -> frozenset:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+# The recipe's knobs where configs kept them before the recipe section existed (flat fields).
+_RECIPE_MOVES = {"renderer": ("decoder_motion_film",),
+                 "loss": ("alpha_mouth", "mouth_crop", "mouth_margin", "alpha_mouth_open"),
+                 "train": ("freeze",)}
+
+
+def migrate_config(data: Dict[str, Any]) -> Dict[str, Any]:
+    """Turn a config mapping of any earlier form into the current one: the one migration that
+    every config file (:func:`config_from_dict`) and every checkpoint's stored config
+    (``mim.checkpoint.migrate_checkpoint_metadata``) passes through. A current mapping comes
+    back equal. Returns a new mapping; ``data`` is left as it was.
+
+    - A complete ``motion`` section without ``prediction`` (saved before the field existed: a
+      checkpoint or a run's config.yaml holds every field) predicts ε: ``prediction: eps``. A
+      partial section (hand-written) gets the current default, v.
+    - The recipe's knobs at their former places (``renderer.decoder_motion_film``,
+      ``loss.alpha_mouth``, ``loss.mouth_crop``, ``loss.mouth_margin``,
+      ``loss.alpha_mouth_open``, ``train.freeze``) move into ``recipe``; a recipe without a
+      name is named ``custom`` when a moved knob differs from its default (else ``paper``).
+    - A complete ``renderer`` section may hold on/off switches of experiments deleted since it
+      was saved (docs/experiments.md): off, they built nothing and are dropped; on, the model
+      they describe cannot be built any more: ValueError naming them.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"config must be a mapping, got {type(data).__name__}")
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    motion = data.get("motion")
+    if (isinstance(motion, dict) and "prediction" not in motion
+            and set(motion) >= _field_names(MotionConfig) - {"prediction"}):
+        motion["prediction"] = "eps"
+    recipe = data.get("recipe", {})
+    if not isinstance(recipe, dict):
+        raise ValueError(f"config section recipe must be a mapping, got {type(recipe).__name__}")
+    recipe = dict(recipe)
+    defaults, moved_any = RecipeConfig(), False
+    for section, names in _RECIPE_MOVES.items():
+        old = data.get(section)
+        if not isinstance(old, dict):
+            continue
+        for name in names:
+            if name not in old:
+                continue
+            if name in recipe:
+                raise ValueError(f"config sets both {section}.{name} (its place before the recipe "
+                                 f"section) and recipe.{name}; keep recipe.{name}")
+            recipe[name] = old.pop(name)
+            value = tuple(recipe[name]) if isinstance(recipe[name], list) else recipe[name]
+            moved_any = moved_any or value != getattr(defaults, name)
+    if recipe or "recipe" in data:
+        if moved_any and "name" not in recipe:
+            recipe["name"] = "custom"
+        data["recipe"] = recipe
+    renderer = data.get("renderer")
+    known = _field_names(RendererConfig)
+    if isinstance(renderer, dict) and set(renderer) >= known:
+        removed = sorted(key for key in set(renderer) - known if isinstance(renderer[key], bool))
+        on = [key for key in removed if renderer[key]]
+        if on:
+            raise ValueError(f"renderer.{', renderer.'.join(on)}: an experiment removed from this "
+                             f"version (docs/experiments.md); a model built with it cannot be built now")
+        for key in removed:
+            del renderer[key]
+    return data
 
 
 def config_from_dict(data: Dict[str, Any]) -> Config:
-    """Build a Config; a ``name`` of a shipped config fills unspecified keys from it."""
-    motion = data.get("motion")
-    if (isinstance(motion, dict) and "prediction" not in motion
-            and set(motion) >= _MOTION_FIELDS - {"prediction"}):
-        # A complete motion section without the field was saved before it existed (every
-        # checkpoint holds its whole config): those models predict ε.
-        data = dict(data, motion=dict(motion, prediction="eps"))
+    """Build a Config from a mapping of any form (:func:`migrate_config`); a ``name`` of a
+    shipped config fills unspecified keys from it."""
+    data = migrate_config(data)
     name = data.get("name", "")
     if not isinstance(name, str):
         raise ValueError(f"config key name must be a string, got {name!r}")

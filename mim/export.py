@@ -173,10 +173,10 @@ class _Render(nn.Module):
         deviation = r.dit(torch.cat([source_motion[:, None], motion], dim=1))   # (B, N, λ, dim)
         deviation = deviation.reshape(b * n, *deviation.shape[2:])
         per_frame = feature[:, None].expand(b, n, *feature.shape[1:]).reshape(b * n, *feature.shape[1:])
-        logits, displacement, mask, *added = r.lmdd(deviation, per_frame)
+        logits, displacement, mask = r.lmdd(deviation, per_frame)
         warped = self._warp(per_frame, logits, displacement, mask)
         appearance = appearance[:, None].expand(b, n, appearance.shape[-1]).reshape(b * n, -1)
-        frames = r.decode(warped, added, appearance, motion.reshape(b * n, -1))
+        frames = r.decode(warped, appearance, motion.reshape(b * n, -1))
         return frames.reshape(b, n, *frames.shape[1:])
 
 
@@ -385,7 +385,7 @@ def _load_renderer(args) -> Renderer:
     config = load_config(args.config)
     with torch.random.fork_rng(devices=[]):   # the caller's random state is left as it was
         torch.manual_seed(args.seed)
-        return Renderer(config.renderer, backend="reference").eval()
+        return Renderer.from_config(config, backend="reference").eval()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

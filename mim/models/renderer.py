@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kernels.modules import RegionSoftmaxWarp
-from mim.config import RendererConfig
+from mim.config import Config, RendererConfig
 from mim.models.dit import DeviationImageTransformer
 from mim.models.encoders import AppearanceExtractor, ImageEncoder, MotionEncoder
 from mim.models.lmdd import ImageDecoder, LatentMotionDeviationDecoder
@@ -36,7 +36,9 @@ class Renderer(nn.Module):
     the LMDD, ``region_softmax_warp`` and the decoder U.
 
     ``backend`` picks the kernels' path for the DIT's ``deviation_adanorm`` and the warp
-    ("auto", "reference", "torch", "triton"; see ``kernels._dispatch``).
+    ("auto", "reference", "fast", "triton"; see ``kernels._dispatch``). ``motion_film`` adds the
+    recipe's motion FiLM to the decoder (``recipe.decoder_motion_film`` of the config, not in the
+    paper; see :class:`mim.models.lmdd.ImageDecoder`).
 
     Example:
         >>> from mim.config import get_config
@@ -49,10 +51,11 @@ class Renderer(nn.Module):
         torch.Size([1, 5, 3, 64, 64])
     """
 
-    def __init__(self, config: RendererConfig, backend: Optional[str] = None):
+    def __init__(self, config: RendererConfig, backend: Optional[str] = None, motion_film: bool = False):
         super().__init__()
         config.validate()
         self.config = config
+        self.motion_film = motion_film
         self.image_encoder = ImageEncoder(config)
         self.appearance_extractor = AppearanceExtractor(config)
         self.motion_encoder = MotionEncoder(config)
@@ -61,7 +64,13 @@ class Renderer(nn.Module):
         self.warp = RegionSoftmaxWarp(beta=config.beta, learn_beta=config.learn_beta,
                                       padding_mode=config.padding_mode,
                                       align_corners=config.align_corners, backend=backend)
-        self.decoder = ImageDecoder(config)
+        self.decoder = ImageDecoder(config, motion_film=motion_film)
+
+    @classmethod
+    def from_config(cls, config: Config, backend: Optional[str] = None) -> "Renderer":
+        """The renderer a whole config describes: its ``renderer`` section and the recipe's
+        ``decoder_motion_film``."""
+        return cls(config.renderer, backend=backend, motion_film=config.recipe.decoder_motion_film)
 
     def set_backend(self, backend: Optional[str]) -> None:
         self.dit.adanorm.backend = backend
@@ -103,7 +112,7 @@ class Renderer(nn.Module):
         deviation = deviation.reshape(b * n, *deviation.shape[2:])
         feature = state.feature
         per_frame = feature.repeat_interleave(n, dim=0) if b > 1 or n == 1 else feature.expand(n, *feature.shape[1:])
-        logits, displacement, mask, *added = self.lmdd(deviation, per_frame)
+        logits, displacement, mask = self.lmdd(deviation, per_frame)
         if n == 1 or b == 1:
             warped = self.warp(feature, logits, displacement, mask)
         else:  # one call per clip, so F_id is shared by its frames without copying
@@ -111,16 +120,13 @@ class Renderer(nn.Module):
                                           displacement[i * n:(i + 1) * n], mask[i * n:(i + 1) * n])
                                 for i in range(b)])
         appearance = state.appearance.repeat_interleave(n, dim=0)
-        frames = self.decode(warped, added, appearance, motion.reshape(b * n, -1))
+        frames = self.decode(warped, appearance, motion.reshape(b * n, -1))
         return {"frames": frames.view(b, n, *frames.shape[1:]), "warped": warped, "mask": mask}
 
-    def decode(self, warped: torch.Tensor, added, appearance: torch.Tensor,
-               motion: torch.Tensor) -> torch.Tensor:
-        """The decoder U on φ_r (plus the LMDD's deviation features when ``added`` holds them),
-        with F_A and, when ``config.decoder_motion`` or ``decoder_motion_film``, the driving
-        motion features (K, motion_dim)."""
-        volume = warped + added[0] if added else warped
-        return self.decoder(volume, appearance, motion if self.decoder.needs_motion else None)
+    def decode(self, warped: torch.Tensor, appearance: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """The decoder U on φ_r with F_A and, with ``motion_film``, the driving motion features
+        (K, motion_dim)."""
+        return self.decoder(warped, appearance, motion if self.decoder.needs_motion else None)
 
     def render(self, state: SourceState, motion: torch.Tensor, window: Optional[int] = None,
                return_aux: bool = False):
