@@ -45,7 +45,8 @@ class Mamba(nn.Module):
     changes nothing); layer_idx (the key of this layer's states in ``inference_params``);
     device, dtype. A_log and D are kept in float32 whatever ``dtype`` is, as in mamba_ssm.
 
-    backend: "auto", "reference", "torch" or "triton", passed to every op (see ``kernels._dispatch``).
+    backend: "auto", "reference", "fast" (alias "torch") or "triton", passed to every op (see
+    ``kernels._dispatch``).
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,

@@ -30,7 +30,7 @@ import torch
 
 __all__ = ["main", "build_parser"]
 
-BACKENDS = ("auto", "reference", "torch", "triton")
+BACKENDS = ("auto", "reference", "fast", "torch", "triton")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -1,21 +1,20 @@
-"""``grid_sample_3d``: input checks, the autograd Function and backend dispatch."""
+"""``grid_sample_3d``: its custom ops, its one autograd Function, input checks and dispatch on the
+resolved backend ("reference", "fast" or "triton")."""
 from __future__ import annotations
 
 import warnings
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .._checks import KERNEL_DTYPES, check_same, check_tensor
 from .._custom_op import custom_op
 from .._dispatch import resolve_backend
+from .fast_path import grid_sample_3d_backward_fast, grid_sample_3d_forward_fast
 from .reference import grid_sample_3d_reference
 
 PADDING_MODES = ("zeros", "border")
 MAX_TRITON_BATCH = 65535  # CUDA's limit on a launch grid's y dimension, which walks N
-_ATEN_PADDING = {"zeros": 0, "border": 1}
-_ATEN_BILINEAR = 0
 
 
 def _triton_module():
@@ -23,22 +22,14 @@ def _triton_module():
     return triton_kernels
 
 
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 → fp32 for the torch path: ATen's kernel does the index math in the grid's dtype,
-    and a bf16 source index (8 bits of mantissa) misplaces points by up to 1/32 voxel at W = 10."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 @custom_op("mim::grid_sample_3d_fwd", mutates_args=())
 def _forward_op(input: torch.Tensor, grid: torch.Tensor, padding_mode: str, align_corners: bool,
                 backend: str) -> torch.Tensor:
-    """out (N, C, Do, Ho, Wo) on the torch or triton path."""
+    """out (N, C, Do, Ho, Wo) on the fast or triton path."""
     if backend == "triton":
         return _triton_module().grid_sample_3d_forward_triton(input, grid, padding_mode == "border",
                                                               align_corners)
-    out = F.grid_sample(_upcast(input), _upcast(grid), mode="bilinear", padding_mode=padding_mode,
-                        align_corners=align_corners)
-    return out.to(input.dtype)
+    return grid_sample_3d_forward_fast(input, grid, padding_mode, align_corners)
 
 
 @_forward_op.register_fake
@@ -55,11 +46,8 @@ def _backward_op(grad_out: torch.Tensor, input: torch.Tensor, grid: torch.Tensor
         grad_input, grad_grid = _triton_module().grid_sample_3d_backward_triton(
             grad_out, input, grid, padding_mode == "border", align_corners, input_grad, grid_grad)
     else:
-        grad_input, grad_grid = torch.ops.aten.grid_sampler_3d_backward(
-            _upcast(grad_out), _upcast(input), _upcast(grid), _ATEN_BILINEAR,
-            _ATEN_PADDING[padding_mode], align_corners, [input_grad, grid_grad])
-        grad_input = grad_input.to(input.dtype) if input_grad else grad_input
-        grad_grid = grad_grid.to(grid.dtype) if grid_grad else grad_grid
+        grad_input, grad_grid = grid_sample_3d_backward_fast(grad_out, input, grid, padding_mode,
+                                                             align_corners, input_grad, grid_grad)
     grad_input = grad_input if input_grad else input.new_empty((0,))
     grad_grid = grad_grid if grid_grad else grid.new_empty((0,))
     return grad_input, grad_grid
@@ -77,7 +65,7 @@ def _check_deterministic() -> None:
         return
     message = ("grid_sample_3d backward on the triton backend accumulates grad_input with atomic adds "
                "and is not deterministic, but torch.use_deterministic_algorithms(True) is set. Use "
-               "backend='torch' or backend='reference' (or turn deterministic algorithms off) to "
+               "backend='fast' or backend='reference' (or turn deterministic algorithms off) to "
                "compute the gradient of input.")
     if torch.is_deterministic_algorithms_warn_only_enabled():
         warnings.warn(message)
@@ -147,7 +135,8 @@ def grid_sample_3d(input: torch.Tensor, grid: torch.Tensor, padding_mode: str = 
             into the volume).
         align_corners: True maps −1 and 1 to the centres of the corner voxels, False to their
             outer edges (PyTorch's meaning).
-        backend: "auto" (default), "reference", "torch" or "triton"; see ``kernels._dispatch``.
+        backend: "auto" (default), "reference", "fast" (alias "torch") or "triton"; see
+            ``kernels._dispatch``.
             The triton backward accumulates grad_input with atomic adds: it raises under
             ``torch.use_deterministic_algorithms(True)`` (warns with ``warn_only=True``) when
             input needs a gradient. The triton kernels take N <= 65535 (a ``ValueError`` beyond).
@@ -174,8 +163,8 @@ def grid_sample_3d(input: torch.Tensor, grid: torch.Tensor, padding_mode: str = 
         if input.shape[0] > MAX_TRITON_BATCH:
             raise ValueError(f"input has batch N={input.shape[0]}; the triton kernels take "
                              f"N <= {MAX_TRITON_BATCH} (the launch grid's second dimension): "
-                             "split the batch or use backend='torch'")
+                             "split the batch or use backend='fast'")
     if input.shape[0] * input.shape[1] * grid[..., 0].numel() == 0:
-        chosen = "torch"  # nothing to sample: no kernel launch over an empty grid
+        chosen = "fast"  # nothing to sample: no kernel launch over an empty grid
     return GridSample3dFunction.apply(input.contiguous(), grid.contiguous(), padding_mode,
                                       align_corners, chosen)

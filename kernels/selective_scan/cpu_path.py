@@ -33,7 +33,7 @@ custom ops ``mim::selective_scan_cpu_fwd`` / ``_bwd`` (with fake implementations
 threads as ``torch.get_num_threads()`` (at most numba's ``NUMBA_NUM_THREADS``), and are compiled
 once per dtype (float32, float64) and cached on disk (numba ``cache=True``).
 
-numba runs on CPU memory only: on any other device (CUDA tensors with ``backend="torch"``) this
+numba runs on CPU memory only: on any other device (CUDA tensors with ``backend="fast"``) this
 path falls back to ``selective_scan_reference``, the step-by-step recurrence differentiated by
 autograd.
 """

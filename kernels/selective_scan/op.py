@@ -110,7 +110,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             and through the returned last state, so a long sequence can be scanned in chunks.
             This is the one intended difference from ``selective_scan_fn``, whose backward ignores
             the gradient of the last state: here a loss on ``last_state`` reaches every input.
-        backend: "auto", "reference", "torch" or "triton" (see ``kernels._dispatch``).
+        backend: "auto", "reference", "fast" (alias "torch") or "triton" (see
+            ``kernels._dispatch``).
         seq_idx: optional int32 (batch, L), non-decreasing along each row: several sequences
             packed into one row (see ``kernels._seq_idx``). The state restarts from zero where
             seq_idx changes, so out and every gradient equal those of separate calls on the

@@ -891,14 +891,14 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     N = A.shape[1]
     if N > MAX_N:
         raise ValueError(f"A has N={N} states; the triton kernels hold the state in registers and "
-                         f"take N <= {MAX_N}; use backend='torch'")
+                         f"take N <= {MAX_N}; use backend='fast'")
     if u.shape[2] > MAX_L:
         raise ValueError(f"u has L={u.shape[2]} steps; the triton kernels take L <= {MAX_L}; "
-                         "scan it in pieces with initial_state, or use backend='torch'")
+                         "scan it in pieces with initial_state, or use backend='fast'")
     if ordinals is not None and T_CHUNK * u.shape[1] * N >= 2 ** 31:
         raise ValueError(f"u has dim={u.shape[1]} channels and A N={N} states: the triton "
                          f"kernels' varlen states take T_CHUNK·dim·N < 2^31 (T_CHUNK = {T_CHUNK}); "
-                         "use backend='torch'")
+                         "use backend='fast'")
     varlen = ordinals is not None
     bc_dtype = bc_kernel_dtype(u.dtype, B.dtype, C.dtype)  # ``selective_scan`` casts them first
     B, C = B.to(bc_dtype), C.to(bc_dtype)

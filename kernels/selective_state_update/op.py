@@ -151,7 +151,8 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
         state_batch_indices: optional int32/int64 (batch,): batch element b updates row
             state_batch_indices[b] of ``state``, a cache of any number of rows (distinct indices);
             the other rows are left untouched.
-        backend: "auto", "reference", "torch" or "triton" (see ``kernels._dispatch``).
+        backend: "auto", "reference", "fast" (alias "torch") or "triton" (see
+            ``kernels._dispatch``).
 
     Every floating input may have its own dtype (e.g. fp32 B, C with bf16 x, as mamba_ssm allows):
     the step is computed in float32 (float64 when the state or x is float64) and out is returned
@@ -188,16 +189,16 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
         if wants_grad:
             raise RuntimeError(
                 f"selective_state_update has no backward on the triton path, but "
-                f"{', '.join(wants_grad)} require grad; use backend='torch' (differentiable) or "
+                f"{', '.join(wants_grad)} require grad; use backend='fast' (differentiable) or "
                 "call it under torch.no_grad() / torch.inference_mode()")
         for name, t in (("x", x), ("dt", dt), ("z", z), ("B", B), ("C", C), ("state", state)):
             if t is not None and t.dtype not in KERNEL_DTYPES:
                 raise TypeError(f"{name} must be float16, bfloat16 or float32 on the triton path, "
-                                f"got {t.dtype}; use backend='torch' for {t.dtype}")
+                                f"got {t.dtype}; use backend='fast' for {t.dtype}")
         if A.shape[-1] > _triton_module().MAX_STATE:
             raise ValueError(f"A has N={A.shape[-1]} states; the triton kernel holds a channel's "
                              f"state in registers and takes N <= {_triton_module().MAX_STATE}; "
-                             "use backend='torch'")
+                             "use backend='fast'")
     if state_batch_indices is not None:
         state_batch_indices = state_batch_indices.to(torch.int64)
     heads = x.dim() == 3

@@ -88,8 +88,8 @@ def test_mamba_ssm_state_dict_loads_strictly(bias, conv_bias):
 
 # The interpreted triton scan costs seconds per forward: one case of it.
 @pytest.mark.parametrize("backend,bias,conv_bias", [
-    ("reference", False, True), ("reference", True, False), ("torch", False, True),
-    ("torch", True, False), ("triton", True, True)])
+    ("reference", False, True), ("reference", True, False), ("fast", False, True),
+    ("fast", True, False), ("triton", True, True)])
 def test_forward_matches_the_literal_block_in_float64(backend, bias, conv_bias):
     sd = _mamba_ssm_state_dict(bias=bias, conv_bias=conv_bias)
     hidden = torch.randn(2, 7, D_MODEL)
@@ -101,7 +101,7 @@ def test_forward_matches_the_literal_block_in_float64(backend, bias, conv_bias):
         assert_close(f"forward {dtype}", out, ref, FORWARD_TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "fast"])
 def test_forward_in_bfloat16(backend):
     sd = _mamba_ssm_state_dict()
     hidden = torch.randn(2, 5, D_MODEL)
@@ -126,7 +126,7 @@ def test_forward_gradients_reach_every_parameter():
         assert_close(f"grad {name}", p.grad, ref_sd[name].grad, GRADIENT_TOLERANCE[torch.float64])
 
 
-@pytest.mark.parametrize("step_backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("step_backend", ["reference", "fast", "triton"])
 @pytest.mark.parametrize("bias,conv_bias", [(False, True), (True, False)])
 def test_step_token_by_token_equals_forward(bias, conv_bias, step_backend):
     sd = _mamba_ssm_state_dict(bias=bias, conv_bias=conv_bias)
@@ -160,7 +160,7 @@ def test_inference_params_prefill_then_step_equals_forward():
 
 
 def test_step_is_inference_only_and_one_token():
-    module = Mamba(D_MODEL, backend="torch")
+    module = Mamba(D_MODEL, backend="fast")
     conv_state, ssm_state = module.allocate_inference_cache(2, 1)
     out, _, _ = module.step(torch.randn(2, 1, D_MODEL), conv_state, ssm_state)
     assert out.shape == (2, 1, D_MODEL) and not out.requires_grad
@@ -205,8 +205,8 @@ def test_allocate_inference_cache():
 
 
 def test_step_in_bfloat16_tracks_the_float32_step():
-    module = _loaded(_mamba_ssm_state_dict(), "torch", torch.bfloat16)
-    ref_module = _loaded({k: v.float() for k, v in module.state_dict().items()}, "torch")
+    module = _loaded(_mamba_ssm_state_dict(), "fast", torch.bfloat16)
+    ref_module = _loaded({k: v.float() for k, v in module.state_dict().items()}, "fast")
     hidden = torch.randn(2, 4, D_MODEL).bfloat16().float()
     ref_states, states = ref_module.allocate_inference_cache(2, 4), module.allocate_inference_cache(2, 4)
     refs, outs = [], []

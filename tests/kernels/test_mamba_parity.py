@@ -12,7 +12,7 @@ EXPECTED_KEYS = {"A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias",
 
 
 def test_mamba_exposes_act_as_a_silu_module():
-    module = Mamba(12, d_state=4, backend="torch")
+    module = Mamba(12, d_state=4, backend="fast")
     assert isinstance(module.act, torch.nn.SiLU)
     x = torch.randn(3, 7)
     torch.testing.assert_close(module.act(x), F.silu(x), rtol=0, atol=0)
@@ -27,7 +27,7 @@ from kernels.selective_scan import selective_scan, selective_scan_reference  # n
 from kernels.selective_scan import triton_kernels  # noqa: E402
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close  # noqa: E402
 
-BACKENDS = ["reference", "torch", "triton"]
+BACKENDS = ["reference", "fast", "triton"]
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 

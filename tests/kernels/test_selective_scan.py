@@ -65,7 +65,7 @@ def test_mamba_style_peer_equals_reference():
     assert_close("last_state", last, ref_last, FORWARD_TOLERANCE[torch.float32])
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["fast", "triton"])
 def test_long_sequence_l4096(backend):
     """L = 4096 (128 chunks of the triton path, 64 checkpoints of the CPU path), forward and every
     gradient, on a single channel and state so the interpreter stays fast."""
@@ -142,7 +142,7 @@ class _ScanBlock(torch.nn.Module):
         return out * 2, last
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["fast", "triton"])
 def test_compiles_without_graph_break(backend):
     torch._dynamo.reset()
     block = _ScanBlock(backend)

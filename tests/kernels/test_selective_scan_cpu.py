@@ -53,7 +53,7 @@ def _run(scan, inputs, softplus, grad_out, grad_last):
 
 def _torch_path(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     return selective_scan(u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state=True,
-                          initial_state=initial_state, backend="torch")
+                          initial_state=initial_state, backend="fast")
 
 
 def _reference(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
@@ -109,7 +109,7 @@ def test_sum_backward_with_stride_zero_gradient():
     inputs, softplus = _inputs(2, 6, 5, 70, torch.float32, **ALL)
     u, delta, A, B, C, D, z, delta_bias, h0 = inputs
     selective_scan(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state=h0,
-                   backend="torch").sum().backward()
+                   backend="fast").sum().backward()
     ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
     _reference(*ref_inputs[:8], softplus, ref_inputs[8])[0].sum().backward()
     for name, t, r in zip(NAMES, inputs, ref_inputs):

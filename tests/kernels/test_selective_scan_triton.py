@@ -226,7 +226,7 @@ def test_triton_limits_are_clear_errors():
     with pytest.raises(TypeError, match="u must have a floating dtype"):
         selective_scan(*(t[k].double() for k in ("u", "delta", "A", "B", "C")), backend="triton")
     N = triton_kernels.MAX_N + 1
-    with pytest.raises(ValueError, match=f"N={N} states.*use backend='torch'"):
+    with pytest.raises(ValueError, match=f"N={N} states.*use backend='fast'"):
         selective_scan(t["u"], t["delta"], torch.zeros(2, N), torch.zeros(1, N, 4),
                        torch.zeros(1, N, 4), backend="triton")
 

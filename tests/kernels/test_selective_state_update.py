@@ -15,7 +15,7 @@ from kernels.testing import FORWARD_TOLERANCE, assert_close
 SHAPES = [(2, 40, 16, None), (3, 37, 5, None), (1, 5, 1, None), (2, 36, 7, 3), (1, 24, 33, 4),
           (2, 6, 130, 2)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-BACKENDS = ["torch", "triton"]
+BACKENDS = ["fast", "triton"]
 STATE_TOLERANCE = FORWARD_TOLERANCE[torch.float32]  # the state is fp32 whatever x's dtype
 
 
@@ -61,7 +61,7 @@ def test_matches_float64_reference(shape, dtype, backend, poisoned_empty):
     assert_close("state", state, ref_state, STATE_TOLERANCE)
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "fast", "triton"])
 @pytest.mark.parametrize("has_D,has_z,has_dt_bias,dt_softplus",
                          list(itertools.product((False, True), repeat=4)))
 def test_every_optional_input_may_be_none(has_D, has_z, has_dt_bias, dt_softplus, backend):
@@ -74,7 +74,7 @@ def test_every_optional_input_may_be_none(has_D, has_z, has_dt_bias, dt_softplus
     assert_close("state", state, ref_state, STATE_TOLERANCE)
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "fast", "triton"])
 @pytest.mark.parametrize("groups", [None, 2])
 def test_stepping_reproduces_selective_scan(backend, groups):
     """Token by token from an initial state: the outputs are the scan's, the state its last."""
@@ -94,7 +94,7 @@ def test_stepping_reproduces_selective_scan(backend, groups):
     assert_close("last state", state, ref_last, STATE_TOLERANCE)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["fast", "triton"])
 def test_strided_views_are_read_and_state_is_written_in_place(backend):
     """x and z as the halves of one projection, B and C as slices of another, the state a batch
     slice of a larger cache (unit stride along N) or a transposed view (strided N)."""
@@ -117,7 +117,7 @@ def test_strided_views_are_read_and_state_is_written_in_place(backend):
     assert torch.equal(cache[0], before[0]) and torch.equal(cache[-1], before[-1])
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "fast", "triton"])
 def test_float64_on_reference_and_torch_paths(backend):
     inputs = {k: v.double() if v is not None else None
               for k, v in _inputs(2, 9, 4, None, torch.float64).items()}
@@ -132,7 +132,7 @@ def test_float64_on_reference_and_torch_paths(backend):
     assert_close("state", state, ref_state, FORWARD_TOLERANCE[torch.float64])
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "fast", "triton"])
 def test_empty_batch_and_channels(backend):
     for batch, dim in ((0, 8), (2, 0)):
         inputs = _inputs(batch, dim, 4, None, torch.float32)
@@ -144,7 +144,7 @@ def test_triton_under_autograd_is_a_clear_error():
     inputs = _inputs(2, 8, 4, None, torch.float32)
     inputs["A"].requires_grad_()
     with pytest.raises(RuntimeError, match="no backward on the triton path.*A require grad.*"
-                                           "backend='torch'"):
+                                           "backend='fast'"):
         selective_state_update(**inputs, backend="triton")
     with torch.no_grad():
         assert selective_state_update(**inputs, backend="triton").shape == (2, 8)
@@ -155,7 +155,7 @@ def test_triton_under_autograd_is_a_clear_error():
 
 def test_triton_limits_are_clear_errors():
     inputs = _inputs(1, 4, triton_kernels.MAX_STATE + 1, None, torch.float32)
-    with pytest.raises(ValueError, match="N <= 256; use backend='torch'"):
+    with pytest.raises(ValueError, match="N <= 256; use backend='fast'"):
         selective_state_update(**inputs, backend="triton")
     inputs = _inputs(1, 4, 3, None, torch.float32)
     inputs["state"] = inputs["state"].double()
@@ -186,7 +186,7 @@ class _StreamingStep(torch.nn.Module):
         return out.tanh()
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["fast", "triton"])
 def test_compiles_without_graph_break(backend):
     torch._dynamo.reset()
     module = _StreamingStep(backend)
@@ -252,7 +252,7 @@ def test_bad_input_is_named(message, corrupt, error):
 # --- mamba_ssm parity: low-precision states, mixed dtypes, the heads layout, state_batch_indices,
 # gradients ------------------------------------------------------------------------------------
 
-ALL_BACKENDS = ["reference", "torch", "triton"]
+ALL_BACKENDS = ["reference", "fast", "triton"]
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -341,7 +341,7 @@ def test_reference_heads_layout_is_mamba1_on_flattened_channels():
     torch.testing.assert_close(heads_state.flatten(1, 2), flat["state"], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["fast", "triton"])
 def test_heads_layout_state_that_is_not_a_view_of_channels(backend):
     """A state whose (nheads, headdim) cannot be viewed as one channel axis (headdim-major
     memory) is updated through a copy that is written back."""
@@ -391,7 +391,7 @@ def _step_outputs(backend, layout, with_indices):
     return run
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "fast"])
 @pytest.mark.parametrize("layout,with_indices", [("mamba1", False), ("heads", False),
                                                  ("mamba1", True)])
 def test_gradients_in_float64(layout, with_indices, backend):
@@ -412,12 +412,12 @@ def test_torch_path_gradients_match_reference_in_float32():
     inputs = _heads_inputs(2, 4, 3, 5, 2)
     names = ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias")
     grads = {}
-    for backend in ("reference", "torch"):
+    for backend in ("reference", "fast"):
         args = [inputs[k].detach().clone().requires_grad_() for k in names]
         out, state, second = _step_outputs(backend, "heads", False)(*args)
         (out.square().sum() + state.sin().sum() + second.sum()).backward()
         grads[backend] = [a.grad for a in args]
-    for name, got, want in zip(names, grads["torch"], grads["reference"]):
+    for name, got, want in zip(names, grads["fast"], grads["reference"]):
         assert_close(f"grad {name}", got, want, 1e-4)
 
 

@@ -19,7 +19,7 @@ from kernels._seq_idx import sequence_ordinals
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
 
 SMALL_CHUNK = 8
-BACKENDS = ("reference", "torch", "triton")
+BACKENDS = ("reference", "fast", "triton")
 
 
 @pytest.fixture
@@ -157,8 +157,8 @@ def test_selective_scan_seq_idx_of_one_sequence_changes_nothing():
     generator = torch.Generator().manual_seed(5)
     t = _scan_inputs(2, 3, 4, 30, None, True, generator)
     same = torch.full((2, 30), 9, dtype=torch.int32)
-    plain_out, plain_last = _scan(t, None, "torch")
-    out, last = _scan(t, same, "torch")
+    plain_out, plain_last = _scan(t, None, "fast")
+    out, last = _scan(t, same, "fast")
     assert torch.equal(out, plain_out) and torch.equal(last, plain_last)
 
 
@@ -453,7 +453,7 @@ def test_causal_conv1d_with_seq_idx_falls_back_from_the_package_on_channel_first
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ("torch", "triton"))
+@pytest.mark.parametrize("backend", ("fast", "triton"))
 def test_mamba_forward_packed_equals_separate_calls(backend, small_chunks):
     generator = torch.Generator().manual_seed(300)
     module = Mamba(4, d_state=3, d_conv=3, expand=1.5, backend=backend)
@@ -480,7 +480,7 @@ def test_mamba_forward_packed_equals_separate_calls(backend, small_chunks):
 def test_mamba_prompt_with_seq_idx_then_steps_continue_the_last_sequence():
     """A packed prompt fills the states of each row's last sequence: the steps after it equal
     those after a prompt of that sequence alone."""
-    module = Mamba(8, d_state=4, d_conv=4, layer_idx=0, backend="torch")
+    module = Mamba(8, d_state=4, d_conv=4, layer_idx=0, backend="fast")
     hidden = torch.randn(2, 9, 8)
     after = torch.randn(2, 3, 8)
     seq_idx = torch.tensor([[0] * 7 + [1] * 2, [0] * 3 + [4] * 6], dtype=torch.int32)
@@ -507,9 +507,9 @@ def test_seq_idx_compiles_without_graph_break():
     torch._dynamo.reset()
 
     def block(x, weight, delta, A, B, C, seq_idx):
-        x = causal_conv1d(x, weight, activation="silu", backend="torch", seq_idx=seq_idx)
+        x = causal_conv1d(x, weight, activation="silu", backend="fast", seq_idx=seq_idx)
         out, last = selective_scan(x, delta, A, B, C, delta_softplus=True, return_last_state=True,
-                                   backend="torch", seq_idx=seq_idx)
+                                   backend="fast", seq_idx=seq_idx)
         return out.square().sum() + last.sum()
 
     generator = torch.Generator().manual_seed(4)

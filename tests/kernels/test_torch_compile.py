@@ -16,8 +16,8 @@ class _DeviationBlock(torch.nn.Module):
         return self.norm(self.proj(v), scale, shift).tanh()
 
 
-@pytest.mark.parametrize("backend,compiler", [("torch", "aot_eager"), ("triton", "aot_eager"),
-                                               ("torch", "inductor")])
+@pytest.mark.parametrize("backend,compiler", [("fast", "aot_eager"), ("triton", "aot_eager"),
+                                               ("fast", "inductor")])
 def test_deviation_adanorm_compiles_without_graph_break(backend, compiler):
     torch._dynamo.reset()
     module = _DeviationBlock(backend)

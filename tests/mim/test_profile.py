@@ -62,7 +62,7 @@ def test_cli_prints_both_tables_with_a_total(profiled):
 
 def test_every_stage_is_measured_counted_and_modeled(run):
     assert run["config"] == "tiny" and run["frames"] == 3 and run["seconds"] == pytest.approx(SECONDS)
-    assert run["backends"] == {"engine": "torch", "reference": "reference"}
+    assert run["backends"] == {"engine": "fast", "reference": "reference"}
     assert set(run["scenarios"]) == {"img2img", "audio2video"}
     for scenario, result in run["scenarios"].items():
         assert [s["stage"] for s in result["stages"]] == list(SCENARIO_STAGES[scenario])
