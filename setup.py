@@ -9,7 +9,9 @@ setup(
         "Triton-kernel training and inference engine for MIM, "
         "Mamba-enhanced implicit motion learning for audio-driven portrait animation"
     ),
-    packages=find_packages(include=["kernels*", "mim*", "tools*", "bench*"]),
+    # only the installed packages: bench/ and tools/ are scripts run from a checkout
+    # (`make bench`, `python -m tools.compile_report`), never shipped
+    packages=find_packages(include=["kernels", "kernels.*", "mim", "mim.*"]),
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
