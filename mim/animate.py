@@ -24,14 +24,12 @@ import torch
 
 from kernels import Mamba
 from mim.audio import (
-    FEATURE_FLOOR,
     HOP_LENGTH,
-    MEL_BINS,
-    MEL_PER_VIDEO_FRAME,
-    N_FFT,
+    MIN_AUDIO_SAMPLES,
     SAMPLE_RATE,
     VIDEO_FPS,
     load_audio,
+    local_windows_range,
     log_mel_range,
     normalize_log_mel,
     num_video_frames,
@@ -41,15 +39,13 @@ from mim.io import MediaError, read_image, write_video
 from mim.models.motion import MotionGenerator
 from mim.models.renderer import Renderer, SourceState
 from mim.reenact import square_resize
-from mim.train.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
+from mim.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
 
-__all__ = ["Animator", "DEFAULT_CHECKPOINT", "KIND"]
+__all__ = ["Animator", "DEFAULT_CHECKPOINT", "KIND", "MIN_AUDIO_SAMPLES", "resolve_device"]
 
 KIND = "stage2"
 # The demo model `make demo` (tools/train_demo) trains; used when no checkpoint is given.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "examples" / "demo" / "mim_tiny.safetensors"
-# log_mel's STFT reflect-pads n_fft // 2 samples at each end, so it needs one sample more.
-_MIN_SAMPLES = N_FFT // 2 + 1
 # The audio is featurized and encoded a chunk at a time, so memory does not grow with its length:
 # Mamba-g reads this many mel frames (10 s) per call, carrying its state; Mamba-l this many
 # video frames' slices (10 s; each slice is independent).
@@ -59,7 +55,9 @@ _FRAME_CHUNK = 250
 PathLike = Union[str, os.PathLike]
 
 
-def _resolve_device(device) -> torch.device:
+def resolve_device(device) -> torch.device:
+    """``"auto"`` (CUDA when torch sees a device, else the CPU), ``"cpu"``, ``"cuda"`` or a
+    ``torch.device`` -> the ``torch.device``; refuses CUDA where torch sees none."""
     if isinstance(device, torch.device):
         resolved = device
     elif device == "auto":
@@ -75,22 +73,6 @@ def _resolve_device(device) -> torch.device:
 
 def _is_path(value) -> bool:
     return isinstance(value, (str, os.PathLike))
-
-
-def _local_windows(samples: np.ndarray, num_frames: int, start: int, stop: int, context: int) -> torch.Tensor:
-    """``audio_features(samples, num_frames).local_windows(context)[start:stop]``, computed from the
-    mel frames that video frames start - context … stop + context - 1 own, and no others:
-    (stop - start, 4·(2·context + 1), 80). Video frames outside [0, num_frames) and mel frames
-    past the clip's end are silence (FEATURE_FLOOR), as there."""
-    first, last = start - context, stop + context              # the video frames read: [first, last)
-    lo, hi = max(first, 0), min(last, num_frames)
-    mel_lo = lo * MEL_PER_VIDEO_FRAME
-    mel_hi = min(hi * MEL_PER_VIDEO_FRAME, len(samples) // HOP_LENGTH + 1)
-    per_frame = torch.full(((last - first) * MEL_PER_VIDEO_FRAME, MEL_BINS), FEATURE_FLOOR)
-    offset = (lo - first) * MEL_PER_VIDEO_FRAME
-    per_frame[offset:offset + mel_hi - mel_lo] = normalize_log_mel(log_mel_range(samples, mel_lo, mel_hi))
-    windows = per_frame.view(last - first, MEL_PER_VIDEO_FRAME, MEL_BINS).unfold(0, 2 * context + 1, 1)
-    return windows.permute(0, 3, 1, 2).reshape(stop - start, -1, MEL_BINS)
 
 
 class Animator:
@@ -117,7 +99,7 @@ class Animator:
             raise ValueError(f"motion generates (motion_dim, appearance_dim) = "
                              f"{(motion.motion_dim, motion.appearance_dim)} but the renderer uses "
                              f"{(renderer.config.motion_dim, renderer.config.appearance_dim)}")
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.renderer = renderer.to(self.device).eval()
         self.motion = motion.to(self.device).eval()
         self.config = config
@@ -146,7 +128,7 @@ class Animator:
         if meta["kind"] != KIND:
             raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, expected {KIND!r}")
         config = checkpoint_config(path, meta)
-        device = _resolve_device(device)
+        device = resolve_device(device)
         renderer = Renderer.from_config(config, backend=backend)
         motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)
         for module in motion.modules():
@@ -186,9 +168,9 @@ class Animator:
         """A path (any format, resampled to 16 kHz mono) or a 1-D float array at 16 kHz."""
         if _is_path(audio):
             samples = load_audio(audio)
-            if samples.size < _MIN_SAMPLES:
-                raise MediaError(f"{audio}: {samples.size} samples is too short; at least {_MIN_SAMPLES} "
-                                 f"({_MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms at {SAMPLE_RATE} Hz) are needed")
+            if samples.size < MIN_AUDIO_SAMPLES:
+                raise MediaError(f"{audio}: {samples.size} samples is too short; at least {MIN_AUDIO_SAMPLES} "
+                                 f"({MIN_AUDIO_SAMPLES / SAMPLE_RATE * 1000:.0f} ms at {SAMPLE_RATE} Hz) are needed")
             return samples
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
@@ -201,9 +183,9 @@ class Animator:
             raise TypeError(f"audio must be a float array in [-1, 1], got dtype {audio.dtype}")
         if audio.size == 0:
             raise ValueError("audio is empty (zero samples)")
-        if audio.size < _MIN_SAMPLES:
-            raise ValueError(f"audio has {audio.size} samples; at least {_MIN_SAMPLES} "
-                             f"({_MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms at {SAMPLE_RATE} Hz) are needed")
+        if audio.size < MIN_AUDIO_SAMPLES:
+            raise ValueError(f"audio has {audio.size} samples; at least {MIN_AUDIO_SAMPLES} "
+                             f"({MIN_AUDIO_SAMPLES / SAMPLE_RATE * 1000:.0f} ms at {SAMPLE_RATE} Hz) are needed")
         if not np.isfinite(audio).all():
             raise ValueError("audio contains NaN or infinite values")
         return np.ascontiguousarray(audio, dtype=np.float32)
@@ -239,8 +221,8 @@ class Animator:
         audio_global = self.motion.mamba_g.forward_chunks(mel_chunks())
         context = self.config.motion.local_context
         audio_local = [
-            self.motion.mamba_l(_local_windows(audio, num_frames, start, min(start + _FRAME_CHUNK, num_frames),
-                                               context)[None].to(self.device))
+            self.motion.mamba_l(local_windows_range(audio, num_frames, start,
+                                                    min(start + _FRAME_CHUNK, num_frames), context)[None].to(self.device))
             for start in range(0, num_frames, _FRAME_CHUNK)]
         return audio_global, torch.cat(audio_local, dim=1)
 

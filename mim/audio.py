@@ -55,6 +55,7 @@ __all__ = [
     "MEL_BINS",
     "MEL_FPS",
     "MEL_PER_VIDEO_FRAME",
+    "MIN_AUDIO_SAMPLES",
     "N_FFT",
     "SAMPLE_RATE",
     "VIDEO_FPS",
@@ -62,6 +63,7 @@ __all__ = [
     "audio_features",
     "hz_to_mel",
     "load_audio",
+    "local_windows_range",
     "log_mel",
     "log_mel_range",
     "mel_filterbank",
@@ -85,6 +87,8 @@ LOG_FLOOR = math.log(LOG_EPSILON)
 LOG_MEL_MEAN = -9.0
 LOG_MEL_STD = 4.0
 FEATURE_FLOOR = (LOG_FLOOR - LOG_MEL_MEAN) / LOG_MEL_STD
+# log_mel's STFT reflect-pads n_fft // 2 samples at each end, so a clip needs one sample more.
+MIN_AUDIO_SAMPLES = N_FFT // 2 + 1
 
 
 def _is_int(value):
@@ -218,6 +222,38 @@ def log_mel_range(audio, start, stop):
                           center=False, return_complex=True)
     power = spectrum.real.square() + spectrum.imag.square()
     return torch.log(mel_filterbank() @ power + LOG_EPSILON).T.contiguous()
+
+
+def local_windows_range(audio, num_frames, start, stop, context=2):
+    """``audio_features(audio, num_frames).local_windows(context)[start:stop]``, computed from only
+    the mel frames that video frames start - context … stop + context - 1 own:
+    (stop - start, 4 (2 context + 1), 80) float32.
+
+    So Mamba-l's slices of a long clip can be built a chunk of video frames at a time.
+    ``audio``: 1-D float numpy array of 16 kHz samples, at least :data:`MIN_AUDIO_SAMPLES` long;
+    0 <= start < stop <= num_frames. Video frames outside [0, num_frames) and mel frames past the
+    clip's end are silence (:data:`FEATURE_FLOOR`), as in :meth:`AudioFeatures.local_windows`.
+    """
+    if not _is_int(num_frames) or num_frames < 1:
+        raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
+    if not (_is_int(start) and _is_int(stop) and 0 <= start < stop <= num_frames):
+        raise ValueError(f"start, stop must be ints with 0 <= start < stop <= num_frames = {num_frames}, "
+                         f"got {start!r}, {stop!r}")
+    if not _is_int(context) or context < 0:
+        raise ValueError(f"context must be an int >= 0, got {context!r}")
+    if not isinstance(audio, np.ndarray) or audio.ndim != 1:
+        raise TypeError(f"audio must be a 1-D float numpy array, got "
+                        f"{getattr(audio, 'dtype', type(audio).__name__)} of shape {getattr(audio, 'shape', None)}")
+    first, last = start - context, stop + context              # the video frames read: [first, last)
+    lo, hi = max(first, 0), min(last, num_frames)
+    mel_lo = lo * MEL_PER_VIDEO_FRAME
+    mel_hi = min(hi * MEL_PER_VIDEO_FRAME, len(audio) // HOP_LENGTH + 1)
+    per_frame = torch.full(((last - first) * MEL_PER_VIDEO_FRAME, MEL_BINS), FEATURE_FLOOR)
+    if mel_hi > mel_lo:
+        offset = (lo - first) * MEL_PER_VIDEO_FRAME
+        per_frame[offset:offset + mel_hi - mel_lo] = normalize_log_mel(log_mel_range(audio, mel_lo, mel_hi))
+    windows = per_frame.view(last - first, MEL_PER_VIDEO_FRAME, MEL_BINS).unfold(0, 2 * context + 1, 1)
+    return windows.permute(0, 3, 1, 2).reshape(stop - start, -1, MEL_BINS)
 
 
 def normalize_log_mel(log_mel_frames):

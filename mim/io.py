@@ -32,6 +32,7 @@ __all__ = [
     "read_audio",
     "read_image",
     "read_video",
+    "size_hw",
     "write_image",
     "write_video",
     "write_wav",
@@ -130,7 +131,7 @@ def _require_file(path):
     return path
 
 
-def _size_hw(size, name="size"):
+def size_hw(size, name="size"):
     """``None`` -> None, ``int`` -> (size, size), ``(h, w)`` -> (h, w); positive ints only."""
     if size is None:
         return None
@@ -188,7 +189,7 @@ def read_image(path, size=None):
     :class:`MediaError`, from its header alone, before anything is decoded: downscale it first.
     """
     path = _require_file(path)
-    hw = _size_hw(size)
+    hw = size_hw(size)
     try:
         with Image.open(path) as image:
             limit = Image.MAX_IMAGE_PIXELS
@@ -263,7 +264,7 @@ def iter_video(path, size=None, max_frames=None):
     from the iterator. The file is closed when the iterator is exhausted or closed.
     """
     path = _require_file(path)
-    hw = _size_hw(size)
+    hw = size_hw(size)
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
                                    or max_frames < 1):
         raise ValueError(f"max_frames must be None or a positive int, got {max_frames!r}")

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mim.io import MediaError, _size_hw, has_audio, read_audio, read_image, read_video
+from mim.io import MediaError, has_audio, read_audio, read_image, read_video, size_hw
 
 __all__ = ["VideoFolderDataset"]
 
@@ -43,7 +43,7 @@ class VideoFolderDataset(torch.utils.data.Dataset):
             raise ValueError(f"num_frames must be None or a positive int, got {num_frames!r}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
             raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
-        _size_hw(size)
+        size_hw(size)
         self.size = size
         self.num_frames = num_frames
         self.sample_rate = int(sample_rate)

@@ -9,8 +9,8 @@ import torch
 import mim.animate
 import mim.reenact
 from kernels.testing import FORWARD_TOLERANCE, assert_close
-from mim.animate import Animator, _local_windows
-from mim.audio import audio_features, log_mel, log_mel_range, num_video_frames
+from mim.animate import Animator
+from mim.audio import audio_features, local_windows_range, log_mel, log_mel_range, num_video_frames
 from mim.cli import main
 from mim.config import MotionConfig, get_config
 from mim.data import make_clip, speech_like_audio, write_clip
@@ -85,8 +85,31 @@ def test_local_windows_of_a_range_equal_those_of_the_whole_clip(samples, context
     frames = num_video_frames(samples)
     whole = audio_features(audio, frames).local_windows(context)
     for start, stop in [(0, frames), (0, 1), (frames - 1, frames), (2, min(frames, 9))]:
-        part = _local_windows(audio, frames, start, stop, context)
+        part = local_windows_range(audio, frames, start, stop, context)
         assert_close(f"windows [{start}, {stop})", part, whole[start:stop].double(), TOL)
+
+
+def test_local_windows_range_bad_input_is_named():
+    audio = np.zeros(4000, np.float32)
+    with pytest.raises(ValueError, match=r"0 <= start < stop <= num_frames = 7"):
+        local_windows_range(audio, 7, 3, 8)
+    with pytest.raises(ValueError, match="start, stop"):
+        local_windows_range(audio, 7, 2, 2)
+    with pytest.raises(ValueError, match="num_frames must be an int >= 1"):
+        local_windows_range(audio, 0, 0, 1)
+    with pytest.raises(ValueError, match="context must be an int >= 0"):
+        local_windows_range(audio, 7, 0, 1, context=-1)
+    with pytest.raises(TypeError, match="audio must be a 1-D float numpy array"):
+        local_windows_range(torch.zeros(4000), 7, 0, 1)
+
+
+def test_local_windows_range_past_the_clip_is_silence():
+    """Video frames asked for beyond the audio's mel frames read silence, as the whole clip's do."""
+    audio = speech_like_audio(0.2, seed=6)[0]
+    frames = num_video_frames(audio.size) + 6
+    whole = audio_features(audio, frames).local_windows(1)
+    part = local_windows_range(audio, frames, frames - 3, frames, 1)
+    assert_close("windows past the clip", part, whole[frames - 3:].double(), TOL)
 
 
 @pytest.fixture(scope="module")
