@@ -7,23 +7,17 @@ import pytest
 import torch
 
 from kernels import deviation_adanorm
+from kernels.deviation_adanorm.inputs import make_inputs
 
 B, N, R, G = 4, 24, 10, 768
-PATHS = ["reference", "torch"]
-
-
-def _inputs(dtype, requires_grad):
-    g = torch.Generator().manual_seed(0)
-    v = torch.randn(B, N + 1, G, generator=g)
-    scale, shift = torch.randn(2, B, N, R, G, generator=g)
-    return [t.to(dtype).requires_grad_(requires_grad) for t in (v, scale, shift)]
+PATHS = ["reference", "fast"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("backend", PATHS)
 def test_forward(benchmark, backend, dtype):
     benchmark.group = f"deviation_adanorm forward {str(dtype)[6:]}"
-    v, scale, shift = _inputs(dtype, False)
+    v, scale, shift = make_inputs(B, N + 1, R, G, dtype=dtype, seed=0)
     with torch.no_grad():
         out = benchmark(deviation_adanorm, v, scale, shift, backend=backend)
     assert out.shape == (B, N, R, G)
@@ -33,7 +27,7 @@ def test_forward(benchmark, backend, dtype):
 @pytest.mark.parametrize("backend", PATHS)
 def test_forward_backward(benchmark, backend, dtype):
     benchmark.group = f"deviation_adanorm forward+backward {str(dtype)[6:]}"
-    inputs = _inputs(dtype, True)
+    inputs = make_inputs(B, N + 1, R, G, dtype=dtype, requires_grad=True, seed=0)
     grad = torch.randn(B, N, R, G).to(dtype)
 
     def step():

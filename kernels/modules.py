@@ -6,46 +6,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .deviation_adanorm import deviation_adanorm
-from .grid_sample_3d import grid_sample_3d
+from .deviation_adanorm import DeviationAdaNorm  # noqa: F401
+from .grid_sample_3d import GridSample3d  # noqa: F401
 from .region_softmax_warp import region_softmax_warp
-
-
-class DeviationAdaNorm(nn.Module):
-    """Δ = (v_i − v_0)/sqrt(var + ε)·scale + shift for every frame i ≥ 1 and region (paper eq. 2).
-
-    forward(v (B, T, G), scale (B, T−1, R, G), shift (B, T−1, R, G)) → (B, T−1, R, G).
-    """
-
-    def __init__(self, eps: float = 1e-5, backend: Optional[str] = None):
-        super().__init__()
-        self.eps = eps
-        self.backend = backend
-
-    def forward(self, v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        return deviation_adanorm(v, scale, shift, self.eps, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return f"eps={self.eps}, backend={self.backend!r}"
-
-
-class GridSample3d(nn.Module):
-    """Trilinear ``F.grid_sample`` on 5-D tensors: forward(input (N, C, D, H, W),
-    grid (N, Do, Ho, Wo, 3)) → (N, C, Do, Ho, Wo)."""
-
-    def __init__(self, padding_mode: str = "zeros", align_corners: bool = False,
-                 backend: Optional[str] = None):
-        super().__init__()
-        self.padding_mode = padding_mode
-        self.align_corners = align_corners
-        self.backend = backend
-
-    def forward(self, input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        return grid_sample_3d(input, grid, self.padding_mode, self.align_corners, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return (f"padding_mode={self.padding_mode!r}, align_corners={self.align_corners}, "
-                f"backend={self.backend!r}")
 
 
 class RegionSoftmaxWarp(nn.Module):

@@ -1,4 +1,5 @@
-"""Fast PyTorch path of the deviation map, with its own memory-lean autograd.
+"""The deviation map's fast path (backend "fast"): PyTorch ops, with a memory-lean closed-form
+backward.
 
 Forward is a handful of ATen calls (subtract, var_mean, rsqrt, addcmul) with the statistics in fp32
 (fp64 for fp64 inputs). The R-sized elementwise work runs in the input dtype: x̂ = d·ρ is rounded
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+FAST_PATH = "torch"
+
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
@@ -28,7 +31,7 @@ def _deviation(v: torch.Tensor) -> torch.Tensor:
     return v[:, 1:, :] - v[:, :1, :]
 
 
-def adanorm_forward_torch(v, scale, shift, eps):
+def adanorm_forward_fast(v, scale, shift, eps):
     """Returns (out (B, N, R, G) in v's dtype, mean (B, N), rstd (B, N)) with fp32/fp64 statistics."""
     deviation = _deviation(v)
     variance, mean = torch.var_mean(deviation, dim=-1, correction=0, keepdim=True)
@@ -38,7 +41,7 @@ def adanorm_forward_torch(v, scale, shift, eps):
     return out, mean.squeeze(-1), rstd.squeeze(-1)
 
 
-def adanorm_backward_torch(grad_out, v, scale, mean, rstd):
+def adanorm_backward_fast(grad_out, v, scale, mean, rstd):
     """Returns (grad_v, grad_scale) in the inputs' dtype (grad_shift is grad_out itself)."""
     compute = _compute_dtype(v)
     deviation = _deviation(v)

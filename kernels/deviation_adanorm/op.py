@@ -1,4 +1,5 @@
-"""``deviation_adanorm``: input checks, the autograd Function and backend dispatch."""
+"""``deviation_adanorm``: its custom ops, its one autograd Function, input checks and dispatch on
+the resolved backend ("reference", "fast" or "triton")."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -9,7 +10,7 @@ from .._custom_op import custom_op
 from .._checks import KERNEL_DTYPES, check_positive_float, check_same, check_tensor
 from .._dispatch import resolve_backend
 from .reference import deviation_adanorm_reference
-from .fast_path import adanorm_backward_torch, adanorm_forward_torch
+from .fast_path import adanorm_backward_fast, adanorm_forward_fast
 
 
 def _triton_module():
@@ -20,10 +21,10 @@ def _triton_module():
 @custom_op("mim::deviation_adanorm_fwd", mutates_args=())
 def _forward_op(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float,
                 backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, per-row mean, per-row 1/std) on the torch or triton path."""
+    """(out, per-row mean, per-row 1/std) on the fast or triton path."""
     if backend == "triton":
         return _triton_module().adanorm_forward_triton(v, scale, shift, eps)
-    return adanorm_forward_torch(v, scale, shift, eps)
+    return adanorm_forward_fast(v, scale, shift, eps)
 
 
 @_forward_op.register_fake
@@ -39,7 +40,7 @@ def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, m
     """(grad_v, grad_scale); grad_shift is grad_out itself and stays outside the op."""
     if backend == "triton":
         return _triton_module().adanorm_backward_triton(grad_out, v, scale, mean, rstd)
-    return adanorm_backward_torch(grad_out, v, scale, mean, rstd)
+    return adanorm_backward_fast(grad_out, v, scale, mean, rstd)
 
 
 @_backward_op.register_fake
@@ -104,7 +105,8 @@ def deviation_adanorm(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
         v: (B, T, G) standardized motion features V_nor of T frames; frame 0 is the source.
         scale, shift: (B, T − 1, R, G) the DIT's k_sc and k_sh per frame and region.
         eps: ε under the square root (> 0).
-        backend: "auto" (default), "reference", "torch" or "triton"; see ``kernels._dispatch``.
+        backend: "auto" (default), "reference", "fast" (alias "torch") or "triton"; see
+            ``kernels._dispatch``.
 
     Returns:
         Δ of shape (B, T − 1, R, G) in v's dtype:
@@ -125,6 +127,6 @@ def deviation_adanorm(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
         check_tensor("v", v, KERNEL_DTYPES)
         if v.shape[2] > _triton_module().MAX_G:
             raise ValueError(f"v has G={v.shape[2]} features; the triton kernel holds a row in "
-                             f"registers and takes G <= {_triton_module().MAX_G}; use backend='torch'")
+                             f"registers and takes G <= {_triton_module().MAX_G}; use backend='fast'")
     return DeviationAdaNormFunction.apply(v.contiguous(), scale.contiguous(), shift.contiguous(),
                                           eps, chosen)

@@ -131,7 +131,7 @@ def adanorm_forward_triton(v: torch.Tensor, scale: torch.Tensor, shift: torch.Te
     rstd = torch.empty((B, N), device=v.device, dtype=torch.float32)
     cfg = launch_config(G)
     _adanorm_fwd_kernel[(B * N,)](v, scale, shift, out, mean, rstd, N, R, G, eps,
-                                  num_warps=cfg.num_warps, **cfg.constexprs)
+                                  num_warps=cfg.num_warps, enable_fp_fusion=True, **cfg.constexprs)
     return out, mean, rstd
 
 
@@ -144,5 +144,6 @@ def adanorm_backward_triton(grad_out, v, scale, mean, rstd):
     arrivals = torch.zeros((B,), device=v.device, dtype=torch.int32)
     cfg = launch_config(G)
     _adanorm_bwd_kernel[(B * N,)](grad_out, v, scale, mean, rstd, grad_v, grad_scale, arrivals,
-                                  N, R, G, num_warps=cfg.num_warps, **cfg.constexprs)
+                                  N, R, G, num_warps=cfg.num_warps, enable_fp_fusion=True,
+                                  **cfg.constexprs)
     return grad_v, grad_scale

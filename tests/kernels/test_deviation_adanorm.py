@@ -5,19 +5,13 @@ import torch
 from kernels import DeviationAdaNorm, deviation_adanorm
 from kernels.deviation_adanorm import deviation_adanorm_reference
 from kernels.deviation_adanorm import triton_kernels
+from kernels.deviation_adanorm.inputs import make_inputs
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
 
 # (B, T, R, G): G odd / not a power of two / straddling the block; N = T - 1 = 1; R = 1 and 10.
 SHAPES = [(2, 3, 1, 97), (1, 2, 10, 768), (2, 4, 10, 1000), (3, 2, 3, 1), (1, 3, 2, 17)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-BACKENDS = ["torch", "triton"]
-
-
-def _inputs(B, T, R, G, dtype):
-    v = torch.randn(B, T, G) * 2 + 0.5
-    scale = torch.randn(B, T - 1, R, G)
-    shift = torch.randn(B, T - 1, R, G)
-    return [t.to(dtype).requires_grad_() for t in (v, scale, shift)]
+BACKENDS = ["fast", "triton"]
 
 
 def _reference(inputs, grad):
@@ -31,7 +25,7 @@ def _reference(inputs, grad):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_float64_reference(shape, dtype, backend, poisoned_empty):
-    inputs = _inputs(*shape, dtype)
+    inputs = make_inputs(*shape, dtype=dtype, requires_grad=True)
     out = deviation_adanorm(*inputs, backend=backend)
     assert out.dtype == dtype and out.shape == (shape[0], shape[1] - 1, shape[2], shape[3])
     grad = torch.randn(out.shape).to(dtype)
@@ -46,7 +40,7 @@ def test_matches_float64_reference(shape, dtype, backend, poisoned_empty):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sum_backward_with_stride_zero_gradient(backend):
     """y.sum().backward() hands backward an expanded (stride-0) gradient."""
-    inputs = _inputs(2, 4, 3, 45, torch.float32)
+    inputs = make_inputs(2, 4, 3, 45, dtype=torch.float32, requires_grad=True)
     deviation_adanorm(*inputs, backend=backend).sum().backward()
     ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
     deviation_adanorm_reference(*ref_inputs).sum().backward()
@@ -55,7 +49,7 @@ def test_sum_backward_with_stride_zero_gradient(backend):
 
 
 def test_triton_backward_is_deterministic():
-    inputs = _inputs(2, 6, 4, 33, torch.float32)
+    inputs = make_inputs(2, 6, 4, 33, dtype=torch.float32, requires_grad=True)
     out = deviation_adanorm(*inputs, backend="triton")
     grad = torch.randn_like(out)
     first = torch.autograd.grad(out, inputs, grad, retain_graph=True)
@@ -65,13 +59,13 @@ def test_triton_backward_is_deterministic():
 
 
 def test_reference_gradcheck():
-    inputs = [t.double().detach().requires_grad_() for t in _inputs(2, 3, 2, 5, torch.float64)]
+    inputs = make_inputs(2, 3, 2, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(deviation_adanorm_reference, inputs)
 
 
-def test_torch_path_gradcheck_float64():
-    inputs = [t.double().detach().requires_grad_() for t in _inputs(2, 3, 2, 5, torch.float64)]
-    assert torch.autograd.gradcheck(lambda *a: deviation_adanorm(*a, backend="torch"), inputs)
+def test_fast_path_gradcheck_float64():
+    inputs = make_inputs(2, 3, 2, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: deviation_adanorm(*a, backend="fast"), inputs)
 
 
 def test_constant_deviation_row_is_finite():
@@ -88,16 +82,25 @@ def test_constant_deviation_row_is_finite():
 
 def test_module_wrapper_matches_function():
     module = DeviationAdaNorm(eps=1e-3, backend="triton")
-    inputs = _inputs(1, 3, 2, 50, torch.float32)
+    inputs = make_inputs(1, 3, 2, 50, dtype=torch.float32, requires_grad=True)
     assert_close("module", module(*inputs), deviation_adanorm(*inputs, eps=1e-3, backend="reference"),
                  FORWARD_TOLERANCE[torch.float32])
     assert "eps=0.001" in repr(module) and list(module.parameters()) == []
 
 
+def test_make_inputs_builds_the_op_arguments():
+    v, scale, shift = make_inputs(2, 5, 3, 7, dtype=torch.bfloat16, requires_grad=True, seed=4)
+    assert (v.shape, scale.shape, shift.shape) == ((2, 5, 7), (2, 4, 3, 7), (2, 4, 3, 7))
+    assert all(t.dtype == torch.bfloat16 and t.is_leaf and t.requires_grad for t in (v, scale, shift))
+    again = make_inputs(2, 5, 3, 7, dtype=torch.bfloat16, seed=4)
+    assert all(torch.equal(a, b) and not b.requires_grad for a, b in zip((v, scale, shift), again))
+    assert not torch.equal(make_inputs(seed=1)[0], make_inputs(seed=2)[0])
+
+
 @pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
 @pytest.mark.parametrize("B,R", [(0, 3), (2, 0)], ids=["batch0", "regions0"])
 def test_empty_inputs_give_empty_outputs_and_gradients(B, R, backend):
-    inputs = _inputs(B, 3, R, 8, torch.float32)
+    inputs = make_inputs(B, 3, R, 8, dtype=torch.float32, requires_grad=True)
     out = deviation_adanorm(*inputs, backend=backend)
     assert out.shape == (B, 2, R, 8) and out.numel() == 0
     grads = torch.autograd.grad(out.sum(), inputs)
@@ -106,7 +109,7 @@ def test_empty_inputs_give_empty_outputs_and_gradients(B, R, backend):
 
 
 def _good():
-    return torch.randn(2, 4, 16), torch.randn(2, 3, 5, 16), torch.randn(2, 3, 5, 16)
+    return make_inputs(2, 4, 5, 16)
 
 
 BAD_INPUTS = [
@@ -144,5 +147,5 @@ def test_triton_limits_are_clear_errors():
         deviation_adanorm(*(t.double() for t in _good()), backend="triton")
     G = triton_kernels.MAX_G + 1
     v, s = torch.randn(1, 2, G), torch.randn(1, 1, 1, G)
-    with pytest.raises(ValueError, match="use backend='torch'"):
+    with pytest.raises(ValueError, match="use backend='fast'"):
         deviation_adanorm(v, s, s, backend="triton")
