@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--grad-accumulation", type=int, help="override train.grad_accumulation")
     s1.add_argument("--checkpoint-every", type=int, help="override train.checkpoint_every")
     s1.add_argument("--seed", type=int, help="override train.seed")
-    s1.add_argument("--freeze", help="override train.freeze: comma-separated renderer parts kept fixed "
+    s1.add_argument("--freeze", help="override recipe.freeze: comma-separated renderer parts kept fixed "
                                      "(image_encoder, appearance_extractor, motion_encoder, dit, lmdd, decoder)")
     s1.add_argument("--vgg19-weights", help="safetensors VGG-19 weights for the perceptual loss")
     s1.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
@@ -218,7 +218,9 @@ def _train_stage1(args) -> int:
         if getattr(args, flag) is not None:
             setattr(config.train, key, getattr(args, flag))
     if args.freeze is not None:
-        config.train.freeze = tuple(part.strip() for part in args.freeze.split(",") if part.strip())
+        config.recipe.freeze = tuple(part.strip() for part in args.freeze.split(",") if part.strip())
+        if config.recipe.freeze and config.recipe.name == "paper":
+            config.recipe.name = "custom"
     if args.vgg19_weights:
         config.loss.vgg19_weights = args.vgg19_weights
     _check_run_dir(args.out)
@@ -235,8 +237,8 @@ def _train_stage1(args) -> int:
 def _evaluate(args) -> int:
     from mim.evaluate import evaluate_reconstruction
     from mim.metrics import LPIPS
-    from mim.train.checkpoint import checkpoint_config
-    from mim.train.stage1 import build_stage1_data, renderer_from_checkpoint
+    from mim.checkpoint import checkpoint_config, renderer_from_checkpoint
+    from mim.train.stage1 import build_stage1_data
 
     for flag in ("--json", "--plot"):
         _check_output(flag, getattr(args, flag[2:]), args, ("--checkpoint",))

@@ -376,7 +376,7 @@ def _load_renderer(args) -> Renderer:
     from mim.config import load_config
 
     if args.checkpoint:
-        from mim.train.stage1 import renderer_from_checkpoint
+        from mim.checkpoint import renderer_from_checkpoint
         config = load_config(args.config) if args.config else None
         return renderer_from_checkpoint(args.checkpoint, backend="reference", config=config)
     if not args.config:

@@ -8,8 +8,8 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from mim.checkpoint import renderer_from_checkpoint
 from mim.io import has_audio, iter_video, read_audio, read_image, write_video
-from mim.train.stage1 import renderer_from_checkpoint
 
 __all__ = ["reenact", "square_resize"]
 

@@ -59,7 +59,7 @@ def probe(renderer: Renderer, clips) -> Dict[str, float]:
 
 
 def main(argv=None) -> int:
-    from mim.train.stage1 import renderer_from_checkpoint
+    from mim.checkpoint import renderer_from_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")

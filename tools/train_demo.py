@@ -6,12 +6,13 @@ own generator).
     python -m tools.train_demo [--stage1-steps 3000] [--stage2-steps 2000] [--work runs/demo]
                                [--stage1 CKPT]   # start from a trained tiny stage-1 checkpoint
 
-Stage 1 is the paper's (``--stage1-steps``), followed by the mouth recipe (:data:`MOUTH_RECIPE`,
-not in the paper; docs/architecture.md says why): a motion encoder taught to read the procedural
-mouth opening and pose (``mim train motion-encoder``) replaces the renderer's; the renderer is
-fine-tuned to it with the source encoders fixed (mouth-crop loss, mouth read-out); then only the
-decoder trains, with the motion FiLM (``renderer.decoder_motion_film``) switched on, in two
-phases of rising mouth-crop weight. Each phase resumes from its own run directory under
+Stage 1 is the paper's (``--stage1-steps``), followed by the ``mouth`` recipe (:data:`MOUTH_RECIPE`,
+the config's ``recipe`` section; not in the paper, docs/architecture.md says why): a motion
+encoder taught to read the procedural mouth opening and pose (``mim train motion-encoder``)
+replaces the renderer's; the renderer is fine-tuned to it with the source encoders fixed
+(``recipe.freeze``, the mouth-crop loss ``recipe.alpha_mouth``, the mouth read-out
+``recipe.alpha_mouth_open``); then only the decoder trains, with the motion FiLM
+(``recipe.decoder_motion_film``) switched on, in two phases of rising mouth-crop weight. Each phase resumes from its own run directory under
 ``--work``, so an interrupted demo training continues where it stopped.
 """
 
@@ -21,10 +22,10 @@ import argparse
 import os
 import shutil
 
+from mim.checkpoint import latest_checkpoint
 from mim.config import config_from_dict, get_config
 from mim.data.synthetic import make_clip, speech_like_audio
 from mim.io import atomic_output, write_image, write_wav
-from mim.train.checkpoint import latest_checkpoint
 
 DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "demo")
 PORTRAIT_SEED = 20261203     # a clip seed outside every training split
@@ -35,14 +36,15 @@ MOTION_ENCODER_STEPS = 2000
 MOTION_ENCODER_CLIPS = 96
 FROZEN_SOURCE = ("image_encoder", "appearance_extractor")
 ALL_BUT_DECODER = ("image_encoder", "appearance_extractor", "motion_encoder", "dit", "lmdd")
-# (run name, steps, changes to the tiny config) of each stage-1 fine-tuning phase, in order
+# (run name, steps, changes to the tiny config) of each stage-1 fine-tuning phase, in order;
+# every phase names its recipe ``mouth`` (recipe.name)
 MOUTH_RECIPE = (
-    ("readout", 800, {"loss.alpha_mouth": 1.0, "loss.alpha_mouth_open": 10.0, "train.lr": 5e-4,
-                      "train.freeze": FROZEN_SOURCE}),
-    ("film", 800, {"renderer.decoder_motion_film": True, "loss.alpha_mouth": 1.0,
-                   "train.freeze": ALL_BUT_DECODER}),
-    ("film2", 1600, {"renderer.decoder_motion_film": True, "loss.alpha_mouth": 3.0,
-                     "train.freeze": ALL_BUT_DECODER}),
+    ("readout", 800, {"recipe.alpha_mouth": 1.0, "recipe.alpha_mouth_open": 10.0, "train.lr": 5e-4,
+                      "recipe.freeze": FROZEN_SOURCE}),
+    ("film", 800, {"recipe.decoder_motion_film": True, "recipe.alpha_mouth": 1.0,
+                   "recipe.freeze": ALL_BUT_DECODER}),
+    ("film2", 1600, {"recipe.decoder_motion_film": True, "recipe.alpha_mouth": 3.0,
+                     "recipe.freeze": ALL_BUT_DECODER}),
 )
 
 
@@ -57,14 +59,13 @@ def write_examples(out_dir: str) -> None:
 def export_pipeline(source: str, destination: str) -> None:
     """The stage-2 checkpoint's renderer and motion generator only (no optimizer or RNG state:
     what ``mim animate`` loads), written atomically."""
-    from mim.config import config_from_dict
+    from mim.checkpoint import load_checkpoint, read_metadata, save_checkpoint
     from mim.models import Renderer
     from mim.models.motion import MotionGenerator
-    from mim.train.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 
     meta = read_metadata(source)
     config = config_from_dict(meta["config"])
-    modules = {"renderer": Renderer(config.renderer),
+    modules = {"renderer": Renderer.from_config(config),
                "motion": MotionGenerator(config.motion, config.renderer.motion_dim,
                                          config.renderer.appearance_dim)}
     load_checkpoint(source, kind="stage2", modules=modules)
@@ -78,8 +79,10 @@ def copy_atomic(source: str, destination: str) -> None:
 
 
 def phase_config(changes, clips=None):
-    """The tiny config with a phase's ``changes`` ({"section.key": value}) applied."""
+    """The tiny config with a phase's ``changes`` ({"section.key": value}) applied, its recipe
+    named ``mouth``."""
     config = get_config("tiny")
+    config.recipe.name = "mouth"
     config.train.checkpoint_every = 200
     for dotted, value in changes.items():
         section, key = dotted.split(".")
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
     if not args.recipe_scale > 0:
         parser.error(f"--recipe-scale must be > 0, got {args.recipe_scale}")
 
-    from mim.train.checkpoint import read_metadata
+    from mim.checkpoint import read_metadata
     from mim.train.stage1 import train_stage1
     from mim.train.stage2 import train_stage2
 

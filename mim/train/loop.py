@@ -13,9 +13,9 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
+from mim.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint,
+                            prune_checkpoints, read_metadata, save_checkpoint)
 from mim.config import Config, config_to_dict, save_config
-from mim.train.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                  prune_checkpoints, read_metadata, save_checkpoint)
 from mim.train.distributed import DistributedContext, init_distributed
 
 __all__ = ["CsvLog", "TrainerBase", "TrainingDiverged"]

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mim.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata, save_checkpoint
 from mim.data import SyntheticTalkingHeads
 from mim.models import Renderer
 from mim.models.encoders import MotionEncoder
 from mim.sync import pearson
-from mim.train.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata, save_checkpoint
 
 __all__ = ["pretrain_motion_encoder", "LABELS"]
 
@@ -66,7 +66,7 @@ def pretrain_motion_encoder(checkpoint: str, out: str, steps: int, clips: int = 
     if meta["kind"] not in ("stage1", "stage2"):
         raise CheckpointError(f"checkpoint {checkpoint!r} holds a {meta['kind']!r} model, not a renderer")
     config = checkpoint_config(checkpoint, meta)
-    renderer = Renderer(config.renderer)
+    renderer = Renderer.from_config(config)
     load_checkpoint(checkpoint, kind=meta["kind"], modules={"renderer": renderer})
     size = config.renderer.image_size
 

@@ -20,27 +20,25 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from mim.config import Config, config_from_dict, config_to_dict
+from mim.checkpoint import (RENDERER_KINDS, CheckpointError, check_same_renderer, checkpoint_config,
+                            load_checkpoint, read_metadata)
+from mim.config import Config, config_to_dict
 from mim.data import SourceDrivingPairs, SyntheticTalkingHeads, VideoFolderDataset
 from mim.evaluate import evaluate_reconstruction
 from mim.losses import (MultiScalePatchDiscriminator, PerceptualLoss, crop_boxes, discriminator_loss,
                         feature_matching_loss, generator_adversarial_loss, threshold_mask_loss,
                         total_generator_loss)
 from mim.models import Renderer, standardize_motion
-from mim.train.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
 from mim.train.distributed import DistributedContext, shutdown_distributed
 from mim.train.loop import CsvLog, TrainerBase
 
-__all__ = ["Stage1Trainer", "build_stage1_data", "check_same_renderer", "train_stage1",
-           "renderer_from_checkpoint"]
+__all__ = ["Stage1Trainer", "build_stage1_data", "train_stage1", "OPTIONAL_BRANCHES"]
 
 log = logging.getLogger("mim.train")
 KIND = "stage1"
-RENDERER_KINDS = (KIND, "stage2")   # checkpoints that hold a renderer
-# Renderer branches a config may add that start at zero (the renderer computes what it did
-# without them), by flag: a checkpoint trained without one initializes a renderer with it.
-OPTIONAL_BRANCHES = {"deviation_features": "lmdd.features.", "decoder_motion": "decoder.motion.",
-                     "lmdd_global_motion": "lmdd.global_motion.", "decoder_motion_film": "decoder.motion_films."}
+# Renderer branches a recipe may add that start at zero (the renderer computes what it did
+# without them), by recipe flag: a checkpoint trained without one initializes a renderer with it.
+OPTIONAL_BRANCHES = {"decoder_motion_film": "decoder.motion_films."}
 
 
 def build_stage1_data(config: Config, data: str):
@@ -61,21 +59,6 @@ def build_stage1_data(config: Config, data: str):
             torch.utils.data.Subset(clips, indices[len(clips) - heldout:]))
 
 
-def check_same_renderer(saved: Dict, config: Config, path: str) -> None:
-    """Raise CheckpointError naming every renderer field where ``saved`` differs from ``config``.
-    A field that ``saved`` lacks (a checkpoint older than the field) counts as its default."""
-    ours = config_to_dict(config)["renderer"]
-    try:
-        theirs = config_to_dict(config_from_dict(saved))["renderer"]
-    except ValueError as error:
-        raise CheckpointError(f"{path!r} holds a config this version cannot use: {error}") from None
-    diff = [f"renderer.{k}: checkpoint {theirs.get(k)!r} vs config {v!r}"
-            for k, v in ours.items() if theirs.get(k) != v]
-    if diff:
-        raise CheckpointError(f"checkpoint {path!r} was trained with another renderer config "
-                              f"({saved.get('name')!r}): " + "; ".join(diff))
-
-
 class Stage1Trainer(TrainerBase):
     """Owns the renderer, the discriminator, their optimizers, the data and the logs of a run
     in ``out_dir`` (``config.yaml``, ``log.csv``, ``eval.csv``, ``tensorboard/``, ``checkpoints/``)."""
@@ -92,18 +75,18 @@ class Stage1Trainer(TrainerBase):
         self.setup_run(config, out_dir, device, progress, keep_checkpoints, context)
         t = self.config.train
         dev = self.ctx.device
-        self.renderer = Renderer(config.renderer, backend=backend).to(dev, self.dtype)
+        self.renderer = Renderer.from_config(config, backend=backend).to(dev, self.dtype)
         self.discriminator = MultiScalePatchDiscriminator(
             scales=config.loss.discriminator_scales,
             base_channels=config.loss.discriminator_channels).to(dev, self.dtype)
         self.perceptual = PerceptualLoss(config.loss.vgg19_weights, config.loss.perceptual_scales,
                                          config.loss.perceptual_layer_weight).to(dev, self.dtype)
-        # the read-out of the mouth opening from M (loss.alpha_mouth_open): trained with the
+        # the read-out of the mouth opening from M (recipe.alpha_mouth_open): trained with the
         # renderer, saved in checkpoints, not part of the renderer (inference never uses it)
-        for part in t.freeze:
+        for part in config.recipe.freeze:
             getattr(self.renderer, part).requires_grad_(False)
         self.mouth_head = None
-        if config.loss.alpha_mouth_open > 0:
+        if config.recipe.alpha_mouth_open > 0:
             self.mouth_head = torch.nn.Linear(config.renderer.motion_dim, 1).to(dev, self.dtype)
         self.opt_g = torch.optim.Adam(self.generator_parameters(), lr=t.lr, betas=t.betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=t.discriminator_lr,
@@ -118,13 +101,13 @@ class Stage1Trainer(TrainerBase):
         self.finish_setup(resume)
         if self.ctx.is_main:
             log.info("perceptual loss: %s", self.perceptual.mode)
-            if config.loss.alpha_mouth > 0 and len(self.train_clips) and "mouth_box" not in self.train_clips[0]:
+            if config.recipe.alpha_mouth > 0 and len(self.train_clips) and "mouth_box" not in self.train_clips[0]:
                 log.info("mouth loss off: the training clips have no mouth boxes")
             if self.mouth_head is not None and len(self.train_clips) and "mouth_open" not in self.train_clips[0]:
                 log.info("mouth-opening read-out off: the training clips have no mouth_open labels")
 
     def generator_parameters(self):
-        """The parameters opt_g trains: the renderer's (but for ``train.freeze``) and the mouth
+        """The parameters opt_g trains: the renderer's (but for ``recipe.freeze``) and the mouth
         read-out's."""
         heads = [] if self.mouth_head is None else list(self.mouth_head.parameters())
         return [p for p in self.renderer.parameters() if p.requires_grad] + heads
@@ -140,11 +123,11 @@ class Stage1Trainer(TrainerBase):
         meta = read_metadata(path)
         if meta["kind"] not in RENDERER_KINDS:
             raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, not a renderer")
-        saved = checkpoint_config(path, meta).renderer
-        added = [flag for flag in OPTIONAL_BRANCHES if getattr(self.config.renderer, flag) and not getattr(saved, flag)]
+        saved = checkpoint_config(path, meta).recipe
+        added = [flag for flag in OPTIONAL_BRANCHES if getattr(self.config.recipe, flag) and not getattr(saved, flag)]
         compared = copy.deepcopy(self.config)
         for flag in added:
-            setattr(compared.renderer, flag, False)
+            setattr(compared.recipe, flag, False)
         check_same_renderer(meta["config"], compared, path)
         load_checkpoint(path, kind=meta["kind"], modules={"renderer": self.renderer},
                         optional=[f"renderer.{OPTIONAL_BRANCHES[flag]}" for flag in added])
@@ -205,22 +188,22 @@ class Stage1Trainer(TrainerBase):
     def generator_loss(self, source: torch.Tensor, driving: torch.Tensor, adversarial: bool,
                        mouth_boxes: Optional[torch.Tensor] = None,
                        mouth_open: Optional[torch.Tensor] = None):
-        """Eq. 3 (+ feature matching once the GAN is on, + the mouth-crop loss when
-        ``loss.alpha_mouth`` > 0 and ``mouth_boxes`` (B, N, 4) are given, + the mouth-opening
-        read-out's squared error when ``loss.alpha_mouth_open`` > 0 and ``mouth_open`` (B, N)
+        """Eq. 3 (+ feature matching once the GAN is on, + the recipe's mouth-crop loss when
+        ``recipe.alpha_mouth`` > 0 and ``mouth_boxes`` (B, N, 4) are given, + the mouth-opening
+        read-out's squared error when ``recipe.alpha_mouth_open`` > 0 and ``mouth_open`` (B, N)
         is given) for one micro-batch: returns (loss, its terms, predicted frames, target
         frames), frames flattened to (B·N, 3, S, S)."""
-        cfg = self.config.loss
+        cfg, recipe = self.config.loss, self.config.recipe
         with self._autocast():
             out = self.g(source, driving)
             pred = out["frames"].flatten(0, 1)
             target = driving.flatten(0, 1)
             per = self.perceptual(pred.to(self.dtype), target)
             mouth = torch.zeros((), device=pred.device, dtype=self.dtype)
-            if cfg.alpha_mouth > 0 and mouth_boxes is not None:
+            if recipe.alpha_mouth > 0 and mouth_boxes is not None:
                 boxes = mouth_boxes.flatten(0, 1)
-                mouth = self.perceptual(crop_boxes(pred.to(self.dtype), boxes, cfg.mouth_crop, cfg.mouth_margin),
-                                        crop_boxes(target, boxes, cfg.mouth_crop, cfg.mouth_margin))
+                mouth = self.perceptual(crop_boxes(pred.to(self.dtype), boxes, recipe.mouth_crop, recipe.mouth_margin),
+                                        crop_boxes(target, boxes, recipe.mouth_crop, recipe.mouth_margin))
             opening = torch.zeros((), device=pred.device, dtype=self.dtype)
             if self.mouth_head is not None and mouth_open is not None:
                 read = self.mouth_head(standardize_motion(out["motion"].to(self.dtype),
@@ -242,10 +225,10 @@ class Stage1Trainer(TrainerBase):
                                                               cfg.alpha_adversarial, cfg.alpha_mask))
             if adversarial:
                 loss = loss + cfg.feature_matching * fm
-            if cfg.alpha_mouth > 0:
-                loss = loss + cfg.alpha_mouth * mouth
+            if recipe.alpha_mouth > 0:
+                loss = loss + recipe.alpha_mouth * mouth
             if self.mouth_head is not None:
-                loss = loss + cfg.alpha_mouth_open * opening
+                loss = loss + recipe.alpha_mouth_open * opening
         terms = {"loss": loss, "l1": (pred.detach().to(self.dtype) - target).abs().mean(),
                  "perceptual": per, "mouth": mouth, "mouth_open": opening, "mask": mask_loss, "adversarial": adv,
                  "feature_matching": fm}
@@ -349,19 +332,3 @@ def train_stage1(config: Config, out_dir: str, steps: int, data: str = "syntheti
         return result
     finally:
         shutdown_distributed(trainer.ctx)
-
-
-def renderer_from_checkpoint(path: str, backend: Optional[str] = None,
-                             config: Optional[Config] = None) -> Renderer:
-    """The renderer of a stage-1 checkpoint (or of a stage-2 one, which carries the frozen
-    stage-1 renderer), in eval mode. With ``config``, the checkpoint must have been trained with
-    the same renderer config (else CheckpointError naming the fields)."""
-    meta = read_metadata(path)
-    if meta["kind"] not in RENDERER_KINDS:
-        raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, not a renderer")
-    saved = checkpoint_config(path, meta)
-    if config is not None:
-        check_same_renderer(meta["config"], config, path)
-    renderer = Renderer(saved.renderer, backend=backend)
-    load_checkpoint(path, kind=meta["kind"], modules={"renderer": renderer})
-    return renderer.eval()

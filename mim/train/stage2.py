@@ -21,13 +21,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mim.audio import audio_features
+from mim.checkpoint import check_same_renderer, checkpoint_config, renderer_from_checkpoint
 from mim.config import Config
 from mim.models import Renderer
 from mim.models.motion import MotionGenerator
-from mim.train.checkpoint import checkpoint_config
 from mim.train.distributed import DistributedContext, shutdown_distributed
 from mim.train.loop import TrainerBase
-from mim.train.stage1 import build_stage1_data, check_same_renderer, renderer_from_checkpoint
+from mim.train.stage1 import build_stage1_data
 
 __all__ = ["Stage2Trainer", "encode_clips", "train_stage2", "KIND"]
 

@@ -1,10 +1,20 @@
-"""safetensors training checkpoints: modules, optimizers, step and RNG state, written atomically.
+"""safetensors checkpoints: modules, optimizers, step and RNG state, written atomically; read
+back by training (resume, fine-tuning) and inference alike (:func:`renderer_from_checkpoint`).
 
 One file holds everything needed to resume exactly: tensors under ``<module>.<param>``,
 ``<optimizer>.state.<index>.<name>`` and ``rng.*``; the rest (step, the config, optimizer
 hyper-parameters, Python's and NumPy's RNG positions) as JSON in the safetensors metadata. A
 checkpoint is written to a temporary file in its directory and renamed into place, so a crash
 mid-write leaves the previous checkpoints intact and no partial file under a checkpoint name.
+
+Every checkpoint written carries ``format_version`` (:data:`FORMAT_VERSION`) in its metadata;
+a file without it is version 1. Reading goes through :func:`migrate_checkpoint_metadata`, which
+refuses a newer version and brings an older one to the current form (its config through
+:func:`mim.config.migrate_config`), so checkpoints of earlier versions load unchanged on disk.
+
+Versions: 1, the config's recipe knobs flat in their sections (``renderer.decoder_motion_film``,
+``loss.alpha_mouth*``, ``train.freeze``) and no ``motion.prediction`` in the oldest (ε models);
+2, the ``recipe`` section.
 """
 
 from __future__ import annotations
@@ -21,14 +31,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from mim.config import Config, config_from_dict
+from mim.config import Config, config_from_dict, config_to_dict, migrate_config
 from mim.io import OutputError, atomic_output
+from mim.models import Renderer
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_metadata", "checkpoint_config",
            "latest_checkpoint", "list_checkpoints", "checkpoint_path", "rng_state_tensors", "restore_rng_state",
-           "prune_checkpoints"]
+           "prune_checkpoints", "migrate_checkpoint_metadata", "FORMAT_VERSION", "RENDERER_KINDS",
+           "check_same_renderer", "renderer_from_checkpoint"]
 
+# The tag of every mim checkpoint, whatever its version (the number is part of the tag).
 FORMAT = "mim-checkpoint-1"
+FORMAT_VERSION = 2
+RENDERER_KINDS = ("stage1", "stage2")   # checkpoints that hold a renderer
 _STEP_FILE = re.compile(r"^step_(\d+)\.safetensors$")
 
 
@@ -105,7 +120,8 @@ def save_checkpoint(path: str, *, kind: str, step: int, config: Dict[str, Any],
                     modules: Mapping[str, torch.nn.Module],
                     optimizers: Optional[Mapping[str, torch.optim.Optimizer]] = None,
                     extra: Optional[Dict[str, Any]] = None, with_rng: bool = True) -> None:
-    """Write one checkpoint atomically. ``kind`` names what it holds (e.g. ``stage1``)."""
+    """Write one checkpoint atomically, at :data:`FORMAT_VERSION`. ``kind`` names what it holds
+    (e.g. ``stage1``); ``config`` is the current form (``config_to_dict``)."""
     tensors: Dict[str, torch.Tensor] = {}
     for name, module in modules.items():
         for key, value in module.state_dict().items():
@@ -119,7 +135,8 @@ def save_checkpoint(path: str, *, kind: str, step: int, config: Dict[str, Any],
     if with_rng:
         t, rng_meta = rng_state_tensors()
         tensors.update(t)
-    metadata = {"format": FORMAT, "kind": kind, "step": str(step), "config": json.dumps(config),
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "kind": kind, "step": str(step),
+                "config": json.dumps(config),
                 "optimizers": json.dumps(optim_meta), "rng": json.dumps(rng_meta),
                 "extra": json.dumps(extra or {})}
     try:
@@ -143,9 +160,34 @@ def _json_field(meta: Mapping[str, str], key: str, path: str, default: Optional[
     return value
 
 
+def migrate_checkpoint_metadata(meta: Mapping[str, str], path: str) -> Dict[str, str]:
+    """A checkpoint's raw metadata (strings) of any version up to :data:`FORMAT_VERSION`, in the
+    current form: ``format_version`` set to the current one and the config (JSON) passed through
+    :func:`mim.config.migrate_config`. A missing ``format_version`` is version 1; a newer one,
+    or a config that cannot be migrated, raises CheckpointError naming the file."""
+    text = meta.get("format_version", "1")
+    if not re.fullmatch(r"\d{1,9}", text.strip()) or int(text) < 1:
+        raise CheckpointError(f"checkpoint {path!r}: metadata 'format_version' must be an integer >= 1, "
+                              f"got {text!r}")
+    version = int(text)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path!r} has format_version {version}, newer than this version of "
+                              f"mim reads (up to {FORMAT_VERSION}): update mim to load it")
+    migrated = dict(meta, format_version=str(FORMAT_VERSION))
+    if "config" in meta:
+        config = _json_field(meta, "config", path)
+        try:
+            migrated["config"] = json.dumps(migrate_config(config))
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint {path!r} (format_version {version}) has a config this "
+                                  f"version cannot use: {error}") from None
+    return migrated
+
+
 def read_metadata(path: str) -> Dict[str, Any]:
-    """The checkpoint's kind, step, config and extra fields (no tensors are read). Every field is
-    checked: a missing or malformed one raises CheckpointError naming the file and the field."""
+    """The checkpoint's kind, step, config and extra fields (no tensors are read), in the current
+    form (:func:`migrate_checkpoint_metadata`). Every field is checked: a missing or malformed one
+    raises CheckpointError naming the file and the field."""
     from safetensors import safe_open
 
     if not os.path.isfile(path):
@@ -164,6 +206,7 @@ def read_metadata(path: str) -> Dict[str, Any]:
     step = meta["step"]
     if not re.fullmatch(r"\d{1,18}", step.strip()):
         raise CheckpointError(f"checkpoint {path!r}: metadata 'step' must be an integer >= 0, got {step!r}")
+    meta = migrate_checkpoint_metadata(meta, path)
     return {"kind": meta["kind"], "step": int(step), "config": _json_field(meta, "config", path),
             "extra": _json_field(meta, "extra", path, "{}"), "_raw": meta}
 
@@ -284,3 +327,43 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, name: str, saved: Dict[str
             if isinstance(value, tuple) and isinstance(group.get(key), list):
                 group[key] = tuple(group[key])
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _renderer_fields(config: Config) -> Dict[str, Any]:
+    """What decides a renderer's parameters: the renderer section and the recipe's decoder FiLM."""
+    data = config_to_dict(config)
+    fields = {f"renderer.{key}": value for key, value in data["renderer"].items()}
+    fields["recipe.decoder_motion_film"] = data["recipe"]["decoder_motion_film"]
+    return fields
+
+
+def check_same_renderer(saved: Dict, config: Config, path: str) -> None:
+    """Raise CheckpointError naming every renderer field (the renderer section and
+    ``recipe.decoder_motion_film``) where the stored config ``saved`` differs from ``config``.
+    ``saved`` may be of any earlier form (:func:`mim.config.migrate_config`); a field it lacks
+    counts as its default."""
+    ours = _renderer_fields(config)
+    try:
+        theirs = _renderer_fields(config_from_dict(saved))
+    except ValueError as error:
+        raise CheckpointError(f"{path!r} holds a config this version cannot use: {error}") from None
+    diff = [f"{k}: checkpoint {theirs.get(k)!r} vs config {v!r}" for k, v in ours.items() if theirs.get(k) != v]
+    if diff:
+        raise CheckpointError(f"checkpoint {path!r} was trained with another renderer config "
+                              f"({saved.get('name')!r}): " + "; ".join(diff))
+
+
+def renderer_from_checkpoint(path: str, backend: Optional[str] = None,
+                             config: Optional[Config] = None) -> Renderer:
+    """The renderer of a stage-1 checkpoint (or of a stage-2 one, which carries the frozen
+    stage-1 renderer), in eval mode. With ``config``, the checkpoint must have been trained with
+    the same renderer config (else CheckpointError naming the fields)."""
+    meta = read_metadata(path)
+    if meta["kind"] not in RENDERER_KINDS:
+        raise CheckpointError(f"checkpoint {path!r} holds a {meta['kind']!r} model, not a renderer")
+    saved = checkpoint_config(path, meta)
+    if config is not None:
+        check_same_renderer(meta["config"], config, path)
+    renderer = Renderer.from_config(saved, backend=backend)
+    load_checkpoint(path, kind=meta["kind"], modules={"renderer": renderer})
+    return renderer.eval()
