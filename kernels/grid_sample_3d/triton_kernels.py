@@ -191,7 +191,8 @@ def grid_sample_3d_forward_triton(input: torch.Tensor, grid: torch.Tensor, borde
     out = torch.empty((N, C, Do, Ho, Wo), device=input.device, dtype=input.dtype)
     cfg = forward_config(align_corners, border)
     _grid_sample_3d_fwd_kernel[_grid(N, P)](input, grid, out, C, D, H, W, P,
-                                            num_warps=cfg.num_warps, **cfg.constexprs)
+                                            num_warps=cfg.num_warps, enable_fp_fusion=True,
+                                            **cfg.constexprs)
     return out
 
 
@@ -202,7 +203,7 @@ def grid_sample_3d_backward_triton(grad_out: torch.Tensor, input: torch.Tensor, 
     if D * H * W >= 2 ** 31:
         raise ValueError(f"input has {D * H * W} voxels per channel; the triton backward of "
                          "grid_sample_3d takes fewer than 2^31 (int32 corner offsets); use "
-                         "backend='torch'")
+                         "backend='fast'")
     P = grad_out.shape[2] * grad_out.shape[3] * grad_out.shape[4]
     grad_input = torch.zeros(input.shape, device=input.device, dtype=torch.float32) if input_grad else None
     grad_grid = torch.empty_like(grid) if grid_grad else None
@@ -210,7 +211,8 @@ def grid_sample_3d_backward_triton(grad_out: torch.Tensor, input: torch.Tensor, 
     _grid_sample_3d_bwd_kernel[_grid(N, P)](
         grad_out, input, grid,
         grad_input if input_grad else torch.zeros(1, device=input.device, dtype=torch.float32),
-        grad_grid if grid_grad else grid, C, D, H, W, P, num_warps=cfg.num_warps, **cfg.constexprs)
+        grad_grid if grid_grad else grid, C, D, H, W, P, num_warps=cfg.num_warps,
+        enable_fp_fusion=True, **cfg.constexprs)
     if input_grad and input.dtype != torch.float32:
         grad_input = grad_input.to(input.dtype)
     return grad_input, grad_grid

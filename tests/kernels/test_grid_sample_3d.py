@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import grid_sample_3d
+from kernels import GridSample3d, grid_sample_3d
 from kernels.grid_sample_3d import grid_sample_3d_reference
+from kernels.grid_sample_3d.inputs import make_inputs
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
 
 # (N, C, D, H, W, Do, Ho, Wo): odd sizes, C straddling the channel block, P straddling BLOCK_P.
@@ -13,10 +14,9 @@ MODES = [(padding, align) for padding in ("zeros", "border") for align in (False
 MODE_IDS = [f"{p}-align{int(a)}" for p, a in MODES]
 
 
-def _inputs(N, C, D, H, W, Do, Ho, Wo, dtype):
-    volume = torch.randn(N, C, D, H, W)
-    grid = torch.rand(N, Do, Ho, Wo, 3) * 2.6 - 1.3  # reaches outside [-1, 1]
-    return volume.to(dtype).requires_grad_(), grid.to(dtype).requires_grad_()
+def _inputs(shape, dtype):
+    """Points reach outside [-1, 1], where the padding mode matters."""
+    return make_inputs(*shape, dtype=dtype, requires_grad=True, reach=1.3)
 
 
 def _reference(volume, grid, grad, padding, align):
@@ -26,7 +26,7 @@ def _reference(volume, grid, grad, padding, align):
 
 
 def _check(fn, shape, dtype, padding, align):
-    volume, grid = _inputs(*shape, dtype)
+    volume, grid = _inputs(shape, dtype)
     out = fn(volume, grid, padding, align)
     assert out.dtype == dtype and out.shape == (*shape[:2], *shape[5:])
     grad = torch.randn(out.shape).to(dtype)
@@ -40,7 +40,7 @@ def _check(fn, shape, dtype, padding, align):
 
 @pytest.mark.parametrize("padding,align", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["fast", "triton"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_float64_reference(shape, backend, dtype, padding, align, poisoned_empty):
     _check(lambda v, g, p, a: grid_sample_3d(v, g, p, a, backend=backend), shape, dtype, padding, align)
@@ -53,10 +53,10 @@ def test_reference_matches_f_grid_sample(padding, align):
            SHAPES[0], torch.float32, padding, align)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["fast", "triton"])
 def test_sum_backward_with_stride_zero_gradient(backend):
     """out.sum().backward() hands backward an expanded (stride-0) gradient."""
-    volume, grid = _inputs(*SHAPES[0], torch.float32)
+    volume, grid = _inputs(SHAPES[0], torch.float32)
     grid_sample_3d(volume, grid, "border", backend=backend).sum().backward()
     ref_inputs = [t.detach().double().requires_grad_() for t in (volume, grid)]
     grid_sample_3d_reference(*ref_inputs, "border").sum().backward()
@@ -66,7 +66,7 @@ def test_sum_backward_with_stride_zero_gradient(backend):
 
 def test_one_gradient_only():
     """Only the gradient asked for is computed; grid alone needs no atomics."""
-    volume, grid = _inputs(*SHAPES[2], torch.float32)
+    volume, grid = _inputs(SHAPES[2], torch.float32)
     for needs in ((True, False), (False, True)):
         v, g = volume.detach().requires_grad_(needs[0]), grid.detach().requires_grad_(needs[1])
         out = grid_sample_3d(v, g, backend="triton")
@@ -77,12 +77,12 @@ def test_one_gradient_only():
 
 
 def test_deterministic_mode_raises_for_input_gradient():
-    volume, grid = _inputs(*SHAPES[2], torch.float32)
+    volume, grid = _inputs(SHAPES[2], torch.float32)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         out = grid_sample_3d(volume, grid, backend="triton")
-        with pytest.raises(RuntimeError, match="use_deterministic_algorithms.*backend='torch'"):
+        with pytest.raises(RuntimeError, match="use_deterministic_algorithms.*backend='fast'"):
             out.sum().backward()
         # grad_grid alone has no atomics and is allowed
         out = grid_sample_3d(volume.detach(), grid, backend="triton")
@@ -93,14 +93,14 @@ def test_deterministic_mode_raises_for_input_gradient():
 
 
 def test_deterministic_warn_only_warns_and_computes():
-    volume, grid = _inputs(*SHAPES[2], torch.float32)
+    volume, grid = _inputs(SHAPES[2], torch.float32)
     out = grid_sample_3d(volume, grid, backend="triton")
     grad = torch.randn(out.shape)
     previous = (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        with pytest.warns(UserWarning, match="not deterministic.*backend='torch'"):
+        with pytest.warns(UserWarning, match="not deterministic.*backend='fast'"):
             grads = torch.autograd.grad(out, (volume, grid), grad)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
@@ -116,7 +116,7 @@ def test_torch_compile_fullgraph_matches_eager():
 
     module = Warp()
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
-    volume, grid = _inputs(1, 2, 3, 4, 5, 2, 3, 2, torch.float32)
+    volume, grid = _inputs((1, 2, 3, 4, 5, 2, 3, 2), torch.float32)
     out = compiled(volume, grid)
     grads = torch.autograd.grad(out.sum(), (volume, grid))
     eager = module(volume, grid)
@@ -128,22 +128,41 @@ def test_torch_compile_fullgraph_matches_eager():
 
 @pytest.mark.parametrize("padding,align", MODES, ids=MODE_IDS)
 def test_reference_gradcheck(padding, align):
-    volume = torch.randn(1, 2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     # random points: none on an integer source index, where the weights have kinks
-    grid = (torch.rand(1, 2, 2, 1, 3, dtype=torch.float64) * 2.4 - 1.2)
-    grid.requires_grad_()
+    volume, grid = make_inputs(1, 2, 2, 3, 3, 2, 2, 1, dtype=torch.float64, requires_grad=True,
+                               reach=1.2)
     assert torch.autograd.gradcheck(
         lambda v, g: grid_sample_3d_reference(v, g, padding, align), (volume, grid))
+
+
+def test_module_matches_function():
+    module = GridSample3d(padding_mode="border", align_corners=True, backend="triton")
+    volume, grid = make_inputs(1, 3, 4, 5, 6, 2, 3, 4, reach=1.2)
+    assert_close("module", module(volume, grid),
+                 grid_sample_3d(volume, grid, "border", True, backend="reference"),
+                 FORWARD_TOLERANCE[torch.float32])
+    assert "padding_mode='border'" in repr(module) and list(module.parameters()) == []
+
+
+def test_make_inputs_builds_the_op_arguments():
+    volume, grid = make_inputs(2, 3, 4, 5, 6, dtype=torch.bfloat16, requires_grad=True, seed=3,
+                               reach=1.5)
+    assert volume.shape == (2, 3, 4, 5, 6) and grid.shape == (2, 4, 5, 6, 3)
+    assert all(t.dtype == torch.bfloat16 and t.is_leaf and t.requires_grad for t in (volume, grid))
+    assert grid.abs().max() <= 1.5 and grid.abs().max() > 1
+    again = make_inputs(2, 3, 4, 5, 6, dtype=torch.bfloat16, seed=3, reach=1.5)
+    assert all(torch.equal(a, b) for a, b in zip((volume, grid), again))
+    assert make_inputs(1, 1, 2, 2, 2, 3, 1, 4)[1].shape == (1, 3, 1, 4, 3)
 
 
 # (N, C, D, H, W, Do, Ho, Wo) with a size-0 batch, channel or output depth
 EMPTY_SHAPES = [(0, 2, 3, 4, 5, 2, 2, 2), (1, 0, 3, 4, 5, 2, 2, 2), (2, 3, 3, 4, 5, 0, 2, 2)]
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "fast", "triton"])
 @pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
 def test_empty_inputs_give_empty_outputs_and_gradients(shape, backend):
-    volume, grid = _inputs(*shape, torch.float32)
+    volume, grid = _inputs(shape, torch.float32)
     out = grid_sample_3d(volume, grid, "border", backend=backend)
     assert out.shape == (*shape[:2], *shape[5:]) and out.numel() == 0
     grads = torch.autograd.grad(out.sum(), (volume, grid))
@@ -165,7 +184,7 @@ def _grid_with_non_finite(N, Do, Ho, Wo):
 
 
 @pytest.mark.parametrize("padding,align", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "fast", "triton"])
 def test_non_finite_grid_matches_f_grid_sample(backend, padding, align, poisoned_empty):
     """NaN and ±inf coordinates give what F.grid_sample (CPU) gives, forward and backward. D = 1
     makes inf · 0 = NaN in the index with align_corners=True; with "border" a NaN index samples
@@ -194,13 +213,13 @@ def test_triton_backward_refuses_channels_of_2_to_the_31_voxels():
 
     volume = torch.zeros(1).expand(1, 1, 2 ** 11, 2 ** 10, 2 ** 10)
     grid = torch.zeros(1, 1, 1, 2, 3)
-    with pytest.raises(ValueError, match="2147483648 voxels per channel.*use backend='torch'"):
+    with pytest.raises(ValueError, match="2147483648 voxels per channel.*use backend='fast'"):
         grid_sample_3d_backward_triton(torch.zeros(1, 1, 1, 1, 2), volume, grid, True, False,
                                        True, True)
 
 
 def _good():
-    return torch.randn(2, 3, 4, 5, 6), torch.rand(2, 2, 3, 4, 3) * 2 - 1
+    return make_inputs(2, 3, 4, 5, 6, 2, 3, 4, reach=1.0)
 
 
 BAD_INPUTS = [
@@ -229,7 +248,7 @@ def test_bad_input_is_named(message, corrupt, kwargs, error):
 
 def test_triton_refuses_batches_beyond_the_launch_grid():
     volume, grid = torch.randn(65536, 1, 1, 1, 1), torch.zeros(65536, 1, 1, 1, 3)
-    with pytest.raises(ValueError, match="batch N=65536.*N <= 65535.*backend='torch'"):
+    with pytest.raises(ValueError, match="batch N=65536.*N <= 65535.*backend='fast'"):
         grid_sample_3d(volume, grid, backend="triton")
 
 
