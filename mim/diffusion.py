@@ -1,5 +1,7 @@
 """Stage-2 diffusion (paper §III-B, eqs. 4-7): the noise schedule, DDPM ancestral and DDIM
-sampling with classifier-free guidance, training-time condition dropout, and the stage-2 losses.
+sampling with classifier-free guidance, training-time condition dropout, and the stage-2 loss
+terms (eq. 7 on the noise, eqs. 4-6 on the motion; ``MotionGenerator.training_loss`` in
+mim.models.motion combines them into the objective the trainer uses).
 
 A window of motion features M_D is a float tensor ``(B, M, D)``: B windows, M frames, D features.
 The denoiser ε_θ is any callable ``model(x_t, t, **cond) -> eps_hat`` with ``x_t`` and ``eps_hat``
@@ -372,26 +374,3 @@ def acceleration_loss(m, m_hat):
     error."""
     _check_motion_pair(m, m_hat, 3, "acceleration_loss")
     return (torch.diff(m, n=2, dim=1) - torch.diff(m_hat, n=2, dim=1)).square().mean()
-
-
-def stage2_loss(eps, eps_hat, x_t, t, schedule: NoiseSchedule, m, weights=(1.0, 1.0, 1.0, 1.0)):
-    """The stage-2 objective: eq. 7 on the noise, eqs. 4-6 on the denoised estimate
-    M̄_D = predict_x0(x_t, t, ε̂). ``weights`` = (simple, mse, velocity, acceleration), each ≥ 0.
-    Returns a dict with those four scalar terms (unweighted) and ``"total"``, their weighted sum.
-    Needs M ≥ 3 frames (the acceleration term)."""
-    if (not isinstance(weights, Sequence) or len(weights) != len(LOSS_TERMS)
-            or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
-                       and math.isfinite(w) and w >= 0 for w in weights)):
-        raise ValueError(f"weights must be {len(LOSS_TERMS)} finite numbers >= 0 for "
-                         f"{LOSS_TERMS}, got {weights!r}")
-    _check_float_tensor(x_t, "x_t")
-    _check_same_shape(m, "m", x_t, "x_t")
-    m_hat = schedule.predict_x0(x_t, t, eps_hat)
-    terms = {
-        "simple": eps_loss(eps, eps_hat),
-        "mse": motion_mse(m, m_hat),
-        "velocity": velocity_loss(m, m_hat),
-        "acceleration": acceleration_loss(m, m_hat),
-    }
-    terms["total"] = sum(w * terms[name] for w, name in zip(weights, LOSS_TERMS))
-    return terms

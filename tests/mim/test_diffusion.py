@@ -15,7 +15,6 @@ from mim.diffusion import (
     eps_loss,
     guided_eps,
     motion_mse,
-    stage2_loss,
     velocity_loss,
 )
 
@@ -375,34 +374,6 @@ def test_acceleration_loss_hand_computed():
     assert acceleration_loss(M_TRUE, ramp).item() == pytest.approx(0.0, abs=1e-24)
 
 
-def test_stage2_loss_terms_and_weighting():
-    schedule = NoiseSchedule(100)
-    m = torch.randn(3, 6, 4, dtype=torch.float64)
-    eps = torch.randn(3, 6, 4, dtype=torch.float64)
-    t = torch.tensor([10, 40, 90])
-    x_t = schedule.q_sample(m, t, eps)
-    eps_hat = (eps + 0.1 * torch.randn(3, 6, 4, dtype=torch.float64)).requires_grad_()
-    weights = (1.0, 0.5, 2.0, 3.0)
-    out = stage2_loss(eps, eps_hat, x_t, t, schedule, m, weights)
-    assert set(out) == {"simple", "mse", "velocity", "acceleration", "total"}
-    m_hat = schedule.predict_x0(x_t, t, eps_hat)
-    expected = {"simple": eps_loss(eps, eps_hat), "mse": motion_mse(m, m_hat),
-                "velocity": velocity_loss(m, m_hat),
-                "acceleration": acceleration_loss(m, m_hat)}
-    for name, value in expected.items():
-        assert out[name].ndim == 0
-        assert out[name].item() == pytest.approx(value.item(), rel=1e-12)
-    total = sum(w * expected[n].item() for w, n in
-                zip(weights, ("simple", "mse", "velocity", "acceleration")))
-    assert out["total"].item() == pytest.approx(total, rel=1e-12)
-    out["total"].backward()
-    assert eps_hat.grad is not None and bool(eps_hat.grad.abs().sum() > 0)
-
-    exact = stage2_loss(eps, eps.clone(), x_t, t, schedule, m)
-    for value in exact.values():
-        assert value.item() == pytest.approx(0.0, abs=1e-20)
-
-
 # --- bad inputs ------------------------------------------------------------------------------
 
 def test_schedule_rejects_bad_arguments():
@@ -472,14 +443,6 @@ def test_losses_reject_bad_shapes():
         velocity_loss(torch.zeros(2, 1, 3), torch.zeros(2, 1, 3))
     with pytest.raises(ValueError, match="acceleration_loss needs at least 3 frames"):
         acceleration_loss(torch.zeros(2, 2, 3), torch.zeros(2, 2, 3))
-    schedule = NoiseSchedule(10)
-    t = torch.tensor([1, 2])
-    with pytest.raises(ValueError, match="weights"):
-        stage2_loss(m, m, m, t, schedule, m, weights=(1.0, 1.0, 1.0))
-    with pytest.raises(ValueError, match="weights"):
-        stage2_loss(m, m, m, t, schedule, m, weights=(1.0, -1.0, 1.0, 1.0))
-    with pytest.raises(ValueError, match="m must have the shape of x_t"):
-        stage2_loss(m, m, m, t, schedule, torch.zeros(2, 5, 3))
 
 
 def test_drop_condition_and_guidance_reject_bad_arguments():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mim.config import get_config
-from mim.diffusion import LOSS_TERMS, NoiseSchedule, eps_loss, stage2_loss
+from mim.diffusion import LOSS_TERMS, NoiseSchedule, acceleration_loss, eps_loss, motion_mse, velocity_loss
 from mim.models import motion as motion_module
 from mim.models.motion import (
     X0_LOSS_MIN_ALPHA_BAR,
@@ -343,7 +343,9 @@ def test_training_loss_applies_eqs_4_to_6_above_the_alpha_bar_floor():
     assert 0 < int(kept.sum()) < batch                      # both kinds of samples in the batch
     x0 = model.normalize(m)
     noise = schedule.predict_eps(x_t, t, x0)
-    expected = stage2_loss(noise[kept], eps_hat[kept], x_t[kept], t[kept], schedule, x0[kept])
+    m_hat = schedule.predict_x0(x_t[kept], t[kept], eps_hat[kept])   # eq. 4-6's M̄_D from ε̂
+    expected = {"mse": motion_mse(x0[kept], m_hat), "velocity": velocity_loss(x0[kept], m_hat),
+                "acceleration": acceleration_loss(x0[kept], m_hat)}
     for name in ("mse", "velocity", "acceleration"):
         torch.testing.assert_close(terms[name], expected[name], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(terms["simple"], eps_loss(noise, eps_hat), rtol=1e-4, atol=1e-6)
@@ -493,6 +495,7 @@ def _bad_calls():
         ("generate appearance", generate(appearance_dim=3), "appearance must have shape"),
         ("loss two frames", loss(frames=2), "between 3"),
         ("loss weights", loss(weights=(1.0, 1.0, 1.0)), "weights must be 4"),
+        ("loss negative weight", loss(weights=(1.0, -1.0, 1.0, 1.0)), "weights must be 4"),
     ]
 
 
