@@ -1,8 +1,12 @@
+import copy
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
-from mim.config import config_from_dict, config_to_dict, get_config, load_config, save_config
+from mim.config import (MotionConfig, RecipeConfig, config_from_dict, config_to_dict, get_config, load_config,
+                        migrate_config, save_config)
 
 
 def test_base_is_the_papers_setting():
@@ -46,6 +50,12 @@ def test_partial_file_fills_from_named_config(tmp_path):
     ({"renderer": {"padding_mode": "reflect"}}, "padding_mode"),
     ({"loss": {"gan_kind": "wgan"}}, "gan_kind"),
     ({"motion": {"prediction": "x0"}}, "motion.prediction must be one of eps, v"),
+    ({"recipe": {"name": "lips"}}, "recipe.name must be one of paper, mouth, custom"),
+    ({"recipe": {"alpha_mouth": 1.0}}, r"recipe.name is 'paper' .* sets recipe.alpha_mouth"),
+    ({"recipe": {"name": "custom", "freeze": ["decoder", "warp"]}}, "recipe.freeze must name distinct"),
+    ({"recipe": {"name": "custom", "mouth_crop": 4}}, r"recipe.mouth_crop must be in \[8, 4096\]"),
+    ({"recipe": {"name": "custom", "alpha_mouth_open": -1.0}}, "recipe.alpha_mouth_open must be >= 0"),
+    ({"recipe": {"decoder_motion_film": 1}}, "recipe.decoder_motion_film must be true or false"),
     ({"bogus": 1}, "unknown config key"),
 ])
 def test_bad_values_are_named(update, match):
@@ -59,6 +69,7 @@ def test_bad_values_are_named(update, match):
 
 
 def test_presets_predict_v_and_a_config_without_the_field_keeps_eps():
+    assert MotionConfig().prediction == "v"
     assert get_config("tiny").motion.prediction == get_config("base").motion.prediction == "v"
     data = config_to_dict(get_config("tiny"))
     del data["motion"]["prediction"]      # a checkpoint written before the field existed
@@ -79,3 +90,62 @@ def test_unparsable_file(tmp_path):
     path.write_text("renderer: [unclosed\n")
     with pytest.raises(ValueError, match="does not parse"):
         load_config(str(path))
+
+
+def test_the_recipe_holds_every_knob_outside_the_paper():
+    """The shipped configs follow the paper (recipe ``paper``: every knob off); the paper's
+    sections hold none of the recipe's knobs."""
+    for name in ("tiny", "base"):
+        config = get_config(name)
+        assert config.recipe == RecipeConfig() and config.recipe.name == "paper"
+        data = config_to_dict(config)
+        for section in ("renderer", "loss", "train", "motion", "stage2"):
+            assert not set(data[section]) & {f.name for f in dataclasses.fields(RecipeConfig)}, section
+
+
+def _flat(config_dict, film=True, alpha_mouth=3.0, freeze=("lmdd",)):
+    """The dict of a config written before the recipe section existed (format 1)."""
+    data = copy.deepcopy(config_dict)
+    recipe = data.pop("recipe")
+    data["renderer"]["decoder_motion_film"] = film
+    data["renderer"]["decoder_motion"] = False
+    data["loss"].update(alpha_mouth=alpha_mouth, mouth_crop=recipe["mouth_crop"],
+                        mouth_margin=recipe["mouth_margin"], alpha_mouth_open=0.0)
+    data["train"]["freeze"] = list(freeze)
+    return data
+
+
+def test_flat_recipe_knobs_migrate_into_the_recipe():
+    current = config_to_dict(get_config("tiny"))
+    old = _flat(current)
+    frozen = copy.deepcopy(old)
+    config = config_from_dict(old)
+    assert old == frozen                                  # the input is left as it was
+    assert config.recipe == RecipeConfig(name="custom", decoder_motion_film=True, alpha_mouth=3.0,
+                                         freeze=("lmdd",))
+    assert config_to_dict(config)["renderer"] == current["renderer"]
+    # knobs all at their defaults: the paper
+    assert config_from_dict(_flat(current, film=False, alpha_mouth=0.0, freeze=())).recipe == RecipeConfig()
+    # a current mapping comes back equal
+    assert migrate_config(current) == current
+    both = _flat(current)
+    both["recipe"] = {"alpha_mouth": 1.0}
+    with pytest.raises(ValueError, match="both loss.alpha_mouth .* and recipe.alpha_mouth"):
+        config_from_dict(both)
+
+
+def test_a_removed_experiment_is_dropped_when_off_and_refused_when_on():
+    old = _flat(config_to_dict(get_config("tiny")))
+    assert "decoder_motion" not in config_to_dict(config_from_dict(old))["renderer"]
+    old["renderer"]["decoder_motion"] = True
+    with pytest.raises(ValueError, match="renderer.decoder_motion: an experiment removed .*experiments.md"):
+        config_from_dict(old)
+    # in a partial (hand-written) section an unknown key stays an error
+    with pytest.raises(ValueError, match="unknown config key.*renderer.decoder_motion"):
+        config_from_dict({"name": "tiny", "renderer": {"decoder_motion": False}})
+
+
+def test_the_demo_config_names_its_recipe():
+    config = load_config(str(Path(__file__).resolve().parents[2] / "examples" / "demo" / "config.yaml"))
+    assert config.recipe.name == "mouth" and config.recipe.decoder_motion_film
+    assert config.motion.prediction == "v"
