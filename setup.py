@@ -34,6 +34,9 @@ setup(
         # causal-conv1d and flash-attn compile against the installed torch: install them
         # with --no-build-isolation (the Makefile does).
         "cuda": ["causal-conv1d", "flash-attn", "nvtx"],
-        "dev": ["pytest", "pytest-benchmark", "matplotlib", "onnx", "onnxruntime", "onnxscript"],
+        # setuptools: tests/test_packaging.py builds the wheel without build isolation (offline);
+        # 70.1 has bdist_wheel built in
+        "dev": ["pytest", "pytest-benchmark", "matplotlib", "onnx", "onnxruntime", "onnxscript",
+                "setuptools>=70.1"],
     },
 )
