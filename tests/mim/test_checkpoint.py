@@ -1,14 +1,20 @@
+import hashlib
+import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
-import mim.train.checkpoint as ckpt
-from mim.train.checkpoint import (CheckpointError, checkpoint_path, latest_checkpoint,
-                                  load_checkpoint, prune_checkpoints, read_metadata, save_checkpoint)
+import mim.checkpoint as ckpt
+from mim.checkpoint import (FORMAT_VERSION, CheckpointError, checkpoint_config, checkpoint_path, latest_checkpoint,
+                            load_checkpoint, prune_checkpoints, read_metadata, renderer_from_checkpoint,
+                            save_checkpoint)
+from mim.config import config_to_dict, get_config
 
 
 def _model_and_optimizer(seed):
@@ -94,3 +100,82 @@ def test_latest_and_prune(tmp_path):
     prune_checkpoints(str(tmp_path), keep=2)
     assert sorted(os.listdir(tmp_path)) == ["step_0000015.safetensors", "step_0000020.safetensors"]
     assert latest_checkpoint(str(tmp_path / "none")) is None
+
+
+def _write_raw(path, model, metadata):
+    """A checkpoint as an earlier (or later) version wrote it: the given metadata verbatim."""
+    tensors = {f"m.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    ckpt.save_file(tensors, str(path), metadata={"format": ckpt.FORMAT, "kind": "stage1", "step": "3",
+                                                 **metadata})
+
+
+def _version_1_config():
+    """The tiny config as format 1 stored it: recipe knobs flat, no motion.prediction."""
+    data = config_to_dict(get_config("tiny"))
+    recipe = data.pop("recipe")
+    data["renderer"]["decoder_motion_film"] = True
+    data["loss"].update(alpha_mouth=2.0, mouth_crop=recipe["mouth_crop"],
+                        mouth_margin=recipe["mouth_margin"], alpha_mouth_open=0.0)
+    data["train"]["freeze"] = ["lmdd"]
+    del data["motion"]["prediction"]
+    return data
+
+
+def test_every_checkpoint_carries_the_format_version(tmp_path):
+    model, _ = _model_and_optimizer(0)
+    path = str(tmp_path / "c.safetensors")
+    config = config_to_dict(get_config("tiny"))
+    save_checkpoint(path, kind="stage1", step=0, config=config, modules={"m": model})
+    with safe_open(path, framework="pt") as handle:
+        assert handle.metadata()["format_version"] == str(FORMAT_VERSION) == "2"
+    assert read_metadata(path)["config"] == config
+
+
+def test_a_version_1_checkpoint_migrates_on_reading(tmp_path):
+    model, _ = _model_and_optimizer(0)
+    path = tmp_path / "v1.safetensors"
+    _write_raw(path, model, {"config": json.dumps(_version_1_config())})
+    before = path.read_bytes()
+    meta = read_metadata(str(path))
+    assert meta["config"]["recipe"] == {"name": "custom", "decoder_motion_film": True, "alpha_mouth": 2.0,
+                                        "mouth_crop": 32, "mouth_margin": 0.25, "alpha_mouth_open": 0.0,
+                                        "freeze": ["lmdd"]}
+    assert "decoder_motion_film" not in meta["config"]["renderer"]
+    config = checkpoint_config(str(path), meta)
+    assert config.motion.prediction == "eps" and config.recipe.decoder_motion_film
+    load_checkpoint(str(path), kind="stage1", modules={"m": model})
+    assert path.read_bytes() == before                     # read, never rewritten
+
+
+def test_a_newer_or_malformed_format_version_is_refused(tmp_path):
+    model, _ = _model_and_optimizer(0)
+    path = tmp_path / "future.safetensors"
+    _write_raw(path, model, {"format_version": str(FORMAT_VERSION + 1), "config": "{}"})
+    with pytest.raises(CheckpointError, match=r"format_version 3, newer than this version of mim reads "
+                                              r"\(up to 2\): update mim"):
+        read_metadata(str(path))
+    _write_raw(path, model, {"format_version": "two", "config": "{}"})
+    with pytest.raises(CheckpointError, match="'format_version' must be an integer >= 1, got 'two'"):
+        read_metadata(str(path))
+    old = _version_1_config()
+    old["renderer"]["decoder_motion"] = True               # a removed experiment, switched on
+    _write_raw(path, model, {"config": json.dumps(old)})
+    with pytest.raises(CheckpointError, match="format_version 1.*renderer.decoder_motion: an experiment removed"):
+        read_metadata(str(path))
+
+
+def test_the_committed_demo_checkpoint_loads_unchanged():
+    """examples/demo/mim_tiny.safetensors is a format-1 file: it loads through the migration,
+    recipe and v-prediction intact, and is not rewritten."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "demo" / "mim_tiny.safetensors"
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta = read_metadata(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        assert "format_version" not in handle.metadata()          # written at version 1
+    config = checkpoint_config(str(path), meta)
+    assert config.recipe.decoder_motion_film and config.recipe.alpha_mouth == 3.0
+    assert config.recipe.freeze == ("image_encoder", "appearance_extractor", "motion_encoder", "dit", "lmdd")
+    assert config.motion.prediction == "v"
+    renderer = renderer_from_checkpoint(str(path))
+    assert renderer.decoder.needs_motion
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
