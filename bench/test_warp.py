@@ -1,4 +1,4 @@
-"""CPU microbenchmarks of the 3-D warp ops: grid_sample_3d and region_softmax_warp, the torch path
+"""CPU microbenchmarks of the 3-D warp ops: grid_sample_3d and region_softmax_warp, the fast path
 against the reference of each, forward and forward+backward, in one run.
 
 Shape: a quarter of the base model's volume (frames B = 2, C = 32 channels, S_d = 16 depth layers,
@@ -9,25 +9,22 @@ import pytest
 import torch
 
 from kernels import grid_sample_3d, region_softmax_warp
+from kernels.grid_sample_3d.inputs import make_inputs as make_sample_inputs
+from kernels.region_softmax_warp.inputs import make_inputs as make_warp_inputs
 
 FRAMES, CHANNELS, REGIONS, DEPTH, SIDE = 2, 32, 10, 16, 32
-PATHS = ["reference", "torch"]
+PATHS = ["reference", "fast"]
 
 
 def _warp_inputs(requires_grad):
-    g = torch.Generator().manual_seed(0)
-    feature = torch.randn(1, CHANNELS, DEPTH, SIDE, SIDE, generator=g)
-    logits = torch.randn(FRAMES, REGIONS, DEPTH, SIDE, SIDE, generator=g)
-    displacement = torch.randn(FRAMES, REGIONS, 3, DEPTH, SIDE, SIDE, generator=g) * 0.1
-    mask = torch.rand(FRAMES, 1, DEPTH, SIDE, SIDE, generator=g)
-    return [t.requires_grad_(requires_grad) for t in (feature, logits, displacement, mask)]
+    """F_id of batch 1 shared by the frames; β passed as a float, as the model does."""
+    return make_warp_inputs(FRAMES, CHANNELS, REGIONS, DEPTH, SIDE, SIDE, feature_batch=1,
+                            requires_grad=requires_grad, seed=0, beta=None)
 
 
 def _sample_inputs(requires_grad):
-    g = torch.Generator().manual_seed(0)
-    volume = torch.randn(FRAMES, CHANNELS, DEPTH, SIDE, SIDE, generator=g)
-    grid = torch.rand(FRAMES, DEPTH, SIDE, SIDE, 3, generator=g) * 2.2 - 1.1
-    return [t.requires_grad_(requires_grad) for t in (volume, grid)]
+    return make_sample_inputs(FRAMES, CHANNELS, DEPTH, SIDE, SIDE, requires_grad=requires_grad,
+                              seed=0)
 
 
 @pytest.mark.parametrize("backend", PATHS)

@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from ..cost import Traffic, TrafficCase
+from .inputs import make_inputs
 from .op import region_softmax_warp
 from .reference import region_softmax_warp_reference
 
@@ -67,15 +68,6 @@ def minimum_traffic(B: int, C: int, R: int, D: int, H: int, W: int, feature_batc
                            bytes_written=feature + 4 * per_region + voxels * itemsize)}
 
 
-def _warp_inputs(B: int, C: int, R: int, D: int, H: int, W: int, feature_batch: int,
-                 dtype: torch.dtype):
-    feature = torch.randn(feature_batch, C, D, H, W, dtype=dtype)
-    logits = torch.randn(B, R, D, H, W, dtype=dtype)
-    displacement = (torch.randn(B, R, 3, D, H, W) * 0.05).to(dtype)
-    mask = torch.rand(B, 1, D, H, W, dtype=dtype)
-    return tuple(t.requires_grad_() for t in (feature, logits, displacement, mask))
-
-
 def traffic_cases(B: int = 4, C: int = 32, R: int = 10, D: int = 16, H: int = 64, W: int = 64,
                dtypes: Sequence[torch.dtype] = (torch.float32,)) -> list[TrafficCase]:
     """region_softmax_warp at the base model's shape: B frames warped from one shared F_id."""
@@ -85,9 +77,12 @@ def traffic_cases(B: int = 4, C: int = 32, R: int = 10, D: int = 16, H: int = 64
         itemsize = torch.empty((), dtype=dtype).element_size()
         cases.append(TrafficCase(
             op="region_softmax_warp", shape=f"B={B} C={C} R={R} D={D} H={H} W={W} F_b=1",
-            dtype=dtype, make_inputs=functools.partial(_warp_inputs, B, C, R, D, H, W, 1, dtype),
+            dtype=dtype, make_inputs=functools.partial(make_inputs, B, C, R, D, H, W, 1, dtype=dtype,
+                                                       requires_grad=True, beta=None,
+                                                       displacement_scale=0.05),
+            # β a float, as the model passes it; the fast path's rows keep their label "torch"
             eager_paths={"reference": lambda *a: region_softmax_warp_reference(*a, beta),
-                         "torch": lambda *a: region_softmax_warp(*a, beta, backend="torch")},
+                         "torch": lambda *a: region_softmax_warp(*a, beta, backend="fast")},
             fused=fused_traffic(B, C, R, D, H, W, 1, itemsize),
             minimum=minimum_traffic(B, C, R, D, H, W, 1, itemsize)))
     return cases

@@ -1,4 +1,5 @@
-"""Fast PyTorch path of the region-softmax warp, with a backward that recomputes instead of saving.
+"""The region-softmax warp's fast path (backend "fast"): PyTorch ops, with a backward that
+recomputes instead of saving.
 
 Forward is softmax, one einsum, ``F.grid_sample`` and the blend in at least fp32. Backward gets
 only the inputs: it recomputes w, flow, grid and warped, then applies the closed-form gradient
@@ -18,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .reference import identity_grid
+
+FAST_PATH = "torch"
 
 PADDING_MODES = {"zeros": 0, "border": 1}  # ATen's GridSamplerPadding codes
 _BILINEAR = 0
@@ -46,7 +49,7 @@ def _sample(feature, grid, padding_mode, align_corners):
                          padding_mode=padding_mode, align_corners=align_corners)
 
 
-def warp_forward_torch(feature, logits, displacement, mask, beta, padding_mode, align_corners):
+def warp_forward_fast(feature, logits, displacement, mask, beta, padding_mode, align_corners):
     """out (B, C, D, H, W) in feature's dtype."""
     compute = _compute_dtype(feature)
     _, _, grid = _weights_and_grid(logits, displacement, align_corners)
@@ -57,7 +60,7 @@ def warp_forward_torch(feature, logits, displacement, mask, beta, padding_mode, 
     return out.to(feature.dtype)
 
 
-def warp_backward_torch(grad_out, feature, logits, displacement, mask, beta, padding_mode,
+def warp_backward_fast(grad_out, feature, logits, displacement, mask, beta, padding_mode,
                         align_corners, feature_grad=True):
     """(grad_feature, grad_logits, grad_displacement, grad_mask, grad_beta), each in its input's
     dtype (grad_feature with 0 elements when feature_grad is False); the inputs are all forward

@@ -1,4 +1,5 @@
-"""``region_softmax_warp``: input checks, the autograd Function and backend dispatch."""
+"""``region_softmax_warp``: its custom ops, its one autograd Function, input checks and dispatch on
+the resolved backend ("reference", "fast" or "triton")."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from .._checks import FLOAT_DTYPES, KERNEL_DTYPES, check_same, check_tensor
 from .._custom_op import custom_op
 from .._dispatch import resolve_backend
 from .reference import region_softmax_warp_reference
-from .fast_path import PADDING_MODES, warp_backward_torch, warp_forward_torch
+from .fast_path import PADDING_MODES, warp_backward_fast, warp_forward_fast
 
 
 def _triton_module():
@@ -23,11 +24,11 @@ def _triton_module():
 def _forward_op(feature: torch.Tensor, logits: torch.Tensor, displacement: torch.Tensor,
                 mask: torch.Tensor, beta: torch.Tensor, padding_mode: str, align_corners: bool,
                 backend: str) -> torch.Tensor:
-    """out (B, C, D, H, W) on the torch or triton path."""
+    """out (B, C, D, H, W) on the fast or triton path."""
     if backend == "triton":
         return _triton_module().warp_forward_triton(feature, logits, displacement, mask, beta,
                                                     padding_mode, align_corners)
-    return warp_forward_torch(feature, logits, displacement, mask, beta, padding_mode, align_corners)
+    return warp_forward_fast(feature, logits, displacement, mask, beta, padding_mode, align_corners)
 
 
 @_forward_op.register_fake
@@ -45,7 +46,7 @@ def _backward_op(grad_out: torch.Tensor, feature: torch.Tensor, logits: torch.Te
     if backend == "triton":
         return _triton_module().warp_backward_triton(grad_out, feature, logits, displacement, mask,
                                                      beta, padding_mode, align_corners, feature_grad)
-    return warp_backward_torch(grad_out, feature, logits, displacement, mask, beta, padding_mode,
+    return warp_backward_fast(grad_out, feature, logits, displacement, mask, beta, padding_mode,
                                align_corners, feature_grad)
 
 
@@ -63,7 +64,7 @@ def _check_deterministic() -> None:
         return
     message = ("region_softmax_warp backward on the triton backend accumulates the feature gradient "
                "with atomic adds and is not deterministic, but torch.use_deterministic_algorithms(True) "
-               "is set. Use backend='torch' for a deterministic backward on CPU (on CUDA, PyTorch's "
+               "is set. Use backend='fast' for a deterministic backward on CPU (on CUDA, PyTorch's "
                "own grid_sampler_3d_backward is not deterministic either), or turn deterministic "
                "algorithms off, to compute the gradient of feature.")
     if torch.is_deterministic_algorithms_warn_only_enabled():
@@ -172,7 +173,8 @@ def region_softmax_warp(feature: torch.Tensor, logits: torch.Tensor, displacemen
         beta: β, the slope for negative values (a float, or a 0-dim tensor that may require grad).
         padding_mode: "border" (default) or "zeros", as in ``F.grid_sample``.
         align_corners: as in ``F.grid_sample``; also fixes the identity grid's convention.
-        backend: "auto" (default), "reference", "torch" or "triton"; see ``kernels._dispatch``.
+        backend: "auto" (default), "reference", "fast" (alias "torch") or "triton"; see
+            ``kernels._dispatch``.
             The triton backward accumulates the feature gradient with atomic adds: it raises under
             ``torch.use_deterministic_algorithms(True)`` (warns with ``warn_only=True``) when
             feature needs a gradient, and then only.

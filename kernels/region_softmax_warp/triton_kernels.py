@@ -276,7 +276,7 @@ def warp_forward_triton(feature, logits, displacement, mask, beta, padding_mode,
     beta32 = beta.detach().to(device=feature.device, dtype=torch.float32)
     _warp_fwd_kernel[grid](feature, logits, displacement, mask, beta32, out, *sizes,
                            ALIGN_CORNERS=align_corners, BORDER=padding_mode == "border",
-                           BLOCK=BLOCK_VOXELS, num_warps=CONFIG.num_warps)
+                           BLOCK=BLOCK_VOXELS, num_warps=CONFIG.num_warps, enable_fp_fusion=True)
     return out
 
 
@@ -288,7 +288,7 @@ def warp_backward_triton(grad_out, feature, logits, displacement, mask, beta, pa
     grid, sizes = _launch_args(feature, logits)
     if feature[0, 0].numel() >= 2 ** 31:
         raise ValueError(f"feature has {feature[0, 0].numel()} voxels per channel; the triton "
-                         "backward takes fewer than 2^31 (int32 corner offsets); use backend='torch'")
+                         "backward takes fewer than 2^31 (int32 corner offsets); use backend='fast'")
     grad_feature = torch.zeros(feature.shape if feature_grad else (1,), dtype=torch.float32,
                                device=feature.device)
     grad_logits = torch.empty_like(logits)
@@ -300,6 +300,6 @@ def warp_backward_triton(grad_out, feature, logits, displacement, mask, beta, pa
                            grad_logits, grad_displacement, grad_mask, grad_beta, *sizes,
                            ALIGN_CORNERS=align_corners, BORDER=padding_mode == "border",
                            FEATURE_GRAD=feature_grad, BLOCK=BLOCK_VOXELS,
-                           num_warps=CONFIG.num_warps)
+                           num_warps=CONFIG.num_warps, enable_fp_fusion=True)
     grad_feature = grad_feature.to(feature.dtype) if feature_grad else feature.new_empty((0,))
     return grad_feature, grad_logits, grad_displacement, grad_mask, grad_beta.sum().to(beta.dtype)

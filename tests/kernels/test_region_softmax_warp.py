@@ -6,25 +6,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import region_softmax_warp
+from kernels import RegionSoftmaxWarp, region_softmax_warp
 from kernels.region_softmax_warp import region_softmax_warp_reference
+from kernels.region_softmax_warp.inputs import make_inputs
 from kernels.region_softmax_warp.reference import identity_grid
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
 
-BACKENDS = ["torch", "triton"]
+BACKENDS = ["fast", "triton"]
 NAMES = ("feature", "logits", "displacement", "mask", "beta")
 B, C, D, H, W = 2, 5, 3, 9, 10  # 540 voxels: 5 blocks of 128, the last one partial
 
 
 def _inputs(feature_batch, R, dtype, shape=(B, C, D, H, W), scale=0.8):
+    """Large logits and displacements: sharp region weights, grid points leaving the volume."""
     b, c, d, h, w = shape
-    feature = torch.randn(feature_batch, c, d, h, w)
-    logits = 2 * torch.randn(b, R, d, h, w)
-    displacement = scale * torch.randn(b, R, 3, d, h, w)
-    mask = torch.rand(b, 1, d, h, w)
-    tensors = [t.to(dtype).requires_grad_() for t in (feature, logits, displacement, mask)]
-    beta = torch.tensor(0.25, requires_grad=True)
-    return tensors + [beta]
+    return list(make_inputs(b, c, R, d, h, w, feature_batch, dtype=dtype, requires_grad=True,
+                            logit_scale=2.0, displacement_scale=scale))
 
 
 def _reference(inputs, grad, **options):
@@ -117,14 +114,14 @@ def _saved_bytes(fn, inputs):
     return sum(storages.values())
 
 
-def test_torch_path_saves_only_its_inputs():
+def test_fast_path_saves_only_its_inputs():
     """The model's channel and region counts (C = 32, R = 10) with a shared F_id, small volume."""
     inputs = _inputs(1, 10, torch.float32, shape=(2, 32, 4, 8, 8))
     input_bytes = sum(t.untyped_storage().nbytes() for t in inputs)
-    torch_bytes = _saved_bytes(lambda *a: region_softmax_warp(*a, backend="torch"), inputs)
+    fast_bytes = _saved_bytes(lambda *a: region_softmax_warp(*a, backend="fast"), inputs)
     reference_bytes = _saved_bytes(region_softmax_warp_reference, inputs)
-    assert torch_bytes == input_bytes
-    assert reference_bytes > 2 * torch_bytes
+    assert fast_bytes == input_bytes
+    assert reference_bytes > 2 * fast_bytes
 
 
 @pytest.fixture
@@ -140,7 +137,7 @@ def test_triton_backward_raises_in_deterministic_mode(deterministic_mode):
     inputs = _inputs(1, 2, torch.float32, shape=(1, 2, 2, 3, 4))
     out = region_softmax_warp(*inputs, backend="triton")
     deterministic_mode(False)
-    with pytest.raises(RuntimeError, match="use_deterministic_algorithms.*backend='torch'"):
+    with pytest.raises(RuntimeError, match="use_deterministic_algorithms.*backend='fast'"):
         out.sum().backward()
 
 
@@ -149,7 +146,7 @@ def test_triton_backward_warns_in_warn_only_deterministic_mode(deterministic_mod
     out = region_softmax_warp(*inputs, backend="triton")
     grad = torch.randn(out.shape)
     deterministic_mode(True)
-    with pytest.warns(UserWarning, match="not deterministic.*backend='torch'"):
+    with pytest.warns(UserWarning, match="not deterministic.*backend='fast'"):
         grads = torch.autograd.grad(out, inputs, grad)
     _, ref_grads = _reference(inputs, grad)
     for name, g, r in zip(NAMES, grads, ref_grads):
@@ -250,22 +247,57 @@ def test_torch_compile_fullgraph_matches_eager(backend):
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
 def test_reference_gradcheck(padding_mode):
-    inputs = [t.detach().double().requires_grad_() for t in
-              _inputs(1, 2, torch.float64, shape=(2, 2, 2, 3, 3))]
+    inputs = _inputs(1, 2, torch.float64, shape=(2, 2, 2, 3, 3))
     assert torch.autograd.gradcheck(
         lambda *a: region_softmax_warp_reference(*a, padding_mode=padding_mode), inputs)
 
 
-def test_torch_path_gradcheck_float64():
-    inputs = [t.detach().double().requires_grad_() for t in
-              _inputs(2, 2, torch.float64, shape=(2, 2, 2, 3, 3))]
+def test_fast_path_gradcheck_float64():
+    inputs = _inputs(2, 2, torch.float64, shape=(2, 2, 2, 3, 3))
+    assert all(t.dtype == torch.float64 for t in inputs)
     assert torch.autograd.gradcheck(
-        lambda *a: region_softmax_warp(*a, align_corners=True, backend="torch"), inputs)
+        lambda *a: region_softmax_warp(*a, align_corners=True, backend="fast"), inputs)
+
+
+def test_module_learns_beta():
+    module = RegionSoftmaxWarp(beta=0.3, learn_beta=True, backend="fast")
+    inputs = make_inputs(2, 3, 4, 2, 5, 6, beta=None)
+    out = module(*inputs)
+    ref = region_softmax_warp(*inputs, 0.3, backend="reference")
+    assert_close("module", out, ref, FORWARD_TOLERANCE[torch.float32])
+    (grad_beta,) = torch.autograd.grad(out.sum(), module.beta)
+    assert torch.isfinite(grad_beta) and grad_beta != 0
+    assert [name for name, _ in module.named_parameters()] == ["beta"]
+    assert "beta=learned" in repr(module)
+
+
+def test_module_with_a_fixed_beta_has_no_parameters():
+    module = RegionSoftmaxWarp(beta=0.1, padding_mode="zeros", align_corners=True, backend="triton")
+    inputs = make_inputs(2, 3, 2, 2, 3, 4, feature_batch=2, beta=None)
+    assert_close("module", module(*inputs),
+                 region_softmax_warp(*inputs, 0.1, "zeros", True, backend="reference"),
+                 FORWARD_TOLERANCE[torch.float32])
+    assert list(module.parameters()) == [] and "beta=0.1" in repr(module)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
+def test_make_inputs_builds_the_op_arguments(dtype):
+    feature, logits, displacement, mask, beta = make_inputs(
+        3, 4, 5, 2, 6, 7, feature_batch=1, dtype=dtype, requires_grad=True, seed=2, beta=0.5)
+    assert (feature.shape, logits.shape) == ((1, 4, 2, 6, 7), (3, 5, 2, 6, 7))
+    assert (displacement.shape, mask.shape) == ((3, 5, 3, 2, 6, 7), (3, 1, 2, 6, 7))
+    assert all(t.dtype == dtype and t.is_leaf and t.requires_grad
+               for t in (feature, logits, displacement, mask))
+    assert beta.dim() == 0 and beta.item() == 0.5 and beta.requires_grad
+    assert beta.dtype == torch.promote_types(dtype, torch.float32)
+    assert 0 <= mask.min() and mask.max() <= 1
+    again = make_inputs(3, 4, 5, 2, 6, 7, dtype=dtype, seed=2, beta=None)
+    assert len(again) == 4 and all(torch.equal(a, b) for a, b in
+                                   zip((feature, logits, displacement, mask), again))
 
 
 def _good():
-    return (torch.randn(2, 3, 2, 4, 5), torch.randn(2, 4, 2, 4, 5), torch.randn(2, 4, 3, 2, 4, 5),
-            torch.rand(2, 1, 2, 4, 5))
+    return make_inputs(2, 3, 4, 2, 4, 5, feature_batch=2, beta=None)
 
 
 BAD_INPUTS = [
