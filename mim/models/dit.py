@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from kernels.modules import DeviationAdaNorm
+from kernels import DeviationAdaNorm
 from mim.config import RendererConfig
 
 

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from kernels.modules import RegionSoftmaxWarp
+from kernels import RegionSoftmaxWarp
 from mim.config import Config, RendererConfig
 from mim.models.dit import DeviationImageTransformer
 from mim.models.encoders import AppearanceExtractor, ImageEncoder, MotionEncoder
