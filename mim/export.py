@@ -17,8 +17,11 @@ Three graphs, as the renderer is used (source once, frames many; see docs/onnx.m
 B and N are dynamic axes. The warp's trilinear sampling is either the ONNX ``GridSample`` op on
 5-D tensors (``grid_sample="onnx"``, opset >= 20, mode "linear") or, for runtimes without 5-D
 GridSample, a decomposition into 8 ``Gather`` ops (one per cell corner, on the volume as rows
-of C channels; ``grid_sample="gather"``, opset >= 18). The engine's custom ops export through their reference math (``backend="reference"`` for
-the duration of the export), so the graph holds standard ONNX ops only.
+of C channels; ``grid_sample="gather"``, opset >= 18): the warp reference's two samplers
+(``region_softmax_warp_reference(..., sampler=...)``). The render graph is
+``Renderer.render_window`` traced with that warp. The engine's custom ops export through their
+reference math (``backend="reference"`` for the duration of the export), so the graph holds
+standard ONNX ops only.
 
 Several graphs are written next to ``path`` with the graph's name before the suffix
 (``renderer.onnx`` → ``renderer.render.onnx``, ...); a single graph is written to ``path`` itself.
@@ -43,16 +46,16 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from kernels.grid_sample_3d.reference import source_index
 from kernels.region_softmax_warp import region_softmax_warp_reference
-from kernels.region_softmax_warp.reference import identity_grid
-from mim.models.renderer import Renderer
+from mim.models.renderer import Renderer, SourceState
 
 __all__ = ["GRAPHS", "GRID_SAMPLE_MODES", "ExportError", "export_renderer_onnx", "exporting", "graph_paths",
            "renderer_graph_modules", "main"]
 
 GRAPHS = ("encode_source", "encode_motion", "render")
 GRID_SAMPLE_MODES = ("onnx", "gather")
+# The warp reference's sampler behind each mode: F.grid_sample → GridSample; 8 row gathers → Gather.
+SAMPLERS = {"onnx": "grid_sample", "gather": "gather"}
 MIN_OPSET = {"onnx": 20, "gather": 18}   # GridSample takes 5-D inputs from opset 20 on
 
 log = logging.getLogger(__name__)
@@ -63,57 +66,6 @@ class ExportError(ValueError):
 
 
 # --------------------------------------------------------------------------- graph modules
-
-
-def _source_index(coord: torch.Tensor, size: int, align_corners: bool, border: bool) -> torch.Tensor:
-    """The reference's source index; without "border", clamped to [-2, size + 1]: far outside,
-    both corners stay outside, and the integer conversion stays in range."""
-    index = source_index(coord, size, align_corners, border)
-    return index if border else index.clamp(-2, size + 1)
-
-
-def _corners(index: torch.Tensor, size: int):
-    """Source indices (K, P) → the two corner indices along the axis (K, 2, P) (floats holding
-    integers), their linear weights and whether each lies inside [0, size − 1]."""
-    low = index.floor()
-    frac = index - low
-    corner = torch.stack([low, low + 1], dim=1)
-    return corner, torch.stack([1 - frac, frac], dim=1), (corner >= 0) & (corner <= size - 1)
-
-
-def trilinear_gather(feature: torch.Tensor, grid: torch.Tensor, padding_mode: str,
-                     align_corners: bool) -> torch.Tensor:
-    """``F.grid_sample(feature, grid, mode="bilinear", ...)`` on 5-D tensors, written with
-    ``index_select`` (ONNX ``Gather`` on axis 0) instead of ``GridSample``: the volume is laid out
-    as rows of C channels, and each of the 8 cell corners of every point fetches one row.
-
-    feature (K, C, D, H, W), grid (K, Do, Ho, Wo, 3) in (x, y, z) → (K, C, Do, Ho, Wo).
-    padding_mode "border" clamps the source index to [0, size − 1]; "zeros" gives corners outside
-    the volume the weight 0."""
-    k, c, d, h, w = feature.shape
-    out_shape = grid.shape[1:4]
-    points = grid.reshape(k, -1, 3)
-    border = padding_mode == "border"
-    ix = _source_index(points[..., 0], w, align_corners, border)
-    iy = _source_index(points[..., 1], h, align_corners, border)
-    iz = _source_index(points[..., 2], d, align_corners, border)
-    (z, wz, in_z), (y, wy, in_y), (x, wx, in_x) = (_corners(iz, d), _corners(iy, h), _corners(ix, w))
-    # the 8 corners as (K, 2, 2, 2, P), bits (z, y, x); index math for all of them at once
-    z, wz, in_z = z[:, :, None, None], wz[:, :, None, None], in_z[:, :, None, None]
-    y, wy, in_y = y[:, None, :, None], wy[:, None, :, None], in_y[:, None, :, None]
-    x, wx, in_x = x[:, None, None, :], wx[:, None, None, :], in_x[:, None, None, :]
-    inside = in_z & in_y & in_x
-    zero = ix.new_zeros(())
-    weight = torch.where(inside, wz * wy * wx, zero).reshape(k, 8, -1)
-    offset = torch.where(inside, (z * h + y) * w + x, zero).reshape(k, 8, -1)
-    index = offset.to(torch.int64) + (torch.arange(k, device=feature.device) * (d * h * w))[:, None, None]
-    rows = feature.permute(0, 2, 3, 4, 1).reshape(-1, c)                   # (K·D·H·W, C)
-    out = None
-    for corner in range(8):   # one (K, P, C) gather at a time: no 8x intermediate
-        values = torch.index_select(rows, 0, index[:, corner].reshape(-1)).reshape(k, -1, c)
-        term = values * weight[:, corner, :, None]
-        out = term if out is None else out + term
-    return out.permute(0, 2, 1).reshape(k, c, *out_shape)
 
 
 class _EncodeSource(nn.Module):
@@ -138,46 +90,25 @@ class _EncodeMotion(nn.Module):
 
 
 class _Render(nn.Module):
-    """One window of ``Renderer.render``, written for any B and N in one graph.
-
-    ``Renderer._render_window`` branches on B and N (a shared F_id view when B == 1 or N == 1, a
-    Python loop over the clips otherwise): each branch is the same function, but a traced graph
-    would hold only the branch of the example's shapes. Here F_id is always expanded to B·N frames
-    (Expand + Reshape in ONNX) and the warp is one batched call; the tests check the result
-    against ``Renderer.render``."""
+    """One window of ``Renderer.render``: ``Renderer.render_window`` itself, with the reference
+    warp math (``region_softmax_warp_reference``, its sampler picked by ``grid_sample``) as its
+    ``warp``, so that F_id is expanded to B·N frames (Expand + Reshape in ONNX) and warped in one
+    batched call: the trace holds for any B and N."""
 
     def __init__(self, renderer: Renderer, grid_sample: str):
         super().__init__()
         self.renderer = renderer
-        self.grid_sample = grid_sample
+        self.sampler = SAMPLERS[grid_sample]
 
     def _warp(self, feature, logits, displacement, mask):
         warp = self.renderer.warp
-        if self.grid_sample == "onnx":   # the op's reference math: F.grid_sample → GridSample
-            return region_softmax_warp_reference(feature, logits, displacement, mask, warp.beta,
-                                                 warp.padding_mode, warp.align_corners)
-        # the same math with the sampling decomposed into gathers
-        _, _, d, h, w = logits.shape
-        weights = torch.softmax(logits, dim=1)
-        flow = (weights.unsqueeze(2) * displacement).sum(dim=1)                 # (K, 3, D, H, W)
-        grid = identity_grid(d, h, w, warp.align_corners, logits.dtype, logits.device)
-        grid = grid + flow.permute(0, 2, 3, 4, 1)
-        warped = trilinear_gather(feature, grid, warp.padding_mode, warp.align_corners)
-        blended = mask * warped + (1 - mask) * feature
-        return torch.where(blended > 0, blended, warp.beta * blended)
+        return region_softmax_warp_reference(feature, logits, displacement, mask, warp.beta,
+                                             warp.padding_mode, warp.align_corners, self.sampler)
 
     def forward(self, feature: torch.Tensor, appearance: torch.Tensor, source_motion: torch.Tensor,
                 motion: torch.Tensor) -> torch.Tensor:
-        r = self.renderer
-        b, n = motion.shape[0], motion.shape[1]
-        deviation = r.dit(torch.cat([source_motion[:, None], motion], dim=1))   # (B, N, λ, dim)
-        deviation = deviation.reshape(b * n, *deviation.shape[2:])
-        per_frame = feature[:, None].expand(b, n, *feature.shape[1:]).reshape(b * n, *feature.shape[1:])
-        logits, displacement, mask = r.lmdd(deviation, per_frame)
-        warped = self._warp(per_frame, logits, displacement, mask)
-        appearance = appearance[:, None].expand(b, n, appearance.shape[-1]).reshape(b * n, -1)
-        frames = r.decode(warped, appearance, motion.reshape(b * n, -1))
-        return frames.reshape(b, n, *frames.shape[1:])
+        state = SourceState(feature=feature, appearance=appearance, motion=source_motion)
+        return self.renderer.render_window(state, motion, warp=self._warp)["frames"]
 
 
 def renderer_graph_modules(renderer: Renderer, grid_sample: str = "onnx") -> Dict[str, nn.Module]:

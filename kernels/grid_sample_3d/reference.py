@@ -1,7 +1,8 @@
 """The literal math of trilinear ``grid_sample`` on 5-D tensors: the ground truth for the tests.
 
 Written out as a gather (not a call to ``F.grid_sample``) so the tests compare against something
-independent. For output point p with grid (x, y, z) in normalized coordinates:
+independent; the same gathers are the warp reference's ``sampler="gather"``, which the ONNX export
+uses where 5-D ``GridSample`` is missing. For output point p with grid (x, y, z) in normalized coordinates:
 
     ix = unnormalize(x, W), iy = unnormalize(y, H), iz = unnormalize(z, D)
         align_corners=True:  (c + 1) / 2 · (size − 1)
@@ -52,28 +53,33 @@ def _sampled_index(coord: torch.Tensor, size: int, align_corners: bool, border: 
 
 def grid_sample_3d_reference(input: torch.Tensor, grid: torch.Tensor, padding_mode: str = "zeros",
                              align_corners: bool = False) -> torch.Tensor:
-    """input (N, C, D, H, W), grid (N, Do, Ho, Wo, 3) in (x, y, z) → (N, C, Do, Ho, Wo)."""
+    """input (N, C, D, H, W), grid (N, Do, Ho, Wo, 3) in (x, y, z) → (N, C, Do, Ho, Wo).
+
+    The volume is read as rows of C channels, (N·D·H·W, C), and each of the 8 corners fetches
+    one row per point (``index_select``: one ONNX ``Gather``, which is how ``mim.export`` writes
+    the warp for runtimes without 5-D ``GridSample``)."""
     compute = torch.promote_types(input.dtype, torch.float32)
     volume, points = input.to(compute), grid.to(compute)
     N, C, D, H, W = volume.shape
     out_shape = Do, Ho, Wo = grid.shape[1:4]
     border = padding_mode == "border"
-    points = points.reshape(N, 1, Do * Ho * Wo, 3)
+    points = points.reshape(N, Do * Ho * Wo, 1, 3)             # (N, P, 1): broadcast over C
     ix, x_undefined = _sampled_index(points[..., 0], W, align_corners, border)
     iy, y_undefined = _sampled_index(points[..., 1], H, align_corners, border)
     iz, z_undefined = _sampled_index(points[..., 2], D, align_corners, border)
     x0, y0, z0 = ix.floor(), iy.floor(), iz.floor()
-    flat = volume.reshape(N, C, D * H * W)
-    out = volume.new_zeros(N, C, points.shape[2])
+    rows = volume.permute(0, 2, 3, 4, 1).reshape(N * D * H * W, C)
+    first_row = (torch.arange(N, device=volume.device) * (D * H * W)).reshape(N, 1, 1)
+    out = volume.new_zeros(N, points.shape[1], C)
     fx, fy, fz = ix - x0, iy - y0, iz - z0
     for k, wz in ((z0, 1 - fz), (z0 + 1, fz)):
         for j, wy in ((y0, 1 - fy), (y0 + 1, fy)):
             for i, wx in ((x0, 1 - fx), (x0 + 1, fx)):
                 weight = wz * wy * wx
                 inside = (k >= 0) & (k < D) & (j >= 0) & (j < H) & (i >= 0) & (i < W)
-                index = torch.where(inside, (k * H + j) * W + i, torch.zeros_like(i)).long()
-                values = torch.gather(flat, 2, index.expand(N, C, -1))
+                index = torch.where(inside, (k * H + j) * W + i, torch.zeros_like(i)).long() + first_row
+                values = rows.index_select(0, index.reshape(-1)).reshape(N, -1, C)
                 out = out + torch.where(inside, weight, torch.zeros_like(weight)) * values
     # ATen's backward sees a NaN point outside the volume: no gradient from it
     out = torch.where(x_undefined | y_undefined | z_undefined, out.detach(), out)
-    return out.reshape(N, C, *out_shape).to(input.dtype)
+    return out.transpose(1, 2).reshape(N, C, *out_shape).to(input.dtype)

@@ -24,6 +24,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.grid_sample_3d.reference import grid_sample_3d_reference
+
+SAMPLERS = ("grid_sample", "gather")
+
 
 def identity_grid(D: int, H: int, W: int, align_corners: bool, dtype: torch.dtype,
                   device: torch.device) -> torch.Tensor:
@@ -39,10 +43,18 @@ def identity_grid(D: int, H: int, W: int, align_corners: bool, dtype: torch.dtyp
 def region_softmax_warp_reference(feature: torch.Tensor, logits: torch.Tensor,
                                   displacement: torch.Tensor, mask: torch.Tensor, beta,
                                   padding_mode: str = "border",
-                                  align_corners: bool = False) -> torch.Tensor:
+                                  align_corners: bool = False,
+                                  sampler: str = "grid_sample") -> torch.Tensor:
     """feature (B or 1, C, D, H, W), logits (B, R, D, H, W), displacement (B, R, 3, D, H, W),
     mask (B, 1, D, H, W), beta a float or 0-dim tensor → out (B, C, D, H, W) in feature's dtype,
-    computed in at least float32."""
+    computed in at least float32.
+
+    ``sampler`` picks how the trilinear sampling is written (the same math; rounding may differ):
+    "grid_sample" (``F.grid_sample``; ONNX ``GridSample``) or "gather" (the 8 cell corners
+    fetched as rows of C channels, ``grid_sample_3d_reference``; ONNX ``Gather``, for runtimes
+    without 5-D ``GridSample``)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     compute = torch.promote_types(feature.dtype, torch.float32)
     feature32, logits32 = feature.to(compute), logits.to(compute)
     displacement32, mask32 = displacement.to(compute), mask.to(compute)
@@ -53,6 +65,8 @@ def region_softmax_warp_reference(feature: torch.Tensor, logits: torch.Tensor,
     source = feature32.expand(B, *feature32.shape[1:])
     if D * H * W == 0:  # nothing to sample (F.grid_sample refuses an empty volume)
         warped = source
+    elif sampler == "gather":
+        warped = grid_sample_3d_reference(source, grid, padding_mode, align_corners)
     else:
         warped = F.grid_sample(source, grid, mode="bilinear", padding_mode=padding_mode,
                                align_corners=align_corners)

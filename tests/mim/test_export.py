@@ -8,7 +8,6 @@ of the sampling grid lies outside [-1, 1] (asserted). Agreement criterion, for e
     max|a − b| <= 1e-4 · max|b|   and, per element,   |a − b| <= 1e-4 · |b| + 1e-5 · max|b|.
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -19,12 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels.grid_sample_3d import grid_sample_3d_reference
+from kernels.region_softmax_warp import region_softmax_warp_reference
 from kernels.region_softmax_warp.reference import identity_grid
 from mim.config import config_to_dict, get_config
 from mim.export import (GRAPHS, ExportError, export_renderer_onnx, exporting, graph_paths, main,
-                        renderer_graph_modules, trilinear_gather)
+                        renderer_graph_modules)
 from mim.models import Renderer
-from mim.train.checkpoint import save_checkpoint
+from mim.checkpoint import save_checkpoint
 
 RTOL = 1e-4
 
@@ -66,7 +67,7 @@ def config():
 def renderer(config):
     torch.manual_seed(0)
     renderer = Renderer(config.renderer)
-    with torch.no_grad():   # zero-initialized heads: identity warp, no deviation features
+    with torch.no_grad():   # zero-initialized heads would give the identity warp
         for parameter in renderer.parameters():
             if not parameter.any():
                 parameter.normal_(0, 0.05)
@@ -176,29 +177,46 @@ def test_onnxruntime_matches_pytorch(exported, renderer, b, n):
     assert_close(chained, frames, "frames (all graphs in onnxruntime)")
 
 
-def test_gather_decomposition_matches_grid_sample():
+@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_gather_sampler_matches_grid_sample(padding_mode, align_corners):
+    """The warp reference's sampler="gather" (what grid_sample="gather" exports) gives
+    F.grid_sample's values, for points inside, on and far outside the volume."""
     generator = torch.Generator().manual_seed(3)
     volume = torch.randn(2, 5, 4, 6, 7, generator=generator)
     grid = torch.rand(2, 3, 5, 7, 3, generator=generator) * 3 - 1.5
     grid[0, 0, 0, :, 0] = torch.tensor([-1.0, 1.0, 0.0, 1 - 1 / 7, -1 + 1 / 7, 1e9, -1e9])
-    for padding_mode in ("border", "zeros"):
-        for align_corners in (False, True):
-            expected = F.grid_sample(volume, grid, mode="bilinear", padding_mode=padding_mode,
-                                     align_corners=align_corners)
-            actual = trilinear_gather(volume, grid, padding_mode, align_corners)
-            assert (actual - expected).abs().max() < 1e-5, (padding_mode, align_corners)
+    expected = F.grid_sample(volume, grid, mode="bilinear", padding_mode=padding_mode,
+                             align_corners=align_corners)
+    actual = grid_sample_3d_reference(volume, grid, padding_mode, align_corners)
+    assert (actual - expected).abs().max() < 1e-5
+    logits = torch.randn(2, 3, 4, 6, 7, generator=generator)
+    displacement = torch.randn(2, 3, 3, 4, 6, 7, generator=generator) * 0.6
+    mask = torch.rand(2, 1, 4, 6, 7, generator=generator)
+    warps = {sampler: region_softmax_warp_reference(volume[:1], logits, displacement, mask, 0.1,
+                                                    padding_mode, align_corners, sampler=sampler)
+             for sampler in ("grid_sample", "gather")}
+    assert (warps["gather"] - warps["grid_sample"]).abs().max() < 1e-5
+
+
+def test_unknown_sampler_is_named():
+    inputs = (torch.rand(1, 2, 2, 3, 3), torch.rand(1, 2, 2, 3, 3), torch.rand(1, 2, 3, 2, 3, 3),
+              torch.rand(1, 1, 2, 3, 3))
+    with pytest.raises(ValueError, match="sampler must be one of .*'grid_sample', 'gather'.*got 'nearest'"):
+        region_softmax_warp_reference(*inputs, 0.0, sampler="nearest")
 
 
 class _Sampler(torch.nn.Module):
     def forward(self, volume, grid):
-        return trilinear_gather(volume, grid, "border", False), trilinear_gather(volume, grid, "zeros", True)
+        return (grid_sample_3d_reference(volume, grid, "border", False),
+                grid_sample_3d_reference(volume, grid, "zeros", True))
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")   # raised inside torch.export
 def test_gather_decomposition_in_onnxruntime(tmp_path):
-    """grid_sample="gather" in ONNX: Gather ops, no GridSample, opset 18, GridSample's values.
-    (Exporting the whole render graph this way costs ~10 s of CPU; the graph is the one below
-    with this sampler, checked in PyTorch by test_gather_render_matches_renderer.)"""
+    """The gather sampler in ONNX: Gather ops, no GridSample, opset 18, GridSample's values.
+    (Exporting the whole render graph this way costs ~10 s of CPU; the graph is the render
+    window with this sampler, checked in PyTorch by test_exported_render_module_matches_renderer.)"""
     generator = torch.Generator().manual_seed(4)
     volume = torch.randn(3, 5, 4, 6, 7, generator=generator)
     grid = torch.rand(3, 4, 6, 7, 3, generator=generator) * 3 - 1.5
@@ -220,13 +238,9 @@ def test_gather_decomposition_in_onnxruntime(tmp_path):
 
 @pytest.fixture(scope="module")
 def featured_renderer(config):
-    """renderer.deviation_features, renderer.decoder_motion and renderer.lmdd_global_motion on
-    (off in the paper's config): the LMDD's fourth head, the decoder's motion branch and the
-    LMDD's global motion layer."""
-    renderer_config = dataclasses.replace(config.renderer, deviation_features=True, decoder_motion=True,
-                                          lmdd_global_motion=True)
+    """The recipe's motion FiLM on (off in the paper's config): the decoder's motion branch."""
     torch.manual_seed(1)
-    renderer = Renderer(renderer_config)
+    renderer = Renderer(config.renderer, motion_film=True)
     with torch.no_grad():
         for parameter in renderer.parameters():
             if not parameter.any():
@@ -237,8 +251,8 @@ def featured_renderer(config):
 @pytest.mark.parametrize("grid_sample", ["onnx", "gather"])
 @pytest.mark.parametrize("features", [False, True])
 def test_exported_render_module_matches_renderer(renderer, featured_renderer, grid_sample, features):
-    """The module behind the render graph, in PyTorch, for both samplers, with and without the
-    deviation features and the decoder's motion branch."""
+    """The module behind the render graph (Renderer.render_window with the reference warp), in
+    PyTorch, for both samplers, with and without the decoder's motion FiLM."""
     renderer = featured_renderer if features else renderer
     source, driving = clip(2, 3, seed=6)
     with torch.no_grad():
@@ -253,13 +267,13 @@ def test_exported_render_module_matches_renderer(renderer, featured_renderer, gr
 
 
 def test_export_restores_backends_and_mode(config):
-    renderer = Renderer(config.renderer, backend="torch").train()
+    renderer = Renderer(config.renderer, backend="fast").train()
     modules = renderer_graph_modules(renderer)
     assert set(modules) == set(GRAPHS)
     with exporting(renderer):
         assert not renderer.training and renderer.warp.backend == "reference"
         assert renderer.dit.adanorm.backend == "reference"
-    assert renderer.training and renderer.warp.backend == "torch" and renderer.dit.adanorm.backend == "torch"
+    assert renderer.training and renderer.warp.backend == "fast" and renderer.dit.adanorm.backend == "fast"
 
 
 def test_bad_arguments_write_nothing(renderer, tmp_path):
