@@ -63,76 +63,16 @@ def test_initial_warp_is_identity():
     torch.testing.assert_close(out["warped"], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_deviation_features_reach_the_decoder():
-    """The LMDD's feature head starts at zero (frames equal those of a renderer without it) and
-    then adds to φ_r what the decoder sees: frames change, L_pg's "warped" does not."""
-    torch.manual_seed(0)
-    with_features = Renderer(tiny(deviation_features=True)).eval()
-    without = Renderer(tiny()).eval()
-    assert without.lmdd.features is None
-    missing = without.load_state_dict(with_features.state_dict(), strict=False)
-    assert missing.unexpected_keys == ["lmdd.features.weight", "lmdd.features.bias"]
-    assert not missing.missing_keys
-    source, driving = torch.rand(1, 3, 64, 64), torch.rand(1, 2, 3, 64, 64)
-    with torch.no_grad():
-        a, b = with_features(source, driving), without(source, driving)
-        torch.testing.assert_close(a["frames"], b["frames"], rtol=0, atol=0)
-        with_features.lmdd.features.bias.fill_(0.5)
-        c = with_features(source, driving)
-    torch.testing.assert_close(c["warped"], a["warped"], rtol=0, atol=0)
-    assert (c["frames"] - a["frames"]).abs().max() > 1e-3
-    loss = with_features(source, driving)["frames"].sum()
-    loss.backward()
-    assert with_features.lmdd.features.weight.grad.abs().sum() > 0
-
-
-def test_lmdd_global_motion_reaches_every_voxel():
-    """renderer.lmdd_global_motion: the linear layer starts at zero (frames equal those of a
-    renderer without it); then one frame's whole Δ moves the LMDD's outputs at every voxel,
-    also far from where its 8×8 view lies, and its gradient reaches the motion encoder."""
-    torch.manual_seed(0)
-    with_global = Renderer(tiny(lmdd_global_motion=True)).eval()
-    without = Renderer(tiny()).eval()
-    assert without.lmdd.global_motion is None
-    keys = without.load_state_dict(with_global.state_dict(), strict=False)
-    assert sorted(keys.unexpected_keys) == ["lmdd.global_motion.bias", "lmdd.global_motion.weight"]
-    assert not keys.missing_keys
-    source, driving = torch.rand(1, 3, 64, 64), torch.rand(1, 2, 3, 64, 64)
-    with torch.no_grad():
-        a, b = with_global(source, driving), without(source, driving)
-        torch.testing.assert_close(a["frames"], b["frames"], rtol=0, atol=0)
-        lmdd = with_global.lmdd
-        for head in (lmdd.logits, lmdd.displacement):
-            head.weight.normal_(0, 0.05)
-        cfg = with_global.config
-        deviation = torch.zeros(1, cfg.regions, cfg.motion_dim)
-        feature = torch.rand(1, cfg.feature_channels, cfg.depth_layers, cfg.volume_size, cfg.volume_size)
-        base = lmdd(deviation, feature)
-        lmdd.global_motion.weight.normal_(0, 0.05)
-        nudged = deviation.clone()
-        nudged[0, 0, 0] = 3.0        # one entry: the 8×8 view's top-left corner of region 0's maps
-        moved = lmdd(nudged, feature)
-        # the bottom-right quarter of the volume, beyond the convolutions' reach of that corner
-        far = (Ellipsis, slice(cfg.volume_size // 2, None), slice(cfg.volume_size // 2, None))
-        assert (moved[1][far] - base[1][far]).abs().max() > 1e-4
-        without_global = without.lmdd
-        without_global.load_state_dict({k: v for k, v in lmdd.state_dict().items()
-                                        if not k.startswith("global_motion.")})
-        plain = (without_global(nudged, feature)[1][far] - without_global(deviation, feature)[1][far]).abs().max()
-        # without the layer only GroupNorm's statistics carry the nudge there, faintly
-        assert (moved[1][far] - base[1][far]).abs().max() > 50 * plain
-    with_global.zero_grad()
-    with_global(source, driving)["frames"].sum().backward()
-    assert with_global.motion_encoder.head.weight.grad.abs().sum() > 0
-    assert with_global.lmdd.global_motion.weight.grad.abs().sum() > 0
-
-
 def test_decoder_motion_film_modulates_the_decoder():
-    """renderer.decoder_motion_film: the FiLM layers start at zero (frames equal those of a
-    renderer without them); then the driving frame's M changes the pixels through the same warp,
-    its gradient reaches the motion encoder, and the decoder refuses to run without M."""
+    """recipe.decoder_motion_film (Renderer's motion_film): the FiLM layers start at zero (frames
+    equal those of a renderer without them); then the driving frame's M changes the pixels
+    through the same warp, its gradient reaches the motion encoder, and the decoder refuses to
+    run without M."""
     torch.manual_seed(0)
-    with_film = Renderer(tiny(decoder_motion_film=True)).eval()
+    config = get_config("tiny")
+    config.recipe.name, config.recipe.decoder_motion_film = "custom", True
+    with_film = Renderer.from_config(config).eval()
+    assert with_film.motion_film and with_film.decoder.needs_motion
     without = Renderer(tiny()).eval()
     assert without.decoder.motion_films is None and not without.decoder.needs_motion
     keys = without.load_state_dict(with_film.state_dict(), strict=False)
@@ -147,7 +87,7 @@ def test_decoder_motion_film_modulates_the_decoder():
             film.weight.normal_(0, 0.05)
         c = with_film(source, driving)
         state = with_film.encode_source(source)
-        out = with_film._render_window(state, with_film.encode_motion(driving))
+        out = with_film.render_window(state, with_film.encode_motion(driving))
         appearance = state.appearance.expand(2, -1)
         plain = with_film.decoder(out["warped"], appearance, torch.zeros(2, with_film.config.motion_dim))
         moved = with_film.decoder(out["warped"], appearance, torch.randn(2, with_film.config.motion_dim))
@@ -160,43 +100,6 @@ def test_decoder_motion_film_modulates_the_decoder():
     assert with_film.motion_encoder.head.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="decoder_motion_film"):
         with_film.decoder(out["warped"], appearance)
-
-
-def test_decoder_motion_reaches_the_pixels():
-    """renderer.decoder_motion: the decoder's motion branch starts at zero (frames equal those of
-    a renderer without it), then the driving frames' motion changes the pixels directly, and
-    the branch's gradient reaches the motion encoder; calling the decoder without motion fails."""
-    torch.manual_seed(0)
-    with_motion = Renderer(tiny(decoder_motion=True)).eval()
-    without = Renderer(tiny()).eval()
-    assert without.decoder.motion is None
-    keys = without.load_state_dict(with_motion.state_dict(), strict=False)
-    assert sorted(keys.unexpected_keys) == ["decoder.motion.0.bias", "decoder.motion.0.weight",
-                                            "decoder.motion.2.bias", "decoder.motion.2.weight"]
-    assert not keys.missing_keys
-    source, driving = torch.rand(1, 3, 64, 64), torch.rand(1, 2, 3, 64, 64)
-    with torch.no_grad():
-        a, b = with_motion(source, driving), without(source, driving)
-        torch.testing.assert_close(a["frames"], b["frames"], rtol=0, atol=0)
-        with_motion.decoder.motion[2].weight.normal_(0, 0.05)
-        c = with_motion(source, driving)
-        state = with_motion.encode_source(source)
-        motion = with_motion.encode_motion(driving)
-        # the same warp, different motion for the decoder: different frames
-        out = with_motion._render_window(state, motion)
-    torch.testing.assert_close(c["warped"], a["warped"], rtol=0, atol=0)
-    assert (c["frames"] - a["frames"]).abs().max() > 1e-3
-    with torch.no_grad():
-        plain = with_motion.decoder(out["warped"], state.appearance.expand(2, -1), motion[0])
-        shifted = with_motion.decoder(out["warped"], state.appearance.expand(2, -1), motion[0].flip(0))
-    assert (plain - shifted).abs().max() > 1e-3
-    torch.testing.assert_close(plain, out["frames"][0])
-    with_motion.zero_grad()
-    with_motion.decoder(out["warped"], state.appearance.expand(2, -1),
-                        with_motion.encode_motion(driving)[0]).sum().backward()
-    assert with_motion.motion_encoder.head.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="decoder_motion"):
-        with_motion.decoder(out["warped"], state.appearance.expand(2, -1))
 
 
 def test_frames_do_not_depend_on_other_clips():
