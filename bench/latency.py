@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from bench.traffic import write_atomic
-from mim.profile import SCENARIOS, format_report, profile, report_json, run_metadata
+from mim.io import atomic_output
+from mim.profile import SCENARIOS, format_report, profile, report_json
+from mim.runinfo import run_metadata
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_CONFIGS = ("tiny", "base")
@@ -77,8 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = report_json(runs, metadata)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = args.out_dir / "latency.json", args.out_dir / "latency.md"
-    write_atomic(json_path, json.dumps(report, indent=2) + "\n")
-    write_atomic(md_path, report_markdown(report))
+    for path, text in ((json_path, json.dumps(report, indent=2) + "\n"),
+                       (md_path, report_markdown(report))):
+        with atomic_output(path) as temp:
+            temp.write_text(text, encoding="utf-8")
     print(f"wrote {json_path} and {md_path}")
     return 0
 

@@ -27,18 +27,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mim.io import atomic_output
+from mim.runinfo import package_version, run_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKPOINT = Path("examples/demo/mim_tiny.safetensors")
@@ -143,22 +142,22 @@ def main(argv=None) -> int:
                             capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
+    metadata = run_metadata()
+    metadata["versions"]["av"] = package_version("av")
     report = {
         "label": args.label,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "av": __import__("av").__version__,
+        "metadata": metadata,
         "code": f"{commit}{' + uncommitted changes' if dirty else ''}",
         "ddim_steps": args.steps,
         "target_ratio": TARGET,
         "cases": results,
         "ratios": ratios,
     }
+    machine, versions = metadata["machine"], metadata["versions"]
     lines = [f"# Peak RSS against input length{f' ({args.label})' if args.label else ''}", "",
-             f"Measured {report['date']} on {report['machine']}, Python {report['python']}, "
-             f"torch {report['torch']}, PyAV {report['av']}, code {report['code']}. Each case is "
+             f"Measured {metadata['date']} on {machine['processor']} ({machine['cpu_count']} CPUs, "
+             f"{machine['platform']}), Python {versions['python']}, torch {versions['torch']}, "
+             f"PyAV {versions['av']}, code {report['code']}. Each case is "
              f"the `mim` CLI in its own fresh process on the CPU, all cases started together (peak "
              f"RSS = the child's ru_maxrss; wall time is not a speed figure); "
              f"animate with {args.steps} DDIM step(s) per window. Target: the longer input within "

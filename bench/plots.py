@@ -237,10 +237,10 @@ def draw_all(results_dir: Path, out_dir: Path, log: Optional[Callable[[str], Non
                 log(f"skipped {target}: {path} does not exist")
             continue
         data = json.loads(path.read_text(encoding="utf-8"))
-        plot(data, out_dir / target)
+        title = plot(data, out_dir / target)
         written.append(out_dir / target)
         if log:
-            log(f"wrote {out_dir / target}")
+            log(f"wrote {out_dir / target}: {' / '.join(title.splitlines())}")
     return written
 
 

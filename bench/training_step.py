@@ -22,17 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 
 import torch
 
 import mim.models.blocks as blocks
 from mim.config import get_config
+from mim.io import atomic_output
+from mim.runinfo import run_metadata
 from mim.train.stage1 import Stage1Trainer
 
 VARIANTS = (("reference", "reference", False), ("engine-ops", None, False), ("engine", None, True))
@@ -105,10 +105,11 @@ def main(argv=None):
         print(f"  measured {name}: {rows[name]['saved_activations_bytes'] / 1e6:.1f} MB saved, "
               f"{rows[name]['step_seconds_median']:.2f} s/step", flush=True)
     ref = rows["reference"]
+    metadata = run_metadata()
     lines = [f"# Stage-1 training step, `{args.config}` shape, batch {args.batch} clips "
              f"({ref['frames_per_step']} rendered frames)", "",
-             f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}. Saved = bytes autograd keeps "
+             f"Measured {metadata['date']} on {metadata['machine']['processor']}, "
+             f"{torch.get_num_threads()} threads, torch {metadata['versions']['torch']}. Saved = bytes autograd keeps "
              f"for backward during the generator's forward (each storage once; checkpointed blocks' "
              f"inputs included), parameters apart. Step time = CPU wall time of one generator + "
              f"discriminator update (median of {args.repeats}).", "",
@@ -120,12 +121,11 @@ def main(argv=None):
                      f"{row['saved_parameter_bytes'] / 1e6:.1f} | {row['step_seconds_median']:.2f} | "
                      f"{row['step_seconds_median'] / ref['step_seconds_median']:.2f}x |")
     table = "\n".join(lines) + "\n"
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "training_step.md"), "w", encoding="utf-8") as handle:
-        handle.write(table)
-    with open(os.path.join(args.out_dir, "training_step.json"), "w", encoding="utf-8") as handle:
-        json.dump({"config": args.config, "batch": args.batch, "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "variants": rows}, handle, indent=2)
+    report = {"metadata": metadata, "config": args.config, "batch": args.batch,
+              "threads": torch.get_num_threads(), "variants": rows}
+    for name, text in (("training_step.md", table), ("training_step.json", json.dumps(report, indent=2))):
+        with atomic_output(os.path.join(args.out_dir, name)) as temp:
+            temp.write_text(text, encoding="utf-8")
     print(table)
 
 

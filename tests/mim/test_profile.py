@@ -1,25 +1,28 @@
 """mim profile / mim.profile: every stage of img2img and audio2video measured, counted and modeled,
-engine beside reference, a total; the Chrome trace; the stage-by-stage renderer equals
-Renderer.render; bench/plots.py draws PNGs from the result files."""
+engine beside reference, a total; the Chrome trace; Renderer.render timed stage by stage;
+bench/plots.py (run as a script) draws PNGs from the result files."""
 
 import contextlib
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from bench import plots
 from mim.cli import main
 from mim.config import get_config
 from mim.models import Renderer
+from kernels.cost import modeled_h100_s
 from kernels.deviation_adanorm.cost import fused_traffic as adanorm_fused_traffic
 from kernels.region_softmax_warp.cost import fused_traffic as warp_fused_traffic
 from mim.config import config_to_dict
 from mim.models.motion import MotionGenerator
-from mim.profile import (HOST_STAGES, SCENARIO_STAGES, STAGES, StageRecorder, _opaque_kernel_hooks,
-                         build_animator, modeled_h100_s, render_in_stages)
-from mim.train.checkpoint import save_checkpoint
+from mim.profile import (HOST_STAGES, SCENARIO_STAGES, STAGES, StageRecorder, build_animator,
+                         opaque_kernel_hooks)
+from mim.checkpoint import save_checkpoint
 
 SECONDS = 0.12   # 3 frames: the fast setting; the bench runs 1 s
 # FlopCounterMode counts matmuls, convolutions and attention: video writing has none; the warp is
@@ -135,10 +138,10 @@ def test_bad_arguments_fail_before_profiling(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("batch,frames,window", [(1, 3, 2), (2, 2, 2), (1, 1, 16)])
-def test_render_in_stages_equals_render(batch, frames, window):
+def test_render_with_a_recorder_equals_render(batch, frames, window):
     torch.manual_seed(0)
     renderer = Renderer(get_config("tiny").renderer).eval()
-    with torch.no_grad():   # zero-initialized heads (LMDD features, ...) would hide a wrong path
+    with torch.no_grad():   # zero-initialized heads would hide a wrong path
         for parameter in renderer.parameters():
             if not parameter.any():
                 parameter.normal_(0, 0.05)
@@ -146,7 +149,7 @@ def test_render_in_stages_equals_render(batch, frames, window):
         motion = renderer.encode_motion(torch.rand(batch, frames, 3, 64, 64))
         expected = renderer.render(state, motion, window=window)
         recorder = StageRecorder(torch.device("cpu"), "time")
-        got = render_in_stages(renderer, state, motion, window=window, stage=recorder)
+        got = renderer.render(state, motion, window=window, stage=recorder)
     assert torch.equal(got, expected)
     assert set(recorder.times) == {"DIT", "LMDD", "warp", "decoder"}
     assert all(t > 0 for t in recorder.times.values())
@@ -154,7 +157,7 @@ def test_render_in_stages_equals_render(batch, frames, window):
 
 def test_fused_triton_kernels_get_their_analytic_traffic():
     """The Triton path (run by the interpreter here, as on CUDA) is out of the counter's sight:
-    the DIT's deviation_adanorm and the warp get bench.traffic's analytic figures."""
+    the DIT's deviation_adanorm and the warp get their cost models' analytic figures."""
     torch.manual_seed(0)
     config = get_config("tiny").renderer
     renderer = Renderer(config, backend="triton").eval()
@@ -162,8 +165,8 @@ def test_fused_triton_kernels_get_their_analytic_traffic():
         state = renderer.encode_source(torch.rand(1, 3, 64, 64))
         motion = renderer.encode_motion(torch.rand(1, 1, 3, 64, 64))
         recorder = StageRecorder(torch.device("cpu"), "count")
-        with _opaque_kernel_hooks([renderer], recorder):
-            render_in_stages(renderer, state, motion, stage=recorder)
+        with opaque_kernel_hooks([renderer], recorder):
+            renderer.render(state, motion, stage=recorder)
     volume = (config.depth_layers, config.volume_size, config.volume_size)
     assert recorder.opaque["DIT"] == adanorm_fused_traffic(1, 1, config.regions, config.motion_dim, 4)["fwd"]
     assert recorder.opaque["warp"] == warp_fused_traffic(1, config.feature_channels, config.regions,
@@ -220,21 +223,31 @@ def _fake_results(root):
     return traffic, microbench, latency
 
 
+def _plots(results_dir, out_dir):
+    """``python -m bench.plots`` in a child process (tests import no bench module)."""
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "bench.plots", "--results-dir", str(results_dir),
+                           "--out-dir", str(out_dir)], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+
+
 def test_plots_draw_pngs_titled_with_date_and_machine(tmp_path):
-    traffic, microbench, latency = _fake_results(tmp_path)
-    written = plots.draw_all(tmp_path, tmp_path / "plots", log=None)
-    assert sorted(p.name for p in written) == ["latency.png", "microbench.png", "traffic.png"]
-    for path in written:
+    _fake_results(tmp_path)
+    done = _plots(tmp_path, tmp_path / "plots")
+    assert done.returncode == 0, done.stderr
+    names = ["latency.png", "microbench.png", "traffic.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == names
+    for name in names:
+        path = tmp_path / "plots" / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
-    for plot, data in ((plots.plot_traffic, traffic), (plots.plot_microbench, microbench),
-                       (plots.plot_latency, latency)):
-        title = plot(data, tmp_path / "again.png")
-        assert "2026-01-02 03:04 UTC" in title and NODE in title
-    assert plots.microbench_speedups(microbench) == [("op forward [reference / torch]", pytest.approx(4.0))]
+        (line,) = [line for line in done.stdout.splitlines() if line.startswith(f"wrote {path}")]
+        assert "2026-01-02 03:04 UTC" in line and NODE in line, line
 
 
 def test_plots_skip_missing_files_and_read_profile_json(tmp_path, profiled):
-    assert plots.main(["--results-dir", str(tmp_path), "--out-dir", str(tmp_path / "p")]) == 1
+    done = _plots(tmp_path, tmp_path / "p")
+    assert done.returncode == 1 and "skipped latency.png" in done.stdout
     (tmp_path / "latency.json").write_text(json.dumps(profiled["report"]))
-    assert plots.main(["--results-dir", str(tmp_path), "--out-dir", str(tmp_path / "p")]) == 0
+    done = _plots(tmp_path, tmp_path / "p")
+    assert done.returncode == 0, done.stderr
     assert (tmp_path / "p" / "latency.png").stat().st_size > 5000
