@@ -11,7 +11,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from ._dispatch import BACKENDS, BackendUnavailableError, resolve_backend, triton_available  # noqa: E402
 from ._registry import LaunchConfig, RegisteredKernel, registered_kernels  # noqa: E402
-from .causal_conv1d import causal_conv1d, causal_conv1d_update  # noqa: E402
+from .causal_conv1d import CausalConv1d, causal_conv1d, causal_conv1d_update  # noqa: E402
 from .deviation_adanorm import DeviationAdaNorm, deviation_adanorm  # noqa: E402
 from .grid_sample_3d import GridSample3d, grid_sample_3d  # noqa: E402
 from .mamba import Mamba  # noqa: E402
@@ -20,6 +20,7 @@ from .selective_scan import selective_scan  # noqa: E402
 from .selective_state_update import selective_state_update  # noqa: E402
 
 if triton_available():
+    from .causal_conv1d import triton_kernels as _conv_kernels  # noqa: E402,F401
     from .deviation_adanorm import triton_kernels as _adanorm_kernels  # noqa: E402,F401
     from .grid_sample_3d import triton_kernels as _grid_sample_kernels  # noqa: E402,F401
     from .region_softmax_warp import triton_kernels as _warp_kernels  # noqa: E402,F401

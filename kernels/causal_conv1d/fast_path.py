@@ -1,4 +1,5 @@
-"""The project's own causal convolution: ATen's grouped conv1d (autograd comes with it).
+"""The causal convolution's fast path (backend "fast", alias "torch"): torch ops, ATen's grouped
+conv1d (autograd comes with it).
 
 ``F.conv1d`` with groups = dim pads W − 1 zeros on both sides; the first L outputs are the causal
 ones. fp16 and bf16 inputs are computed in fp32 (as the ``causal_conv1d`` CUDA package does) and
@@ -13,12 +14,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+FAST_PATH = "torch"
+
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def causal_conv1d_torch(x, weight, bias, silu, seq_idx=None):
+def causal_conv1d_fast(x, weight, bias, silu, seq_idx=None):
     """x (batch, dim, L), weight (dim, W), bias (dim,) or None, seq_idx (batch, L) int32 or None →
     (batch, dim, L) in x's dtype."""
     compute = _compute_dtype(x, weight)
@@ -39,7 +42,7 @@ def causal_conv1d_torch(x, weight, bias, silu, seq_idx=None):
     return (F.silu(y) if silu else y).to(x.dtype)
 
 
-def causal_conv1d_update_torch(x, conv_state, weight, bias, silu):
+def causal_conv1d_update_fast(x, conv_state, weight, bias, silu):
     """x (batch, dim), conv_state (batch, dim, S ≥ W − 1) rolled in place → (batch, dim)."""
     compute = _compute_dtype(x, weight)
     width, state_len = weight.shape[1], conv_state.shape[2]

@@ -435,7 +435,7 @@ def test_causal_conv1d_with_seq_idx_falls_back_from_the_package_on_channel_first
 
     monkeypatch.setattr(conv_op, "_cuda_package",
                         lambda: types.SimpleNamespace(causal_conv1d_fn=causal_conv1d_fn))
-    monkeypatch.setattr(conv_op, "_package_supports", lambda x, weight, bias: True)
+    monkeypatch.setattr(conv_op, "package_supports", lambda x, weight, bias: True)
     weight = torch.randn(6, 4)
     seq_idx = torch.tensor([[0] * 4 + [1] * 5, [0] * 9], dtype=torch.int32)
     x = torch.randn(2, 6, 9)
