@@ -18,12 +18,9 @@ round H100 figure. Results go to ``traffic.json`` and ``traffic.md`` under ``ben
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
-import importlib.metadata
 import json
 import os
-import platform
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -34,6 +31,7 @@ import torch
 
 from kernels.cost import (H100_BANDWIDTH_BYTES_PER_S, LAUNCH_OVERHEAD_S, TRAFFIC_MODEL_NOTE,
                           Traffic, TrafficCase, count_forward_backward, saved_bytes)
+from mim import runinfo
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL_NOTE = TRAFFIC_MODEL_NOTE
@@ -139,24 +137,11 @@ def format_breakdown(row: Row) -> str:
     return "\n".join(lines)
 
 
-def _package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def run_metadata() -> dict:
-    return {
-        "machine": {"node": platform.node(),
-                    "processor": platform.processor() or platform.machine(),
-                    "platform": platform.platform()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "triton": _package_version("triton")},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"note": MODEL_NOTE, "bandwidth_bytes_per_s": H100_BANDWIDTH_BYTES_PER_S,
-                  "launch_overhead_us": LAUNCH_OVERHEAD_S * 1e6},
-    }
+    """``mim.runinfo.run_metadata()`` (date, machine, versions) and this table's traffic model."""
+    return {**runinfo.run_metadata(),
+            "model": {"note": MODEL_NOTE, "bandwidth_bytes_per_s": H100_BANDWIDTH_BYTES_PER_S,
+                      "launch_overhead_us": LAUNCH_OVERHEAD_S * 1e6}}
 
 
 def report_markdown(rows: Sequence[Row], metadata: dict) -> str:
