@@ -476,7 +476,8 @@ def test_launch_matches_the_python_launcher(probe, monkeypatch, op, sizes, cc, s
     variant, target, cubin = probe.variant_of(op, fnv)
     assert target == ("sm_90a" if cc == 90 else "sm_80")
     assert int(size) == cubin["bytes"]
-    constexprs = {k: v for k, v in kwargs.items() if k not in ("num_warps", "num_stages")}
+    constexprs = {k: v for k, v in kwargs.items()
+                  if k not in ("num_warps", "num_stages", "enable_fp_fusion")}
     assert variant["constexprs"] == constexprs
     assert variant["num_warps"] == kwargs["num_warps"]
     launch = re.fullmatch(r"launch name=(\w+) grid=(\S+) block=(\S+) shared=(\d+) "
