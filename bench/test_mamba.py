@@ -1,5 +1,5 @@
 """CPU microbenchmarks of the Mamba block's other ops and of the block itself (d_model 256,
-expand 2, d_state 16, d_conv 4): the torch path against the reference path of each op, in one run.
+expand 2, d_state 16, d_conv 4): the fast path against the reference path of each op, in one run.
 
 pytest-benchmark prints each group's times with the ratio to the fastest in parentheses.
 """
@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from kernels import Mamba, causal_conv1d, selective_state_update
+from kernels.selective_state_update.inputs import make_inputs as make_state_update_inputs
 
 BATCH, D_MODEL, D_INNER, STATE, WIDTH, LENGTH = 2, 256, 512, 16, 4, 400
-PATHS = ["reference", "torch"]
+PATHS = ["reference", "fast"]
 
 
 def _generator():
@@ -19,14 +20,8 @@ def _generator():
 @pytest.mark.parametrize("backend", PATHS)
 def test_state_update(benchmark, backend):
     benchmark.group = f"selective_state_update batch={BATCH} dim={D_INNER} N={STATE}"
-    g = _generator()
-    state = torch.randn(BATCH, D_INNER, STATE, generator=g)
-    x, dt, z = torch.randn(3, BATCH, D_INNER, generator=g)
-    A = -torch.exp(torch.randn(D_INNER, STATE, generator=g))
-    B, C = torch.randn(2, BATCH, STATE, generator=g)
-    D, dt_bias = torch.randn(2, D_INNER, generator=g)
-    out = benchmark(selective_state_update, state, x, dt, A, B, C, D, z, dt_bias, True,
-                    backend=backend)
+    inputs = make_state_update_inputs(BATCH, D_INNER, STATE, seed=0)
+    out = benchmark(selective_state_update, *inputs, True, backend=backend)
     assert out.shape == (BATCH, D_INNER) and torch.isfinite(out).all()
 
 

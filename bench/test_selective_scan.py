@@ -4,8 +4,8 @@ L 2048, with D, z, delta_bias and softplus (fp32).
 The peer, ``kernels.selective_scan.reference.selective_scan_mamba_style``, is written the way mamba_ssm's ``selective_scan_ref`` is
 (our own code, same structure): exp(Δ·A) and Δ·B·u precomputed for all steps as
 (batch, dim, L, N) float32 tensors by einsum, then one time step per Python iteration with y by
-einsum per step, and autograd for the backward. Against it: the torch path
-(``backend="torch"``, numba loops with their own backward).
+einsum per step, and autograd for the backward. Against it: the fast path
+(``backend="fast"``, numba loops with their own backward).
 
 Speed is a ratio within one run: pytest-benchmark prints each group's times with the ratio to the
 fastest in parentheses. Run with ``make bench`` (or ``pytest bench --benchmark-only``).
@@ -24,10 +24,11 @@ import torch
 from kernels.selective_scan.reference import selective_scan_mamba_style as mamba_style_loop
 from kernels.cost import saved_bytes
 from kernels.selective_scan import selective_scan
+from kernels.selective_scan.inputs import make_inputs
 
 BATCH, DIM, STATE = 2, 256, 16
 LENGTHS = [256, 2048]
-PATHS = ["mamba_style_loop", "torch"]
+PATHS = ["mamba_style_loop", "fast"]
 SLOW_LENGTH = 2048  # the loop's forward+backward here: one round
 
 
@@ -35,23 +36,15 @@ def _scan(path):
     if path == "mamba_style_loop":
         return mamba_style_loop
 
-    def torch_path(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    def fast_path(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                              return_last_state=True, backend="torch")
+                              return_last_state=True, backend="fast")
 
-    return torch_path
+    return fast_path
 
 
 def _inputs(length, requires_grad):
-    g = torch.Generator().manual_seed(0)
-    u = torch.randn(BATCH, DIM, length, generator=g)
-    delta = torch.randn(BATCH, DIM, length, generator=g) * 0.5 - 1.0
-    A = -torch.exp(torch.randn(DIM, STATE, generator=g) * 0.5)
-    B, C = torch.randn(2, BATCH, STATE, length, generator=g)
-    D = torch.randn(DIM, generator=g)
-    z = torch.randn(BATCH, DIM, length, generator=g)
-    delta_bias = torch.randn(DIM, generator=g) * 0.1
-    return [t.requires_grad_(requires_grad) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    return list(make_inputs(BATCH, DIM, length, STATE, seed=0, requires_grad=requires_grad))
 
 
 @pytest.mark.parametrize("length", LENGTHS)

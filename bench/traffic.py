@@ -29,9 +29,10 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from kernels import OPS
+from mim import runinfo
 from kernels.cost import (H100_BANDWIDTH_BYTES_PER_S, LAUNCH_OVERHEAD_S, TRAFFIC_MODEL_NOTE,
                           Traffic, TrafficCase, count_forward_backward, saved_bytes)
-from mim import runinfo
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL_NOTE = TRAFFIC_MODEL_NOTE
@@ -86,8 +87,6 @@ def measure(case: Case) -> list[Row]:
     return rows
 
 
-OPS = ("deviation_adanorm", "selective_scan", "selective_state_update", "grid_sample_3d",
-       "region_softmax_warp")
 CASES: tuple[Case, ...] = tuple(case for op in OPS
                                 for case in importlib.import_module(f"kernels.{op}.cost").traffic_cases())
 

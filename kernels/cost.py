@@ -225,7 +225,6 @@ class TrafficCase:
     directions: Sequence[str] = DIRECTIONS
 
 
-
 def count_forward_backward(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],
                            directions: Sequence[str] = DIRECTIONS) -> dict[str, TrafficCounter]:
     """Counts ``fn(*inputs)`` ("fwd") and its backward to the inputs that require grad ("bwd")."""
@@ -237,7 +236,6 @@ def count_forward_backward(fn: Callable[..., torch.Tensor], inputs: Sequence[tor
     with TrafficCounter() as backward:
         torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad)
     return {"fwd": forward, "bwd": backward}
-
 
 
 def saved_bytes(fn: Callable, inputs: Sequence[torch.Tensor]) -> Tuple[int, int]:

@@ -24,26 +24,25 @@ compile or check, 2 on bad arguments or when Triton's interpreter is on. See doc
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
+import importlib
+import json
 import os
+import re
+import string
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+import triton
+from triton.backends.nvidia.compiler import sm_arch_from_capability
 
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import importlib  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import string  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Dict, List, Mapping, Sequence, Tuple  # noqa: E402
-
-import triton  # noqa: E402
-from triton.backends.nvidia.compiler import sm_arch_from_capability  # noqa: E402
-
-from kernels.aot_spec import AotOp  # noqa: E402
-from tools.compile_report import (Job, compile_variant, interpreter_error, jobs_for, map_forked,  # noqa: E402
+from kernels import OPS as KERNEL_OPS  # importing kernels registers every op's kernels
+from kernels import registered_kernels
+from kernels.aot_spec import AotOp
+from tools.compile_report import (Job, compile_variant, interpreter_error, jobs_for, map_forked,
                                   parse_capabilities, write_atomically)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,11 +62,11 @@ POINTER_TYPE = ("uint64_t", ".u64")
 SCRATCH_PARAMS = ("global_scratch", "profile_scratch")
 
 
-# Ops with a forward kernel in the C library, in the header's order; each op folder's aot.py
-# holds its spec (AOT_OP is None for the ops the library leaves out).
-AOT_OP_MODULES = ("grid_sample_3d", "region_softmax_warp", "deviation_adanorm", "selective_scan")
-OPS: Tuple[AotOp, ...] = tuple(importlib.import_module(f"kernels.{name}.aot").AOT_OP
-                               for name in AOT_OP_MODULES)
+# Ops with a forward kernel in the C library, in ``kernels.OPS``'s order (the header's): each op
+# folder's aot.py holds its spec, AOT_OP, None for the ops the library leaves out.
+OPS: Tuple[AotOp, ...] = tuple(
+    spec for spec in (importlib.import_module(f"kernels.{name}.aot").AOT_OP for name in KERNEL_OPS)
+    if spec is not None)
 OP_NAMES = tuple(op.op for op in OPS)
 GENERATED_FILES = ("mim_kernels.h", "mim_kernels_build.h", *STATIC_FILES,
                    *(op.source_name for op in OPS), "mim_kernels_manifest.json")
@@ -137,8 +136,6 @@ def ptx_param_types(ptx: str, name: str) -> List[str]:
 
 
 def _registry():
-    from kernels._registry import registered_kernels
-
     return registered_kernels()
 
 
@@ -594,8 +591,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     error = interpreter_error("tools.aot")
     if error:
         return _fail(error)
-    import kernels  # noqa: F401  (registers every op's kernels)
-
     registry = _registry()
     entries: Dict[str, int] = {}
     for op in OPS:

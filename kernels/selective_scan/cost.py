@@ -1,6 +1,6 @@
 """Cost model of selective_scan: the traffic of its fused Triton kernels and the minimum any
-implementation must move (``{"fwd": Traffic, "bwd": Traffic}``), and its cases for the traffic
-table (``python -m bench.traffic``)."""
+implementation must move (``{"fwd": Traffic, "bwd": Traffic}``), the traffic of the fast path's
+numba forward, and its cases for the traffic table (``python -m bench.traffic``)."""
 from __future__ import annotations
 
 import functools
@@ -9,6 +9,7 @@ import math
 import torch
 
 from ..cost import Traffic, TrafficCase
+from .inputs import make_inputs
 from .reference import selective_scan_mamba_style, selective_scan_reference
 
 
@@ -82,12 +83,22 @@ def minimum_traffic(batch: int, dim: int, L: int, N: int, G: int, itemsize: int
     }
 
 
-def _scan_inputs(batch: int, dim: int, L: int, N: int, dtype: torch.dtype):
-    u, delta, z = (torch.randn(batch, dim, L, dtype=dtype) for _ in range(3))
-    A = -torch.exp(torch.randn(dim, N))
-    B, C = (torch.randn(batch, N, L, dtype=dtype) for _ in range(2))
-    D, delta_bias = torch.randn(dim), torch.randn(dim) * 0.1
-    return u, delta, A, B, C, D, z, delta_bias
+def fast_path_traffic(batch: int, dim: int, length: int, nstate: int,
+                      compute_itemsize: int) -> Traffic:
+    """The fast path's numba forward (one parallel loop, with D, z, delta_bias): reads u, dt, z
+    (batch·dim·L each), B and C (batch·N·L each; one group), A (dim·N), D (dim) and the initial
+    state (batch·dim·N); writes out (batch·dim·L), the last state (batch·dim·N) and a checkpoint
+    every CHUNK = 64 steps (batch·dim·⌈L/64⌉·N); all in the compute dtype (``compute_itemsize``
+    bytes: fp32 for fp32 inputs). The torch ops around it (softplus, layout copies) are not in
+    it: a ``TrafficCounter`` sees those."""
+    from .fast_path import CHUNK
+
+    s = compute_itemsize
+    sequences = batch * dim * length * s
+    states = batch * dim * nstate * s
+    read = 3 * sequences + 2 * batch * nstate * length * s + dim * nstate * s + dim * s + states
+    written = sequences + states + batch * dim * math.ceil(length / CHUNK) * nstate * s
+    return Traffic(1, read, written)
 
 
 def _first(fn):
@@ -104,7 +115,8 @@ def traffic_cases(batch: int = 2, dim: int = 256, L: int = 2048, N: int = 16) ->
     literal = lambda *a: selective_scan_reference(*a, delta_softplus=True)  # noqa: E731
     return [TrafficCase(op="selective_scan", shape=f"batch={batch} dim={dim} L={L} N={N} G=1",
                  dtype=torch.float32,
-                 make_inputs=functools.partial(_scan_inputs, batch, dim, L, N, torch.float32),
+                 make_inputs=functools.partial(make_inputs, batch, dim, L, N,
+                                               dtype=torch.float32),
                  eager_paths={"mamba_style_loop": loop, "reference": literal},
                  fused=fused_traffic(batch, dim, L, N, 1, itemsize),
                  minimum=minimum_traffic(batch, dim, L, N, 1, itemsize),

@@ -1,4 +1,8 @@
-"""``selective_scan``: input checks and backend dispatch (Mamba-1 selective scan, real A)."""
+"""``selective_scan`` (Mamba-1 selective scan, real A): input checks, the autograd Function and
+backend dispatch. The Function runs the fast path's (numba) or the triton path's forward and
+backward, each a custom op (``mim::selective_scan_fast_fwd``/``_bwd`` in fast_path.py,
+``mim::selective_scan_triton_fwd``/``_bwd`` in triton_kernels.py), so ``torch.compile`` traces
+through it without a graph break."""
 from __future__ import annotations
 
 import math
@@ -6,10 +10,50 @@ from typing import Optional
 
 import torch
 
-from .._checks import check_grouped, check_same, check_tensor
+from .._checks import KERNEL_DTYPES, check_grouped, check_same, check_tensor
 from .._dispatch import resolve_backend
 from .._seq_idx import check_seq_idx, sequence_ordinals
 from .reference import selective_scan_reference
+
+
+def _path(backend: str):
+    """(forward, backward) of the fast or the triton path; triton is imported only when used."""
+    if backend == "triton":
+        from .triton_kernels import triton_backward, triton_forward
+        return triton_forward, triton_backward
+    from .fast_path import fast_backward, fast_forward
+    return fast_forward, fast_backward
+
+
+class SelectiveScanFunction(torch.autograd.Function):
+    """The scan on the fast path (``backend="fast"``, CPU tensors) or the triton path.
+
+    Saves the inputs and the state checkpoints, one (batch, dim, N) state every chunk of steps
+    (CHUNK = 64 on the fast path, T_CHUNK = 32 on triton): backward rebuilds each chunk's states
+    from them instead of storing (batch, dim, L, N) or rescanning from the start."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
+                ordinals, num_sequences, backend):
+        forward, _ = _path(backend)
+        out, last, checkpoints, varlen_states = forward(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, ordinals,
+            num_sequences)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx,
+                              ordinals, checkpoints)
+        ctx.delta_softplus, ctx.backend = delta_softplus, backend
+        ctx.set_materialize_grads(False)
+        return out, last, varlen_states
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last, grad_varlen):
+        (u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, ordinals,
+         checkpoints) = ctx.saved_tensors
+        _, backward = _path(ctx.backend)
+        grads = backward(grad_out, grad_last, grad_varlen, checkpoints, u, delta, A, B, C, D, z,
+                         delta_bias, ctx.delta_softplus, initial_state, seq_idx, ordinals)
+        grads = grads[:8] + [None] + grads[8:] + [None, None, None, None]
+        return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state):
@@ -52,6 +96,24 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state):
     if initial_state is not None and tuple(initial_state.shape) != (batch, dim, state):
         raise ValueError(f"initial_state must have shape (batch, dim, N) = ({batch}, {dim}, {state}), "
                          f"got {tuple(initial_state.shape)}")
+
+
+def _check_triton(u: torch.Tensor, A: torch.Tensor, return_varlen_states: bool) -> None:
+    """The limits of the triton kernels, each a clear error naming the fast path instead."""
+    from .triton_kernels import MAX_L, MAX_N, T_CHUNK
+
+    check_tensor("u", u, KERNEL_DTYPES)
+    N = A.shape[1]
+    if N > MAX_N:
+        raise ValueError(f"A has N={N} states; the triton kernels hold the state in registers and "
+                         f"take N <= {MAX_N}; use backend='fast'")
+    if u.shape[2] > MAX_L:
+        raise ValueError(f"u has L={u.shape[2]} steps; the triton kernels take L <= {MAX_L}; "
+                         "scan it in pieces with initial_state, or use backend='fast'")
+    if return_varlen_states and T_CHUNK * u.shape[1] * N >= 2 ** 31:
+        raise ValueError(f"u has dim={u.shape[1]} channels and A N={N} states: the triton "
+                         f"kernels' varlen states take T_CHUNK·dim·N < 2^31 (T_CHUNK = {T_CHUNK}); "
+                         "use backend='fast'")
 
 
 def _common_groups(B: torch.Tensor, C: torch.Tensor, batch: int, dim: int, length: int):
@@ -138,27 +200,35 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         raise ValueError("return_varlen_states=True needs seq_idx (batch, L): the varlen states "
                          "are the final states of the sequences seq_idx packs")
     chosen = resolve_backend(backend, u.device, "selective_scan")
-    if chosen == "triton":  # before the broadcast, so a cast never copies a broadcast B or C
+    if chosen == "fast" and u.device.type != "cpu":
+        chosen = "reference"  # numba runs on CPU memory only
+    if chosen == "triton":
+        _check_triton(u, A, return_varlen_states)
         from .triton_kernels import bc_kernel_dtype
+        # Cast before the broadcast, so a cast never copies a broadcast B or C.
         bc_dtype = bc_kernel_dtype(u.dtype, B.dtype, C.dtype)
         B, C = B.to(bc_dtype), C.to(bc_dtype)
     B, C = _common_groups(B, C, *u.shape)
-    args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state)
     if chosen == "reference":
-        result = selective_scan_reference(*args[:9], return_last_state=True,
+        result = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias,
+                                          bool(delta_softplus), return_last_state=True,
                                           initial_state=initial_state, seq_idx=seq_idx,
                                           return_varlen_states=bool(return_varlen_states))
     else:
-        varlen = {}
+        ordinals, num_sequences = None, 0
         if return_varlen_states:
             ordinals, num_sequences = sequence_ordinals(seq_idx)
-            varlen = dict(ordinals=ordinals, num_sequences=num_sequences)
+            ordinals = ordinals.contiguous()
         if chosen == "triton":
-            from .triton_kernels import selective_scan_triton
-            result = selective_scan_triton(*args, seq_idx=seq_idx, **varlen)
-        else:
-            from .cpu_path import selective_scan_cpu
-            result = selective_scan_cpu(*args, seq_idx=seq_idx, **varlen)
+            from .triton_kernels import grouped
+            u, delta, B, C = u.contiguous(), delta.contiguous(), grouped(B), grouped(C)
+            z = None if z is None else z.contiguous()
+            seq_idx = None if seq_idx is None else seq_idx.contiguous()
+        result = SelectiveScanFunction.apply(u, delta, A, B, C, D, z, delta_bias,
+                                             bool(delta_softplus), initial_state, seq_idx,
+                                             ordinals, num_sequences, chosen)
+        if not return_varlen_states:
+            result = result[:2]
     out, last, *varlen_states = result
     result = (out,) + ((last,) if return_last_state else ()) + tuple(varlen_states)
     return result if len(result) > 1 else out

@@ -1,5 +1,5 @@
 """Triton kernels of the Mamba-1 selective scan (real A), forward and backward, their launchers and
-the autograd Function.
+the custom ops the op's autograd Function (``op.SelectiveScanFunction``) calls on the triton path.
 
 Shapes: u, delta, z, out (batch, dim, L); A (dim, N); B, C (batch, G, N, L) (a 3-D B/C is G = 1)
 read through their (batch, group, n, t) strides, so a constant (dim, N) B or C is a stride-0 view
@@ -178,7 +178,7 @@ def _scan_forward(
     pid = tl.program_id(0).to(tl.int64)
     batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
     # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31 (B's
-    # and C's n·stride_n + t·stride_t too: the launcher checks their span, ``_grouped``).
+    # and C's n·stride_n + t·stride_t too: the launcher checks their span, ``grouped``).
     u_ptr += first_row * L
     delta_ptr += first_row * L
     z_ptr += first_row * L
@@ -331,7 +331,7 @@ def _scan_backward(
     pid = tl.program_id(0).to(tl.int64)
     batch, group, first_channel, first_row = _program_channels(pid, dim, groups, group_dim, BLOCK_D)
     # Program-wide int64 bases; offsets inside a program stay below BLOCK_D·L, N·L < 2^31 (B's
-    # and C's n·stride_n + t·stride_t too: the launcher checks their span, ``_grouped``).
+    # and C's n·stride_n + t·stride_t too: the launcher checks their span, ``grouped``).
     u_ptr += first_row * L
     delta_ptr += first_row * L
     z_ptr += first_row * L
@@ -670,7 +670,7 @@ def bc_kernel_dtype(u_dtype: torch.dtype, B_dtype: torch.dtype,
     return torch.float32 if torch.float32 in (B_dtype, C_dtype) else u_dtype
 
 
-def _grouped(x: torch.Tensor) -> torch.Tensor:
+def grouped(x: torch.Tensor) -> torch.Tensor:
     """B or C as a (batch, G, N, L) view, kept as it is (a constant one's stride-0 view over
     batch and time included: the kernels read it through its strides, no copy) unless an offset
     inside one (batch, group), n·stride_n + t·stride_t, or the group stride, can pass 2^31: then
@@ -727,7 +727,7 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
         dim, L, N, groups, dim // groups, n_chunks, *_bc_strides(B), *_bc_strides(C),
         int(z is not None), int(D is not None), int(delta_bias is not None),
         int(initial_state is not None), int(delta_softplus),
-        num_warps=cfg.num_warps, **cfg.constexprs)
+        num_warps=cfg.num_warps, enable_fp_fusion=True, **cfg.constexprs)
     return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"], varlen_states
 
 
@@ -775,7 +775,7 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
             dim, L, N, groups, group_dim, n_chunks, *_bc_strides(B), *_bc_strides(C),
             int(z is not None), int(D is not None), int(delta_bias is not None),
             int(grad_last_state is not None), int(delta_softplus),
-            num_warps=cfg.num_warps, **cfg.constexprs)
+            num_warps=cfg.num_warps, enable_fp_fusion=True, **cfg.constexprs)
     grad_D = None if D is None else grad_D_part.sum(0)
     grad_bias = None if delta_bias is None else grad_bias_part.sum(0)
     return (grad_u, grad_delta, grad_A_part.sum(0), grad_B_part.sum(2), grad_C_part.sum(2), grad_D,
@@ -843,68 +843,29 @@ def _(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_soft
             u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=fp32)]
 
 
-class SelectiveScanTritonFunction(torch.autograd.Function):
-    """Saves the inputs and the per-chunk state checkpoints (batch, dim, ceil(L / T_CHUNK), N) fp32:
-    backward recomputes every state from them instead of storing (batch, dim, L, N).
-
-    Forward and backward are the custom ops ``mim::selective_scan_triton_fwd`` / ``_bwd`` (with
-    fake implementations), so ``torch.compile`` traces through without a graph break."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
-                ordinals, num_sequences):
-        out, last_state, checkpoints, varlen_states = _forward_op(
-            u, delta, _fp32(A), B, C, _fp32(D), z, _fp32(delta_bias), delta_softplus,
-            _fp32(initial_state), seq_idx, ordinals, num_sequences)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx,
-                              ordinals, checkpoints)
-        ctx.delta_softplus, ctx.t_chunk = delta_softplus, _forward_t_chunk(u, B, A)
-        ctx.set_materialize_grads(False)
-        return out, last_state, varlen_states
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_last_state, grad_varlen_states):
-        (u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, ordinals,
-         checkpoints) = ctx.saved_tensors
-        grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
-        (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias,
-         grad_initial_state) = _backward_op(
-            grad_out, _fp32(grad_last_state), u, delta, _fp32(A), B, C, _fp32(D), z,
-            _fp32(delta_bias), ctx.delta_softplus, checkpoints, ctx.t_chunk, seq_idx, ordinals,
-            _fp32(grad_varlen_states))
-        grads = [grad_u, grad_delta, grad_A.to(A.dtype), grad_B.to(B.dtype), grad_C.to(C.dtype),
-                 None if D is None else grad_D.to(D.dtype), None if z is None else grad_z,
-                 None if delta_bias is None else grad_bias.to(delta_bias.dtype), None,
-                 None if initial_state is None else grad_initial_state.to(initial_state.dtype), None,
-                 None, None]
-        return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
+def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, initial_state,
+                   seq_idx, ordinals, num_sequences: int):
+    """The forward the op's autograd Function runs on this path (contiguous u, delta, z, seq_idx
+    and ordinals; B and C (batch, G, N, L) as ``grouped`` leaves them, in one dtype) → (out in
+    u's dtype, last state fp32, checkpoints to save for backward, varlen states (num_sequences,
+    dim, N) fp32, empty without ``ordinals``)."""
+    return _forward_op(u, delta, _fp32(A), B, C, _fp32(D), z, _fp32(delta_bias), delta_softplus,
+                       _fp32(initial_state), seq_idx, ordinals, num_sequences)
 
 
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          initial_state=None, seq_idx=None, ordinals=None, num_sequences=0):
-    """The selective scan on the Triton kernels, inputs as checked by ``selective_scan`` →
-    (out in u's dtype, last state (batch, dim, N) fp32), and with ``ordinals`` and
-    ``num_sequences`` (``sequence_ordinals(seq_idx)``) also the varlen states (num_sequences,
-    dim, N) fp32, each packed sequence's final state; differentiable in every tensor input and
-    through every state returned."""
-    check_tensor("u", u, KERNEL_DTYPES)
-    N = A.shape[1]
-    if N > MAX_N:
-        raise ValueError(f"A has N={N} states; the triton kernels hold the state in registers and "
-                         f"take N <= {MAX_N}; use backend='fast'")
-    if u.shape[2] > MAX_L:
-        raise ValueError(f"u has L={u.shape[2]} steps; the triton kernels take L <= {MAX_L}; "
-                         "scan it in pieces with initial_state, or use backend='fast'")
-    if ordinals is not None and T_CHUNK * u.shape[1] * N >= 2 ** 31:
-        raise ValueError(f"u has dim={u.shape[1]} channels and A N={N} states: the triton "
-                         f"kernels' varlen states take T_CHUNK·dim·N < 2^31 (T_CHUNK = {T_CHUNK}); "
-                         "use backend='fast'")
-    varlen = ordinals is not None
-    bc_dtype = bc_kernel_dtype(u.dtype, B.dtype, C.dtype)  # ``selective_scan`` casts them first
-    B, C = B.to(bc_dtype), C.to(bc_dtype)
-    out, last_state, varlen_states = SelectiveScanTritonFunction.apply(
-        u.contiguous(), delta.contiguous(), A, _grouped(B), _grouped(C), D,
-        None if z is None else z.contiguous(), delta_bias, bool(delta_softplus), initial_state,
-        None if seq_idx is None else seq_idx.contiguous(),
-        ordinals.contiguous() if varlen else None, num_sequences if varlen else 0)
-    return (out, last_state, varlen_states) if varlen else (out, last_state)
+def triton_backward(grad_out, grad_last, grad_varlen, checkpoints, u, delta, A, B, C, D, z,
+                    delta_bias, delta_softplus: bool, initial_state, seq_idx, ordinals) -> list:
+    """The backward the op's autograd Function runs on this path: the gradients of (u, delta, A,
+    B, C, D, z, delta_bias, initial_state), each in its input's dtype, None for an absent input.
+    A gradient that is None (an output nothing depends on) is a masked-off load (grad_last,
+    grad_varlen) or zeros (grad_out)."""
+    grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
+    (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias,
+     grad_initial_state) = _backward_op(
+        grad_out, _fp32(grad_last), u, delta, _fp32(A), B, C, _fp32(D), z, _fp32(delta_bias),
+        delta_softplus, checkpoints, _forward_t_chunk(u, B, A), seq_idx, ordinals,
+        _fp32(grad_varlen))
+    return [grad_u, grad_delta, grad_A.to(A.dtype), grad_B.to(B.dtype), grad_C.to(C.dtype),
+            None if D is None else grad_D.to(D.dtype), None if z is None else grad_z,
+            None if delta_bias is None else grad_bias.to(delta_bias.dtype),
+            None if initial_state is None else grad_initial_state.to(initial_state.dtype)]

@@ -9,7 +9,7 @@ from .._custom_op import custom_op
 from .._checks import KERNEL_DTYPES, check_grouped, check_tensor
 from .._dispatch import resolve_backend
 from .reference import selective_state_update_reference
-from .torch_path import selective_state_update_torch
+from .fast_path import selective_state_update_fast
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -24,12 +24,12 @@ def _state_update_op(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: 
                      B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
                      z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], dt_softplus: bool,
                      state_batch_indices: Optional[torch.Tensor], backend: str) -> torch.Tensor:
-    """out (batch, dim) on the torch or triton path (Mamba-1 layout); ``state`` is advanced in
+    """out (batch, dim) on the fast or triton path (Mamba-1 layout); ``state`` is advanced in
     place."""
     if backend == "triton":
         return _triton_module().selective_state_update_triton(
             state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
-    return selective_state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+    return selective_state_update_fast(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
                                         state_batch_indices)
 
 
@@ -143,7 +143,7 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
 
     Args:
         state: the recurrent state h, in float32, float16 or bfloat16 (float64 also on the
-            reference and torch paths); overwritten with h after this step, in its own dtype.
+            reference and fast paths); overwritten with h after this step, in its own dtype.
         x, dt: input and time step Δ of this step; z (optional) the same shape, the gate.
         A: real state matrix. B, C: input and output projections of this step.
         D, dt_bias: optional skip weight and Δ bias.
@@ -159,7 +159,7 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     in x's dtype and shape: (Σ_n C·h + D·x)·silu(z), with h = exp(dt·A)·h_prev + dt·B·x. Stepping
     it over a sequence reproduces ``selective_scan``.
 
-    Gradients: with grad mode on and an input requiring grad, the reference and torch paths
+    Gradients: with grad mode on and an input requiring grad, the reference and fast paths
     compute the step out of place and copy the new state into ``state`` with an in-place write
     that autograd records, so gradients flow to every input, to the state before the step and
     from the state after it (a state that is a leaf requiring grad cannot be written in place:
@@ -209,8 +209,8 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
         D = None if D is None else D.flatten()
         dt_bias = None if dt_bias is None else dt_bias.flatten()
     args = (work, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), state_batch_indices)
-    if tracked:  # autograd records the torch path itself (the custom op has no backward)
-        out = selective_state_update_torch(*args)
+    if tracked:  # autograd records the fast path itself (the custom op has no backward)
+        out = selective_state_update_fast(*args)
     else:
         out = _state_update_op(*args, chosen)
     if copied:

@@ -165,7 +165,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softp
         work, x, dt, A, B, C, D, z, dt_bias, rows, out, dim, N, dim // B.shape[1], dim_blocks,
         work.stride(0), work.stride(1), x.stride(0), dt.stride(0), z.stride(0),
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), *flags,
-        num_warps=cfg.num_warps, **cfg.constexprs)
+        num_warps=cfg.num_warps, enable_fp_fusion=True, **cfg.constexprs)
     if work is not state:
         state.copy_(work)
     return out.to(out_dtype)

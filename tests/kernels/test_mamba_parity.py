@@ -25,6 +25,7 @@ def test_mamba_exposes_act_as_a_silu_module():
 from kernels._registry import LaunchConfig  # noqa: E402
 from kernels.selective_scan import selective_scan, selective_scan_reference  # noqa: E402
 from kernels.selective_scan import triton_kernels  # noqa: E402
+from kernels.selective_scan.inputs import make_inputs  # noqa: E402
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close  # noqa: E402
 
 BACKENDS = ["reference", "fast", "triton"]
@@ -40,27 +41,18 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(triton_kernels, "BACKWARD_CONFIGS", configs)
 
 
-def _bc(layout, batch, dim, N, L):
-    """B or C: "const" (dim, N), "3d" (batch, N, L), or "g<G>" (batch, G, N, L)."""
-    if layout == "const":
-        return torch.randn(dim, N)
-    if layout == "3d":
-        return torch.randn(batch, N, L)
-    return torch.randn(batch, int(layout[1:]), N, L)
+def _layout(name):
+    """A B or C layout of ``make_inputs``: "const" (dim, N), "3d" (batch, N, L), or "g<G>"
+    (batch, G, N, L)."""
+    if name == "const":
+        return "constant"
+    return None if name == "3d" else int(name[1:])
 
 
 def _scan_inputs(batch, dim, N, L, B_layout, C_layout, dtype=torch.float32, bc_dtype=None):
-    return {
-        "u": torch.randn(batch, dim, L).to(dtype),
-        "delta": (torch.rand(batch, dim, L) * 0.5 - 0.25).to(dtype),
-        "A": -torch.exp(torch.randn(dim, N) * 0.5),
-        "B": _bc(B_layout, batch, dim, N, L).to(bc_dtype or dtype),
-        "C": _bc(C_layout, batch, dim, N, L).to(bc_dtype or dtype),
-        "D": torch.randn(dim),
-        "z": torch.randn(batch, dim, L).to(dtype),
-        "delta_bias": torch.rand(dim) * 0.5,
-        "initial_state": torch.randn(batch, dim, N),
-    }
+    return dict(zip(NAMES, make_inputs(batch, dim, L, N, dtype=dtype, bc_dtype=bc_dtype,
+                                       groups=_layout(B_layout), C_groups=_layout(C_layout),
+                                       initial_state=True)))
 
 
 def _per_channel(t, batch, dim, L):

@@ -1,14 +1,15 @@
-"""selective_scan's torch (CPU, numba) path against its float64 reference: outputs, the last state
+"""selective_scan's fast (CPU, numba) path against its float64 reference: outputs, the last state
 and every gradient, including the initial state's and the one flowing from the last state."""
 import pytest
 import torch
 
-from kernels.selective_scan import cpu_path, selective_scan, selective_scan_reference
+from kernels.selective_scan import fast_path, selective_scan, selective_scan_reference
+from kernels.selective_scan.inputs import make_inputs
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-LENGTHS = [1, 63, 200, cpu_path.CHUNK + 1]
+LENGTHS = [1, 63, 200, fast_path.CHUNK + 1]
 ALL = dict(groups=3, D=True, z=True, delta_bias=True, delta_softplus=True, initial_state=True)
 # Each optional piece switched off once, the ungrouped (batch, N, L) B/C, and none of them.
 FEATURES = {
@@ -27,18 +28,12 @@ FEATURES = {
 
 def _inputs(batch, dim, state, length, dtype, groups, D, z, delta_bias, delta_softplus,
             initial_state):
-    """Fresh random inputs (None where switched off) and the softplus flag. Without softplus Δ is
-    kept positive so the scan is stable."""
-    bc_shape = (batch, state, length) if groups is None else (batch, groups, state, length)
-    delta = torch.randn(batch, dim, length) * 0.5 - 1.0 if delta_softplus else \
-        torch.rand(batch, dim, length) * 0.5 + 0.05
-    tensors = [torch.randn(batch, dim, length), delta, -(torch.rand(dim, state) + 0.2),
-               torch.randn(bc_shape), torch.randn(bc_shape),
-               torch.randn(dim) if D else None, torch.randn(batch, dim, length) if z else None,
-               torch.randn(dim) * 0.2 if delta_bias else None,
-               torch.randn(batch, dim, state) if initial_state else None]
-    inputs = [t.to(dtype).requires_grad_() if t is not None else None for t in tensors]
-    return inputs, delta_softplus
+    """Fresh leaf inputs in ``dtype`` (every one: A, D, delta_bias too), the nine of NAMES with
+    None where switched off, and the softplus flag."""
+    inputs = make_inputs(batch, dim, length, state, dtype=dtype, param_dtype=dtype,
+                         requires_grad=True, groups=groups, D=D, z=z, delta_bias=delta_bias,
+                         delta_softplus=delta_softplus, initial_state=initial_state)
+    return list(inputs) + ([] if initial_state else [None]), delta_softplus
 
 
 def _run(scan, inputs, softplus, grad_out, grad_last):
@@ -51,7 +46,7 @@ def _run(scan, inputs, softplus, grad_out, grad_last):
     return out, last, grads
 
 
-def _torch_path(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
+def _fast_path(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state):
     return selective_scan(u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state=True,
                           initial_state=initial_state, backend="fast")
 
@@ -67,7 +62,7 @@ def _check_against_reference(inputs, softplus):
     batch, dim, length = inputs[0].shape
     grad_out = torch.randn(batch, dim, length, dtype=torch.float64)
     grad_last = torch.randn(batch, dim, inputs[2].shape[1], dtype=torch.float64)
-    out, last, grads = _run(_torch_path, inputs, softplus, grad_out, grad_last)
+    out, last, grads = _run(_fast_path, inputs, softplus, grad_out, grad_last)
     ref_out, ref_last, ref_grads = _run(_reference, ref_inputs, softplus, grad_out, grad_last)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     assert out.dtype == dtype and out.shape == (batch, dim, length)
@@ -90,7 +85,7 @@ def test_matches_float64_reference(dtype, length, poisoned_empty):
 
 @pytest.mark.parametrize("features", list(FEATURES.values()), ids=list(FEATURES))
 def test_optional_inputs_match_reference(features, poisoned_empty):
-    inputs, softplus = _inputs(2, 6, 5, cpu_path.CHUNK + 1, torch.float32, **features)
+    inputs, softplus = _inputs(2, 6, 5, fast_path.CHUNK + 1, torch.float32, **features)
     _check_against_reference(inputs, softplus)
 
 
@@ -98,7 +93,7 @@ def test_optional_inputs_match_reference(features, poisoned_empty):
 def test_channel_slices_do_not_change_gradients(monkeypatch, slices, poisoned_empty):
     """Backward splits a group's channels into slices (by thread count); any split, even or not,
     gives the reference gradients."""
-    monkeypatch.setattr(cpu_path, "_channel_slices", lambda *args: slices)
+    monkeypatch.setattr(fast_path, "_channel_slices", lambda *args: slices)
     inputs, softplus = _inputs(1, 7, 3, 70, torch.float32, **{**ALL, "groups": None})
     _check_against_reference(inputs, softplus)
 
@@ -122,12 +117,12 @@ def test_chunked_scan_carries_state_and_gradient():
     inputs, softplus = _inputs(1, 4, 3, 90, torch.float64, **{**ALL, "groups": None,
                                                              "initial_state": False})
     u, delta, A, B, C, D, z, delta_bias, _ = inputs
-    whole = _torch_path(u, delta, A, B, C, D, z, delta_bias, softplus, None)[0]
+    whole = _fast_path(u, delta, A, B, C, D, z, delta_bias, softplus, None)[0]
     cut = 37
     parts = [x[..., :cut] for x in (u, delta, B, C, z)], [x[..., cut:] for x in (u, delta, B, C, z)]
-    first, state = _torch_path(*parts[0][:2], A, *parts[0][2:4], D, parts[0][4], delta_bias,
+    first, state = _fast_path(*parts[0][:2], A, *parts[0][2:4], D, parts[0][4], delta_bias,
                                softplus, None)
-    second, _ = _torch_path(*parts[1][:2], A, *parts[1][2:4], D, parts[1][4], delta_bias,
+    second, _ = _fast_path(*parts[1][:2], A, *parts[1][2:4], D, parts[1][4], delta_bias,
                             softplus, state)
     joined = torch.cat([first, second], dim=-1)
     assert_close("out", joined, whole, FORWARD_TOLERANCE[torch.float64])
@@ -141,7 +136,7 @@ def test_chunked_scan_carries_state_and_gradient():
 def test_empty_sequence_returns_initial_state():
     inputs, softplus = _inputs(2, 6, 3, 0, torch.float32, **ALL)
     u, delta, A, B, C, D, z, delta_bias, h0 = inputs
-    out, last = _torch_path(*inputs[:8], softplus, h0)
+    out, last = _fast_path(*inputs[:8], softplus, h0)
     assert out.shape == (2, 6, 0)
     assert torch.equal(last, h0)
     grad_last = torch.randn_like(last)
@@ -151,19 +146,19 @@ def test_empty_sequence_returns_initial_state():
 
 def test_no_grad_forward_matches():
     inputs, softplus = _inputs(2, 6, 5, 100, torch.float32, **ALL)
-    out, last = _torch_path(*inputs[:8], softplus, inputs[8])
+    out, last = _fast_path(*inputs[:8], softplus, inputs[8])
     with torch.no_grad():
-        out_ng, last_ng = _torch_path(*inputs[:8], softplus, inputs[8])
+        out_ng, last_ng = _fast_path(*inputs[:8], softplus, inputs[8])
     assert torch.equal(out, out_ng) and torch.equal(last, last_ng)
 
 
 def test_gradcheck_float64():
     """The path has its own backward; gradcheck proves it (across a checkpoint boundary)."""
-    inputs, softplus = _inputs(1, 2, 2, cpu_path.CHUNK + 2, torch.float64,
+    inputs, softplus = _inputs(1, 2, 2, fast_path.CHUNK + 2, torch.float64,
                                **{**ALL, "groups": 2})
 
     def scan(*tensors):
-        return _torch_path(*tensors[:8], softplus, tensors[8])
+        return _fast_path(*tensors[:8], softplus, tensors[8])
 
     assert torch.autograd.gradcheck(scan, inputs)
 
@@ -173,7 +168,7 @@ def test_other_devices_run_the_reference():
     (shown on the meta device, which has no data)."""
     inputs, softplus = _inputs(2, 6, 5, 9, torch.float32, **ALL)
     meta = [t.detach().to("meta") for t in inputs]
-    out, last = cpu_path.selective_scan_cpu(*meta[:8], softplus, meta[8])
+    out, last = _fast_path(*meta[:8], softplus, meta[8])
     assert out.device.type == "meta" and out.shape == (2, 6, 9) and last.shape == (2, 6, 5)
 
 
@@ -182,7 +177,7 @@ def test_compiles_without_graph_break():
     inputs, softplus = _inputs(2, 6, 5, 70, torch.float32, **ALL)
 
     def scan(*tensors):
-        out, last = _torch_path(*tensors[:8], softplus, tensors[8])
+        out, last = _fast_path(*tensors[:8], softplus, tensors[8])
         return out.tanh(), last
 
     compiled = torch.compile(scan, fullgraph=True, backend="aot_eager")

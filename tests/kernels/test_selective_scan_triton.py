@@ -12,6 +12,7 @@ import torch
 from kernels._registry import LaunchConfig, registered_kernels
 from kernels.selective_scan import selective_scan, selective_scan_reference
 from kernels.selective_scan import triton_kernels
+from kernels.selective_scan.inputs import make_inputs
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
 
 SMALL_CHUNK = 8
@@ -32,25 +33,16 @@ def small_tiles(monkeypatch):
 
 
 def _inputs(batch, dim, N, L, groups=None, dtype=torch.float32, param_dtype=torch.float32,
-            delta_scale=1.0, D=True, z=True, delta_bias=True, softplus=True, initial_state=True):
-    """Leaf tensors by name (None where absent); A = −exp(randn) as in Mamba, small positive dt."""
-    bc_shape = (batch, N, L) if groups is None else (batch, groups, N, L)
-    if softplus:  # softplus(delta + delta_bias) ≈ 0.01 … 0.5, or both tails with delta_scale
-        delta = torch.randn(batch, dim, L) * delta_scale - 2.0 * (not delta_bias)
-    else:
-        delta = torch.rand(batch, dim, L) * 0.3 + 0.02
-    tensors = {
-        "u": torch.randn(batch, dim, L).to(dtype),
-        "delta": delta.to(dtype),
-        "A": (-torch.exp(torch.randn(dim, N))).to(param_dtype),
-        "B": torch.randn(bc_shape).to(dtype),
-        "C": torch.randn(bc_shape).to(dtype),
-        "D": torch.randn(dim).to(param_dtype) if D else None,
-        "z": torch.randn(batch, dim, L).to(dtype) if z else None,
-        "delta_bias": (torch.rand(dim) * 2 - 3.0).to(param_dtype) if delta_bias else None,
-        "initial_state": torch.randn(batch, dim, N).to(param_dtype) if initial_state else None,
-    }
-    return {k: (None if v is None else v.requires_grad_()) for k, v in tensors.items()}, softplus
+            delta_scale=None, D=True, z=True, delta_bias=True, softplus=True, initial_state=True):
+    """Leaf tensors by name (None where absent), from ``make_inputs``; with ``delta_scale``, delta
+    is delta_scale·randn instead (both of softplus' tails)."""
+    tensors = make_inputs(batch, dim, L, N, dtype=dtype, param_dtype=param_dtype, groups=groups,
+                          D=D, z=z, delta_bias=delta_bias, delta_softplus=softplus,
+                          initial_state=initial_state)
+    t = dict(zip(NAMES, tensors + ((None,) if not initial_state else ())))
+    if delta_scale is not None:  # make_inputs' delta is 0.5·randn − 1 with softplus
+        t["delta"] = ((t["delta"].float() + 1.0) * 2.0 * delta_scale).to(dtype)
+    return {k: (None if v is None else v.requires_grad_()) for k, v in t.items()}, softplus
 
 
 def _call(fn, t, softplus, **kwargs):
@@ -326,6 +318,6 @@ def test_strided_B_C_views(small_tiles, poisoned_empty):
         assert not t[name].is_contiguous()
     _check_against_reference(t, softplus, torch.float32)
     huge = torch.empty_strided((1, 1, 2, 3), (0, 0, 2 ** 31, 1), device="meta")
-    assert triton_kernels._grouped(huge).is_contiguous()
+    assert triton_kernels.grouped(huge).is_contiguous()
     small = torch.empty_strided((2, 1, 2, 3), (0, 0, 1, 0), device="meta")
-    assert triton_kernels._grouped(small).stride() == (0, 0, 1, 0)
+    assert triton_kernels.grouped(small).stride() == (0, 0, 1, 0)

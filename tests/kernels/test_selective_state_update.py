@@ -8,7 +8,9 @@ import torch
 from kernels import selective_state_update
 from kernels.selective_scan import selective_scan
 from kernels.selective_state_update import selective_state_update_reference
+from kernels.selective_scan.inputs import make_inputs as make_scan_inputs
 from kernels.selective_state_update import triton_kernels
+from kernels.selective_state_update.inputs import make_inputs
 from kernels.testing import FORWARD_TOLERANCE, assert_close
 
 # (batch, dim, N, G): dim straddling BLOCK_D, N = 1, odd N, N > 128 (8 warps); G None = (batch, N).
@@ -19,19 +21,12 @@ BACKENDS = ["fast", "triton"]
 STATE_TOLERANCE = FORWARD_TOLERANCE[torch.float32]  # the state is fp32 whatever x's dtype
 
 
+NAMES = ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias")
+
+
 def _inputs(batch, dim, N, G, dtype, D=True, z=True, dt_bias=True):
-    bc_shape = (batch, N) if G is None else (batch, G, N)
-    return {
-        "state": torch.randn(batch, dim, N),
-        "x": torch.randn(batch, dim).to(dtype),
-        "dt": (torch.rand(batch, dim) - 0.5).to(dtype),
-        "A": -torch.rand(dim, N) * 2,
-        "B": torch.randn(bc_shape).to(dtype),
-        "C": torch.randn(bc_shape).to(dtype),
-        "D": torch.randn(dim) if D else None,
-        "z": torch.randn(batch, dim).to(dtype) if z else None,
-        "dt_bias": torch.rand(dim) if dt_bias else None,
-    }
+    return dict(zip(NAMES, make_inputs(batch, dim, N, groups=G, dtype=dtype, D=D, z=z,
+                                       dt_bias=dt_bias)))
 
 
 def _reference(inputs, dt_softplus):
@@ -79,10 +74,8 @@ def test_every_optional_input_may_be_none(has_D, has_z, has_dt_bias, dt_softplus
 def test_stepping_reproduces_selective_scan(backend, groups):
     """Token by token from an initial state: the outputs are the scan's, the state its last."""
     batch, dim, N, length = 2, 10, 7, 6
-    bc = (batch, N, length) if groups is None else (batch, groups, N, length)
-    u, delta, z = torch.randn(batch, dim, length), torch.randn(batch, dim, length), torch.randn(batch, dim, length)
-    A, B, C = -torch.rand(dim, N) * 2, torch.randn(bc), torch.randn(bc)
-    D, delta_bias, initial = torch.randn(dim), torch.rand(dim), torch.randn(batch, dim, N)
+    u, delta, A, B, C, D, z, delta_bias, initial = make_scan_inputs(
+        batch, dim, length, N, groups=groups, initial_state=True)
     ref_out, ref_last = selective_scan(
         *(t.double() for t in (u, delta, A, B, C, D, z)), delta_bias=delta_bias.double(),
         delta_softplus=True, return_last_state=True, initial_state=initial.double(), backend="reference")
@@ -292,22 +285,10 @@ def test_mixed_input_dtypes(x_dtype, dt_dtype, bc_dtype, z_dtype, backend):
 
 def _heads_inputs(batch, heads, headdim, N, G, dtype=torch.float32, broadcast=True):
     """The Mamba-2 layout as mamba_ssm's Mamba2.step builds it: A, dt, D, dt_bias per head,
-    expanded over headdim with stride 0 (``broadcast``), B and C per group of heads."""
-    bc_shape = (batch, N) if G is None else (batch, G, N)
-    per_head = (lambda t, shape: t[..., None].expand(*shape)) if broadcast else \
-        (lambda t, shape: t[..., None].expand(*shape).contiguous())
-    return {
-        "state": torch.randn(batch, heads, headdim, N),
-        "x": torch.randn(batch, heads, headdim).to(dtype),
-        "dt": per_head((torch.rand(batch, heads) - 0.5).to(dtype), (batch, heads, headdim)),
-        "A": per_head(-torch.rand(heads, 1) * 2, (heads, headdim, N)) if broadcast
-        else -torch.rand(heads, headdim, N) * 2,
-        "B": torch.randn(bc_shape).to(dtype),
-        "C": torch.randn(bc_shape).to(dtype),
-        "D": per_head(torch.randn(heads), (heads, headdim)),
-        "z": torch.randn(batch, heads, headdim).to(dtype),
-        "dt_bias": per_head(torch.rand(heads), (heads, headdim)),
-    }
+    expanded over headdim with stride 0 (``broadcast``, else contiguous copies), B and C per
+    group of heads."""
+    return dict(zip(NAMES, make_inputs(batch, heads, N, headdim=headdim, groups=G, dtype=dtype,
+                                       per_head_views=broadcast)))
 
 
 # (batch, nheads, headdim, N, G): headdim 1, groups of several heads, N straddling BLOCK_N.

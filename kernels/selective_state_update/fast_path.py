@@ -1,4 +1,5 @@
-"""Fast PyTorch path of the recurrence step: in place on the state, no per-channel copies of B, C.
+"""The recurrence step's fast path (backend "fast"): torch ops, in place on the state, no
+per-channel copies of B, C (``FAST_PATH = "torch"``).
 
 It takes the Mamba-1 layout (``op.py`` flattens the heads layout to channels). The channels are
 viewed as (G, dim / G) so B and C broadcast over their group instead of being repeated per channel;
@@ -16,8 +17,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+FAST_PATH = "torch"
+"""What the fast path runs: PyTorch ops (any device)."""
 
-def selective_state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+
+def selective_state_update_fast(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
                                  state_batch_indices=None):
     """Same contract as ``selective_state_update_reference`` on the Mamba-1 layout."""
     compute = torch.float64 if torch.float64 in (state.dtype, x.dtype) else torch.float32

@@ -1,4 +1,5 @@
-"""Fast CPU path of the selective scan: fused numba loops, with their own memory-lean autograd.
+"""The selective scan's fast path (backend "fast"): fused numba-compiled loops on the CPU, forward
+and a memory-lean backward (``FAST_PATH = "numba"``).
 
 Shapes (as ``selective_scan``): u, delta, z (batch, dim, L); A (dim, N); B, C (batch, G, N, L)
 (G = 1 when given as (batch, N, L)); D, delta_bias (dim,); initial_state (batch, dim, N);
@@ -27,15 +28,15 @@ channels of a group: each task adds into its own (L, N) slab (no races; batch·G
 floats, summed afterwards), and dA, dD are reduced over the batch in torch, as is the softplus
 backward. Nothing of size (batch, dim, L, N) is ever stored.
 
-The autograd Function saves the inputs and the checkpoints only. Forward and backward are the
-custom ops ``mim::selective_scan_cpu_fwd`` / ``_bwd`` (with fake implementations), so
-``torch.compile`` traces through the Function without a graph break. The kernels use as many
+The op's autograd Function (``op.SelectiveScanFunction``) saves the inputs and the checkpoints
+only. Forward and backward are the custom ops ``mim::selective_scan_fast_fwd`` / ``_bwd`` (with
+fake implementations; ``fast_forward`` / ``fast_backward`` call them), so ``torch.compile``
+traces through the Function without a graph break. The kernels use as many
 threads as ``torch.get_num_threads()`` (at most numba's ``NUMBA_NUM_THREADS``), and are compiled
 once per dtype (float32, float64) and cached on disk (numba ``cache=True``).
 
-numba runs on CPU memory only: on any other device (CUDA tensors with ``backend="fast"``) this
-path falls back to ``selective_scan_reference``, the step-by-step recurrence differentiated by
-autograd.
+numba runs on CPU memory only: ``selective_scan`` runs the reference on any other device (CUDA
+tensors with ``backend="fast"``), the step-by-step recurrence differentiated by autograd.
 """
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ from numba.extending import intrinsic, overload
 
 from .._custom_op import custom_op
 from .._seq_idx import sequence_starts
-from .reference import selective_scan_reference
+
+FAST_PATH = "numba"
+"""What the fast path runs: numba-compiled loops (CPU tensors)."""
 
 CHUNK = 64
 """Time steps between state checkpoints (and the length of backward's per-task scratch)."""
@@ -378,7 +381,7 @@ def scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z,
             grad_h0)
 
 
-@custom_op("mim::selective_scan_cpu_fwd", mutates_args=())
+@custom_op("mim::selective_scan_fast_fwd", mutates_args=())
 def _forward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                 delta_bias: Optional[torch.Tensor], delta_softplus: bool,
@@ -402,7 +405,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_id
             u.new_empty((sequences, dim, nstate), dtype=compute))
 
 
-@custom_op("mim::selective_scan_cpu_bwd", mutates_args=())
+@custom_op("mim::selective_scan_fast_bwd", mutates_args=())
 def _backward_op(grad_out: torch.Tensor, grad_last: torch.Tensor, checkpoints: torch.Tensor,
                  u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                  C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
@@ -424,52 +427,28 @@ def _(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z, delta_bias, del
             + [torch.empty_like(grad_last)])
 
 
-class SelectiveScanCpuFunction(torch.autograd.Function):
-    """Saves the inputs and the state checkpoints (batch·dim·⌈L/CHUNK⌉·N floats: backward
-    rebuilds each chunk's states from them instead of rescanning from the start)."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
-                ordinals, num_sequences):
-        out, last, checkpoints, varlen_states = _forward_op(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, ordinals,
-            num_sequences)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx,
-                              ordinals, checkpoints)
-        ctx.delta_softplus = delta_softplus
-        return out, last, varlen_states
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_last, grad_varlen):
-        (u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, ordinals,
-         checkpoints) = ctx.saved_tensors
-        grads = _backward_op(grad_out.contiguous(), grad_last.contiguous(), checkpoints, u, delta,
-                             A, B, C, D, z, delta_bias, ctx.delta_softplus, seq_idx, ordinals,
-                             grad_varlen)
-        present = (True, True, True, True, True, D is not None, z is not None,
-                   delta_bias is not None, initial_state is not None)
-        grads = [g if keep else None for g, keep in zip(grads, present)]
-        if initial_state is not None:
-            grads[8] = grads[8].to(initial_state.dtype)
-        return (*grads[:8], None, grads[8], None, None, None)
+def fast_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, initial_state,
+                 seq_idx, ordinals, num_sequences: int):
+    """The forward the op's autograd Function runs on this path (CPU tensors, B and C grouped
+    (batch, G, N, L) or (batch, N, L)) → (out in u's dtype, last state, checkpoints to save for
+    backward, varlen states (num_sequences, dim, N), empty without ``ordinals``)."""
+    return _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                       seq_idx, ordinals, num_sequences)
 
 
-def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       initial_state=None, seq_idx=None, ordinals=None, num_sequences=0):
-    """(out, last_state) of the selective scan on CPU tensors; see the module docstring. With
-    ``ordinals`` and ``num_sequences`` (``sequence_ordinals(seq_idx)``) also the varlen states,
-    (num_sequences, dim, N): each packed sequence's final state.
-
-    out is in u's dtype, the states in float32 (float64 for float64 inputs). Gradients flow to
-    every tensor input, initial_state included, and from every output. Tensors on any other
-    device run ``selective_scan_reference`` instead (numba is CPU-only).
-    """
-    varlen = ordinals is not None
-    if u.device.type != "cpu":
-        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                        return_last_state=True, initial_state=initial_state,
-                                        seq_idx=seq_idx, return_varlen_states=varlen)
-    out, last, varlen_states = SelectiveScanCpuFunction.apply(
-        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state, seq_idx,
-        ordinals, num_sequences)
-    return (out, last, varlen_states) if varlen else (out, last)
+def fast_backward(grad_out, grad_last, grad_varlen, checkpoints, u, delta, A, B, C, D, z,
+                  delta_bias, delta_softplus: bool, initial_state, seq_idx, ordinals) -> list:
+    """The backward the op's autograd Function runs on this path: the gradients of (u, delta, A,
+    B, C, D, z, delta_bias, initial_state), each in its input's dtype, None for an absent input.
+    A gradient that is None (an output nothing depends on) counts as zeros."""
+    grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
+    grad_last = (u.new_zeros(checkpoints.shape[:2] + checkpoints.shape[3:], dtype=checkpoints.dtype)
+                 if grad_last is None else grad_last.contiguous())
+    grads = _backward_op(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z, delta_bias,
+                         delta_softplus, seq_idx, ordinals, grad_varlen)
+    present = (True, True, True, True, True, D is not None, z is not None,
+               delta_bias is not None, initial_state is not None)
+    grads = [g if keep else None for g, keep in zip(grads, present)]
+    if initial_state is not None:
+        grads[8] = grads[8].to(initial_state.dtype)
+    return grads

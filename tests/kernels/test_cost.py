@@ -1,16 +1,25 @@
-"""bench.traffic: the counter's figures on hand-checkable ops, the fused deviation_adanorm model
-against the formula worked by hand, and the eager reference against the fused kernels."""
+"""kernels.cost and each op's cost model: the counter's figures on hand-checkable ops, the fused
+deviation_adanorm and fast-path selective-scan models against formulas worked by hand, every op's
+traffic cases, and ``python -m bench.traffic`` run as a script (tests never import bench)."""
+import importlib
 import json
+import math
+import os
+import subprocess
+import sys
 
+import pytest
 import torch
 
-from bench.traffic import CASES, main, measure
-from kernels.cost import Traffic, TrafficCounter, tensor_bytes
+from kernels import OPS, deviation_adanorm
+from kernels.cost import Traffic, TrafficCase, TrafficCounter, count_forward_backward, tensor_bytes
 from kernels.deviation_adanorm.cost import fused_traffic as adanorm_fused_traffic
 from kernels.deviation_adanorm.cost import minimum_traffic as adanorm_minimum_traffic
-from kernels import deviation_adanorm
+from kernels.deviation_adanorm.cost import traffic_cases as adanorm_traffic_cases
+from kernels.selective_scan.cost import fast_path_traffic
 
 FP32 = 4
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _count(fn) -> TrafficCounter:
@@ -85,7 +94,7 @@ def test_backward_of_a_product_is_captured():
 def test_custom_op_is_counted_by_the_aten_ops_it_runs():
     v, scale, shift = torch.randn(2, 4, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
     names = {r.name for r in _count(lambda: deviation_adanorm(v, scale, shift,
-                                                              backend="torch")).records}
+                                                              backend="fast")).records}
     assert "aten.addcmul.default" in names and "aten.var_mean.correction" in names
     assert all(name.startswith("aten.") for name in names)
 
@@ -105,18 +114,46 @@ def test_adanorm_fused_traffic_matches_the_formula_by_hand():
     assert bf16["fwd"].bytes == (224 + 3 * 840) // 2 + 48
 
 
+def test_scan_fast_path_traffic_matches_the_formula_by_hand():
+    # batch=2, dim=3, L=130 (three 64-step checkpoints), N=4, fp32: u, dt, z 2·3·130·4 = 3120
+    # bytes each, B and C 2·4·130·4 = 4160 each, A 3·4·4 = 48, D 12, the initial state 2·3·4·4 = 96.
+    traffic = fast_path_traffic(batch=2, dim=3, length=130, nstate=4, compute_itemsize=4)
+    assert traffic == Traffic(launches=1, bytes_read=3 * 3120 + 2 * 4160 + 48 + 12 + 96,
+                              bytes_written=3120 + 96 + 2 * 3 * math.ceil(130 / 64) * 4 * 4)
+    float64 = fast_path_traffic(batch=2, dim=3, length=130, nstate=4, compute_itemsize=8)
+    assert float64.bytes == 2 * traffic.bytes
+
+
 def test_eager_reference_moves_more_than_the_fused_kernels():
-    case = next(c for c in CASES if c.op == "deviation_adanorm" and c.dtype == torch.float32)
-    rows = [row for row in measure(case) if row.path == "reference"]
-    assert {row.direction for row in rows} == {"fwd", "bwd"}
-    for row in rows:
-        assert row.eager.bytes > row.fused.bytes >= row.minimum.bytes
-        assert row.eager.launches > row.fused.launches
+    case = next(c for c in adanorm_traffic_cases() if c.dtype == torch.float32)
+    counters = count_forward_backward(case.eager_paths["reference"], case.make_inputs(),
+                                      case.directions)
+    assert set(counters) == {"fwd", "bwd"}
+    for direction, counter in counters.items():
+        eager = counter.summary()
+        assert eager.bytes > case.fused[direction].bytes >= case.minimum[direction].bytes
+        assert eager.launches > case.fused[direction].launches
 
 
-def test_main_writes_results_and_prints_the_table_last(tmp_path, capsys):
-    assert main(["--op", "deviation_adanorm", "--out-dir", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out.strip().splitlines()
+@pytest.mark.parametrize("op", OPS)
+def test_every_op_has_traffic_cases_the_table_can_count(op):
+    """Each case names its op, builds inputs its eager paths take, and its fused kernels move no
+    fewer bytes than the minimum (counted here forward only: the table counts the rest)."""
+    cases = importlib.import_module(f"kernels.{op}.cost").traffic_cases()
+    assert cases and all(isinstance(case, TrafficCase) and case.op == op for case in cases)
+    for case in cases:
+        assert set(case.directions) <= {"fwd", "bwd"} and case.eager_paths
+        for direction in case.directions:
+            assert case.fused[direction].bytes >= case.minimum[direction].bytes > 0
+
+
+def test_driver_writes_results_and_prints_the_table_last(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "bench.traffic", "--op", "deviation_adanorm",
+                             "--out-dir", str(tmp_path)], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip().splitlines()
     assert any("modeled, not measured" in line for line in printed)
     header = next(i for i, line in enumerate(printed) if "modeled H100 µs eager" in line)
     table_rows = printed[header + 2:]  # the header, a rule, then every row to the end
