@@ -31,12 +31,12 @@ def fused_traffic(batch: int, dim: int, length: int, width: int, itemsize: int,
     writes grad_x (B·dim·L·s) and its per-program partial sums of grad_weight and grad_bias
     (B·⌈L / BLOCK_T⌉·(W + 1)·dim·4); the sum over programs reads them and writes grad_weight and
     grad_bias (dim·(W + 1)·4). BLOCK_T is the tile's time extent for x's layout
-    (``triton_kernels.launch_config``)."""
+    (``triton_kernels.launch_config(channel_last, backward=True)``)."""
     from .triton_kernels import launch_config
 
     sequence = batch * dim * length * itemsize  # each of x, out, grad_out, grad_x
     parameters = dim * (width + 1) * FP32  # weight and bias
-    time_blocks = math.ceil(length / launch_config(channel_last).constexprs["BLOCK_T"])
+    time_blocks = math.ceil(length / launch_config(channel_last, backward=True).constexprs["BLOCK_T"])
     partials = batch * time_blocks * (width + 1) * dim * FP32
     kernel = Traffic(launches=1, bytes_read=2 * sequence + parameters,
                      bytes_written=sequence + partials)

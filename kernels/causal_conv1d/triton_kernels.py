@@ -66,12 +66,8 @@ def _pre_activation(x_base, weight_ptr, bias_ptr, seq_row, channels64, in_dim, o
         valid = out_valid & (source >= 0)
         if has_seq_idx:
             valid = valid & (tl.load(seq_row + source, mask=valid, other=0) == out_seq)
-        source64 = source.to(tl.int64)
-        if CHANNEL_LAST:
-            x_at = x_base + channels64[:, None] + source64[None, :] * stride_x_row
-        else:
-            x_at = x_base + channels64[:, None] * stride_x_row + source64[None, :]
-        x = tl.load(x_at, mask=in_dim[:, None] & valid[None, :], other=0.0).to(tl.float32)
+        x = tl.load(_tile(x_base, channels64, source, stride_x_row, CHANNEL_LAST),
+                    mask=in_dim[:, None] & valid[None, :], other=0.0).to(tl.float32)
         w = tl.load(weight_ptr + channels64 * width + k, mask=in_dim, other=0.0)
         acc += w[:, None] * x
     if has_bias:
@@ -80,12 +76,12 @@ def _pre_activation(x_base, weight_ptr, bias_ptr, seq_row, channels64, in_dim, o
 
 
 @triton.jit
-def _offsets(channels64, times, stride_row, CHANNEL_LAST: tl.constexpr):
-    """(BLOCK_D, BLOCK_T) int64 element offsets of (channel, time) within one batch row."""
-    times64 = times.to(tl.int64)
+def _tile(base, channels, times, stride_row, CHANNEL_LAST: tl.constexpr):
+    """(BLOCK_D, BLOCK_T) pointers to (channel, time) of one batch row at ``base``: the strided
+    axis's offsets in int64 (one vector), the unit-stride axis's added in int32."""
     if CHANNEL_LAST:
-        return channels64[:, None] + times64[None, :] * stride_row
-    return channels64[:, None] * stride_row + times64[None, :]
+        return (base + times.to(tl.int64) * stride_row)[None, :] + channels[:, None]
+    return (base + channels.to(tl.int64) * stride_row)[:, None] + times[None, :]
 
 
 @triton.jit
@@ -113,7 +109,7 @@ def _causal_conv1d_fwd_kernel(x_ptr, weight_ptr, bias_ptr, seq_idx_ptr, out_ptr,
                           BLOCK_D, BLOCK_T, CHANNEL_LAST)
     if silu:
         pre = pre * tl.sigmoid(pre)
-    out_at = out_ptr + b * stride_out_batch + _offsets(channels64, times, stride_out_row, CHANNEL_LAST)
+    out_at = _tile(out_ptr + b * stride_out_batch, channels64, times, stride_out_row, CHANNEL_LAST)
     tl.store(out_at, pre.to(out_ptr.dtype.element_ty), mask=in_dim[:, None] & in_time[None, :])
 
 
@@ -144,7 +140,7 @@ def _causal_conv1d_bwd_kernel(x_ptr, weight_ptr, bias_ptr, seq_idx_ptr, grad_out
 
     # g at the tile's own steps: the gradient of the pre-activation there.
     tile = in_dim[:, None] & in_time[None, :]
-    g_own = tl.load(grad_out_base + _offsets(channels64, times, stride_grad_out_row, CHANNEL_LAST),
+    g_own = tl.load(_tile(grad_out_base, channels64, times, stride_grad_out_row, CHANNEL_LAST),
                     mask=tile, other=0.0).to(tl.float32)
     if silu:
         pre = _pre_activation(x_base, weight_ptr, bias_ptr, seq_row, channels64, in_dim, times,
@@ -160,7 +156,7 @@ def _causal_conv1d_bwd_kernel(x_ptr, weight_ptr, bias_ptr, seq_idx_ptr, grad_out
         valid = in_time & (source >= 0)
         if has_seq_idx:
             valid = valid & (tl.load(seq_row + source, mask=valid, other=0) == seq)
-        x = tl.load(x_base + _offsets(channels64, source, stride_x_row, CHANNEL_LAST),
+        x = tl.load(_tile(x_base, channels64, source, stride_x_row, CHANNEL_LAST),
                     mask=in_dim[:, None] & valid[None, :], other=0.0).to(tl.float32)
         tl.store(partial_row + k * dim + channels64, tl.sum(g_own * x, axis=1), mask=in_dim)
     if has_bias:
@@ -176,7 +172,7 @@ def _causal_conv1d_bwd_kernel(x_ptr, weight_ptr, bias_ptr, seq_idx_ptr, grad_out
         if has_seq_idx:
             out_seq = tl.load(seq_row + out_times, mask=out_valid, other=0)
             out_valid = out_valid & (out_seq == seq)
-        g = tl.load(grad_out_base + _offsets(channels64, out_times, stride_grad_out_row, CHANNEL_LAST),
+        g = tl.load(_tile(grad_out_base, channels64, out_times, stride_grad_out_row, CHANNEL_LAST),
                     mask=in_dim[:, None] & out_valid[None, :], other=0.0).to(tl.float32)
         if silu:
             pre_s = _pre_activation(x_base, weight_ptr, bias_ptr, seq_row, channels64, in_dim,
@@ -186,8 +182,8 @@ def _causal_conv1d_bwd_kernel(x_ptr, weight_ptr, bias_ptr, seq_idx_ptr, grad_out
             g = g * sig_s * (1.0 + pre_s * (1.0 - sig_s))
         w = tl.load(weight_ptr + channels64 * width + (width - 1 - s), mask=in_dim, other=0.0)
         grad_x += w[:, None] * g
-    tl.store(grad_x_ptr + b * stride_grad_x_batch + _offsets(channels64, times, stride_grad_x_row,
-                                                             CHANNEL_LAST),
+    tl.store(_tile(grad_x_ptr + b * stride_grad_x_batch, channels64, times, stride_grad_x_row,
+                   CHANNEL_LAST),
              grad_x.to(grad_x_ptr.dtype.element_ty), mask=tile)
 
 
@@ -230,16 +226,17 @@ def _causal_conv1d_update_kernel(x_ptr, state_ptr, weight_ptr, bias_ptr, out_ptr
 CHANNEL_FIRST_CONFIG = LaunchConfig({"BLOCK_D": 16, "BLOCK_T": 128, "CHANNEL_LAST": False}, num_warps=4)
 CHANNEL_LAST_CONFIG = LaunchConfig({"BLOCK_D": 64, "BLOCK_T": 32, "CHANNEL_LAST": True}, num_warps=4)
 # Backward holds about twice forward's live tiles (g, grad_x, the recomputed pre-activation):
-# the same tiles on 8 warps keep it under 128 registers a thread without spilling.
-CHANNEL_FIRST_BWD_CONFIG = LaunchConfig(CHANNEL_FIRST_CONFIG.constexprs, num_warps=8)
-CHANNEL_LAST_BWD_CONFIG = LaunchConfig(CHANNEL_LAST_CONFIG.constexprs, num_warps=8)
+# half the channels of forward's tile on 8 warps (4 elements a thread) keep it under the 80
+# registers ptxas allots a thread of a 256-thread block on sm_80, without spilling.
+CHANNEL_FIRST_BWD_CONFIG = LaunchConfig({"BLOCK_D": 8, "BLOCK_T": 128, "CHANNEL_LAST": False}, num_warps=8)
+CHANNEL_LAST_BWD_CONFIG = LaunchConfig({"BLOCK_D": 32, "BLOCK_T": 32, "CHANNEL_LAST": True}, num_warps=8)
 UPDATE_CONFIG = LaunchConfig({"BLOCK_D": 256, "BLOCK_S": 4}, num_warps=4)
 
 
 def launch_config(channel_last: bool, backward: bool = False) -> LaunchConfig:
     """The tile for x's layout: 16 channels × 128 steps when steps are contiguous (each warp row
-    reads 512 contiguous bytes of fp32), 64 channels × 32 steps when channels are; 4 warps
-    forward, 8 backward."""
+    reads 512 contiguous bytes of fp32), 64 channels × 32 steps when channels are, on 4 warps;
+    backward 8 × 128 and 32 × 32 on 8 warps."""
     if backward:
         return CHANNEL_LAST_BWD_CONFIG if channel_last else CHANNEL_FIRST_BWD_CONFIG
     return CHANNEL_LAST_CONFIG if channel_last else CHANNEL_FIRST_CONFIG
