@@ -13,13 +13,15 @@ import torch
 from kernels import Mamba
 from kernels.causal_conv1d import causal_conv1d, causal_conv1d_reference
 from kernels.causal_conv1d import op as conv_op
-from kernels.selective_scan import cpu_path, selective_scan, selective_scan_reference, triton_kernels
+from kernels.selective_scan import fast_path, selective_scan, selective_scan_reference, triton_kernels
+from kernels.selective_scan.inputs import make_inputs
 from kernels._registry import LaunchConfig
 from kernels._seq_idx import sequence_ordinals
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
 
 SMALL_CHUNK = 8
 BACKENDS = ("reference", "fast", "triton")
+SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(triton_kernels, "FORWARD_CONFIGS", configs)
     monkeypatch.setattr(triton_kernels, "BACKWARD_CONFIGS", configs)
     monkeypatch.setattr(triton_kernels, "BACKWARD_VARLEN_CONFIGS", configs)
-    monkeypatch.setattr(cpu_path, "CHUNK", SMALL_CHUNK)
+    monkeypatch.setattr(fast_path, "CHUNK", SMALL_CHUNK)
 
 
 def random_packing(batch, length, generator):
@@ -67,17 +69,12 @@ def _grads(loss, tensors):
 
 
 def _scan_inputs(batch, dim, N, L, groups, full, generator):
-    bc = (batch, N, L) if groups is None else (batch, groups, N, L)
-    g = dict(generator=generator)
-    t = {"u": torch.randn(batch, dim, L, **g),
-         "delta": torch.randn(batch, dim, L, **g) * 0.5,
-         "A": -torch.exp(torch.randn(dim, N, **g)),
-         "B": torch.randn(bc, **g), "C": torch.randn(bc, **g),
-         "D": torch.randn(dim, **g) if full else None,
-         "z": torch.randn(batch, dim, L, **g) if full else None,
-         "delta_bias": torch.rand(dim, **g) - 1.0 if full else None,
-         "initial_state": torch.randn(batch, dim, N, **g) if full else None}
-    return {k: None if v is None else v.requires_grad_() for k, v in t.items()}
+    """Leaf inputs by name from ``make_inputs``, seeded from ``generator``; D, z, delta_bias and
+    the initial state only when ``full``."""
+    seed = int(torch.randint(2 ** 31, (1,), generator=generator))
+    tensors = make_inputs(batch, dim, L, N, groups=groups, seed=seed, requires_grad=True, D=full,
+                          z=full, delta_bias=full, initial_state=full)
+    return dict(zip(SCAN_NAMES, tensors + ((None,) if not full else ())))
 
 
 def _scan(t, seq_idx=None, backend="reference", sl=slice(None), rows=slice(None), first=True):
@@ -315,8 +312,8 @@ def test_triton_varlen_states_refuse_offsets_past_int32():
     B = torch.zeros(1, 1, N, 1)
     seq_idx = torch.zeros(1, 1, dtype=torch.int32)
     with pytest.raises(ValueError, match=r"varlen states take T_CHUNK·dim·N < 2\^31"):
-        triton_kernels.selective_scan_triton(u, u, A, B, B, seq_idx=seq_idx,
-                                             ordinals=seq_idx, num_sequences=1)
+        selective_scan(u, u, A, B, B, seq_idx=seq_idx, return_varlen_states=True,
+                       backend="triton")
 
 
 def test_sequence_ordinals_number_sequences_row_by_row():
