@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import kernels  # noqa: F401  (registers every op's kernels)
-from kernels._registry import registered_kernels
+from kernels import registered_kernels
 from tools.aot import OPS, runtime_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ import kernels.deviation_adanorm.triton_kernels
 from triton._C.libtriton import ir
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
-from kernels._registry import registered_kernels
+from kernels import registered_kernels
 from tools.compile_report import ast_source
 
 target = GPUTarget("cuda", 90, 32)

@@ -22,7 +22,7 @@ def test_mamba_exposes_act_as_a_silu_module():
 
 # --- selective_scan: constant, mixed-group and other-dtype B / C ---------------------------------
 
-from kernels._registry import LaunchConfig  # noqa: E402
+from kernels import LaunchConfig  # noqa: E402
 from kernels.selective_scan import selective_scan, selective_scan_reference  # noqa: E402
 from kernels.selective_scan import triton_kernels  # noqa: E402
 from kernels.selective_scan.inputs import make_inputs  # noqa: E402

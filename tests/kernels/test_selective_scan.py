@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.selective_scan.reference import selective_scan_mamba_style as mamba_style_loop
-from kernels import selective_scan
+from kernels import SelectiveScan, selective_scan
 from kernels.selective_scan import selective_scan_reference
 from kernels.selective_scan.inputs import make_inputs
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
@@ -157,3 +157,15 @@ def test_compiles_without_graph_break(backend):
     assert_close("last", last, ref_last, FORWARD_TOLERANCE[torch.float32])
     for g, r in zip(grads, ref_grads):
         assert_close("grad", g, r, GRADIENT_TOLERANCE[torch.float32])
+
+
+def test_module_is_the_op_with_its_settings():
+    t = _inputs(batch=2, dim=4, N=3, L=9, groups=2, dtype=torch.float32)
+    args = [t[k] for k in NAMES[:8]]
+    module = SelectiveScan(delta_softplus=True, return_last_state=True, backend="fast")
+    out, last = module(*args, initial_state=t["initial_state"])
+    ref_out, ref_last = selective_scan(*args, True, True, t["initial_state"], backend="fast")
+    assert torch.equal(out, ref_out) and torch.equal(last, ref_last)
+    plain = SelectiveScan(delta_softplus=False)
+    assert torch.equal(plain(*args[:5]), selective_scan(*args[:5]))
+    assert "delta_softplus=False" in repr(plain) and list(plain.parameters()) == []

@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 
-from kernels._registry import LaunchConfig, registered_kernels
+from kernels import LaunchConfig, registered_kernels
 from kernels.selective_scan import selective_scan, selective_scan_reference
 from kernels.selective_scan import triton_kernels
 from kernels.selective_scan.inputs import make_inputs

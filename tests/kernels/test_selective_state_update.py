@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from kernels import selective_state_update
+from kernels import SelectiveStateUpdate, selective_state_update
 from kernels.selective_scan import selective_scan
 from kernels.selective_state_update import selective_state_update_reference
 from kernels.selective_scan.inputs import make_inputs as make_scan_inputs
@@ -455,3 +455,13 @@ BAD_INDICES = [
 def test_bad_state_batch_indices_are_named(message, corrupt, error):
     with pytest.raises(error, match=message):
         selective_state_update(**corrupt(_good()))
+
+
+def test_module_is_the_op_with_its_settings():
+    inputs = _inputs(2, 6, 4, 2, torch.float32)
+    module = SelectiveStateUpdate(dt_softplus=True, backend="fast")
+    module_inputs = dict(inputs, state=inputs["state"].clone())
+    out = module(*(module_inputs[k] for k in NAMES))
+    ref_out, ref_state = _run(inputs, True, "fast")
+    assert torch.equal(out, ref_out) and torch.equal(module_inputs["state"], ref_state)
+    assert "dt_softplus=True" in repr(module) and list(module.parameters()) == []

@@ -15,7 +15,7 @@ from kernels.causal_conv1d import causal_conv1d, causal_conv1d_reference
 from kernels.causal_conv1d import op as conv_op
 from kernels.selective_scan import fast_path, selective_scan, selective_scan_reference, triton_kernels
 from kernels.selective_scan.inputs import make_inputs
-from kernels._registry import LaunchConfig
+from kernels import LaunchConfig
 from kernels._seq_idx import sequence_ordinals
 from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
 
@@ -177,7 +177,7 @@ def test_selective_scan_packed_in_bfloat16_on_triton(small_chunks):
 
 
 def test_selective_scan_registers_the_seq_idx_kernels():
-    from kernels._registry import registered_kernels
+    from kernels import registered_kernels
 
     names = {e.name: e for e in registered_kernels() if e.op == "selective_scan"}
     for plain, packed in (("_selective_scan_fwd_kernel", "_selective_scan_fwd_seq_idx_kernel"),
