@@ -10,10 +10,11 @@ import pytest
 from safetensors.torch import load_file
 import torch
 
+from mim.checkpoint import (CheckpointError, check_same_renderer, latest_checkpoint, load_checkpoint,
+                            renderer_from_checkpoint)
 from mim.cli import main
 from mim.config import config_to_dict, get_config, save_config
-from mim.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from mim.train.stage1 import check_same_renderer, renderer_from_checkpoint, train_stage1
+from mim.train.stage1 import train_stage1
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -108,7 +109,8 @@ def test_torchrun_two_processes_match_one(tmp_path, read_out):
     mask and Adam's sign-like first updates, which is not what this test is about. With the
     mouth-opening read-out, its head (outside DDP, gradients averaged by hand) matches too."""
     config = small_config(checkpoint_every=0, dtype="float64")
-    config.loss.alpha_mouth_open = 1.0 if read_out else 0.0
+    if read_out:
+        config.recipe.name, config.recipe.alpha_mouth_open = "custom", 1.0
     path = str(tmp_path / "config.yaml")
     save_config(config, path)
     ddp = str(tmp_path / "ddp")
@@ -135,7 +137,7 @@ def test_torchrun_two_processes_match_one(tmp_path, read_out):
 def load_initial(config):
     from mim.models import Renderer
     torch.manual_seed(config.train.seed)
-    return Renderer(config.renderer).double().state_dict()
+    return Renderer.from_config(config).double().state_dict()
 
 
 def test_cosine_learning_rate(tmp_path):
@@ -165,14 +167,23 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
 
 def test_a_checkpoint_older_than_a_renderer_field_reads_as_its_default():
     """A saved config without a renderer field added later matches a config holding that
-    field's default, and is refused against any other value."""
+    field's default, and is refused against any other value; the recipe's decoder FiLM is part
+    of the renderer's shape, also where a format-1 config kept it (renderer.decoder_motion_film)."""
     config = get_config("tiny")
     saved = config_to_dict(config)
-    del saved["renderer"]["decoder_motion"]
+    del saved["renderer"]["learn_beta"]
     check_same_renderer(saved, config, "old.safetensors")
-    config.renderer.decoder_motion = True
-    with pytest.raises(CheckpointError, match=r"renderer.decoder_motion: checkpoint False vs config True"):
+    config.renderer.learn_beta = True
+    with pytest.raises(CheckpointError, match=r"renderer.learn_beta: checkpoint False vs config True"):
         check_same_renderer(saved, config, "old.safetensors")
+    config = get_config("tiny")
+    config.recipe.name, config.recipe.decoder_motion_film = "custom", True
+    with pytest.raises(CheckpointError, match=r"recipe.decoder_motion_film: checkpoint False vs config True"):
+        check_same_renderer(saved, config, "old.safetensors")
+    flat = config_to_dict(get_config("tiny"))
+    del flat["recipe"]
+    flat["renderer"]["decoder_motion_film"] = True
+    check_same_renderer(flat, config, "old.safetensors")
 
 
 def test_resume_with_another_config_is_refused(tmp_path, capsys):
@@ -235,12 +246,12 @@ def test_mouth_crop_loss(tmp_path):
 
     config = small_config(dtype="float64")
     config.loss.adversarial_start_step = 10
-    config.loss.alpha_mouth = 1.0
+    config.recipe.name, config.recipe.alpha_mouth = "custom", 1.0
     trainer = Stage1Trainer(config, str(tmp_path / "run"), progress=False)
     source, driving, boxes, _ = trainer.batch(0, 0)
     assert boxes.shape == (2, 2, 4)
     loss, terms, pred, target = trainer.generator_loss(source, driving, False, boxes)
-    cfg = config.loss
+    cfg = config.recipe
     expected = trainer.perceptual(crop_boxes(pred, boxes.flatten(0, 1), cfg.mouth_crop, cfg.mouth_margin),
                                   crop_boxes(target, boxes.flatten(0, 1), cfg.mouth_crop, cfg.mouth_margin))
     assert cfg.alpha_mouth == 1.0 and terms["mouth"].item() > 0
@@ -248,13 +259,13 @@ def test_mouth_crop_loss(tmp_path):
     without, terms_without, _, _ = trainer.generator_loss(source, driving, False, None)
     assert terms_without["mouth"].item() == 0
     torch.testing.assert_close(loss, without + cfg.alpha_mouth * expected)
-    trainer.config.loss.alpha_mouth = 0.0
+    trainer.config.recipe.alpha_mouth = 0.0
     off, terms_off, _, _ = trainer.generator_loss(source, driving, False, boxes)
     torch.testing.assert_close(off, without)
 
 
 def test_mouth_opening_read_out(tmp_path):
-    """alpha_mouth_open: a linear head reads the driving frames' mouth opening (the clips'
+    """recipe.alpha_mouth_open: a linear head reads the driving frames' mouth opening (the clips'
     labels) from their standardized M; its squared error, weighted, joins the loss; the head
     trains, is saved with the checkpoint and resumes; without labels the term is off."""
     from mim.models import standardize_motion
@@ -262,7 +273,7 @@ def test_mouth_opening_read_out(tmp_path):
 
     config = small_config(dtype="float64")
     config.loss.adversarial_start_step = 10
-    config.loss.alpha_mouth_open = 2.0
+    config.recipe.name, config.recipe.alpha_mouth_open = "custom", 2.0
     out = str(tmp_path / "run")
     trainer = Stage1Trainer(config, out, progress=False)
     source, driving, boxes, opening = trainer.batch(0, 0)
@@ -293,7 +304,7 @@ def test_mouth_opening_read_out(tmp_path):
 
 def test_fine_tuning_starts_from_a_checkpoints_renderer(tmp_path, capsys):
     """--init: the renderer starts as the checkpoint's (the step, optimizer and discriminator
-    fresh); a branch the checkpoint lacks (decoder_motion) starts at zero, so the first frames
+    fresh); a branch the checkpoint lacks (the recipe's decoder_motion_film) starts at zero, so the first frames
     equal the checkpoint renderer's; another renderer config is refused, naming the field."""
     from mim.train.stage1 import Stage1Trainer
 
@@ -302,11 +313,12 @@ def test_fine_tuning_starts_from_a_checkpoints_renderer(tmp_path, capsys):
     train_stage1(config, first, steps=2, progress=False, evaluate=False)
     ckpt = latest_checkpoint(os.path.join(first, "checkpoints"))
     tuned = small_config()
-    tuned.renderer.decoder_motion = True
-    tuned.loss.alpha_mouth_open = 1.0
+    tuned.recipe.name = "custom"
+    tuned.recipe.decoder_motion_film = True
+    tuned.recipe.alpha_mouth_open = 1.0
     trainer = Stage1Trainer(tuned, str(tmp_path / "tuned"), progress=False)
     trainer.initialize_from(ckpt)
-    assert trainer.step == 0
+    assert trainer.step == 0 and trainer.renderer.decoder.needs_motion
     original = renderer_from_checkpoint(ckpt)
     for key, value in original.state_dict().items():
         torch.testing.assert_close(trainer.renderer.state_dict()[key], value, rtol=0, atol=0)
@@ -326,18 +338,19 @@ def test_fine_tuning_starts_from_a_checkpoints_renderer(tmp_path, capsys):
 
 
 def test_frozen_parts_keep_their_weights_and_the_rest_trains(tmp_path):
-    """train.freeze: the named renderer parts keep their weights through training steps (and get
+    """recipe.freeze: the named renderer parts keep their weights through training steps (and get
     no optimizer state); the other parts change; an unknown part is refused, naming it, and
     --freeze on the command line sets it."""
     from mim.train.stage1 import Stage1Trainer
 
     config = small_config()
-    config.train.freeze = ("image_encoder", "appearance_extractor", "motion_encoder", "dit", "lmdd")
+    config.recipe.name = "custom"
+    config.recipe.freeze = ("image_encoder", "appearance_extractor", "motion_encoder", "dit", "lmdd")
     trainer = Stage1Trainer(config, str(tmp_path / "frozen"), progress=False)
     before = {k: v.clone() for k, v in trainer.renderer.state_dict().items()}
     trainer.run(2)
     after = trainer.renderer.state_dict()
-    frozen = [k for k in before if k.split(".")[0] in config.train.freeze]
+    frozen = [k for k in before if k.split(".")[0] in config.recipe.freeze]
     trained = [k for k in before if k.startswith("decoder.") and before[k].is_floating_point()]
     assert frozen and trained
     for key in frozen:
@@ -347,11 +360,13 @@ def test_frozen_parts_keep_their_weights_and_the_rest_trains(tmp_path):
     assert optimized == {id(p) for p in trainer.renderer.decoder.parameters()}
 
     bad = small_config()
-    bad.train.freeze = ("decoder", "warp_field")
-    with pytest.raises(ValueError, match="train.freeze.*warp_field"):
+    bad.recipe.name = "custom"
+    bad.recipe.freeze = ("decoder", "warp_field")
+    with pytest.raises(ValueError, match="recipe.freeze.*warp_field"):
         bad.validate()
     out = tmp_path / "cli"
     assert main(["train", "stage1", "--config", "tiny", "--steps", "1", "--out", str(out), "--batch-size", "2",
                  "--freeze", "image_encoder, lmdd", "--no-progress", "--no-eval"]) == 0
     from mim.config import load_config
-    assert load_config(str(out / "config.yaml")).train.freeze == ("image_encoder", "lmdd")
+    saved = load_config(str(out / "config.yaml")).recipe
+    assert saved.freeze == ("image_encoder", "lmdd") and saved.name == "custom"
