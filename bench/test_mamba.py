@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kernels import Mamba, causal_conv1d, selective_state_update
+from kernels.causal_conv1d.inputs import make_inputs as make_conv_inputs
 from kernels.selective_state_update.inputs import make_inputs as make_state_update_inputs
 
 BATCH, D_MODEL, D_INNER, STATE, WIDTH, LENGTH = 2, 256, 512, 16, 4, 400
@@ -28,10 +29,7 @@ def test_state_update(benchmark, backend):
 @pytest.mark.parametrize("backend", PATHS)
 def test_causal_conv1d(benchmark, backend):
     benchmark.group = f"causal_conv1d forward+backward batch={BATCH} dim={D_INNER} L={LENGTH}"
-    g = _generator()
-    x = torch.randn(BATCH, D_INNER, LENGTH, generator=g).requires_grad_()
-    weight = torch.randn(D_INNER, WIDTH, generator=g).requires_grad_()
-    bias = torch.randn(D_INNER, generator=g).requires_grad_()
+    x, weight, bias = make_conv_inputs(BATCH, D_INNER, LENGTH, WIDTH, seed=0, requires_grad=True)
 
     def step():
         out = causal_conv1d(x, weight, bias, activation="silu", backend=backend)
