@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 
+from mim.checkpoint import CheckpointError, read_metadata, renderer_from_checkpoint, save_checkpoint
 from mim.cli import main
 from mim.config import config_to_dict, get_config
 from mim.models import Renderer
-from mim.train.checkpoint import CheckpointError, read_metadata, save_checkpoint
 from mim.train.motion_pretrain import pretrain_motion_encoder
-from mim.train.stage1 import renderer_from_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mim.checkpoint import CheckpointError, latest_checkpoint, read_metadata, save_checkpoint
 from mim.config import config_to_dict, get_config
 from mim.models import Renderer
-from mim.train.checkpoint import CheckpointError, latest_checkpoint, read_metadata, save_checkpoint
 from mim.train.stage2 import Stage2Trainer, load_stage1_renderer, train_stage2
 
 
