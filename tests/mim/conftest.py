@@ -6,7 +6,7 @@ import torch
 from mim.config import config_to_dict, get_config
 from mim.models import Renderer
 from mim.models.motion import MotionGenerator
-from mim.train.checkpoint import save_checkpoint
+from mim.checkpoint import save_checkpoint
 
 
 def _tiny_stage2(path, *, wake_zero_heads=False):

@@ -21,7 +21,7 @@ from mim.data import make_clip, speech_like_audio
 from mim.io import MediaError, write_image, write_wav
 from mim.models import Renderer
 from mim.reenact import square_resize
-from mim.train.checkpoint import CheckpointError, save_checkpoint
+from mim.checkpoint import CheckpointError, save_checkpoint
 
 RATE = 16000
 

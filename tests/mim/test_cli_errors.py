@@ -22,14 +22,14 @@ from safetensors.torch import load_file, save_file
 import mim.animate
 import mim.config
 import mim.io
-import mim.train.checkpoint as ckpt
+import mim.checkpoint as ckpt
 from mim.cli import main
 from mim.config import check_memory, estimate_memory, get_config
 from mim.data import make_clip, speech_like_audio
 from mim.io import MediaError, OutputError, read_image, write_image, write_wav
 from mim.models import Renderer
 from mim.models.motion import MotionGenerator
-from mim.train.checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, read_metadata,
+from mim.checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, read_metadata,
                                   save_checkpoint)
 from mim.train.stage1 import Stage1Trainer
 
@@ -304,9 +304,9 @@ def test_memory_estimate_names_the_fields_and_spares_the_shipped_configs(monkeyp
 def test_memory_estimate_counts_the_weights(name, flags):
     """The layer-by-layer count agrees with the models as built within 2%."""
     config = get_config(name)
-    for flag in ("deviation_features", "decoder_motion", "decoder_motion_film", "lmdd_global_motion"):
-        setattr(config.renderer, flag, flags)
-    modules = [Renderer(config.renderer),
+    if flags:   # the recipe's decoder FiLM, the one optional branch of the renderer
+        config.recipe.name, config.recipe.decoder_motion_film = "custom", True
+    modules = [Renderer.from_config(config),
                MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)]
     built = sum(p.numel() for m in modules for p in m.parameters())
     assert math.isclose(estimate_memory(config)["parameters"], built, rel_tol=0.02)

@@ -11,7 +11,7 @@ from mim.config import config_to_dict, get_config
 from mim.data import make_clip, write_clip
 from mim.io import read_video, write_image
 from mim.models import Renderer
-from mim.train.checkpoint import save_checkpoint
+from mim.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
