@@ -129,7 +129,7 @@ def _check_common(x, weight, bias, activation, x_rank: int, x_shape: str) -> boo
     return activation is not None
 
 
-def _check_triton_dtypes(x, weight, bias) -> None:
+def _check_triton_dtype(x: torch.Tensor) -> None:
     """The Triton kernels read x (and write out) in fp32, fp16 or bf16; weight and bias may be
     any float dtype (read in fp32)."""
     if x.dtype not in KERNEL_DTYPES:
@@ -176,7 +176,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         packed = {} if seq_idx is None else {"seq_idx": seq_idx}
         return _cuda_package().causal_conv1d_fn(x, weight, bias, activation="silu" if silu else None,
                                                 **packed)
-    _check_triton_dtypes(x, weight, bias)
+    _check_triton_dtype(x)
     return CausalConv1dFunction.apply(x, weight, bias, seq_idx, silu)
 
 
@@ -218,5 +218,5 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         bias = bias.to(weight.dtype) if bias is not None else None
         return _cuda_package().causal_conv1d_update(x, conv_state, weight, bias,
                                                     "silu" if silu else None)
-    _check_triton_dtypes(x, weight, bias)
+    _check_triton_dtype(x)
     return _triton_module().causal_conv1d_update_triton(x, conv_state, weight, bias, silu)

@@ -150,7 +150,8 @@ def _causal_conv1d_bwd_kernel(x_ptr, weight_ptr, bias_ptr, seq_idx_ptr, grad_out
         g_own = g_own * sig * (1.0 + pre * (1.0 - sig))
 
     # grad_weight[k] and grad_bias: partial sums over this tile's output steps.
-    partial_row = partials_ptr + (b * tl.num_programs(0) + t_block) * (width + 1) * dim
+    # Row k of this program's (W + 1, dim) slab; the pointer advances by dim a tap (no k · dim).
+    partial_at = partials_ptr + (b * tl.num_programs(0) + t_block) * (width + 1) * dim + channels64
     for k in range(width):
         source = times - (width - 1) + k
         valid = in_time & (source >= 0)
@@ -158,9 +159,10 @@ def _causal_conv1d_bwd_kernel(x_ptr, weight_ptr, bias_ptr, seq_idx_ptr, grad_out
             valid = valid & (tl.load(seq_row + source, mask=valid, other=0) == seq)
         x = tl.load(_tile(x_base, channels64, source, stride_x_row, CHANNEL_LAST),
                     mask=in_dim[:, None] & valid[None, :], other=0.0).to(tl.float32)
-        tl.store(partial_row + k * dim + channels64, tl.sum(g_own * x, axis=1), mask=in_dim)
+        tl.store(partial_at, tl.sum(g_own * x, axis=1), mask=in_dim)
+        partial_at += dim
     if has_bias:
-        tl.store(partial_row + width * dim + channels64, tl.sum(g_own, axis=1), mask=in_dim)
+        tl.store(partial_at, tl.sum(g_own, axis=1), mask=in_dim)
 
     # grad_x[t] = Σ_s w[W − 1 − s]·g[t + s], over outputs t + s in t's row and sequence.
     w_last = tl.load(weight_ptr + channels64 * width + (width - 1), mask=in_dim, other=0.0)
