@@ -137,7 +137,7 @@ def profile(config: Union[str, Config, None] = None, checkpoint: Optional[str] =
     """Profile ``seconds`` of video in each of ``scenarios``: the engine (``backend``) and the
     reference column, every stage measured, counted and modeled (see the module docstring).
     Returns the run as a JSON-ready dict; ``trace`` also writes a Chrome trace there."""
-    from kernels._dispatch import resolve_backend
+    from kernels import resolve_backend
 
     for name in scenarios:
         if name not in SCENARIO_STAGES:

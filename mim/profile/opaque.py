@@ -18,7 +18,7 @@ __all__ = ["opaque_kernel_hooks"]
 
 
 def _adanorm_hook(recorder, module, args, output):
-    from kernels._dispatch import resolve_backend
+    from kernels import resolve_backend
     from kernels.deviation_adanorm.cost import fused_traffic
 
     v, scale = args[0], args[1]
@@ -31,7 +31,7 @@ def _adanorm_hook(recorder, module, args, output):
 
 
 def _warp_hook(recorder, module, args, output):
-    from kernels._dispatch import resolve_backend
+    from kernels import resolve_backend
     from kernels.region_softmax_warp.cost import fused_traffic
 
     feature, logits = args[0], args[1]
@@ -44,7 +44,7 @@ def _warp_hook(recorder, module, args, output):
 
 
 def _mamba_hook(recorder, module, args, output):
-    from kernels._dispatch import resolve_backend
+    from kernels import resolve_backend
     from kernels.causal_conv1d.cost import package_traffic
     from kernels.causal_conv1d.op import package_supports
     from kernels.selective_scan.cost import fast_path_traffic, fused_traffic
