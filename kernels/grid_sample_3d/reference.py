@@ -70,7 +70,8 @@ def grid_sample_3d_reference(input: torch.Tensor, grid: torch.Tensor, padding_mo
     x0, y0, z0 = ix.floor(), iy.floor(), iz.floor()
     rows = volume.permute(0, 2, 3, 4, 1).reshape(N * D * H * W, C)
     first_row = (torch.arange(N, device=volume.device) * (D * H * W)).reshape(N, 1, 1)
-    out = volume.new_zeros(N, points.shape[1], C)
+    P = points.shape[1]
+    out = volume.new_zeros(N, P, C)
     fx, fy, fz = ix - x0, iy - y0, iz - z0
     for k, wz in ((z0, 1 - fz), (z0 + 1, fz)):
         for j, wy in ((y0, 1 - fy), (y0 + 1, fy)):
@@ -78,7 +79,7 @@ def grid_sample_3d_reference(input: torch.Tensor, grid: torch.Tensor, padding_mo
                 weight = wz * wy * wx
                 inside = (k >= 0) & (k < D) & (j >= 0) & (j < H) & (i >= 0) & (i < W)
                 index = torch.where(inside, (k * H + j) * W + i, torch.zeros_like(i)).long() + first_row
-                values = rows.index_select(0, index.reshape(-1)).reshape(N, -1, C)
+                values = rows.index_select(0, index.reshape(-1)).reshape(N, P, C)
                 out = out + torch.where(inside, weight, torch.zeros_like(weight)) * values
     # ATen's backward sees a NaN point outside the volume: no gradient from it
     out = torch.where(x_undefined | y_undefined | z_undefined, out.detach(), out)
