@@ -36,7 +36,7 @@ def test_the_demo_files_are_committed():
     assert last_steps == {"stage1_log.csv": 3000, "stage1_readout_log.csv": 800,
                           "stage1_film_log.csv": 800, "stage1_film2_log.csv": 1600, "stage2_log.csv": 2000}
     config = yaml.safe_load((DEMO / "config.yaml").read_text())
-    assert config["renderer"]["decoder_motion_film"] is True
+    assert config["recipe"]["name"] == "mouth" and config["recipe"]["decoder_motion_film"] is True
     assert config["motion"]["prediction"] == "v"
     assert read_image(DEMO / "portrait.png").shape[0] == 3
 
