@@ -4,10 +4,11 @@ the files mim animate needs."""
 import os
 
 import soundfile
+from safetensors import safe_open
 
 from mim.animate import Animator
+from mim.checkpoint import FORMAT_VERSION, latest_checkpoint
 from mim.io import read_image
-from mim.train.checkpoint import latest_checkpoint
 from tools.train_demo import MOUTH_RECIPE, main
 
 
@@ -19,11 +20,13 @@ def test_writes_a_loadable_demo(tmp_path):
                                        "stage1_film2_log.csv", "stage1_film_log.csv", "stage1_log.csv",
                                        "stage1_readout_log.csv", "stage2_log.csv"]
     assert os.path.getsize(os.path.join(out, "mim_tiny.safetensors")) < 30 * 2 ** 20
+    with safe_open(os.path.join(out, "mim_tiny.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["format_version"] == str(FORMAT_VERSION)
     animator = Animator.from_pretrained(os.path.join(out, "mim_tiny.safetensors"), device="cpu")
     assert animator.config.renderer.image_size == 64
     # the recipe's last phase: the decoder's motion FiLM on, only the decoder trained
-    assert animator.config.renderer.decoder_motion_film
-    assert "decoder" not in animator.config.train.freeze and "lmdd" in animator.config.train.freeze
+    assert animator.config.recipe.decoder_motion_film and animator.config.recipe.name == "mouth"
+    assert "decoder" not in animator.config.recipe.freeze and "lmdd" in animator.config.recipe.freeze
     for name, (phase, _, _) in zip(("readout", "film", "film2"), MOUTH_RECIPE):
         assert phase == name and os.path.exists(os.path.join(tmp_path, "work", name, "config.yaml"))
     assert os.path.exists(os.path.join(tmp_path, "work", "motion_encoder.safetensors"))
