@@ -159,10 +159,10 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             (float64 for float64 u); the triton kernels read B and C in u's dtype or, when either
             is float32, both in float32 (as mamba_ssm's CUDA kernel reads fp32 weights with bf16
             inputs); another dtype is cast to that first. A constant or differently grouped B, C
-            reaches the torch and triton kernels broadcast to one group count G (the lcm of the
+            reaches the fast and triton kernels broadcast to one group count G (the lcm of the
             two; dim for a constant one): the triton kernels read a constant one through its
             stride-0 view (no copy; its gradient is still computed per (batch, dim, N, L), in
-            fp32, and summed to (dim, N)); the torch path copies it to (batch, G, N, L), up to N
+            fp32, and summed to (dim, N)); the fast path copies it to (batch, G, N, L), up to N
             times u's size. B and C with different group counts are repeated to the lcm (a copy)
             on both paths.
         D, delta_bias: (dim,) optional skip weight and Δ bias.
