@@ -194,7 +194,7 @@ class RecipeConfig:
     """What a training recipe adds to the paper: every knob here is outside the paper's
     equations, and the default (``name: paper``) leaves them all off, so the other sections read
     as the paper alone. The shipped demo's ``mouth`` recipe (tools/train_demo.py; measured in
-    docs/architecture.md) sets them: after the paper's stage 1 it warm-starts the motion encoder
+    docs/experiments.md) sets them: after the paper's stage 1 it warm-starts the motion encoder
     on the procedural labels (``mim train motion-encoder``), then fine-tunes with the source
     encoders frozen, the mouth-crop loss and the mouth read-out, then only the decoder with the
     motion FiLM. ``custom``: knobs set by hand (and what a config written before the recipe
