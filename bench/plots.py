@@ -10,7 +10,7 @@ Reads, from ``--results-dir``, each of these that exists and draws one PNG per f
 - ``traffic.json`` (``python -m bench.traffic``) -> ``traffic.png``: device-memory bytes per
   kernel, the eager path counted beside the fused Triton kernels (analytic);
 - ``microbench.json`` (pytest-benchmark, ``make bench``) -> ``microbench.png``: CPU speedup of
-  the engine's torch path over each baseline (reference, mamba_ssm-style loop), from medians;
+  the engine's fast path over each baseline (reference, mamba_ssm-style loop), from medians;
 - ``latency.json`` (``python -m bench.latency``) -> ``latency.png``: per-stage time per second
   of video, measured on the machine and modeled on an H100, engine beside reference.
 
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ENGINE_PATH = "torch"
+# The engine's own (non-Triton) path: "fast"; results written before the rename call it "torch".
+ENGINE_PATHS = ("fast", "torch")
 PARAM_PATH_KEYS = ("backend", "path")
 
 
@@ -103,7 +104,7 @@ def microbench_title(data: dict) -> str:
     cpu = info.get("cpu", {}).get("brand_raw") or info.get("processor") or info.get("machine", "")
     count = info.get("cpu", {}).get("count")
     where = f"{info.get('node', '?')} ({cpu}{f', {count} CPUs' if count else ''})"
-    return ("CPU speedup of the engine's torch path (median times)\n"
+    return ("CPU speedup of the engine's fast path (median times)\n"
             + _when_where(data["datetime"], where))
 
 
@@ -120,11 +121,12 @@ def microbench_speedups(data: dict) -> List[tuple]:
         by_group[(bench["group"], rest)][params[path_key]] = bench["stats"]["median"]
     pairs = []
     for (group, _), medians in by_group.items():
-        if ENGINE_PATH not in medians:
+        engine = next((p for p in ENGINE_PATHS if p in medians), None)
+        if engine is None:
             continue
         for path, median in medians.items():
-            if path != ENGINE_PATH:
-                pairs.append((f"{group} [{path} / {ENGINE_PATH}]", median / medians[ENGINE_PATH]))
+            if path not in ENGINE_PATHS:
+                pairs.append((f"{group} [{path} / {engine}]", median / medians[engine]))
     return pairs
 
 

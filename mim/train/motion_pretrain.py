@@ -2,7 +2,7 @@
 
 The paper learns the motion features M without labels, from reconstruction alone. On the tiny
 procedural heads that leaves the mouth out of M: the pose moves many pixels, the opening few, and
-the renderer never learns to draw it (see docs/architecture.md, "Stage 1"). Procedural clips know
+the renderer never learns to draw it (see docs/architecture.md, "Stage-1 training"). Procedural clips know
 each frame's mouth opening and head pose, so the motion encoder can first be taught to read them:
 :func:`pretrain_motion_encoder` trains a fresh motion encoder of a renderer checkpoint's shape,
 with a linear head, to regress the standardized (mouth_open, yaw, pitch, roll, tx, ty, scale) of single
