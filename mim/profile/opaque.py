@@ -1,7 +1,7 @@
 """Kernels out of ``TrafficCounter``'s sight, added from the ops' cost models.
 
-The fused Triton kernels (``deviation_adanorm``, ``region_softmax_warp``, ``selective_scan``), the
-``causal_conv1d`` package and the numba selective scan of the CPU path address memory through raw
+The fused Triton kernels (``deviation_adanorm``, ``region_softmax_warp``, ``selective_scan``,
+``causal_conv1d``), the ``causal_conv1d`` package and the numba selective scan of the CPU path address memory through raw
 pointers: the ATen counter never sees them. :func:`opaque_kernel_hooks` puts forward hooks on the
 modules that call them; each hook adds the kernel's analytic forward traffic (``kernels.<op>.cost``)
 to the stage that is being counted.
@@ -45,6 +45,7 @@ def _warp_hook(recorder, module, args, output):
 
 def _mamba_hook(recorder, module, args, output):
     from kernels import resolve_backend
+    from kernels.causal_conv1d.cost import fused_traffic as conv_fused_traffic
     from kernels.causal_conv1d.cost import package_traffic
     from kernels.causal_conv1d.op import package_supports
     from kernels.selective_scan.cost import fast_path_traffic, fused_traffic
@@ -61,9 +62,14 @@ def _mamba_hook(recorder, module, args, output):
         recorder.add_opaque(fast_path_traffic(batch, dim, length, nstate,
                                               8 if hidden.dtype == torch.float64 else 4))
     weight = module.conv1d.weight.squeeze(1)
-    if (resolve_backend(module.backend, hidden.device, "causal_conv1d") == "triton"
-            and package_supports(hidden, weight, module.conv1d.bias)):
-        recorder.add_opaque(package_traffic(batch, dim, length, weight.shape[1], itemsize))
+    if resolve_backend(module.backend, hidden.device, "causal_conv1d") == "triton":
+        # the package's CUDA kernel where it is installed and takes the call, else the engine's
+        # own Triton kernels (the block's x is channel-first: a chunk of (batch, 2·d_inner, L))
+        if package_supports(hidden, weight, module.conv1d.bias):
+            recorder.add_opaque(package_traffic(batch, dim, length, weight.shape[1], itemsize))
+        else:
+            recorder.add_opaque(conv_fused_traffic(batch, dim, length, weight.shape[1],
+                                                   itemsize)["fwd"])
 
 
 @contextlib.contextmanager

@@ -174,6 +174,26 @@ def test_fused_triton_kernels_get_their_analytic_traffic():
     assert set(recorder.opaque) == {"DIT", "warp"}
 
 
+def test_mamba_on_triton_gets_the_scan_and_conv_kernels_traffic():
+    """Without the causal_conv1d package (not installed here), a Mamba block on the Triton path
+    runs the engine's own conv and scan kernels: its stage gets both cost models' forward traffic."""
+    from kernels import Mamba
+    from kernels.causal_conv1d.cost import fused_traffic as conv_fused_traffic
+    from kernels.causal_conv1d.op import package_supports
+    from kernels.selective_scan.cost import fused_traffic as scan_fused_traffic
+
+    torch.manual_seed(0)
+    block = Mamba(d_model=16, d_state=4, d_conv=4, expand=2, backend="triton")
+    hidden = torch.randn(1, 9, 16)
+    assert not package_supports(hidden, block.conv1d.weight.squeeze(1), block.conv1d.bias)
+    recorder = StageRecorder(torch.device("cpu"), "count")
+    with torch.no_grad(), opaque_kernel_hooks([block], recorder):
+        with recorder("Mamba-g/l"):
+            block(hidden)
+    expected = scan_fused_traffic(1, 32, 9, 4, 1, 4)["fwd"] + conv_fused_traffic(1, 32, 9, 4, 4)["fwd"]
+    assert recorder.opaque == {"Mamba-g/l": expected}
+
+
 def test_checkpoints_give_their_weights_and_config(tmp_path):
     config = get_config("tiny")
     torch.manual_seed(1)
