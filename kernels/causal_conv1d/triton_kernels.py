@@ -55,6 +55,20 @@ from .._registry import LaunchConfig, register_kernel
 
 
 @triton.jit
+def _tap_input(x_base, seq_row, channels64, in_dim, out_times, out_valid, out_seq, k, width,
+               stride_x_row, has_seq_idx, CHANNEL_LAST: tl.constexpr):
+    """(BLOCK_D, BLOCK_T) fp32: the input tap k multiplies for the outputs at ``out_times``,
+    x[t − (W − 1) + k]; zero before the start, where ``out_valid`` is false, and (with seq_idx)
+    outside the sequence ``out_seq`` of its output."""
+    source = out_times - (width - 1) + k
+    valid = out_valid & (source >= 0)
+    if has_seq_idx:
+        valid = valid & (tl.load(seq_row + source, mask=valid, other=0) == out_seq)
+    return tl.load(_tile(x_base, channels64, source, stride_x_row, CHANNEL_LAST),
+                   mask=in_dim[:, None] & valid[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _pre_activation(x_base, weight_ptr, bias_ptr, seq_row, channels64, in_dim, out_times, out_valid,
                     out_seq, width, stride_x_row, has_bias, has_seq_idx,
                     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, CHANNEL_LAST: tl.constexpr):
@@ -62,12 +76,8 @@ def _pre_activation(x_base, weight_ptr, bias_ptr, seq_row, channels64, in_dim, o
     (valid where ``out_valid``), a tap counting only inside the sequence ``out_seq`` of its output."""
     acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
     for k in range(width):
-        source = out_times - (width - 1) + k
-        valid = out_valid & (source >= 0)
-        if has_seq_idx:
-            valid = valid & (tl.load(seq_row + source, mask=valid, other=0) == out_seq)
-        x = tl.load(_tile(x_base, channels64, source, stride_x_row, CHANNEL_LAST),
-                    mask=in_dim[:, None] & valid[None, :], other=0.0).to(tl.float32)
+        x = _tap_input(x_base, seq_row, channels64, in_dim, out_times, out_valid, out_seq, k, width,
+                       stride_x_row, has_seq_idx, CHANNEL_LAST)
         w = tl.load(weight_ptr + channels64 * width + k, mask=in_dim, other=0.0)
         acc += w[:, None] * x
     if has_bias:
@@ -153,12 +163,8 @@ def _causal_conv1d_bwd_kernel(x_ptr, weight_ptr, bias_ptr, seq_idx_ptr, grad_out
     # Row k of this program's (W + 1, dim) slab; the pointer advances by dim a tap (no k · dim).
     partial_at = partials_ptr + (b * tl.num_programs(0) + t_block) * (width + 1) * dim + channels64
     for k in range(width):
-        source = times - (width - 1) + k
-        valid = in_time & (source >= 0)
-        if has_seq_idx:
-            valid = valid & (tl.load(seq_row + source, mask=valid, other=0) == seq)
-        x = tl.load(_tile(x_base, channels64, source, stride_x_row, CHANNEL_LAST),
-                    mask=in_dim[:, None] & valid[None, :], other=0.0).to(tl.float32)
+        x = _tap_input(x_base, seq_row, channels64, in_dim, times, in_time, seq, k, width,
+                       stride_x_row, has_seq_idx, CHANNEL_LAST)
         tl.store(partial_at, tl.sum(g_own * x, axis=1), mask=in_dim)
         partial_at += dim
     if has_bias:
