@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,22 @@ class RegisteredKernel:
 
 
 _REGISTRY: List[RegisteredKernel] = []
+
+
+def device_arch(device) -> Optional[int]:
+    """The compute capability of a CUDA device as one number (major·10 + minor: 80, 90, 100,
+    120), the key of per-architecture launch configs and tuned winners; None for any other
+    device (the CPU, where kernels run in Triton's interpreter)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
+
+
+def arch_label(arch: int) -> str:
+    """``sm_90`` for 90: the name of an architecture in file names and reports."""
+    return f"sm_{arch}"
 
 
 def register_kernel(op: str, kernel: Callable, signature: Mapping[str, str],
