@@ -32,3 +32,33 @@ def assert_close(name: str, out: torch.Tensor, ref: torch.Tensor, tolerance: flo
     if not err <= tolerance:
         raise AssertionError(f"{name}: relative error {err:.3e} exceeds {tolerance:.1e}")
     return err
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the test suite runs the kernels
+# ---------------------------------------------------------------------------------------------
+# tests/conftest.py reads this file by its path, before anything imports triton (importing
+# ``kernels.testing`` imports the package, whose import defines the Triton kernels), so these two
+# functions use nothing but the standard library and the arguments they are given.
+
+FORCE_INTERPRETER_VAR = "MIM_TEST_INTERPRET"
+"""Set to 1 to run the test suite in Triton's interpreter on CPU tensors even where CUDA is."""
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def use_interpreter(environ, cuda_available: bool) -> bool:
+    """True when the test suite must run the Triton kernels in Triton's interpreter (CPU
+    tensors, ``TRITON_INTERPRET=1``): without a CUDA device, or when ``environ`` sets
+    ``MIM_TEST_INTERPRET=1``. False on CUDA: the tests run the compiled kernels on CUDA tensors."""
+    forced = str(environ.get(FORCE_INTERPRETER_VAR, "")).strip().lower()
+    if forced not in _TRUE + _FALSE:
+        raise ValueError(f"{FORCE_INTERPRETER_VAR} must be 1 (run the tests in Triton's interpreter) "
+                         f"or 0, got {environ.get(FORCE_INTERPRETER_VAR)!r}")
+    return forced in _TRUE or not cuda_available
+
+
+def device_under_test(environ, cuda_available: bool) -> str:
+    """"cuda" or "cpu": the device the tests build their tensors on (the CPU whenever
+    ``use_interpreter`` holds, since the interpreter runs kernels on CPU tensors)."""
+    return "cpu" if use_interpreter(environ, cuda_available) else "cuda"

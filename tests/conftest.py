@@ -1,16 +1,55 @@
-"""Suite-wide set-up: Triton's interpreter on (before anything imports triton), seeded generators,
-and NaN-poisoned allocation so an element a kernel forgets to write fails the comparison."""
-import os
+"""Suite-wide set-up: the device the kernels run on (decided before anything imports triton),
+seeded generators, NaN-poisoned allocation so an element a kernel forgets to write fails the
+comparison, and the ``gpu`` marker's skip where there is no CUDA device.
 
-os.environ["TRITON_INTERPRET"] = "1"
+Without a CUDA device (or with ``MIM_TEST_INTERPRET=1``) Triton's interpreter runs the kernels on
+CPU tensors (``TRITON_INTERPRET=1``); on CUDA the same tests run the compiled kernels on CUDA
+tensors (tests/kernels/conftest.py makes CUDA torch's default device there)."""
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch  # imports no triton: the decision below still comes first
+
+
+def _device_policy():
+    """kernels/testing.py read by its path: importing ``kernels.testing`` would import the
+    package, whose import defines the Triton kernels (interpreted or compiled, fixed then)."""
+    path = Path(__file__).resolve().parents[1] / "kernels" / "testing.py"
+    spec = importlib.util.spec_from_file_location("_mim_test_device_policy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+INTERPRETER = _device_policy().use_interpreter(os.environ, torch.cuda.is_available())
+"""True: Triton's interpreter on CPU tensors; False: compiled kernels on CUDA tensors."""
+DEVICE = "cpu" if INTERPRETER else "cuda"
+
+if INTERPRETER:
+    os.environ["TRITON_INTERPRET"] = "1"
+else:
+    os.environ.pop("TRITON_INTERPRET", None)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ.pop("MIM_KERNEL_BACKEND", None)
 
 import random  # noqa: E402
 
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+
+NO_CUDA_REASON = ("no CUDA device (MIM_TEST_INTERPRET=1 runs the suite in Triton's interpreter)"
+                  if torch.cuda.is_available() else "no CUDA device")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without a CUDA device (or with the interpreter forced) every ``gpu`` test is skipped with
+    the reason "no CUDA device": asked for with ``-m gpu``, it is reported, never passed."""
+    if not INTERPRETER:
+        return
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
 
 
 @pytest.fixture(autouse=True)
