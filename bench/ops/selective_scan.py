@@ -1,0 +1,77 @@
+"""selective_scan: the Mamba-1 selective scan with D, z, delta_bias and softplus (as the Mamba
+block calls it), fp32, B and C ungrouped.
+
+Shapes (``bench/ops/shapes.py``): each config's Mamba-g and Mamba-l sequences (1 s of audio, a
+stage-2 step) and mamba_ssm's benchmark shapes; on CPU tiny's sequences and a scaled-down
+mamba_ssm shape (L = 512). ``torch.compile`` of the reference traces its Python loop over L step
+by step, so it runs only up to ``COMPILE_MAX_LENGTH``; the Triton interpreter on CPU only at the
+shapes listed in ``INTERPRETED``. Run alone: ``python -m bench.ops.selective_scan``.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Dict, List
+
+import torch
+
+from bench.ops import harness, shapes
+
+COMPILE_MAX_LENGTH = 128
+COMPILE_SKIP = (f"not run: torch.compile unrolls the reference's Python loop over L; traced only "
+                f"for L <= {COMPILE_MAX_LENGTH}")
+INTERPRETED = ("tiny Mamba-l 1 s",)
+INTERPRETER_SLOW = "not run on CPU: the Triton interpreter takes minutes at this shape"
+_compiled = None
+
+
+def cases(device: str, smoke: bool) -> List[harness.Shape]:
+    if smoke:
+        return [harness.Shape("smoke", {"batch": 1, "dim": 8, "L": 16, "N": 4})]
+    result = []
+    for case in shapes.sequence_shapes(device):
+        skip = {}
+        if case["length"] > COMPILE_MAX_LENGTH:
+            skip["compile"] = COMPILE_SKIP
+        if device == "cpu" and case["label"] not in INTERPRETED:
+            skip["triton"] = INTERPRETER_SLOW
+        result.append(harness.Shape(case["label"], {"batch": case["batch"], "dim": case["dim"],
+                                                    "L": case["length"], "N": case["nstate"]}, skip))
+    return result
+
+
+def make(params: Dict[str, int], dtype: torch.dtype, device, requires_grad: bool) -> tuple:
+    from kernels.selective_scan.inputs import make_inputs
+
+    return make_inputs(params["batch"], params["dim"], params["L"], params["N"], dtype=dtype,
+                       device=device, requires_grad=requires_grad, seed=0)
+
+
+def _reference(*tensors):
+    from kernels.selective_scan import selective_scan_reference
+
+    return selective_scan_reference(*tensors, delta_softplus=True)
+
+
+def provider(name: str):
+    global _compiled
+    if name == "reference":
+        return _reference
+    if name == "compile":
+        _compiled = _compiled or torch.compile(_reference)
+        return _compiled
+    from kernels import selective_scan
+
+    return lambda *tensors: selective_scan(*tensors, delta_softplus=True, backend=name)
+
+
+def counted_bytes(params: Dict[str, int], itemsize: int) -> Dict[str, int]:
+    from kernels.selective_scan.cost import minimum_traffic
+
+    traffic = minimum_traffic(params["batch"], params["dim"], params["L"], params["N"], 1, itemsize)
+    return {mode: t.bytes for mode, t in traffic.items()}
+
+
+BENCH = harness.OpBench("selective_scan", cases, make, provider, counted_bytes)
+
+if __name__ == "__main__":
+    sys.exit(harness.main(only="selective_scan"))
