@@ -7,6 +7,10 @@
 #                   the stage-1 training step (saved bytes and CPU time, engine vs reference), the
 #                   per-stage latency of img2img and audio2video (tiny and base; measured here,
 #                   modeled on an H100) and PNG plots of the results (bench/results/plots/)
+#   make gpu-check  on a machine with one NVIDIA GPU, in under 8 minutes: the gpu-marked and kernel
+#                   tests on compiled kernels, the op benchmarks, the tuner, mim profile, one
+#                   animate and one training step, into bench/results/gpu/<device>/REPORT.md
+#                   (without CUDA it prints the plan and exits 0); see docs/gpu.md
 #   make aot        build libmim_kernels (AOT-compiled Triton forward kernels, sm_80 + sm_90a, a C
 #                   API in mim_kernels.h) and its demo program with CMake; see docs/aot.md
 #   make clean      remove build artifacts (keeps .venv)
@@ -29,7 +33,7 @@ CUDA_EXTRAS ?= 1
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: all venv demo test bench aot clean distclean
+.PHONY: all venv demo test bench gpu-check aot clean distclean
 
 DEMO_DIR        := examples/demo
 DEMO_CHECKPOINT := $(DEMO_DIR)/mim_tiny.safetensors
@@ -82,6 +86,9 @@ bench: venv
 	$(VPY) -m bench.training_step
 	$(VPY) -m bench.latency --config tiny --config base --out-dir bench/results
 	$(VPY) -m bench.plots --results-dir bench/results --out-dir bench/results/plots
+
+gpu-check: venv
+	$(VPY) -m tools.gpu_check
 
 aot: venv
 	cmake -S . -B build/cmake -DMIM_BUILD_AOT=ON -DMIM_PYTHON=$(abspath $(VPY))

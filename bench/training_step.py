@@ -2,6 +2,7 @@
 time, for the engine against the ``reference`` backend, side by side in one run.
 
     python -m bench.training_step [--config base] [--batch 2] [--repeats 2] [--out-dir bench/results]
+                                  [--device cpu|cuda]
 
 Variants (same weights, same batch):
   reference  every op on its reference path (the literal PyTorch composition), no recompute
@@ -14,7 +15,10 @@ pass over the fakes) with ``torch.autograd.graph.saved_tensors_hooks``, each sto
 checkpointed block keeps its inputs outside autograd's saved tensors, so the tensors handed to
 ``torch.utils.checkpoint`` are counted too. Parameters are reported apart (they are held anyway).
 Step time is the median wall time of ``Stage1Trainer.train_step`` (generator and discriminator
-updates) after one warm-up step, on this CPU.
+updates) after one warm-up step, on this CPU. With ``--device cuda`` the step runs on the GPU
+(each step timed between two ``torch.cuda.synchronize()``) and the peak of
+``torch.cuda.max_memory_allocated`` over the timed steps (weights, optimizer state, activations)
+is reported too; ``make gpu-check`` runs it that way.
 """
 
 from __future__ import annotations
@@ -63,14 +67,15 @@ def counting_saved(storages):
         blocks.checkpoint = real_checkpoint
 
 
-def measure(config_name: str, batch: int, repeats: int, backend, recompute: bool, seed: int = 0):
+def measure(config_name: str, batch: int, repeats: int, backend, recompute: bool, seed: int = 0,
+            device: str = "cpu"):
     config = get_config(config_name)
     config.train.batch_size = batch
     config.train.train_clips, config.train.heldout_clips, config.train.frames_per_clip = batch, 1, 8
     config.loss.adversarial_start_step = 0
     config.renderer.checkpoint_activations = recompute
     with tempfile.TemporaryDirectory() as out:
-        trainer = Stage1Trainer(config, out, backend=backend, device="cpu", progress=False)
+        trainer = Stage1Trainer(config, out, backend=backend, device=device, progress=False)
         source, driving, boxes, _ = trainer.batch(0, 0)
         params = {p.untyped_storage().data_ptr() for m in (trainer.renderer, trainer.discriminator)
                   for p in m.parameters()}
@@ -80,16 +85,30 @@ def measure(config_name: str, batch: int, repeats: int, backend, recompute: bool
         del loss
         saved_params = sum(n for ptr, n in storages.items() if ptr in params)
         saved_activations = sum(n for ptr, n in storages.items() if ptr not in params)
+        cuda = torch.device(device).type == "cuda"
         times = []
         for i in range(repeats + 1):
+            if cuda:
+                torch.cuda.synchronize()
+                if i == 1:  # the peak of the timed steps, after the warm-up
+                    torch.cuda.reset_peak_memory_stats()
             began = time.perf_counter()
             trainer.train_step()
+            if cuda:
+                torch.cuda.synchronize()
             if i:
                 times.append(time.perf_counter() - began)
+        peak = torch.cuda.max_memory_allocated() if cuda else None
+        del trainer
+    if cuda:
+        torch.cuda.empty_cache()
     frames = batch * config.train.num_driving
-    return {"saved_activations_bytes": saved_activations, "saved_parameter_bytes": saved_params,
-            "step_seconds_median": statistics.median(times), "step_seconds": times,
-            "frames_per_step": frames}
+    row = {"saved_activations_bytes": saved_activations, "saved_parameter_bytes": saved_params,
+           "step_seconds_median": statistics.median(times), "step_seconds": times,
+           "frames_per_step": frames}
+    if cuda:
+        row["peak_memory_bytes"] = peak
+    return row
 
 
 def main(argv=None):
@@ -98,31 +117,42 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device (torch.cuda.is_available() is False)")
     rows = {}
     for name, backend, recompute in VARIANTS:
-        rows[name] = measure(args.config, args.batch, args.repeats, backend, recompute)
+        rows[name] = measure(args.config, args.batch, args.repeats, backend, recompute,
+                             device=args.device)
         print(f"  measured {name}: {rows[name]['saved_activations_bytes'] / 1e6:.1f} MB saved, "
               f"{rows[name]['step_seconds_median']:.2f} s/step", flush=True)
     ref = rows["reference"]
     metadata = run_metadata()
+    cuda = args.device == "cuda"
+    where = (f"{metadata['machine']['gpu']} (CUDA {torch.version.cuda})" if cuda
+             else f"{metadata['machine']['processor']}, {torch.get_num_threads()} threads")
+    clock = "GPU wall time (synchronized)" if cuda else "CPU wall time"
     lines = [f"# Stage-1 training step, `{args.config}` shape, batch {args.batch} clips "
              f"({ref['frames_per_step']} rendered frames)", "",
-             f"Measured {metadata['date']} on {metadata['machine']['processor']}, "
-             f"{torch.get_num_threads()} threads, torch {metadata['versions']['torch']}. Saved = bytes autograd keeps "
+             f"Measured {metadata['date']} on {where}, "
+             f"torch {metadata['versions']['torch']}. Saved = bytes autograd keeps "
              f"for backward during the generator's forward (each storage once; checkpointed blocks' "
-             f"inputs included), parameters apart. Step time = CPU wall time of one generator + "
-             f"discriminator update (median of {args.repeats}).", "",
-             "| variant | saved activations (MB) | vs reference | saved parameters (MB) | CPU step (s) | vs reference |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"inputs included), parameters apart. Step time = {clock} of one generator + "
+             f"discriminator update (median of {args.repeats})."
+             + (" Peak = torch.cuda.max_memory_allocated over the timed steps." if cuda else ""), "",
+             f"| variant | saved activations (MB) | vs reference | saved parameters (MB) | "
+             f"{'GPU' if cuda else 'CPU'} step (s) | vs reference |" + (" peak (MiB) |" if cuda else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if cuda else "")]
     for name, row in rows.items():
         lines.append(f"| {name} | {row['saved_activations_bytes'] / 1e6:.1f} | "
                      f"{row['saved_activations_bytes'] / ref['saved_activations_bytes']:.3f} | "
                      f"{row['saved_parameter_bytes'] / 1e6:.1f} | {row['step_seconds_median']:.2f} | "
-                     f"{row['step_seconds_median'] / ref['step_seconds_median']:.2f}x |")
+                     f"{row['step_seconds_median'] / ref['step_seconds_median']:.2f}x |"
+                     + (f" {row['peak_memory_bytes'] / 2**20:.0f} |" if cuda else ""))
     table = "\n".join(lines) + "\n"
     report = {"metadata": metadata, "config": args.config, "batch": args.batch,
-              "threads": torch.get_num_threads(), "variants": rows}
+              "device": args.device, "threads": torch.get_num_threads(), "variants": rows}
     for name, text in (("training_step.md", table), ("training_step.json", json.dumps(report, indent=2))):
         with atomic_output(os.path.join(args.out_dir, name)) as temp:
             temp.write_text(text, encoding="utf-8")

@@ -1,0 +1,224 @@
+"""tools.gpu_check (``make gpu-check``) on a machine without CUDA: the dry run prints the plan and
+writes nothing; the report renders every status and figure; the junit counter counts; a part
+that overruns its limit is killed, with its whole process group, and the report is still written."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tools import gpu_check
+from tools.gpu_check import PARTS, Part, PartResult
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tree(path: Path) -> set:
+    return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
+
+
+def test_dry_run_without_cuda_prints_every_command_and_writes_nothing():
+    assert not torch.cuda.is_available(), "this test checks the machine-without-CUDA path"
+    results = ROOT / "bench" / "results"
+    before = _tree(results)
+    run = subprocess.run([sys.executable, "-m", "tools.gpu_check"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    for part in PARTS:
+        command = gpu_check.scrub(shlex.join(part.command(gpu_check.default_out_dir(None))))
+        assert command in out, f"the plan lacks the command of part {part.key}"
+        assert f"[{part.key}]" in out and f"limit {part.limit_s} s" in out
+    assert "no CUDA device" in out and "nothing written" in out
+    assert _tree(results) == before
+
+
+def test_dry_run_on_a_cuda_machine_names_the_device_folder_and_writes_nothing(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100 80GB HBM3")
+    assert gpu_check.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "bench/results/gpu/NVIDIA_H100_80GB_HBM3/REPORT.md" in out
+    assert "--dry-run: nothing run, nothing written" in out
+    assert not (ROOT / "bench" / "results" / "gpu" / "NVIDIA_H100_80GB_HBM3").exists()
+    target = tmp_path / "report"
+    assert gpu_check.main(["--dry-run", "--out-dir", str(target)]) == 0
+    assert str(target / "REPORT.md") in capsys.readouterr().out
+    assert not target.exists()
+
+
+def test_the_limits_and_fixed_costs_fit_in_eight_minutes():
+    worst = sum(p.limit_s + gpu_check.GRACE_S for p in PARTS) + gpu_check.STARTUP_S
+    assert worst < 8 * 60 and gpu_check.DEFAULT_BUDGET_S <= 8 * 60
+    assert len({p.key for p in PARTS}) == len(PARTS)
+    for letter in "abcdefg":
+        assert any(p.title.startswith(f"({letter})") for p in PARTS), letter
+
+
+def test_device_dir_name():
+    assert gpu_check.device_dir_name("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3"
+    assert gpu_check.device_dir_name("NVIDIA GeForce RTX 5090 (x/y)") == "NVIDIA_GeForce_RTX_5090_x_y"
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites name="pytest tests">
+  <testsuite name="pytest" errors="1" failures="1" skipped="2" tests="6">
+    <testcase classname="tests.kernels.test_a" name="test_ok[fp32]" time="0.1"/>
+    <testcase classname="tests.kernels.test_a" name="test_ok[bf16]" time="0.1"/>
+    <testcase classname="tests.kernels.test_a" name="test_bad" time="0.2">
+      <failure message="assert 1 == 2">trace</failure>
+    </testcase>
+    <testcase classname="tests.kernels.test_b" name="test_setup" time="0.0">
+      <error message="fixture failed">trace</error>
+    </testcase>
+    <testcase classname="tests.gpu.test_c" name="test_skip" time="0.0">
+      <skipped type="pytest.skip" message="no CUDA device">why</skipped>
+    </testcase>
+    <testcase classname="tests.gpu.test_c" name="test_xfail" time="0.0">
+      <skipped type="pytest.xfail" message="known"/>
+    </testcase>
+  </testsuite>
+</testsuites>
+"""
+
+
+def test_junit_counts(tmp_path):
+    path = tmp_path / "junit.xml"
+    path.write_text(JUNIT)
+    counts = gpu_check.junit_counts(path)
+    assert counts == {"passed": 2, "failed": 1, "errors": 1, "skipped": 2,
+                      "failing": ["tests.kernels.test_a::test_bad",
+                                  "tests.kernels.test_b::test_setup"]}
+
+
+def _profile_json() -> dict:
+    def entry(measured, modeled):
+        return {"measured_s": measured, "modeled_h100_s": modeled}
+    stages = [{"stage": "LMDD", "engine": entry(0.004, 0.0005), "reference": entry(0.008, 0.001)},
+              {"stage": "video writing", "engine": entry(0.02, None), "reference": entry(0.02, None)}]
+    total = {"engine": entry(0.024, 0.0005), "reference": entry(0.028, 0.001)}
+    run = {"config": "tiny", "frames": 25, "image_size": 64, "device": "cuda:0", "dtype": "float32",
+           "backends": {"engine": "triton", "reference": "reference"}, "repeats": 3, "warmup": 1,
+           "sample_steps": 20, "scenarios": {"img2img": {"stages": stages, "total": total}}}
+    return {"metadata": {}, "runs": [run]}
+
+
+def test_report_renders_every_status_and_figure(tmp_path):
+    (tmp_path / "profile-tiny.json").write_text(json.dumps(_profile_json()))
+    (tmp_path / "junit-kernels.xml").write_text(JUNIT)
+    (tmp_path / "training_step.json").write_text(json.dumps({
+        "config": "base", "batch": 2, "device": "cuda", "variants": {
+            "reference": {"step_seconds_median": 0.5, "saved_activations_bytes": 3e9,
+                          "peak_memory_bytes": 6 * 2**30},
+            "engine": {"step_seconds_median": 0.25, "saved_activations_bytes": 1.5e9,
+                       "peak_memory_bytes": 3 * 2**30}}}))
+    by_key = {p.key: p for p in PARTS}
+    parts = [by_key["tests-kernels"], by_key["profile-tiny"], by_key["training-step"],
+             by_key["animate"], by_key["tune"]]
+    results = [
+        PartResult("tests-kernels", ["pytest", "tests/kernels"], 110, status="timed out",
+                   returncode=-9, wall_s=115.2, tail="tests/kernels/test_a.py ....\nKeyboardInterrupt"),
+        PartResult("profile-tiny", ["mim", "profile"], 30, status="ok", returncode=0, wall_s=12.0),
+        PartResult("training-step", ["bench.training_step"], 45, status="failed", returncode=3,
+                   wall_s=4.0, tail="RuntimeError: CUDA out of memory"),
+        PartResult("animate", ["mim", "animate"], 30, status="not run: budget"),
+        PartResult("tune", ["tools.tune"], 40),
+    ]
+    for part, result in zip(parts, results):
+        if result.wall_s is not None:
+            result.figures = part.figures(result, tmp_path)
+    text = gpu_check.format_report({"device": "NVIDIA H100 80GB HBM3", "git commit": "abc"},
+                                   results, parts)
+    assert "- device: NVIDIA H100 80GB HBM3" in text and "- git commit: abc" in text
+    assert "| tests-kernels | timed out after 110 s | 115.2 | 110 |" in text
+    assert "Status: **failed rc 3**" in text and "RuntimeError: CUDA out of memory" in text
+    assert "Status: **ok** (12.0 s)" in text
+    assert "Status: **not run: budget**" in text
+    assert "Status: **not run yet**" in text
+    # the timed-out pytest: its counts (from the junit xml SIGINT let it write) and its tail
+    assert "passed 2, failed 1, errors 1, skipped 2 (the tests that finished" in text
+    assert "- `tests.kernels.test_a::test_bad`" in text and "KeyboardInterrupt" in text
+    # profile: measured beside modeled, the ratio, host stages unmodeled
+    assert "| LMDD | 4.00 | 0.50 | 8.0 | 8.00 | 1.00 | 8.0 |" in text
+    assert "| video writing | 20.00 | - | - | 20.00 | - | - |" in text
+    assert "| **total** | 24.00 | 0.50 | 48.0 | 28.00 | 1.00 | 28.0 |" in text
+    # training step: step time, speedup, peak memory; read although the part failed (it wrote it)
+    assert "| engine | 250.0 | 2.00x | 3072 | 1500.0 |" in text
+    # the tail of an ok part is not shown
+    assert text.count("Output tail:") == 2
+
+
+def test_figures_of_a_missing_or_malformed_file_say_so(tmp_path):
+    result = PartResult("profile-base", [], 40, status="failed", returncode=1, wall_s=1.0)
+    assert gpu_check.profile_figures(result, tmp_path) == ["(no profile-base.json was written)"]
+    (tmp_path / "profile-base.json").write_text("{not json")
+    (line,) = gpu_check.profile_figures(result, tmp_path)
+    assert line.startswith("(could not read profile-base.json: JSONDecodeError")
+
+
+def test_scrub_hides_the_checkout_and_home_paths():
+    home = os.path.expanduser("~")
+    text = gpu_check.scrub(f"{gpu_check.ROOT}/tools/x.py and {home}/.cache/y")
+    assert str(gpu_check.ROOT) not in text and "./tools/x.py" in text
+    if home not in ("", "/"):
+        assert home not in text
+
+
+def _python(code: str) -> list:
+    return [sys.executable, "-c", code]
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in handle)
+    except FileNotFoundError:
+        return False
+
+
+def test_a_part_over_its_limit_is_killed_with_its_group_and_the_report_written(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "GRACE_S", 0.5)
+    pid_file = tmp_path / "grandchild.pid"
+    # the part and the process it starts both ignore SIGINT: only the group's SIGKILL ends them
+    stubborn = ("import signal, subprocess, sys, time\n"
+                "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+                "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)'])\n"
+                f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+                "print('started', flush=True)\n"
+                "time.sleep(60)\n")
+    parts = (
+        Part("sleeper", "(x) sleeps past its limit", 1, lambda out: _python(stubborn),
+             lambda result, out: []),
+        Part("quick", "(y) prints", 2, lambda out: _python("print('hello from quick')"),
+             lambda result, out: [f"figure read from {out.name}"]),
+        Part("late", "(z) never starts", 30, lambda out: _python("print('late')"),
+             lambda result, out: []),
+    )
+    began = time.monotonic()
+    results = gpu_check.run_check(tmp_path / "out", budget_s=6.0, header={"device": "test"},
+                                  parts=parts, log=lambda text: None)
+    assert time.monotonic() - began < 10
+    sleeper, quick, late = results
+    assert sleeper.status == "timed out" and sleeper.returncode == -9
+    assert 1.0 <= sleeper.wall_s < 5 and "started" in sleeper.tail
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild), "the part's own child survived the group kill"
+    assert quick.status == "ok" and "hello from quick" in quick.tail
+    assert late.status == "not run: budget" and late.wall_s is None
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "Status: **timed out after 1 s**" in report and "started" in report
+    assert "Status: **ok**" in report and "figure read from out" in report
+    assert "Status: **not run: budget**" in report
+    assert (tmp_path / "out" / "logs" / "quick.log").read_text().strip() == "hello from quick"
