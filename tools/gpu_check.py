@@ -32,7 +32,6 @@ the plan (every part's command and limit) is printed and nothing is written. See
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -232,47 +231,47 @@ def tests_figures(name: str) -> Callable[[PartResult, Path], List[str]]:
     return figures
 
 
-def _column(headers: Sequence[str], *needles: str) -> Optional[str]:
-    for needle in needles:
-        for header in headers:
-            if needle in header.lower():
-                return header
-    return None
-
-
 OPS_ROWS_PER_OP = 4
 
 
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def ops_figures(result: PartResult, out_dir: Path) -> List[str]:
-    """bench.ops's ops.csv, the columns the report needs: per op, its rows by speedup, best first."""
+    """From bench.ops's ops.json: the copy bandwidth, then per op its ``OPS_ROWS_PER_OP`` timed
+    triton rows that move the most bytes (the largest shapes): time, GB/s, % of the copy
+    bandwidth and the speedup over the reference, beside the fast path's and torch.compile's."""
     def read(path):
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        if not rows:
-            return ["(ops.csv has no rows)"]
-        headers = list(rows[0])
-        wanted = [_column(headers, *needles) for needles in (
-            ("op",), ("path", "impl", "provider", "backend"), ("shape",), ("direction", "pass", "mode"),
-            ("dtype",), ("ms", "time"), ("gb/s", "gbps", "bandwidth"), ("%", "copy", "pct"),
-            ("speedup",))]
-        columns = [c for i, c in enumerate(wanted) if c is not None and c not in wanted[:i]]
-        op, speedup = wanted[0], wanted[-1]
-        if op is None:
-            return markdown_table(headers, [[row[h] for h in headers] for row in rows])
+        report = json.loads(path.read_text(encoding="utf-8"))
+        metadata, rows = report["metadata"], report["rows"]
+        copy = metadata.get("copy_bandwidth") or {}
+        lines = [f"{len(rows)} rows in ops.json (ops.csv, ops.png beside it); copy bandwidth "
+                 f"{_fmt(copy.get('gb_per_s'), '.0f')} GB/s (dst.copy_(src)); bytes: "
+                 f"{metadata.get('bytes_basis', '-')}; timer: {metadata.get('timer', '-')}", ""]
 
-        def key(row):
-            try:
-                return -float(row[speedup]) if speedup else 0.0
-            except (TypeError, ValueError):
-                return float("inf")
+        def same(row, other):
+            return all(row[k] == other[k] for k in ("op", "shape", "params", "dtype", "mode"))
 
-        shown = []
-        for name in dict.fromkeys(row[op] for row in rows):
-            shown += sorted((row for row in rows if row[op] == name), key=key)[:OPS_ROWS_PER_OP]
-        lines = [f"{len(rows)} rows in ops.csv; per op the {OPS_ROWS_PER_OP} with the highest "
-                 f"speedup over the reference:", ""]
-        return lines + markdown_table(columns, [[row[c] for c in columns] for row in shown])
-    return _read(out_dir / "ops.csv", read)
+        table = []
+        for op in dict.fromkeys(row["op"] for row in rows):
+            timed = [r for r in rows if r["op"] == op and r["provider"] == "triton"
+                     and r["time_ms"] is not None]
+            if not timed:
+                notes = {r["note"] for r in rows if r["op"] == op and r["provider"] == "triton"}
+                table.append((op, "no triton row timed: " + "; ".join(sorted(notes)), *[""] * 8))
+                continue
+            timed.sort(key=lambda r: -(r["counted_bytes"] or 0))
+            for row in timed[:OPS_ROWS_PER_OP]:
+                peers = {r["provider"]: r for r in rows if same(r, row)}
+                table.append((op, row["shape"], row["dtype"], row["mode"], _fmt(row["time_ms"], ".3f"),
+                              _fmt(row["gb_per_s"], ".0f"), _fmt(row["pct_of_copy_bw"], ".1f"),
+                              *(_fmt(peers.get(p, {}).get("speedup_vs_reference"), ".2f")
+                                for p in ("triton", "fast", "compile"))))
+        return lines + markdown_table(("op", "shape", "dtype", "mode", "triton ms", "GB/s",
+                                       "% copy bw", "triton x ref", "fast x ref",
+                                       "compile x ref"), table)
+    return _read(out_dir / "ops.json", read)
 
 
 def _tuned_files(out_dir: Path) -> List[Path]:
@@ -280,13 +279,27 @@ def _tuned_files(out_dir: Path) -> List[Path]:
 
 
 def tune_figures(result: PartResult, out_dir: Path) -> List[str]:
-    """The tuner's printed table (the end of its output) and where its JSON went."""
+    """The tuner's winners file(s) in the report's folder (``tuned/sm_*.json``, tools.tune's
+    schema): per kernel and shape key, the winning launch config, its time, and the spread over
+    the candidates timed."""
     files = _tuned_files(out_dir)
-    lines = [("winners file: " + ", ".join(f"`tuned/{p.name}`" for p in files)) if files
-             else "(the tuner wrote no sm_*.json)"]
-    if result.status == "ok":
-        lines += ["", "```", output_tail(out_dir / "logs" / f"{result.key}.log", 60), "```"]
-    return lines
+    if not files:
+        return ["(the tuner wrote no tuned/sm_*.json)"]
+    lines = []
+    for path in files:
+        def read(path):
+            winners = json.loads(path.read_text(encoding="utf-8"))["winners"]
+            rows = []
+            for kernel, keys in winners.items():
+                for key, entry in keys.items():
+                    timings = [t for t in (entry.get("timings") or {}).values() if t is not None]
+                    rows.append((kernel, key, entry["config"], _fmt(entry.get("time_ms"), ".4f"),
+                                 len(timings), _fmt(max(timings) if timings else None, ".4f")))
+            return [f"`tuned/{path.name}` ({len(rows)} winners; installed into kernels/tuned/ "
+                    f"only with --write-tuned):", ""] + markdown_table(
+                ("kernel", "shape key", "winner", "ms", "candidates", "slowest ms"), rows)
+        lines += _read(path, read) + [""]
+    return lines[:-1]
 
 
 def profile_figures(result: PartResult, out_dir: Path) -> List[str]:
@@ -407,9 +420,10 @@ PARTS = (
 
 
 def device_dir_name(name: str) -> str:
-    """A device name as one folder name: runs of anything but letters, digits, '.', '-' and '_'
-    become '_' ("NVIDIA H100 80GB HBM3" -> "NVIDIA_H100_80GB_HBM3")."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "unknown_device"
+    """A device name as one folder name, by bench.ops's rule (so both write one folder): runs of
+    anything but letters, digits, '.', '_' and '-' become '_', leading and trailing '.' and '_'
+    go ("NVIDIA H100 80GB HBM3" -> "NVIDIA_H100_80GB_HBM3")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "unknown"
 
 
 def default_out_dir(device_name: Optional[str]) -> Path:
@@ -525,8 +539,11 @@ def collect_env(path: Path) -> None:
 
     from mim.runinfo import package_version
 
+    from kernels.tuning import arch_label, device_arch
+
     props = torch.cuda.get_device_properties(0)
-    info = {"device": props.name, "capability": f"{props.major}.{props.minor}",
+    info = {"device": props.name,
+            "capability": f"{props.major}.{props.minor} ({arch_label(device_arch('cuda:0'))})",
             "sm_count": props.multi_processor_count,
             "memory_gib": f"{props.total_memory / 2**30:.1f}", "cuda": torch.version.cuda,
             "torch": torch.__version__, "triton": package_version("triton"),
@@ -605,9 +622,12 @@ def _install_tuned(out_dir: Path, results: Sequence[PartResult]) -> None:
     if tuned.status != "ok" or not files:
         print("gpu-check: --write-tuned: the tuner did not finish; kernels/tuned/ left as it was")
         return
+    from kernels.tuning import tuned_dir
+
     for path in files:
-        target = ROOT / "kernels" / "tuned" / path.name
-        shutil.copyfile(path, target)
+        target = tuned_dir() / path.name
+        with atomic_output(target) as temp:
+            shutil.copyfile(path, temp)
         print(f"gpu-check: installed {target}")
 
 

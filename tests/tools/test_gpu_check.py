@@ -154,6 +154,44 @@ def test_report_renders_every_status_and_figure(tmp_path):
     assert text.count("Output tail:") == 2
 
 
+def _ops_row(provider, mode, time_ms, speedup, shape="base render window", counted=8e6):
+    return {"op": "deviation_adanorm", "shape": shape, "params": "B=1 T=17", "dtype": "float32",
+            "provider": provider, "mode": mode, "time_ms": time_ms, "counted_bytes": counted,
+            "gb_per_s": None if time_ms is None else counted / (time_ms * 1e-3) / 1e9,
+            "pct_of_copy_bw": None if time_ms is None else 40.0, "speedup_vs_reference": speedup,
+            "device": "NVIDIA H100 80GB HBM3", "note": "" if time_ms else "not run: reason"}
+
+
+def test_ops_and_tuner_figures(tmp_path):
+    rows = [_ops_row("reference", "fwd", 0.04, 1.0), _ops_row("fast", "fwd", 0.02, 2.0),
+            _ops_row("triton", "fwd", 0.01, 4.0), _ops_row("compile", "fwd", None, None),
+            _ops_row("triton", "fwd", 0.005, 3.0, shape="tiny render window", counted=1e6),
+            {**_ops_row("triton", "fwd", None, None), "op": "selective_state_update"}]
+    (tmp_path / "ops.json").write_text(json.dumps({
+        "metadata": {"copy_bandwidth": {"gb_per_s": 2900.0}, "bytes_basis": "minimum traffic",
+                     "timer": "triton.testing.do_bench, median"}, "rows": rows}))
+    text = "\n".join(gpu_check.ops_figures(PartResult("bench-ops", [], 55), tmp_path))
+    assert "copy bandwidth 2900 GB/s" in text
+    # the larger shape first; the fast path's and compile's speedups beside triton's
+    assert text.index("base render window") < text.index("tiny render window")
+    assert ("| deviation_adanorm | base render window | float32 | fwd | 0.010 | 800 | 40.0 | "
+            "4.00 | 2.00 | - |") in text
+    assert "| selective_state_update | no triton row timed: not run: reason |" in text
+
+    assert gpu_check.tune_figures(PartResult("tune", [], 40), tmp_path) == [
+        "(the tuner wrote no tuned/sm_*.json)"]
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned" / "sm_90.json").write_text(json.dumps({
+        "format": 1, "arch": "sm_90", "winners": {"selective_scan/_selective_scan_fwd_kernel": {
+            "N_PAD=16,fp32,programs=512": {"config": "BLOCK_D=8,warps=4,stages=1", "time_ms": 0.0123,
+                                           "timings": {"BLOCK_D=8,warps=4,stages=1": 0.0123,
+                                                       "BLOCK_D=16,warps=8,stages=1": 0.02}}}}}))
+    text = "\n".join(gpu_check.tune_figures(PartResult("tune", [], 40), tmp_path))
+    assert "`tuned/sm_90.json` (1 winners" in text
+    assert ("| selective_scan/_selective_scan_fwd_kernel | N_PAD=16,fp32,programs=512 | "
+            "BLOCK_D=8,warps=4,stages=1 | 0.0123 | 2 | 0.0200 |") in text
+
+
 def test_figures_of_a_missing_or_malformed_file_say_so(tmp_path):
     result = PartResult("profile-base", [], 40, status="failed", returncode=1, wall_s=1.0)
     assert gpu_check.profile_figures(result, tmp_path) == ["(no profile-base.json was written)"]
