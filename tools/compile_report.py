@@ -1,7 +1,8 @@
 """Ahead-of-time compile report for every registered Triton kernel; no GPU needed.
 
-For each kernel in the registry (``kernels/_registry.py``), each dtype × launch config it declares,
-and each target (sm_80 and sm_90a by default), the kernel is compiled with ``triton.compile`` and
+For each kernel in the registry (``kernels/_registry.py``), each target (sm_80, sm_90a, sm_100a and
+sm_120a by default) and each dtype × launch config the kernel declares for that target (its own set
+where the registry gives the architecture one), the kernel is compiled with ``triton.compile`` and
 the result is read with the NVIDIA tools shipped in Triton's wheel:
 
 - ``cuobjdump --dump-resource-usage`` on the cubin: registers, static shared memory, local memory
@@ -11,12 +12,18 @@ the result is read with the NVIDIA tools shipped in Triton's wheel:
 - ``nvdisasm -c`` on the cubin: static SASS instruction counts (global loads and stores by access
   width, atomics, FMAs, MUFU by function, shared-memory loads and stores, barriers, the total).
 
-Writes ``compile_report.json`` (one record per variant and target) and ``compile_report.md`` (a
-table per kernel) to ``--out-dir`` (default ``bench/results``), prints the markdown, and exits 1
+Writes ``compile_report.json`` (one record per variant and target, with ``source_hash``, the
+kernel's ``RegisteredKernel.source_hash()``, so a test can tell the committed report from a stale
+one) and ``compile_report.md`` (a table per kernel) to ``--out-dir`` (default ``bench/results``),
+prints the markdown, and exits 1
 when any variant fails to compile, spills, uses local memory or requests more shared memory than
 the target has; 2 when there is nothing to compile or Triton's interpreter is on.
 
-    python -m tools.compile_report [--out-dir DIR] [--targets 80,90] [--op NAME ...] [--jobs N]
+``--sample`` compiles a bounded subset instead (``sample_variants``: each kernel's heaviest config
+per dtype class and target, and each distinct config a target's own set adds), for a quick check.
+
+    python -m tools.compile_report [--out-dir DIR] [--targets 80,90,100,120] [--op NAME ...]
+                                   [--jobs N] [--sample]
 """
 from __future__ import annotations
 
@@ -44,9 +51,15 @@ from triton.compiler import ASTSource
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO_ROOT / "bench" / "results"
 REPORT_NAME = "compile_report"
+# The architectures the report and the AOT library compile for: A100 (sm_80 serves 8.x), H100/H200
+# (sm_90a), B200 (sm_100a) and the RTX 50 series (sm_120a). Triton names 9.0 and later with the
+# "a" suffix (arch-specific features), so each of those cubins runs on that compute capability only.
+DEFAULT_TARGETS = (80, 90, 100, 120)
 
 # Largest dynamic shared memory one block may request (cudaDevAttrMaxSharedMemoryPerBlockOptin),
-# by compute capability; Triton refuses to launch a kernel whose metadata asks for more.
+# by compute capability (CUDA programming guide, compute capabilities table: 163 KB on 8.0, 99 KB
+# on 8.6/8.9/12.0, 227 KB on 9.0/10.0); Triton refuses to launch a kernel whose metadata asks for
+# more.
 MAX_SHARED_BYTES = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 
 # ---------------------------------------------------------------------------------------------
@@ -98,11 +111,14 @@ def ast_source(kernel, signature: Mapping[str, str], config) -> ASTSource:
 def compile_variant(kernel, signature: Mapping[str, str], config, capability: int):
     """Compile one variant for ``sm_<capability>``; returns Triton's ``CompiledKernel``. Options
     as every launcher passes them: its warps and stages, and floating-point fusion on (explicit,
-    so the binary does not follow Triton's default, which version 3.10 flips)."""
+    so the binary does not follow Triton's default, which version 3.10 flips), and the config's
+    register limit (``maxnreg``) where it sets one."""
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages,
+               "enable_fp_fusion": True}
+    if config.maxnreg is not None:
+        options["maxnreg"] = config.maxnreg
     return triton.compile(ast_source(kernel, signature, config),
-                          target=GPUTarget("cuda", capability, 32),
-                          options={"num_warps": config.num_warps, "num_stages": config.num_stages,
-                                   "enable_fp_fusion": True})
+                          target=GPUTarget("cuda", capability, 32), options=options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +292,7 @@ class Job:
     """One variant of one registry entry for one target, by index (cheap to send to a worker)."""
 
     entry_index: int
-    variant_index: int
+    variant_index: int  # into the entry's ``variants(capability)``
     capability: int
 
 
@@ -286,12 +302,19 @@ def _registry():
     return registered_kernels()
 
 
-def _base_record(job: Job) -> Dict[str, Any]:
+def job_variant(job: Job):
+    """(registry entry, dtype label, signature, config) of a job."""
     entry = _registry()[job.entry_index]
-    dtype, _, config = list(entry.variants())[job.variant_index]
+    return (entry, *list(entry.variants(job.capability))[job.variant_index])
+
+
+def _base_record(job: Job) -> Dict[str, Any]:
+    entry, dtype, _, config = job_variant(job)
     return {"op": entry.op, "kernel": entry.name, "dtype": dtype, "config": config.label(),
             "constexprs": dict(config.constexprs), "num_warps": config.num_warps,
-            "num_stages": config.num_stages, "target": sm_arch_from_capability(job.capability)}
+            "num_stages": config.num_stages, "maxnreg": config.maxnreg,
+            "target": sm_arch_from_capability(job.capability),
+            "source_hash": entry.source_hash()}
 
 
 def _failed(record: Dict[str, Any], stage: str, exc: BaseException) -> Dict[str, Any]:
@@ -308,8 +331,7 @@ def _short_error(error: str) -> str:
 
 def run_job(job: Job) -> Dict[str, Any]:
     """Compile and analyze one job; a failure becomes a record with ``ok`` false and ``error``."""
-    entry = _registry()[job.entry_index]
-    _, signature, config = list(entry.variants())[job.variant_index]
+    entry, _, signature, config = job_variant(job)
     record = _base_record(job)
     # A report of failures, not a crash: every variant gets a record.
     try:
@@ -325,9 +347,52 @@ def run_job(job: Job) -> Dict[str, Any]:
 
 
 def jobs_for(entry_indices: Iterable[int], capabilities: Sequence[int]) -> List[Job]:
+    """Every variant of each entry for each target (the target's own configs), entry-major."""
     registry = _registry()
-    return [Job(i, v, cap) for i in entry_indices
-            for v in range(sum(1 for _ in registry[i].variants())) for cap in capabilities]
+    return [Job(i, v, cap) for i in entry_indices for cap in capabilities
+            for v in range(sum(1 for _ in registry[i].variants(cap)))]
+
+
+def dtype_class(label: str) -> str:
+    """fp32, 16-bit (fp16, bf16) or mixed (a label with several placeholders' types)."""
+    return "mixed" if "=" in label else ("fp32" if label == "fp32" else "16-bit")
+
+
+def _weight(config) -> tuple:
+    """How heavy a config is on registers: tile elements per thread (the product of its integer
+    constexprs over its threads), then the tile itself."""
+    tile = 1
+    for value in config.constexprs.values():
+        if isinstance(value, int) and not isinstance(value, bool):
+            tile *= value
+    return (tile / (32 * config.num_warps), tile)
+
+
+def sample_jobs(entry_indices: Iterable[int], capabilities: Sequence[int]) -> List[Job]:
+    """A bounded subset of ``jobs_for`` meant to catch a regression quickly: for each entry and
+    target, the heaviest config (``_weight``) of the first dtype of each class, and every
+    distinct (constexprs, warps) that a target's own set has and the default set lacks, once
+    (with the entry's first dtype)."""
+    registry = _registry()
+    jobs = []
+    for i in entry_indices:
+        entry = registry[i]
+        default = {(tuple(sorted(c.constexprs.items())), c.num_warps) for c in entry.configs}
+        for cap in capabilities:
+            variants = list(entry.variants(cap))
+            chosen: Dict[Any, int] = {}
+            first_of_class: Dict[str, str] = {}
+            for v, (label, _, config) in enumerate(variants):
+                if first_of_class.setdefault(dtype_class(label), label) != label:
+                    continue
+                key = ("heaviest", label)
+                if key not in chosen or _weight(config) > _weight(variants[chosen[key]][2]):
+                    chosen[key] = v
+                shape = (tuple(sorted(config.constexprs.items())), config.num_warps)
+                if shape not in default and label == variants[0][0]:
+                    chosen.setdefault(("own", shape), v)
+            jobs += [Job(i, v, cap) for v in sorted(set(chosen.values()))]
+    return jobs
 
 
 def _progress_line(done: int, total: int, record: Mapping[str, Any]) -> str:
@@ -499,12 +564,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR,
                         help="where compile_report.json and .md go (default: bench/results)")
-    parser.add_argument("--targets", type=parse_capabilities, default=[80, 90],
-                        help="compute capabilities, comma separated (default: 80,90)")
+    parser.add_argument("--targets", type=parse_capabilities, default=list(DEFAULT_TARGETS),
+                        help="compute capabilities, comma separated (default: "
+                             f"{','.join(map(str, DEFAULT_TARGETS))})")
     parser.add_argument("--op", action="append", default=[],
                         help="only this op's kernels (repeatable; default: every op)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="parallel compiles (default: CPU count)")
+    parser.add_argument("--sample", action="store_true",
+                        help="compile a bounded sample (each kernel's heaviest config per dtype "
+                             "class and target, and the configs a target's own set adds), not "
+                             "every variant")
     return parser.parse_args(argv)
 
 
@@ -535,9 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"no registered kernel belongs to op {', '.join(unknown)}; the ops are "
                      f"{', '.join(sorted(ops))}")
     selected = [i for i, entry in enumerate(registry) if not args.op or entry.op in args.op]
-    jobs = jobs_for(selected, args.targets)
+    jobs = (sample_jobs if args.sample else jobs_for)(selected, args.targets)
     workers = max(1, min(args.jobs, len(jobs)))
-    print(f"compile_report: {len(jobs)} compiles ({len(selected)} kernels, every variant, "
+    print(f"compile_report: {len(jobs)} compiles ({len(selected)} kernels, "
+          f"{'a sample of the variants' if args.sample else 'every variant'}, "
           f"{len(args.targets)} targets) on {workers} workers", file=sys.stderr)
     records = run_jobs(jobs, workers)
     print(write_report(records, args.out_dir, args.targets))

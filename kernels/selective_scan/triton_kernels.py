@@ -90,7 +90,7 @@ import triton.language as tl
 
 from .._custom_op import custom_op
 from .._checks import KERNEL_DTYPES, check_tensor
-from .._registry import LaunchConfig, register_kernel
+from .._registry import LaunchConfig, device_arch, register_kernel
 
 T_CHUNK = 32
 STATE_PADS = (16, 32, 64)
@@ -574,6 +574,49 @@ BACKWARD_VARLEN_CONFIGS = _configs(32, 16) + _configs(8, 4)
 FORWARD_PROGRAMS_PER_SM = 2
 BACKWARD_PROGRAMS_PER_SM = 1
 
+# Blackwell (sm_100a, sm_120a; ptxas 13): without a register limit ptxas trades registers for
+# occupancy and spilled 4-12 B in the narrow backward (8 warps held to 64 registers), the sm_100a
+# forward at N_PAD 64 (128 registers) and the sm_120a wide backward (at 16 warps' 128-register
+# ceiling). There every config carries maxnreg = its share of the register file at the programs
+# per SM its launcher asks for (65536 / (32 * warps * programs), at most 255), and sm_120a runs
+# the wide backward as BLOCK_D 16 on 8 warps (the same tile elements per thread, about 160
+# registers). sm_80 and sm_90a keep the default sets.
+_REGISTER_FILE = 65536
+
+
+def _budgeted(configs, programs_per_sm: int):
+    return tuple(LaunchConfig(c.constexprs, c.num_warps, c.num_stages,
+                              maxnreg=min(255, _REGISTER_FILE // (32 * c.num_warps * programs_per_sm)))
+                 for c in configs)
+
+
+def _half_wide(configs):
+    """BLOCK_D 32 on 16 warps as BLOCK_D 16 on 8; the other configs as they are."""
+    return tuple(LaunchConfig({**c.constexprs, "BLOCK_D": 16}, 8, c.num_stages)
+                 if (c.constexprs["BLOCK_D"], c.num_warps) == (32, 16) else c for c in configs)
+
+
+# Default config's label -> its replacement, by architecture (``configs_for_arch``).
+ARCH_CONFIGS = {
+    100: {c.label(): r for configs, per_sm in ((FORWARD_CONFIGS, FORWARD_PROGRAMS_PER_SM),
+                                               (BACKWARD_CONFIGS, BACKWARD_PROGRAMS_PER_SM),
+                                               (BACKWARD_VARLEN_CONFIGS, BACKWARD_PROGRAMS_PER_SM))
+          for c, r in zip(configs, _budgeted(configs, per_sm))},
+    120: {c.label(): r for configs, per_sm, change in (
+        (FORWARD_CONFIGS, FORWARD_PROGRAMS_PER_SM, tuple),
+        (BACKWARD_CONFIGS, BACKWARD_PROGRAMS_PER_SM, _half_wide),
+        (BACKWARD_VARLEN_CONFIGS, BACKWARD_PROGRAMS_PER_SM, _half_wide))
+          for c, r in zip(configs, _budgeted(change(configs), per_sm))},
+}
+
+
+def configs_for_arch(configs, arch: Optional[int]):
+    """``configs`` (a default set or a subset of one) as architecture ``arch`` runs them
+    (``device_arch``'s number; None, or one without its own set: unchanged)."""
+    by_label = ARCH_CONFIGS.get(arch, {})
+    return tuple(by_label.get(c.label(), c) for c in configs)
+
+
 _COMMON_SIGNATURE = {
     "dim": "i32", "L": "i32", "N": "i32", "groups": "i32", "group_dim": "i32", "n_chunks": "i32",
     "has_z": "i32", "has_D": "i32", "has_delta_bias": "i32", "delta_softplus": "i32",
@@ -619,7 +662,11 @@ def _wide(configs):
 
 def _register(kernel, signature, configs, notes):
     register_kernel("selective_scan", kernel, signature, configs, dtypes=DTYPES, notes=notes,
-                    dtype_configs={label: _wide(configs) for label in _MIXED_LABELS})
+                    dtype_configs={label: _wide(configs) for label in _MIXED_LABELS},
+                    arch_configs={arch: configs_for_arch(configs, arch) for arch in ARCH_CONFIGS},
+                    arch_dtype_configs={arch: {label: configs_for_arch(_wide(configs), arch)
+                                               for label in _MIXED_LABELS}
+                                        for arch in ARCH_CONFIGS})
 
 
 _register(_selective_scan_fwd_kernel, _FWD_SIGNATURE, FORWARD_CONFIGS, _NOTES)
@@ -653,6 +700,7 @@ def launch_config(configs, programs_per_sm: int, batch: int, groups: int, group_
     """The widest of ``configs`` for N states (and chunks of ``t_chunk`` steps, if given) that
     starts ``programs_per_sm`` programs per SM, else the narrowest."""
     pad = next(p for p in STATE_PADS if p >= N)
+    configs = configs_for_arch(configs, device_arch(device))
     candidates = [c for c in configs if c.constexprs["N_PAD"] == pad
                   and t_chunk in (None, c.constexprs["T_CHUNK"])]
     target = programs_per_sm * _sm_count(device)
@@ -727,7 +775,7 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
         dim, L, N, groups, dim // groups, n_chunks, *_bc_strides(B), *_bc_strides(C),
         int(z is not None), int(D is not None), int(delta_bias is not None),
         int(initial_state is not None), int(delta_softplus),
-        num_warps=cfg.num_warps, enable_fp_fusion=True, **cfg.constexprs)
+        num_warps=cfg.num_warps, maxnreg=cfg.maxnreg, enable_fp_fusion=True, **cfg.constexprs)
     return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"], varlen_states
 
 
@@ -775,7 +823,7 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
             dim, L, N, groups, group_dim, n_chunks, *_bc_strides(B), *_bc_strides(C),
             int(z is not None), int(D is not None), int(delta_bias is not None),
             int(grad_last_state is not None), int(delta_softplus),
-            num_warps=cfg.num_warps, enable_fp_fusion=True, **cfg.constexprs)
+            num_warps=cfg.num_warps, maxnreg=cfg.maxnreg, enable_fp_fusion=True, **cfg.constexprs)
     grad_D = None if D is None else grad_D_part.sum(0)
     grad_bias = None if delta_bias is None else grad_bias_part.sum(0)
     return (grad_u, grad_delta, grad_A_part.sum(0), grad_B_part.sum(2), grad_C_part.sum(2), grad_D,

@@ -1,5 +1,8 @@
-"""The compile report (tools/compile_report.py): its parsers on hand-written tool output, and the
-tool itself run end to end in a subprocess (Triton's interpreter off, so kernels really compile)."""
+"""The compile report (tools/compile_report.py): its parsers on hand-written tool output, the tool
+run end to end on a sample of the variants for the four default targets in a subprocess (Triton's
+interpreter off, so kernels really compile), and the committed report: it covers every variant of
+the current registry for every default target, with no spill and no local memory, and was
+written from the kernels' current source."""
 import json
 import os
 import subprocess
@@ -7,11 +10,17 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 import kernels
-from tools.compile_report import count_sass, parse_ptxas_log, parse_resource_usage
+from kernels import LaunchConfig, RegisteredKernel
+from tools.compile_report import (DEFAULT_TARGETS, count_sass, parse_ptxas_log,
+                                  parse_resource_usage, sample_jobs)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("sm_80", "sm_90a")
+TARGETS = ("sm_80", "sm_90a", "sm_100a", "sm_120a")
+COMMITTED = REPO_ROOT / "bench" / "results" / "compile_report.json"
+REGENERATE = "run `python -m tools.compile_report` (no TRITON_INTERPRET) and commit bench/results"
 
 SASS = """\
 \t.section\t.text.demo_kernel,"ax",@progbits
@@ -92,29 +101,121 @@ def _run_report(*args, interpret=False):
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True)
 
 
-def test_report_compiles_every_registered_variant(tmp_path):
-    """Every registered kernel, dtype and launch config, for sm_80 and sm_90a (a few minutes cold)."""
-    entries = kernels.registered_kernels()
-    assert {e.op for e in entries} >= {"deviation_adanorm", "selective_scan", "selective_state_update"}
+def _check_record(r):
+    where = f"{r['kernel']} {r['dtype']} {r['config']} {r['target']}"
+    assert r["ok"], f"{where}: {r['problems']} {r.get('error')}"
+    assert r["regs"] > 0 and r["sass"]["total"] > 0, where
+    assert (r["spill_stores"], r["spill_loads"]) == (0, 0), where
+    assert (r["local"], r["stack"]) == (0, 0), where
 
-    done = _run_report("--out-dir", tmp_path)
+
+def test_default_targets_are_the_four_architectures():
+    assert DEFAULT_TARGETS == (80, 90, 100, 120)
+
+
+def test_sample_compiles_for_the_four_targets(tmp_path):
+    """The sample (each kernel's heaviest config per dtype class and target, and the configs a
+    target's own set adds) compiles for sm_80, sm_90a, sm_100a and sm_120a: ok, no spill, no local
+    memory; the records are exactly the sample's variants (about 2 minutes on 2 cores)."""
+    entries = kernels.registered_kernels()
+    done = _run_report("--out-dir", tmp_path, "--sample", "--jobs", "2")
     assert done.returncode == 0, done.stderr[-4000:]
 
     records = json.loads((tmp_path / "compile_report.json").read_text())
-    expected = Counter((e.name, dtype, config.label(), target) for e in entries
-                       for dtype, _, config in e.variants() for target in TARGETS)
+    expected = Counter()
+    for job in sample_jobs(range(len(entries)), DEFAULT_TARGETS):
+        entry = entries[job.entry_index]
+        dtype, _, config = list(entry.variants(job.capability))[job.variant_index]
+        expected[(entry.name, dtype, config.label(), TARGETS[DEFAULT_TARGETS.index(job.capability)])] += 1
     assert Counter((r["kernel"], r["dtype"], r["config"], r["target"]) for r in records) == expected
+    assert {r["target"] for r in records} == set(TARGETS)
+    assert {r["kernel"] for r in records} == {e.name for e in entries}
     for r in records:
-        where = f"{r['kernel']} {r['dtype']} {r['config']} {r['target']}"
-        assert r["ok"], where
-        assert r["regs"] > 0 and r["sass"]["total"] > 0, where
-        assert (r["spill_stores"], r["spill_loads"]) == (0, 0), where
-        assert (r["local"], r["stack"]) == (0, 0), where
-
+        _check_record(r)
     markdown = (tmp_path / "compile_report.md").read_text()
-    for entry in entries:
-        assert f"## {entry.op} / `{entry.name}`" in markdown
-    assert "**Summary:**" in markdown
+    assert "**Summary:**" in markdown and "sm_120a" in markdown
+
+
+def test_sample_takes_the_heaviest_config_and_a_targets_own_configs():
+    entries = kernels.registered_kernels()
+    jobs = sample_jobs(range(len(entries)), DEFAULT_TARGETS)
+    picked = {(entries[j.entry_index].name, j.capability,
+               list(entries[j.entry_index].variants(j.capability))[j.variant_index][2].label())
+              for j in jobs}
+    # every kernel on every target
+    assert {(name, cap) for name, cap, _ in picked} == {
+        (e.name, cap) for e in entries for cap in DEFAULT_TARGETS}
+    scan = next(e for e in entries if e.name == "_selective_scan_bwd_kernel")
+    # the heaviest default tile, and on sm_120a the wide backward's own (BLOCK_D 16, 8 warps)
+    assert ("_selective_scan_bwd_kernel", 80, "BLOCK_D=32,N_PAD=64,T_CHUNK=32,warps=16,stages=1") in picked
+    own = {c.label() for c in scan.configs_for(120) if c.constexprs["BLOCK_D"] == 16}
+    assert own and own <= {label for name, cap, label in picked
+                           if name == scan.name and cap == 120}
+    assert len(jobs) < sum(1 for e in entries for cap in DEFAULT_TARGETS for _ in e.variants(cap)) / 5
+
+
+def test_committed_report_covers_the_registry_and_is_fresh():
+    """bench/results/compile_report.json holds every variant of the current registry for the four
+    default targets (each target's own configs), every one ok with no spill and no local memory,
+    compiled from the kernels' current source (``RegisteredKernel.source_hash``)."""
+    records = json.loads(COMMITTED.read_text())
+    entries = kernels.registered_kernels()
+    expected = Counter((e.name, dtype, config.label(), target) for e in entries
+                       for cap, target in zip(DEFAULT_TARGETS, TARGETS)
+                       for dtype, _, config in e.variants(cap))
+    found = Counter((r["kernel"], r["dtype"], r["config"], r["target"]) for r in records)
+    missing, extra = expected - found, found - expected
+    assert not missing and not extra, (
+        f"the committed compile report does not match the registry ({sum(missing.values())} "
+        f"variants missing, e.g. {sorted(missing)[:3]}; {sum(extra.values())} not registered, "
+        f"e.g. {sorted(extra)[:3]}): {REGENERATE}")
+    hashes = {e.name: e.source_hash() for e in entries}
+    stale = sorted({r["kernel"] for r in records if r.get("source_hash") != hashes[r["kernel"]]})
+    assert not stale, f"kernels edited since the compile report was written: {stale}; {REGENERATE}"
+    for r in records:
+        _check_record(r)
+
+
+def test_arch_configs_replace_the_default_set_on_their_architecture():
+    def kernel(x_ptr, BLOCK: int):
+        pass
+
+    class Jit:  # enough of a JITFunction for the registry
+        __name__ = "_demo_kernel"
+        fn = kernel
+
+    wide, narrow = LaunchConfig({"BLOCK": 64}, 4), LaunchConfig({"BLOCK": 16}, 1)
+    own = LaunchConfig({"BLOCK": 32}, 2, maxnreg=255)
+    entry = RegisteredKernel(op="demo", kernel=Jit(), signature={"x_ptr": "*{dtype}"},
+                             configs=(wide, narrow), dtypes=("fp32", "fp16"),
+                             dtype_configs={"fp16": (wide,)}, arch_configs={120: (own, narrow)},
+                             arch_dtype_configs={120: {"fp16": (own,)}})
+    assert [(d, c) for d, _, c in entry.variants()] == [("fp32", wide), ("fp32", narrow),
+                                                        ("fp16", wide)]
+    assert [(d, c) for d, _, c in entry.variants(90)] == [(d, c) for d, _, c in entry.variants()]
+    assert [(d, c) for d, _, c in entry.variants(120)] == [("fp32", own), ("fp32", narrow),
+                                                           ("fp16", own)]
+    assert entry.configs_for(None) == (wide, narrow) and entry.configs_for(120, "fp16") == (own,)
+    assert own.label() == "BLOCK=32,warps=2,stages=1,maxnreg=255"
+    assert wide.label() == "BLOCK=64,warps=4,stages=1"
+
+
+def test_source_hash_is_the_same_compiled_and_interpreted():
+    """The suite runs kernels in Triton's interpreter (InterpretedFunction), the report compiles
+    them (JITFunction): a kernel's source hash must not depend on which."""
+    here = {e.name: e.source_hash() for e in kernels.registered_kernels()}
+    # the subprocess in the other mode: compiled if this suite interprets, else interpreted
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        env["TRITON_INTERPRET"] = "1"
+    code = ("import json, kernels; print(json.dumps({e.name: e.source_hash() "
+            "for e in kernels.registered_kernels()}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == here
+    assert len(set(here.values())) == len(here)  # one per kernel
+    assert all(len(h) == 64 for h in here.values())
 
 
 def test_report_refuses_the_interpreter(tmp_path):
