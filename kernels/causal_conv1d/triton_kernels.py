@@ -52,6 +52,7 @@ import triton
 import triton.language as tl
 
 from .._registry import LaunchConfig, register_kernel
+from ..tuning import dtype_label, pow2_bucket, shape_key, tuned_config
 
 
 @triton.jit
@@ -239,6 +240,18 @@ CHANNEL_LAST_CONFIG = LaunchConfig({"BLOCK_D": 64, "BLOCK_T": 32, "CHANNEL_LAST"
 CHANNEL_FIRST_BWD_CONFIG = LaunchConfig({"BLOCK_D": 8, "BLOCK_T": 128, "CHANNEL_LAST": False}, num_warps=8)
 CHANNEL_LAST_BWD_CONFIG = LaunchConfig({"BLOCK_D": 32, "BLOCK_T": 32, "CHANNEL_LAST": True}, num_warps=8)
 UPDATE_CONFIG = LaunchConfig({"BLOCK_D": 256, "BLOCK_S": 4}, num_warps=4)
+# The tuner's alternatives (``kernels.tuning``): forward's tiles on 8 warps; backward on 4 warps,
+# channel-first the same tile, channel-last half the channels (32 × 32 on 4 warps spilled 4 B
+# in fp32 on sm_90a); BLOCK_T, hence backward's partials, unchanged. The step: narrower channel
+# blocks (2× and 4× the programs of a small batch).
+FORWARD_CONFIGS = (CHANNEL_FIRST_CONFIG, CHANNEL_LAST_CONFIG,
+                   LaunchConfig({**CHANNEL_FIRST_CONFIG.constexprs}, num_warps=8),
+                   LaunchConfig({**CHANNEL_LAST_CONFIG.constexprs}, num_warps=8))
+BACKWARD_CONFIGS = (CHANNEL_FIRST_BWD_CONFIG, CHANNEL_LAST_BWD_CONFIG,
+                    LaunchConfig({**CHANNEL_FIRST_BWD_CONFIG.constexprs}, num_warps=4),
+                    LaunchConfig({**CHANNEL_LAST_BWD_CONFIG.constexprs, "BLOCK_D": 16}, num_warps=4))
+UPDATE_CONFIGS = (UPDATE_CONFIG, LaunchConfig({"BLOCK_D": 128, "BLOCK_S": 4}, num_warps=4),
+                  LaunchConfig({"BLOCK_D": 64, "BLOCK_S": 4}, num_warps=2))
 
 
 def launch_config(channel_last: bool, backward: bool = False) -> LaunchConfig:
@@ -248,6 +261,27 @@ def launch_config(channel_last: bool, backward: bool = False) -> LaunchConfig:
     if backward:
         return CHANNEL_LAST_BWD_CONFIG if channel_last else CHANNEL_FIRST_BWD_CONFIG
     return CHANNEL_LAST_CONFIG if channel_last else CHANNEL_FIRST_CONFIG
+
+
+def call_config(x: torch.Tensor, channel_last: bool, backward: bool = False) -> LaunchConfig:
+    """The config of a forward (or backward) over x (batch, dim, L): the tuned winner of the
+    device's architecture among the registered configs of x's layout (shape key: the layout,
+    dtype, batch·dim·L to a power of two), else launch_config(channel_last, backward)."""
+    kernel = _causal_conv1d_bwd_kernel if backward else _causal_conv1d_fwd_kernel
+    candidates = [c for c in (BACKWARD_CONFIGS if backward else FORWARD_CONFIGS)
+                  if c.constexprs["CHANNEL_LAST"] == channel_last]
+    key = shape_key(CHANNEL_LAST=channel_last, dtype=dtype_label(x.dtype),
+                    elements=pow2_bucket(x.numel()))
+    return (tuned_config("causal_conv1d", kernel.__name__, key, candidates, x.device)
+            or launch_config(channel_last, backward))
+
+
+def update_config(x: torch.Tensor) -> LaunchConfig:
+    """The config of a step over x (batch, dim): the tuned winner of the device's architecture
+    (shape key: dtype, batch·dim to a power of two), else UPDATE_CONFIG."""
+    key = shape_key(dtype=dtype_label(x.dtype), rows=pow2_bucket(x.numel()))
+    return (tuned_config("causal_conv1d", _causal_conv1d_update_kernel.__name__, key,
+                         UPDATE_CONFIGS, x.device) or UPDATE_CONFIG)
 
 
 _FWD_SIGNATURE = {
@@ -274,11 +308,11 @@ _UPDATE_SIGNATURE = {
 _DTYPES = ("fp32", "fp16", "bf16")
 _NOTES = ("specialized as kernels.Mamba calls it: dim, L and the row strides divisible by 16 "
           "(d_inner = 512, L a multiple of 16); x a slice of in_proj's (batch, 2·d_inner, L) output")
-register_kernel("causal_conv1d", _causal_conv1d_fwd_kernel, _FWD_SIGNATURE,
-                (CHANNEL_FIRST_CONFIG, CHANNEL_LAST_CONFIG), dtypes=_DTYPES, notes=_NOTES)
-register_kernel("causal_conv1d", _causal_conv1d_bwd_kernel, _BWD_SIGNATURE,
-                (CHANNEL_FIRST_BWD_CONFIG, CHANNEL_LAST_BWD_CONFIG), dtypes=_DTYPES, notes=_NOTES)
-register_kernel("causal_conv1d", _causal_conv1d_update_kernel, _UPDATE_SIGNATURE, (UPDATE_CONFIG,),
+register_kernel("causal_conv1d", _causal_conv1d_fwd_kernel, _FWD_SIGNATURE, FORWARD_CONFIGS,
+                dtypes=_DTYPES, notes=_NOTES)
+register_kernel("causal_conv1d", _causal_conv1d_bwd_kernel, _BWD_SIGNATURE, BACKWARD_CONFIGS,
+                dtypes=_DTYPES, notes=_NOTES)
+register_kernel("causal_conv1d", _causal_conv1d_update_kernel, _UPDATE_SIGNATURE, UPDATE_CONFIGS,
                 dtypes=_DTYPES, notes="specialized as kernels.Mamba.step calls it: dim and the x row "
                 "stride divisible by 16 (x a slice of in_proj's (batch, 2·d_inner) output), S = W = 4")
 
@@ -335,7 +369,7 @@ def causal_conv1d_forward_triton(x: torch.Tensor, weight: torch.Tensor, bias: Op
     w = _fp32(weight)
     b = _fp32(bias) if bias is not None else w
     seq = seq_idx.contiguous() if seq_idx is not None else torch.empty(0, dtype=torch.int32, device=x.device)
-    cfg = launch_config(channel_last)
+    cfg = call_config(x, channel_last)
     grid = (triton.cdiv(length, cfg.constexprs["BLOCK_T"]), triton.cdiv(dim, cfg.constexprs["BLOCK_D"]),
             batch)
     _causal_conv1d_fwd_kernel[grid](
@@ -355,7 +389,7 @@ def causal_conv1d_backward_triton(grad_out: torch.Tensor, x: torch.Tensor, weigh
     grad_out = in_layout(grad_out, channel_last)
     batch, dim, length = x.shape
     width = weight.shape[1]
-    cfg = launch_config(channel_last, backward=True)
+    cfg = call_config(x, channel_last, backward=True)
     time_blocks = triton.cdiv(length, cfg.constexprs["BLOCK_T"])
     grad_x = empty_in_layout(x, channel_last)
     partials = torch.empty((batch * time_blocks, width + 1, dim), dtype=torch.float32, device=x.device)
@@ -386,7 +420,7 @@ def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weigh
     work = conv_state if conv_state.stride(2) == 1 or conv_state.shape[2] <= 1 else conv_state.contiguous()
     w = _fp32(weight)
     b = _fp32(bias) if bias is not None else w
-    cfg = UPDATE_CONFIG
+    cfg = update_config(x)
     grid = (triton.cdiv(dim, cfg.constexprs["BLOCK_D"]), batch)
     _causal_conv1d_update_kernel[grid](
         x, work, w, b, out, dim, conv_state.shape[2], weight.shape[1], x.stride(0), work.stride(0),

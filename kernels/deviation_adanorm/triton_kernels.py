@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .._registry import LaunchConfig, register_kernel
+from ..tuning import dtype_label, pow2_bucket, shape_key, tuned_config
 
 MAX_G = 8192
 
@@ -102,7 +103,22 @@ def launch_config(G: int) -> LaunchConfig:
     return LaunchConfig({"BLOCK_G": block}, num_warps=min(16, max(1, block // 256)))
 
 
-ALL_CONFIGS = tuple(launch_config(1 << k) for k in range(4, MAX_G.bit_length()))
+# The tuner's alternatives (``kernels.tuning``) at the model's G (base 768 → BLOCK_G 1024, tiny
+# 192 → 256): twice the heuristic's warps, for batches of few rows (one program a row).
+TUNING_CONFIGS = (LaunchConfig({"BLOCK_G": 1024}, num_warps=8),
+                  LaunchConfig({"BLOCK_G": 256}, num_warps=2))
+ALL_CONFIGS = tuple(launch_config(1 << k) for k in range(4, MAX_G.bit_length())) + TUNING_CONFIGS
+
+
+def call_config(kernel, G: int, dtype: torch.dtype, rows: int, device) -> LaunchConfig:
+    """The config ``kernel`` runs rows of G features with: the tuned winner of the device's
+    architecture among the registered configs of launch_config(G)'s BLOCK_G (shape key: BLOCK_G,
+    dtype, rows = B·N to a power of two), else launch_config(G)."""
+    heuristic = launch_config(G)
+    block = heuristic.constexprs["BLOCK_G"]
+    candidates = [c for c in ALL_CONFIGS if c.constexprs["BLOCK_G"] == block]
+    key = shape_key(BLOCK_G=block, dtype=dtype_label(dtype), rows=pow2_bucket(rows))
+    return tuned_config("deviation_adanorm", kernel.__name__, key, candidates, device) or heuristic
 
 _FWD_SIGNATURE = {
     "v_ptr": "*{dtype}:16", "scale_ptr": "*{dtype}:16", "shift_ptr": "*{dtype}:16",
@@ -129,7 +145,7 @@ def adanorm_forward_triton(v: torch.Tensor, scale: torch.Tensor, shift: torch.Te
     out = torch.empty_like(scale)
     mean = torch.empty((B, N), device=v.device, dtype=torch.float32)
     rstd = torch.empty((B, N), device=v.device, dtype=torch.float32)
-    cfg = launch_config(G)
+    cfg = call_config(_adanorm_fwd_kernel, G, v.dtype, B * N, v.device)
     _adanorm_fwd_kernel[(B * N,)](v, scale, shift, out, mean, rstd, N, R, G, eps,
                                   num_warps=cfg.num_warps, enable_fp_fusion=True, **cfg.constexprs)
     return out, mean, rstd
@@ -142,7 +158,7 @@ def adanorm_backward_triton(grad_out, v, scale, mean, rstd):
     grad_v = torch.empty_like(v)
     grad_scale = torch.empty_like(scale)
     arrivals = torch.zeros((B,), device=v.device, dtype=torch.int32)
-    cfg = launch_config(G)
+    cfg = call_config(_adanorm_bwd_kernel, G, v.dtype, B * N, v.device)
     _adanorm_bwd_kernel[(B * N,)](grad_out, v, scale, mean, rstd, grad_v, grad_scale, arrivals,
                                   N, R, G, num_warps=cfg.num_warps, enable_fp_fusion=True,
                                   **cfg.constexprs)

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from .._registry import LaunchConfig, register_kernel
+from ..tuning import dtype_label, pow2_bucket, shape_key, tuned_config
 from .._trilinear import axis_cell, source_index, trilinear_corners
 
 
@@ -143,19 +144,34 @@ BLOCK_C = 4
 NUM_WARPS = 4
 _FLAGS = ((False, False), (False, True), (True, False), (True, True))
 _GRAD_FLAGS = ((True, True), (True, False), (False, True))
+# (BLOCK_P, warps) of each call class: the heuristic's first, then the tuner's alternative
+# (``kernels.tuning``): half the points on half the warps (one point a thread, as the heuristic),
+# twice the programs for small outputs.
+TILES = ((BLOCK_P, NUM_WARPS), (64, 2))
 
 
-def forward_config(align_corners: bool, border: bool) -> LaunchConfig:
-    """The launch configuration of the forward kernel (one tile shape; channels beyond a multiple
-    of BLOCK_C are masked lanes)."""
+def forward_config(align_corners: bool, border: bool, block_p: int = BLOCK_P,
+                   num_warps: int = NUM_WARPS) -> LaunchConfig:
+    """The launch configuration of the forward kernel (BLOCK_P points × BLOCK_C channels a step;
+    channels beyond a multiple of BLOCK_C are masked lanes)."""
     return LaunchConfig({"ALIGN_CORNERS": align_corners, "BORDER": border,
-                         "BLOCK_P": BLOCK_P, "BLOCK_C": BLOCK_C}, num_warps=NUM_WARPS)
+                         "BLOCK_P": block_p, "BLOCK_C": BLOCK_C}, num_warps=num_warps)
 
 
-def backward_config(align_corners: bool, border: bool, input_grad: bool, grid_grad: bool) -> LaunchConfig:
+def backward_config(align_corners: bool, border: bool, input_grad: bool, grid_grad: bool,
+                    block_p: int = BLOCK_P, num_warps: int = NUM_WARPS) -> LaunchConfig:
     return LaunchConfig({"ALIGN_CORNERS": align_corners, "BORDER": border,
                          "INPUT_GRAD": input_grad, "GRID_GRAD": grid_grad,
-                         "BLOCK_P": BLOCK_P, "BLOCK_C": BLOCK_C}, num_warps=NUM_WARPS)
+                         "BLOCK_P": block_p, "BLOCK_C": BLOCK_C}, num_warps=num_warps)
+
+
+def call_config(kernel, candidates, flags: dict, dtype: torch.dtype, points: int,
+                device) -> LaunchConfig:
+    """The tuned winner of the device's architecture among ``candidates`` (one call class's
+    configs, the heuristic's first; shape key: the flags, dtype, N·Do·Ho·Wo output points to a
+    power of two), else the first."""
+    key = shape_key(**flags, dtype=dtype_label(dtype), points=pow2_bucket(points))
+    return tuned_config("grid_sample_3d", kernel.__name__, key, candidates, device) or candidates[0]
 
 
 _FWD_SIGNATURE = {
@@ -171,15 +187,17 @@ _BWD_SIGNATURE = {
     "GRID_GRAD": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr",
 }
 register_kernel("grid_sample_3d", _grid_sample_3d_fwd_kernel, _FWD_SIGNATURE,
-                [forward_config(ac, border) for ac, border in _FLAGS], dtypes=("fp32", "fp16", "bf16"))
+                [forward_config(ac, border, *tile) for tile in TILES for ac, border in _FLAGS],
+                dtypes=("fp32", "fp16", "bf16"))
 register_kernel("grid_sample_3d", _grid_sample_3d_bwd_kernel, _BWD_SIGNATURE,
-                [backward_config(ac, border, ig, gg) for ac, border in _FLAGS for ig, gg in _GRAD_FLAGS],
+                [backward_config(ac, border, ig, gg, *tile) for tile in TILES
+                 for ac, border in _FLAGS for ig, gg in _GRAD_FLAGS],
                 dtypes=("fp32", "fp16", "bf16"),
                 notes="grad_input accumulates in fp32 by atomics; cast outside the kernel")
 
 
-def _grid(N: int, P: int):
-    return (triton.cdiv(P, BLOCK_P), N)
+def _grid(N: int, P: int, cfg: LaunchConfig):
+    return (triton.cdiv(P, cfg.constexprs["BLOCK_P"]), N)
 
 
 def grid_sample_3d_forward_triton(input: torch.Tensor, grid: torch.Tensor, border: bool,
@@ -189,8 +207,11 @@ def grid_sample_3d_forward_triton(input: torch.Tensor, grid: torch.Tensor, borde
     Do, Ho, Wo = grid.shape[1:4]
     P = Do * Ho * Wo
     out = torch.empty((N, C, Do, Ho, Wo), device=input.device, dtype=input.dtype)
-    cfg = forward_config(align_corners, border)
-    _grid_sample_3d_fwd_kernel[_grid(N, P)](input, grid, out, C, D, H, W, P,
+    cfg = call_config(_grid_sample_3d_fwd_kernel,
+                      [forward_config(align_corners, border, *tile) for tile in TILES],
+                      dict(align_corners=align_corners, border=border), input.dtype, N * P,
+                      input.device)
+    _grid_sample_3d_fwd_kernel[_grid(N, P, cfg)](input, grid, out, C, D, H, W, P,
                                             num_warps=cfg.num_warps, enable_fp_fusion=True,
                                             **cfg.constexprs)
     return out
@@ -207,8 +228,12 @@ def grid_sample_3d_backward_triton(grad_out: torch.Tensor, input: torch.Tensor, 
     P = grad_out.shape[2] * grad_out.shape[3] * grad_out.shape[4]
     grad_input = torch.zeros(input.shape, device=input.device, dtype=torch.float32) if input_grad else None
     grad_grid = torch.empty_like(grid) if grid_grad else None
-    cfg = backward_config(align_corners, border, input_grad, grid_grad)
-    _grid_sample_3d_bwd_kernel[_grid(N, P)](
+    cfg = call_config(_grid_sample_3d_bwd_kernel,
+                      [backward_config(align_corners, border, input_grad, grid_grad, *tile)
+                       for tile in TILES],
+                      dict(align_corners=align_corners, border=border, input_grad=input_grad,
+                           grid_grad=grid_grad), input.dtype, N * P, input.device)
+    _grid_sample_3d_bwd_kernel[_grid(N, P, cfg)](
         grad_out, input, grid,
         grad_input if input_grad else torch.zeros(1, device=input.device, dtype=torch.float32),
         grad_grid if grid_grad else grid, C, D, H, W, P, num_warps=cfg.num_warps,

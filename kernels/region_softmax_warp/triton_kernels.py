@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .._registry import LaunchConfig, register_kernel
+from ..tuning import dtype_label, pow2_bucket, shape_key, tuned_config
 from .._trilinear import axis_cell, source_index, trilinear_corners
 
 BLOCK_VOXELS = 128
@@ -245,9 +246,13 @@ _BWD_SIGNATURE = {
     "grad_beta_ptr": "*fp32:16", **_SIZES,
     "ALIGN_CORNERS": "constexpr", "BORDER": "constexpr", "BLOCK": "constexpr",
 }
-FORWARD_CONFIGS = tuple(LaunchConfig({"BLOCK": BLOCK_VOXELS, "ALIGN_CORNERS": align, "BORDER": border},
-                                     num_warps=CONFIG.num_warps)
-                        for align in (False, True) for border in (False, True))
+# (BLOCK, warps): the heuristic's, then the tuner's alternative (``kernels.tuning``): half the
+# voxels on half the warps (one voxel a thread, as the heuristic), twice the programs.
+TILES = ((BLOCK_VOXELS, CONFIG.num_warps), (64, 2))
+FORWARD_CONFIGS = tuple(LaunchConfig({"BLOCK": block, "ALIGN_CORNERS": align, "BORDER": border},
+                                     num_warps=warps)
+                        for block, warps in TILES for align in (False, True)
+                        for border in (False, True))
 BACKWARD_CONFIGS = tuple(LaunchConfig({**cfg.constexprs, "FEATURE_GRAD": feature_grad},
                                       num_warps=cfg.num_warps)
                          for cfg in FORWARD_CONFIGS for feature_grad in (True, False))
@@ -259,12 +264,27 @@ register_kernel("region_softmax_warp", _warp_bwd_kernel, _BWD_SIGNATURE, BACKWAR
                 notes=_NOTES + ", each with and without the feature gradient (FEATURE_GRAD)")
 
 
-def _launch_args(feature, logits):
+def call_config(kernel, candidates, feature, logits) -> LaunchConfig:
+    """The tuned winner of the device's architecture among ``candidates`` (one call class's
+    configs, the heuristic's first; shape key: the flags, dtype, B·D·H·W voxels to a power of
+    two), else the first."""
+    flags = {k: v for k, v in candidates[0].constexprs.items() if k != "BLOCK"}
+    B, _, D, H, W = logits.shape
+    key = shape_key(**flags, dtype=dtype_label(feature.dtype), voxels=pow2_bucket(B * D * H * W))
+    return (tuned_config("region_softmax_warp", kernel.__name__, key, candidates, feature.device)
+            or candidates[0])
+
+
+def _candidates(configs, **flags):
+    return [c for c in configs if all(c.constexprs[k] == v for k, v in flags.items())]
+
+
+def _launch_args(feature, logits, block: int):
     B, R, D, H, W = logits.shape
     C = feature.shape[1]
     n_voxels = B * D * H * W
     feature_batch_stride = C * D * H * W if feature.shape[0] == B else 0
-    grid = (triton.cdiv(n_voxels, BLOCK_VOXELS),)
+    grid = (triton.cdiv(n_voxels, block),)
     return grid, (n_voxels, C, R, D, H, W, feature_batch_stride)
 
 
@@ -272,11 +292,13 @@ def warp_forward_triton(feature, logits, displacement, mask, beta, padding_mode,
     """Contiguous inputs, β a 0-dim tensor → out (B, C, D, H, W) in feature's dtype."""
     B, _, D, H, W = logits.shape
     out = torch.empty((B, feature.shape[1], D, H, W), dtype=feature.dtype, device=feature.device)
-    grid, sizes = _launch_args(feature, logits)
+    cfg = call_config(_warp_fwd_kernel, _candidates(FORWARD_CONFIGS, ALIGN_CORNERS=align_corners,
+                                                    BORDER=padding_mode == "border"),
+                      feature, logits)
+    grid, sizes = _launch_args(feature, logits, cfg.constexprs["BLOCK"])
     beta32 = beta.detach().to(device=feature.device, dtype=torch.float32)
     _warp_fwd_kernel[grid](feature, logits, displacement, mask, beta32, out, *sizes,
-                           ALIGN_CORNERS=align_corners, BORDER=padding_mode == "border",
-                           BLOCK=BLOCK_VOXELS, num_warps=CONFIG.num_warps, enable_fp_fusion=True)
+                           num_warps=cfg.num_warps, enable_fp_fusion=True, **cfg.constexprs)
     return out
 
 
@@ -285,7 +307,11 @@ def warp_backward_triton(grad_out, feature, logits, displacement, mask, beta, pa
     """Contiguous grad_out and inputs → (grad_feature, grad_logits, grad_displacement, grad_mask,
     grad_beta); the feature gradient is accumulated with fp32 atomics (not deterministic), and
     has 0 elements when feature_grad is False (the kernel then does no atomics)."""
-    grid, sizes = _launch_args(feature, logits)
+    cfg = call_config(_warp_bwd_kernel, _candidates(BACKWARD_CONFIGS, ALIGN_CORNERS=align_corners,
+                                                    BORDER=padding_mode == "border",
+                                                    FEATURE_GRAD=feature_grad),
+                      feature, logits)
+    grid, sizes = _launch_args(feature, logits, cfg.constexprs["BLOCK"])
     if feature[0, 0].numel() >= 2 ** 31:
         raise ValueError(f"feature has {feature[0, 0].numel()} voxels per channel; the triton "
                          "backward takes fewer than 2^31 (int32 corner offsets); use backend='fast'")
@@ -298,8 +324,6 @@ def warp_backward_triton(grad_out, feature, logits, displacement, mask, beta, pa
     beta32 = beta.detach().to(device=feature.device, dtype=torch.float32)
     _warp_bwd_kernel[grid](grad_out, feature, logits, displacement, mask, beta32, grad_feature,
                            grad_logits, grad_displacement, grad_mask, grad_beta, *sizes,
-                           ALIGN_CORNERS=align_corners, BORDER=padding_mode == "border",
-                           FEATURE_GRAD=feature_grad, BLOCK=BLOCK_VOXELS,
-                           num_warps=CONFIG.num_warps, enable_fp_fusion=True)
+                           num_warps=cfg.num_warps, enable_fp_fusion=True, **cfg.constexprs)
     grad_feature = grad_feature.to(feature.dtype) if feature_grad else feature.new_empty((0,))
     return grad_feature, grad_logits, grad_displacement, grad_mask, grad_beta.sum().to(beta.dtype)

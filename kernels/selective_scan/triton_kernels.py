@@ -91,6 +91,7 @@ import triton.language as tl
 from .._custom_op import custom_op
 from .._checks import KERNEL_DTYPES, check_tensor
 from .._registry import LaunchConfig, device_arch, register_kernel
+from ..tuning import dtype_label, shape_key, tuned_config
 
 T_CHUNK = 32
 STATE_PADS = (16, 32, 64)
@@ -696,18 +697,51 @@ def _sm_count(device: torch.device) -> int:
 
 
 def launch_config(configs, programs_per_sm: int, batch: int, groups: int, group_dim: int, N: int,
-                  device: torch.device, t_chunk: Optional[int] = None) -> LaunchConfig:
+                  device: torch.device, t_chunk: Optional[int] = None, kernel: Optional[str] = None,
+                  dtypes: str = "") -> LaunchConfig:
     """The widest of ``configs`` for N states (and chunks of ``t_chunk`` steps, if given) that
-    starts ``programs_per_sm`` programs per SM, else the narrowest."""
+    starts ``programs_per_sm`` programs per SM, else the narrowest. Given the ``kernel``'s name
+    (and the call's ``dtypes``, ``call_dtypes``), the tuned winner of the device's architecture
+    among those configs comes first (``kernels.tuning``; shape key: N_PAD, the dtypes,
+    rows = batch·groups and group_dim, what the grid of each config follows from)."""
     pad = next(p for p in STATE_PADS if p >= N)
     configs = configs_for_arch(configs, device_arch(device))
     candidates = [c for c in configs if c.constexprs["N_PAD"] == pad
                   and t_chunk in (None, c.constexprs["T_CHUNK"])]
+    if kernel is not None:
+        key = shape_key(N_PAD=pad, dtype=dtypes, rows=batch * groups, group_dim=group_dim)
+        tuned = tuned_config("selective_scan", kernel, key, candidates, device)
+        if tuned is not None:
+            return tuned
     target = programs_per_sm * _sm_count(device)
     for cfg in candidates:
         if batch * groups * triton.cdiv(group_dim, cfg.constexprs["BLOCK_D"]) >= target:
             return cfg
     return candidates[-1]
+
+
+def call_dtypes(u_dtype: torch.dtype, bc_dtype: torch.dtype) -> str:
+    """The dtypes of a call in shape keys: ``bf16``, or ``bf16/fp32`` for fp32 B and C."""
+    u = dtype_label(u_dtype)
+    return u if bc_dtype == u_dtype else f"{u}/{dtype_label(bc_dtype)}"
+
+
+def _forward_kernel(seq_idx, ordinals):
+    """The forward kernel of a call: plain, with packed sequences, or with their final states."""
+    if seq_idx is None:
+        return _selective_scan_fwd_kernel
+    if ordinals is None:
+        return _selective_scan_fwd_seq_idx_kernel
+    return _selective_scan_fwd_varlen_kernel
+
+
+def _forward_config(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor, kernel) -> LaunchConfig:
+    """The config the forward launches ``kernel`` with for u (batch, dim, L), B (batch, G, N, L)."""
+    batch, dim, _ = u.shape
+    groups = B.shape[1]
+    return launch_config(configs_for(FORWARD_CONFIGS, u.dtype, B.dtype), FORWARD_PROGRAMS_PER_SM,
+                         batch, groups, dim // groups, A.shape[1], u.device,
+                         kernel=kernel.__name__, dtypes=call_dtypes(u.dtype, B.dtype))
 
 
 def bc_kernel_dtype(u_dtype: torch.dtype, B_dtype: torch.dtype,
@@ -751,8 +785,8 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
     sequence's final state, (0, dim, N) without ordinals)."""
     batch, dim, L = u.shape
     groups, N = B.shape[1], A.shape[1]
-    cfg = launch_config(configs_for(FORWARD_CONFIGS, u.dtype, B.dtype), FORWARD_PROGRAMS_PER_SM,
-                        batch, groups, dim // groups, N, u.device)
+    kernel = _forward_kernel(seq_idx, ordinals)
+    cfg = _forward_config(u, B, A, kernel)
     n_chunks = triton.cdiv(L, cfg.constexprs["T_CHUNK"])
     out = torch.empty_like(u)
     checkpoints = torch.empty((batch, dim, n_chunks, N), device=u.device, dtype=torch.float32)
@@ -763,11 +797,11 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
     if grid[0] == 0:  # no channel: every output is empty
         return out, last_state, checkpoints, cfg.constexprs["T_CHUNK"], varlen_states
     if seq_idx is None:
-        kernel, packed = _selective_scan_fwd_kernel, ()
+        packed = ()
     elif ordinals is None:
-        kernel, packed = _selective_scan_fwd_seq_idx_kernel, (seq_idx,)
+        packed = (seq_idx,)
     else:
-        kernel, packed = _selective_scan_fwd_varlen_kernel, (seq_idx, ordinals, varlen_states)
+        packed = (seq_idx, ordinals, varlen_states)
     kernel[grid](
         u, delta, u if z is None else z, A, B, C, A if D is None else D,
         A if delta_bias is None else delta_bias, A if initial_state is None else initial_state,
@@ -799,7 +833,8 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
         kernel, packed = _selective_scan_bwd_varlen_kernel, (ordinals, grad_varlen_states)
         configs = BACKWARD_VARLEN_CONFIGS
     cfg = launch_config(configs_for(configs, u.dtype, B.dtype), BACKWARD_PROGRAMS_PER_SM, batch,
-                        groups, group_dim, N, u.device, t_chunk)
+                        groups, group_dim, N, u.device, t_chunk, kernel=kernel.__name__,
+                        dtypes=call_dtypes(u.dtype, B.dtype))
     blocks = triton.cdiv(group_dim, cfg.constexprs["BLOCK_D"])
     fp32 = dict(device=u.device, dtype=torch.float32)
     grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
@@ -830,12 +865,9 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
             grad_z, grad_bias, grad_initial_state)
 
 
-def _forward_t_chunk(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> int:
+def _forward_t_chunk(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor, seq_idx, ordinals) -> int:
     """The steps between the forward's checkpoints: T_CHUNK of the config its launcher picks."""
-    batch, dim, _ = u.shape
-    return launch_config(configs_for(FORWARD_CONFIGS, u.dtype, B.dtype), FORWARD_PROGRAMS_PER_SM,
-                         batch, B.shape[1], dim // B.shape[1], A.shape[1],
-                         u.device).constexprs["T_CHUNK"]
+    return _forward_config(u, B, A, _forward_kernel(seq_idx, ordinals)).constexprs["T_CHUNK"]
 
 
 @custom_op("mim::selective_scan_triton_fwd", mutates_args=())
@@ -857,7 +889,7 @@ def _forward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, ordinals,
       num_sequences):
     batch, dim, L = u.shape
-    n_chunks = -(-L // _forward_t_chunk(u, B, A))
+    n_chunks = -(-L // _forward_t_chunk(u, B, A, seq_idx, ordinals))
     state = u.new_empty((batch, dim, A.shape[1]), dtype=torch.float32)
     sequences = num_sequences if ordinals is not None else 0
     return (torch.empty_like(u), state,
@@ -911,8 +943,8 @@ def triton_backward(grad_out, grad_last, grad_varlen, checkpoints, u, delta, A, 
     (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias,
      grad_initial_state) = _backward_op(
         grad_out, _fp32(grad_last), u, delta, _fp32(A), B, C, _fp32(D), z, _fp32(delta_bias),
-        delta_softplus, checkpoints, _forward_t_chunk(u, B, A), seq_idx, ordinals,
-        _fp32(grad_varlen))
+        delta_softplus, checkpoints, _forward_t_chunk(u, B, A, seq_idx, ordinals), seq_idx,
+        ordinals, _fp32(grad_varlen))
     return [grad_u, grad_delta, grad_A.to(A.dtype), grad_B.to(B.dtype), grad_C.to(C.dtype),
             None if D is None else grad_D.to(D.dtype), None if z is None else grad_z,
             None if delta_bias is None else grad_bias.to(delta_bias.dtype),

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from .._registry import LaunchConfig, register_kernel
+from ..tuning import dtype_label, pow2_bucket, shape_key, tuned_config
 
 MAX_STATE = 256  # largest N: the program's state tile lives in registers
 
@@ -87,7 +88,27 @@ def launch_config(N: int) -> LaunchConfig:
                         num_warps=4 if block_d * block_n <= 512 else 8)
 
 
-ALL_CONFIGS = tuple(launch_config(1 << k) for k in range(4, MAX_STATE.bit_length()))
+# The tuner's alternatives (``kernels.tuning``) at the model's N = 16: narrower channel blocks on
+# fewer warps (4 state elements a thread, as the heuristic's), 2× and 4× the programs for the
+# decode step's small batch·dim.
+TUNING_CONFIGS = (LaunchConfig({"BLOCK_D": 16, "BLOCK_N": 16}, num_warps=2),
+                  LaunchConfig({"BLOCK_D": 8, "BLOCK_N": 16}, num_warps=1))
+ALL_CONFIGS = (tuple(launch_config(1 << k) for k in range(4, MAX_STATE.bit_length()))
+               + TUNING_CONFIGS)
+
+
+def call_config(N: int, dtype: torch.dtype, state_dtype: torch.dtype, rows: int,
+                device) -> LaunchConfig:
+    """The config for N states: the tuned winner of the device's architecture among the
+    registered configs of launch_config(N)'s BLOCK_N (shape key: BLOCK_N, the input and state
+    dtypes, rows = batch·dim to a power of two), else launch_config(N)."""
+    heuristic = launch_config(N)
+    block_n = heuristic.constexprs["BLOCK_N"]
+    candidates = [c for c in ALL_CONFIGS if c.constexprs["BLOCK_N"] == block_n]
+    key = shape_key(BLOCK_N=block_n, dtype=f"{dtype_label(dtype)}/{dtype_label(state_dtype)}",
+                    rows=pow2_bucket(rows))
+    return tuned_config("selective_state_update", _state_update_kernel.__name__, key, candidates,
+                        device) or heuristic
 
 _SIGNATURE = {
     "state_ptr": "*{state_dtype}:16", "x_ptr": "*{dtype}:16", "dt_ptr": "*{dtype}:16",
@@ -159,7 +180,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softp
     z = _unit_stride(z) if z is not None else x
     rows = (state_batch_indices.to(torch.int64).contiguous() if state_batch_indices is not None
             else torch.empty(0, dtype=torch.int64, device=x.device))
-    cfg = launch_config(N)
+    cfg = call_config(N, dtype, state.dtype, batch * dim, x.device)
     dim_blocks = triton.cdiv(dim, cfg.constexprs["BLOCK_D"])
     _state_update_kernel[(batch * dim_blocks,)](
         work, x, dt, A, B, C, D, z, dt_bias, rows, out, dim, N, dim // B.shape[1], dim_blocks,
