@@ -7,8 +7,10 @@ CPU tensors (``TRITON_INTERPRET=1``); on CUDA the same tests run the compiled ke
 tensors (tests/kernels/conftest.py makes CUDA torch's default device there)."""
 import importlib.util
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch  # imports no triton: the decision below still comes first
 
@@ -23,9 +25,10 @@ def _device_policy():
     return module
 
 
-INTERPRETER = _device_policy().use_interpreter(os.environ, torch.cuda.is_available())
+_POLICY = _device_policy()
+INTERPRETER = _POLICY.use_interpreter(os.environ, torch.cuda.is_available())
 """True: Triton's interpreter on CPU tensors; False: compiled kernels on CUDA tensors."""
-DEVICE = "cpu" if INTERPRETER else "cuda"
+DEVICE = _POLICY.device_under_test(os.environ, torch.cuda.is_available())
 
 if INTERPRETER:
     os.environ["TRITON_INTERPRET"] = "1"
@@ -33,10 +36,6 @@ else:
     os.environ.pop("TRITON_INTERPRET", None)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ.pop("MIM_KERNEL_BACKEND", None)
-
-import random  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 NO_CUDA_REASON = ("no CUDA device (MIM_TEST_INTERPRET=1 runs the suite in Triton's interpreter)"
                   if torch.cuda.is_available() else "no CUDA device")
@@ -50,6 +49,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
+
+
+@pytest.fixture
+def device_under_test():
+    """The torch.device for tests that run Triton kernels: CUDA where the suite runs the compiled
+    kernels (with TF32 off while the test runs: float32 references stay float32, as TF32
+    convolutions, cuDNN's default, would miss the 1e-5 tolerance), else the CPU (interpreter)."""
+    if DEVICE == "cpu":
+        yield torch.device("cpu")
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield torch.device(DEVICE)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture(autouse=True)

@@ -14,16 +14,16 @@ dividing dim; "constant" (dim, N), constant over batch and time."""
 def _projection(layout: BCLayout, batch: int, dim: int, nstate: int, length: int,
                 generator) -> torch.Tensor:
     if layout is None:
-        return torch.randn(batch, nstate, length, generator=generator)
+        return torch.randn(batch, nstate, length, generator=generator, device="cpu")
     if layout == "constant":
-        return torch.randn(dim, nstate, generator=generator)
+        return torch.randn(dim, nstate, generator=generator, device="cpu")
     if isinstance(layout, int) and not isinstance(layout, bool) and layout > 0:
-        return torch.randn(batch, layout, nstate, length, generator=generator)
+        return torch.randn(batch, layout, nstate, length, generator=generator, device="cpu")
     raise ValueError(f"a B or C layout is None, a group count G > 0 or 'constant', got {layout!r}")
 
 
 def make_inputs(batch: int = 2, dim: int = 4, length: int = 7, nstate: int = 3, *,
-                dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
+                dtype: torch.dtype = torch.float32, device: Union[str, torch.device, None] = None,
                 requires_grad: bool = False, seed: Optional[int] = None,
                 groups: BCLayout = None, C_groups: BCLayout = "same",
                 param_dtype: torch.dtype = torch.float32, bc_dtype: Optional[torch.dtype] = None,
@@ -41,15 +41,16 @@ def make_inputs(batch: int = 2, dim: int = 4, length: int = 7, nstate: int = 3, 
     B, C in ``bc_dtype`` (default ``dtype``); A, D, delta_bias and the initial state in
     ``param_dtype`` (mamba_ssm keeps A and D in float32). Drawn in float32 on the CPU (from
     torch's global generator, or a fresh one seeded with ``seed``), then cast and moved to
-    ``device``; every tensor a leaf with ``requires_grad`` as asked."""
+    ``device`` (None: torch's default device); every tensor a leaf with ``requires_grad`` as asked."""
     generator = None if seed is None else torch.Generator().manual_seed(seed)
+    device = torch.get_default_device() if device is None else device
     C_groups = groups if C_groups == "same" else C_groups
 
     def randn(*shape):
-        return torch.randn(*shape, generator=generator)
+        return torch.randn(*shape, generator=generator, device="cpu")
 
     def rand(*shape):
-        return torch.rand(*shape, generator=generator)
+        return torch.rand(*shape, generator=generator, device="cpu")
 
     u = randn(batch, dim, length)
     if delta_softplus:

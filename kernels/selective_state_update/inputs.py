@@ -8,7 +8,7 @@ import torch
 
 
 def make_inputs(batch: int = 2, dim: int = 4, nstate: int = 3, *,
-                dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
+                dtype: torch.dtype = torch.float32, device: Union[str, torch.device, None] = None,
                 requires_grad: bool = False, seed: Optional[int] = None,
                 groups: Optional[int] = None, headdim: Optional[int] = None,
                 per_head_views: bool = True, state_dtype: torch.dtype = torch.float32,
@@ -27,15 +27,17 @@ def make_inputs(batch: int = 2, dim: int = 4, nstate: int = 3, *,
     Mamba2.step passes them) or as contiguous copies; B, C per group of heads.
 
     Drawn in float32 on the CPU (from torch's global generator, or a fresh one seeded with
-    ``seed``), then cast and moved to ``device``; with ``requires_grad`` every drawn tensor is a
+    ``seed``), then cast and moved to ``device`` (None:
+    torch's default device); with ``requires_grad`` every drawn tensor is a
     leaf that requires grad (the per-head views are views of such leaves)."""
     generator = None if seed is None else torch.Generator().manual_seed(seed)
+    device = torch.get_default_device() if device is None else device
 
     def randn(*shape):
-        return torch.randn(*shape, generator=generator)
+        return torch.randn(*shape, generator=generator, device="cpu")
 
     def rand(*shape):
-        return torch.rand(*shape, generator=generator)
+        return torch.rand(*shape, generator=generator, device="cpu")
 
     def leaf(t, kind):
         return t.to(device=device, dtype=kind).requires_grad_(requires_grad)

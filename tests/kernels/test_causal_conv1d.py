@@ -270,12 +270,13 @@ def test_without_the_package_triton_runs_the_project_kernels(monkeypatch):
 
 
 def test_cuda_package_support_rules(monkeypatch):
+    """CPU tensors on every device (the rules are read off CPU tensors, then ones faking CUDA)."""
     monkeypatch.setattr(conv_op, "_cuda_package", lambda: types.SimpleNamespace())
-    x, weight = torch.randn(1, 4, 5), torch.randn(4, 3)
+    x, weight = torch.randn(1, 4, 5, device="cpu"), torch.randn(4, 3, device="cpu")
     assert not conv_op.package_supports(x, weight, None)  # a CPU tensor
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     assert conv_op.package_supports(x, weight, None)
-    assert not conv_op.package_supports(x, torch.randn(4, 5), None)
+    assert not conv_op.package_supports(x, torch.randn(4, 5, device="cpu"), None)
     assert not conv_op.package_supports(x.double(), weight, None)
     monkeypatch.setattr(conv_op, "_cuda_package", lambda: None)
     assert not conv_op.package_supports(x, weight, None)
@@ -409,7 +410,7 @@ BAD_INPUTS = [
     ("weight must be 2-D", lambda x, w, b: (x, w[:, :0], b), ValueError),
     ("bias must have shape", lambda x, w, b: (x, w, b[:2]), ValueError),
     ("x must have a floating dtype", lambda x, w, b: (x.long(), w, b), TypeError),
-    ("weight must be a torch.Tensor", lambda x, w, b: (x, w.numpy(), b), TypeError),
+    ("weight must be a torch.Tensor", lambda x, w, b: (x, w.cpu().numpy(), b), TypeError),
     ("bias is on meta", lambda x, w, b: (x, w, b.to("meta")), ValueError),
     ("weight is on meta", lambda x, w, b: (x, w.to("meta"), b), ValueError),
 ]

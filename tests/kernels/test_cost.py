@@ -18,6 +18,7 @@ from kernels.deviation_adanorm.cost import minimum_traffic as adanorm_minimum_tr
 from kernels.deviation_adanorm.cost import traffic_cases as adanorm_traffic_cases
 from kernels.selective_scan.cost import fast_path_traffic
 
+TENSORS_ON_CPU = True  # counts the aten ops of CPU tensors; no Triton kernel runs here
 FP32 = 4
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

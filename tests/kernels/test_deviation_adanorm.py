@@ -124,7 +124,7 @@ BAD_INPUTS = [
     ("shift has dtype", lambda v, s, h: (v, s, h.half()), TypeError),
     ("v must have a floating dtype", lambda v, s, h: (v.long(), s, h), TypeError),
     ("scale must have a floating dtype", lambda v, s, h: (v, s.int(), h), TypeError),
-    ("shift must be a torch.Tensor", lambda v, s, h: (v, s, h.numpy()), TypeError),
+    ("shift must be a torch.Tensor", lambda v, s, h: (v, s, h.cpu().numpy()), TypeError),
     ("shift is on meta", lambda v, s, h: (v, s, h.to("meta")), ValueError),
 ]
 

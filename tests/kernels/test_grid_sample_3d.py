@@ -230,7 +230,7 @@ BAD_INPUTS = [
     ("grid has dtype", lambda v, g: (v, g.double()), {}, TypeError),
     ("input must have a floating dtype", lambda v, g: (v.long(), g.long()), {}, TypeError),
     ("grid must have a floating dtype", lambda v, g: (v, g.int()), {}, TypeError),
-    ("grid must be a torch.Tensor", lambda v, g: (v, g.numpy()), {}, TypeError),
+    ("grid must be a torch.Tensor", lambda v, g: (v, g.cpu().numpy()), {}, TypeError),
     ("grid is on meta", lambda v, g: (v, g.to("meta")), {}, ValueError),
     ("non-empty spatial", lambda v, g: (v[:, :, :0], g), {}, ValueError),
     ("padding_mode must be one of .*reflection", lambda v, g: (v, g), {"padding_mode": "reflection"},

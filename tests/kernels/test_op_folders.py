@@ -14,6 +14,7 @@ import kernels
 from kernels.aot_spec import AotOp
 from kernels.cost import TrafficCase
 
+TENSORS_ON_CPU = True  # the folders' contract and the fast backend; no Triton kernel runs here
 KERNELS_DIR = Path(kernels.__file__).resolve().parent
 CONTRACT_FILES = {"__init__.py", "README.md", "reference.py", "fast_path.py", "triton_kernels.py",
                   "op.py", "module.py", "cost.py", "aot.py", "inputs.py"}

@@ -86,7 +86,8 @@ def test_sum_backward_with_stride_zero_gradient(backend):
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_identity_grid_maps_voxels_onto_themselves(align_corners, backend):
     """Zero displacement and mask 1: the warp is the identity, so out = activation(F_id)."""
-    assert torch.allclose(identity_grid(D, H, W, align_corners, torch.float32, torch.device("cpu")),
+    device = torch.get_default_device()
+    assert torch.allclose(identity_grid(D, H, W, align_corners, torch.float32, device),
                           F.affine_grid(torch.eye(3, 4)[None], (1, 1, D, H, W), align_corners)[0],
                           atol=1e-6)
     feature = torch.randn(1, C, D, H, W)
@@ -318,7 +319,7 @@ BAD_INPUTS = [
     ("mask has dtype", lambda f, l, d, m: (f, l, d, m.half()), TypeError),
     ("feature must have a floating dtype", lambda f, l, d, m: (f.long(), l, d, m), TypeError),
     ("displacement must have a floating dtype", lambda f, l, d, m: (f, l, d.int(), m), TypeError),
-    ("mask must be a torch.Tensor", lambda f, l, d, m: (f, l, d, m.numpy()), TypeError),
+    ("mask must be a torch.Tensor", lambda f, l, d, m: (f, l, d, m.cpu().numpy()), TypeError),
     ("displacement is on meta", lambda f, l, d, m: (f, l, d.to("meta"), m), ValueError),
 ]
 

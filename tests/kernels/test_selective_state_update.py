@@ -227,7 +227,7 @@ BAD_INPUTS = [
     ("a larger state cache takes state_batch_indices", _with(state=lambda t: t.repeat(2, 1, 1)),
      ValueError),
     ("x must have a floating dtype", _with(x=lambda t: t.long()), TypeError),
-    ("C must be a torch.Tensor", _with(C=lambda t: t.numpy()), TypeError),
+    ("C must be a torch.Tensor", _with(C=lambda t: t.cpu().numpy()), TypeError),
     ("z is on meta", _with(z=lambda t: t.to("meta")), ValueError),
     ("A is on meta", _with(A=lambda t: t.to("meta")), ValueError),
     ("state is on meta", _with(state=lambda t: t.to("meta")), ValueError),
@@ -414,7 +414,7 @@ def _good_heads():
     return _heads_inputs(2, 4, 3, 5, 2)
 
 
-def _indices(values, dtype=torch.int64, device="cpu"):
+def _indices(values, dtype=torch.int64, device=None):
     return lambda inputs: dict(inputs, state_batch_indices=torch.tensor(values, dtype=dtype,
                                                                          device=device))
 

@@ -35,23 +35,35 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(fast_path, "CHUNK", SMALL_CHUNK)
 
 
+def _randn(*shape, generator):
+    """Standard normal values from a seeded CPU generator, on the device under test (torch's
+    default device: CUDA where there is one), the same numbers on either."""
+    return torch.randn(*shape, generator=generator, device="cpu").to(torch.get_default_device())
+
+
+def _rand(*shape, generator):
+    return torch.rand(*shape, generator=generator, device="cpu").to(torch.get_default_device())
+
+
 def random_packing(batch, length, generator):
-    """(seq_idx int32 (batch, L), per row the [start, stop) of its sequences): 1–5 sequences of
-    random lengths per row, labelled by increasing values with random gaps."""
-    seq_idx = torch.empty(batch, length, dtype=torch.int32)
+    """(seq_idx int32 (batch, L) on the device under test, per row the [start, stop) of its
+    sequences): 1–5 sequences of random lengths per row, labelled by increasing values with
+    random gaps, drawn from the CPU ``generator``."""
+    seq_idx = torch.empty(batch, length, dtype=torch.int32, device="cpu")
     segments = []
     for b in range(batch):
-        count = int(torch.randint(1, min(5, length) + 1, (), generator=generator))
-        cuts = sorted(torch.randperm(length - 1, generator=generator)[:count - 1].add(1).tolist())
+        count = int(torch.randint(1, min(5, length) + 1, (), generator=generator, device="cpu"))
+        order = torch.randperm(length - 1, generator=generator, device="cpu")
+        cuts = sorted(order[:count - 1].add(1).tolist())
         bounds = [0, *cuts, length]
-        label = int(torch.randint(0, 4, (), generator=generator))
+        label = int(torch.randint(0, 4, (), generator=generator, device="cpu"))
         row = []
         for start, stop in zip(bounds[:-1], bounds[1:]):
             seq_idx[b, start:stop] = label
-            label += int(torch.randint(1, 3, (), generator=generator))
+            label += int(torch.randint(1, 3, (), generator=generator, device="cpu"))
             row.append((start, stop))
         segments.append(row)
-    return seq_idx, segments
+    return seq_idx.to(torch.get_default_device()), segments
 
 
 def _float64(tensors):
@@ -71,7 +83,7 @@ def _grads(loss, tensors):
 def _scan_inputs(batch, dim, N, L, groups, full, generator):
     """Leaf inputs by name from ``make_inputs``, seeded from ``generator``; D, z, delta_bias and
     the initial state only when ``full``."""
-    seed = int(torch.randint(2 ** 31, (1,), generator=generator))
+    seed = int(torch.randint(2 ** 31, (1,), generator=generator, device="cpu"))
     tensors = make_inputs(batch, dim, L, N, groups=groups, seed=seed, requires_grad=True, D=full,
                           z=full, delta_bias=full, initial_state=full)
     return dict(zip(SCAN_NAMES, tensors + ((None,) if not full else ())))
@@ -106,12 +118,12 @@ def _scan_separately(t, segments):
 def test_selective_scan_packed_equals_separate_calls(backend, case, small_chunks):
     generator = torch.Generator().manual_seed(100 + case)
     batch, dim, N = 2, (3, 4, 3)[case], (4, 5, 3)[case]
-    L = int(torch.randint(17, 33, (), generator=generator))
+    L = int(torch.randint(17, 33, (), generator=generator, device="cpu"))
     groups, full = ((None, True), (2, True), (None, False))[case]
     seq_idx, segments = random_packing(batch, L, generator)
     t = _scan_inputs(batch, dim, N, L, groups, full, generator)
     out, last = _scan(t, seq_idx, backend)
-    w_out, w_last = torch.randn(out.shape, generator=generator), torch.randn(last.shape, generator=generator)
+    w_out, w_last = _randn(out.shape, generator=generator), _randn(last.shape, generator=generator)
     got = _grads((out * w_out).sum() + (last * w_last).sum(), t)
 
     t64 = _float64(t)
@@ -223,14 +235,14 @@ def test_selective_scan_varlen_states_equal_separate_calls(backend, case, small_
     of the separate calls (so the varlen states' gradient joins the adjoint at the right step)."""
     generator = torch.Generator().manual_seed(300 + case)
     batch, dim, N = (2, 3, 3)[case], (3, 4, 2)[case], (4, 3, 5)[case]
-    L = int(torch.randint(9, 36, (), generator=generator))
+    L = int(torch.randint(9, 36, (), generator=generator, device="cpu"))
     groups, full = ((None, True), (2, False), (None, True))[case]
     seq_idx, segments = random_packing(batch, L, generator)
     t = _scan_inputs(batch, dim, N, L, groups, full, generator)
     out, last, finals = _varlen_scan(t, seq_idx, backend)
     count = sum(len(row) for row in segments)
     assert finals.shape == (count, dim, N) and finals.dtype == torch.float32
-    w_out, w_last, w_finals = (torch.randn(x.shape, generator=generator)
+    w_out, w_last, w_finals = (_randn(x.shape, generator=generator)
                                for x in (out, last, finals))
     got = _grads((out * w_out).sum() + (last * w_last).sum() + (finals * w_finals).sum(), t)
 
@@ -260,7 +272,7 @@ def test_selective_scan_varlen_states_alone_carry_the_gradient(backend, small_ch
                                  initial_state=t["initial_state"], backend=backend,
                                  seq_idx=seq_idx, return_varlen_states=True)
     assert out.shape == (2, 3, 19) and finals.shape == (4, 3, 4)
-    w = torch.randn(finals.shape, generator=generator)
+    w = _randn(finals.shape, generator=generator)
     state_inputs = ("u", "delta", "A", "B", "delta_bias", "initial_state")  # not C, D, z
     got = _grads((finals * w).sum(), {k: t[k] for k in state_inputs})
     t64 = _float64(t)
@@ -343,9 +355,10 @@ def test_selective_scan_rejects_bad_seq_idx(backend):
              (good[:, :9], ValueError, r"seq_idx must have shape \(batch, L\) = \(2, 10\)"),
              (good[None], ValueError, r"seq_idx must have shape \(batch, L\)"),
              (good.tolist(), TypeError, "seq_idx must be a torch.Tensor"),
-             (good.to("meta"), ValueError, "seq_idx is on meta"),
-             (decreasing, ValueError, "seq_idx must be non-decreasing along each row; row 1 "
-                                      "falls from 0 to -1 at t=6")]
+             (good.to("meta"), ValueError, "seq_idx is on meta")]
+    if good.device.type == "cpu":  # checked on CPU tensors only (on CUDA it would cost a sync)
+        cases.append((decreasing, ValueError, "seq_idx must be non-decreasing along each row; "
+                                              "row 1 falls from 0 to -1 at t=6"))
     for seq_idx, error, message in cases:
         with pytest.raises(error, match=message):
             _scan(t, seq_idx, backend)
@@ -358,9 +371,9 @@ def test_selective_scan_rejects_bad_seq_idx(backend):
 
 def _conv_inputs(batch, dim, width, L, generator, bias=True):
     g = dict(generator=generator)
-    return {"x": torch.randn(batch, dim, L, **g).requires_grad_(),
-            "weight": torch.randn(dim, width, **g).requires_grad_(),
-            "bias": torch.randn(dim, **g).requires_grad_() if bias else None}
+    return {"x": _randn(batch, dim, L, **g).requires_grad_(),
+            "weight": _randn(dim, width, **g).requires_grad_(),
+            "bias": _randn(dim, **g).requires_grad_() if bias else None}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -370,11 +383,11 @@ def test_causal_conv1d_packed_equals_separate_calls(backend, case):
     width, activation, bias = ((4, "silu", True), (2, None, True), (3, "silu", False),
                                (5, None, True))[case]
     batch, dim = 3, 5
-    L = int(torch.randint(10, 41, (), generator=generator))
+    L = int(torch.randint(10, 41, (), generator=generator, device="cpu"))
     seq_idx, segments = random_packing(batch, L, generator)
     t = _conv_inputs(batch, dim, width, L, generator, bias)
     out = causal_conv1d(t["x"], t["weight"], t["bias"], activation, backend=backend, seq_idx=seq_idx)
-    weights = torch.randn(out.shape, generator=generator)
+    weights = _randn(out.shape, generator=generator)
     got = _grads((out * weights).sum(), t)
 
     t64 = _float64(t)
@@ -405,8 +418,9 @@ def test_causal_conv1d_rejects_bad_seq_idx(backend):
     decreasing[0, 3] = 5
     cases = [(good.long(), TypeError, "seq_idx must have dtype int32"),
              (good[:1], ValueError, r"seq_idx must have shape \(batch, L\) = \(2, 8\)"),
-             (good.to("meta"), ValueError, "seq_idx is on meta"),
-             (decreasing, ValueError, "row 0 falls from 5 to 0 at t=4")]
+             (good.to("meta"), ValueError, "seq_idx is on meta")]
+    if good.device.type == "cpu":  # checked on CPU tensors only (on CUDA it would cost a sync)
+        cases.append((decreasing, ValueError, "row 0 falls from 5 to 0 at t=4"))
     for seq_idx, error, message in cases:
         with pytest.raises(error, match=message):
             causal_conv1d(x, weight, activation="silu", backend=backend, seq_idx=seq_idx)
@@ -458,9 +472,9 @@ def test_mamba_forward_packed_equals_separate_calls(backend, small_chunks):
     reference.load_state_dict(module.state_dict())
     batch, L = 2, 13
     seq_idx, segments = random_packing(batch, L, generator)
-    hidden = torch.randn(batch, L, 4, generator=generator, requires_grad=True)
+    hidden = _randn(batch, L, 4, generator=generator).requires_grad_()
     out = module(hidden, seq_idx=seq_idx)
-    weights = torch.randn(out.shape, generator=generator)
+    weights = _randn(out.shape, generator=generator)
     (out * weights).sum().backward()
 
     hidden64 = hidden.detach().double().requires_grad_()
@@ -511,10 +525,10 @@ def test_seq_idx_compiles_without_graph_break():
 
     generator = torch.Generator().manual_seed(4)
     seq_idx, _ = random_packing(2, 20, generator)
-    x = torch.randn(2, 3, 20, generator=generator, requires_grad=True)
-    rest = (torch.randn(3, 4, generator=generator), torch.randn(2, 3, 20, generator=generator),
-            -torch.rand(3, 4, generator=generator), torch.randn(2, 4, 20, generator=generator),
-            torch.randn(2, 4, 20, generator=generator))
+    x = _randn(2, 3, 20, generator=generator).requires_grad_()
+    rest = (_randn(3, 4, generator=generator), _randn(2, 3, 20, generator=generator),
+            -_rand(3, 4, generator=generator), _randn(2, 4, 20, generator=generator),
+            _randn(2, 4, 20, generator=generator))
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
     (grad_x,) = torch.autograd.grad(compiled(x, *rest, seq_idx), x)
     (ref_grad_x,) = torch.autograd.grad(block(x, *rest, seq_idx), x)
