@@ -192,7 +192,8 @@ def register_kernel(op: str, kernel: Callable, signature: Mapping[str, str],
                              f"configs (dtype_configs) but arch_dtype_configs gives none for "
                              f"{arch_label(arch)}, whose set arch_configs replaces")
         if not configs_here:
-            raise ValueError(f"kernel {entry.name}: arch_configs gives {arch_label(arch)} no config")
+            raise ValueError(f"kernel {entry.name}: arch_configs gives {arch_label(arch)} "
+                             "no config")
     if any(e.op == op and e.name == entry.name for e in _REGISTRY):
         raise ValueError(f"kernel {entry.name} of op {op} is registered twice")
     _REGISTRY.append(entry)

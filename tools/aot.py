@@ -4,11 +4,13 @@ plain C, callable without Python (from C/C++ or a TensorRT plugin); no GPU neede
 For each of four ops (``grid_sample_3d``, ``region_softmax_warp``, ``deviation_adanorm``,
 ``selective_scan``) the forward kernel's registry entry (``kernels/_registry.py``) gives every
 (dtype, launch config) its Python launcher can pick; each is compiled with the compile report's
-``compile_variant`` for sm_80 and sm_90a, checked (one kernel entry, the PTX parameters match the
+``compile_variant`` for sm_80, sm_90a, sm_100a and sm_120a (each target's own config set where
+the registry gives one: the same tiles and warps, so one C variant table serves every target),
+checked (one kernel entry, the PTX parameters match the
 signature, no scratch memory, no clusters), and written to ``--out-dir`` as:
 
 - ``mim_kernels.h``: the public C header (extern "C"), one ``mim_<op>_fwd`` launcher per op;
-- ``mim_<op>_fwd.c``: the op's cubins as byte arrays (both targets), its variant table and its
+- ``mim_<op>_fwd.c``: the op's cubins as byte arrays (every target), its variant table and its
   launcher, which validates the sizes, picks the launch configuration and grid as the Python
   launcher does, and passes the arguments in the kernel's order;
 - ``mim_kernels_runtime.c`` and ``mim_kernels_internal.h`` (copied from ``csrc/aot/``): the CUDA
@@ -19,7 +21,7 @@ signature, no scratch memory, no clusters), and written to ``--out-dir`` as:
 A file whose content did not change is not rewritten. Exit status 1 when a variant fails to
 compile or check, 2 on bad arguments or when Triton's interpreter is on. See docs/aot.md.
 
-    python -m tools.aot [--out-dir DIR] [--targets 80,90] [--dtypes fp32,fp16,bf16]
+    python -m tools.aot [--out-dir DIR] [--targets 80,90,100,120] [--dtypes fp32,fp16,bf16]
                         [--op NAME ...] [--jobs N]
 """
 from __future__ import annotations
@@ -42,8 +44,9 @@ from triton.backends.nvidia.compiler import sm_arch_from_capability
 from kernels import OPS as KERNEL_OPS  # importing kernels registers every op's kernels
 from kernels import registered_kernels
 from kernels.aot_spec import AotOp
-from tools.compile_report import (Job, compile_variant, interpreter_error, jobs_for, map_forked,
-                                  parse_capabilities, write_atomically)
+from tools.compile_report import (DEFAULT_TARGETS, Job, compile_variant, interpreter_error,
+                                  job_variant, jobs_for, map_forked, parse_capabilities,
+                                  write_atomically)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO_ROOT / "build" / "aot"
@@ -52,7 +55,7 @@ STATIC_FILES = ("mim_kernels_internal.h", "mim_kernels_runtime.c")
 API_VERSION = 1
 
 # Compute capability -> cubin slot in the C tables (MIM__TARGET_* in mim_kernels_internal.h).
-TARGET_SLOTS = {80: 0, 90: 1}
+TARGET_SLOTS = {80: 0, 90: 1, 100: 2, 120: 3}
 # Registry dtype -> mim_dtype enumerator, in the enum's order.
 DTYPES = {"fp32": "MIM_FLOAT32", "fp16": "MIM_FLOAT16", "bf16": "MIM_BFLOAT16"}
 # Registry argument type -> (C type of the launch parameter, PTX parameter type).
@@ -142,8 +145,7 @@ def _registry():
 def compile_job(job: Job) -> Dict[str, Any]:
     """Compile one variant for one target and check it can be launched by the C runtime; the
     result holds the cubin, or ``error``."""
-    entry = _registry()[job.entry_index]
-    dtype, signature, config = list(entry.variants())[job.variant_index]
+    entry, dtype, signature, config = job_variant(job)
     result: Dict[str, Any] = {"job": job, "dtype": dtype, "error": None}
     try:
         compiled = compile_variant(entry.kernel, signature, config, job.capability)
@@ -199,7 +201,8 @@ HEADER = """\
  * not edit. Build and usage: docs/aot.md.
  *
  * The forward kernels of four ops, compiled ahead of time for sm_80 (serves every compute
- * capability 8.x) and sm_90a (9.0: H100, H200), embedded as cubins and launched with the CUDA
+ * capability 8.x), sm_90a (9.0: H100, H200), sm_100a (10.0: B200) and sm_120a (12.0: RTX 50
+ * series), embedded as cubins and launched with the CUDA
  * driver API. The driver is opened at run time (dlopen "libcuda.so.1", or the file named by
  * $$MIM_KERNELS_LIBCUDA), so the library links against nothing but libc/libdl.
  *
@@ -244,8 +247,8 @@ typedef enum mim_status {
   MIM_ERROR_NO_DRIVER = 1,          /* libcuda.so.1 cannot be loaded, or lacks an entry point */
   MIM_ERROR_DRIVER_INIT = 2,        /* cuInit failed: no device, or a driver/GPU problem */
   MIM_ERROR_NO_CONTEXT = 3,         /* no current CUDA context on the calling thread */
-  MIM_ERROR_UNSUPPORTED_DEVICE = 4, /* compute capability other than 8.x / 9.0, or too little
-                                       shared memory */
+  MIM_ERROR_UNSUPPORTED_DEVICE = 4, /* compute capability without a cubin (8.x, 9.0, 10.0 and
+                                       12.0 have one), or too little shared memory */
   MIM_ERROR_INVALID_ARGUMENT = 5,   /* bad enum, negative size, NULL pointer, shape contract */
   MIM_ERROR_MISALIGNED = 6,         /* a [16] pointer is not 16-byte aligned */
   MIM_ERROR_UNSUPPORTED = 7,        /* valid input the compiled kernels do not cover: sizes
@@ -482,7 +485,7 @@ def _targets(text: str) -> List[int]:
     if any(c not in TARGET_SLOTS for c in capabilities):
         raise argparse.ArgumentTypeError(
             f"the C runtime holds cubins for {', '.join(map(str, TARGET_SLOTS))} "
-            f"(sm_80 serves 8.x, sm_90a 9.0); got {text!r}")
+            f"(sm_80 serves 8.x, sm_90a 9.0, sm_100a 10.0, sm_120a 12.0); got {text!r}")
     return sorted(set(capabilities))
 
 
@@ -491,8 +494,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR,
                         help="where the C sources go (default: build/aot)")
-    parser.add_argument("--targets", type=_targets, default=[80, 90],
-                        help="compute capabilities, comma separated (default: 80,90)")
+    parser.add_argument("--targets", type=_targets, default=list(DEFAULT_TARGETS),
+                        help="compute capabilities, comma separated (default: "
+                             f"{','.join(map(str, DEFAULT_TARGETS))})")
     parser.add_argument("--dtypes", type=_dtypes, default=list(DTYPES),
                         help="tensor dtypes to compile, comma separated (default: fp32,fp16,bf16);"
                              " the launchers return MIM_ERROR_NOT_COMPILED for the others")
@@ -517,11 +521,20 @@ def group_variants(results: Sequence[Mapping[str, Any]], registry) -> Dict[str, 
         job = result["job"]
         entry = registry[job.entry_index]
         key = (job.entry_index, job.variant_index)
+        _, _, _, config = job_variant(job)
         if key not in by_key:
-            _, _, config = list(entry.variants())[job.variant_index]
             by_key[key] = Variant(len(variants[entry.op]), result["dtype"],
                                   dict(config.constexprs), config.num_warps, config.num_stages, {})
             variants[entry.op].append(by_key[key])
+        variant = by_key[key]
+        if (dict(config.constexprs), config.num_warps, config.num_stages) != \
+                (variant.constexprs, variant.num_warps, variant.num_stages):
+            # one C table row launches the cubin of whichever target the device is
+            raise RuntimeError(f"{entry.name} variant {job.variant_index}: "
+                               f"{sm_arch_from_capability(job.capability)} runs "
+                               f"{config.label()}, another target {variant.constexprs} on "
+                               f"{variant.num_warps} warps; the C launchers need the same tiles "
+                               "and warps on every target (a register limit may differ)")
         by_key[key].cubins[job.capability] = {"cubin": result["cubin"],
                                               "shared": result["shared"]}
     return variants

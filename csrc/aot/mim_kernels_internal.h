@@ -16,8 +16,15 @@
 extern "C" {
 #endif
 
-/* Cubin slots: sm_80 serves every compute capability 8.x, sm_90a only 9.0. */
-enum { MIM__TARGET_SM80 = 0, MIM__TARGET_SM90A = 1, MIM__TARGETS = 2 };
+/* Cubin slots: sm_80 serves every compute capability 8.x; sm_90a only 9.0, sm_100a only 10.0,
+ * sm_120a only 12.0 (arch-specific cubins). */
+enum {
+  MIM__TARGET_SM80 = 0,
+  MIM__TARGET_SM90A = 1,
+  MIM__TARGET_SM100A = 2,
+  MIM__TARGET_SM120A = 3,
+  MIM__TARGETS = 4
+};
 
 typedef struct mim__cubin {
   const unsigned char *data; /* NULL: not compiled for this target */

@@ -49,7 +49,8 @@ MIM_KERNELS_API const char *mim_kernels_strerror(mim_status status) {
     case MIM_ERROR_NO_CONTEXT:
       return "no current CUDA context on the calling thread";
     case MIM_ERROR_UNSUPPORTED_DEVICE:
-      return "the current device has no cubin in this library (sm_80 serves 8.x, sm_90a 9.0)";
+      return "the current device has no cubin in this library (sm_80 serves 8.x, sm_90a 9.0, "
+             "sm_100a 10.0, sm_120a 12.0)";
     case MIM_ERROR_INVALID_ARGUMENT:
       return "invalid argument";
     case MIM_ERROR_MISALIGNED:
@@ -229,6 +230,8 @@ static mim_status current_context(CUcontext *context) {
 static int target_of(const mim__device *device) {
   if (device->major == 8) return MIM__TARGET_SM80;
   if (device->major == 9 && device->minor == 0) return MIM__TARGET_SM90A;
+  if (device->major == 10 && device->minor == 0) return MIM__TARGET_SM100A;
+  if (device->major == 12 && device->minor == 0) return MIM__TARGET_SM120A;
   return -1;
 }
 
@@ -353,7 +356,8 @@ static mim_status not_compiled(const mim__kernel *kernel, int dtype, const int64
 }
 
 static const char *target_name(int target) {
-  return target == MIM__TARGET_SM80 ? "sm_80" : "sm_90a";
+  static const char *const names[MIM__TARGETS] = {"sm_80", "sm_90a", "sm_100a", "sm_120a"};
+  return names[target];
 }
 
 /* The function of `variant` in the current context `entry`, loading its module on first use;
@@ -422,7 +426,8 @@ mim_status mim__launch(const mim__kernel *kernel, int dtype, const int64_t *cons
   if (status == MIM_SUCCESS && entry->target < 0)
     status = mim__fail(MIM_ERROR_UNSUPPORTED_DEVICE,
                        "%s: the current device has compute capability %d.%d; this library holds "
-                       "cubins for sm_80 (any 8.x) and sm_90a (9.0 only)",
+                       "cubins for sm_80 (any 8.x), sm_90a (9.0), sm_100a (10.0) and sm_120a "
+                       "(12.0)",
                        kernel->op, entry->device.major, entry->device.minor);
   cubin = status == MIM_SUCCESS ? &variant->cubin[entry->target] : NULL;
   if (status == MIM_SUCCESS && cubin->data == NULL)

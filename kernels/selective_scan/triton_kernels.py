@@ -586,9 +586,9 @@ _REGISTER_FILE = 65536
 
 
 def _budgeted(configs, programs_per_sm: int):
-    return tuple(LaunchConfig(c.constexprs, c.num_warps, c.num_stages,
-                              maxnreg=min(255, _REGISTER_FILE // (32 * c.num_warps * programs_per_sm)))
-                 for c in configs)
+    budget = [_REGISTER_FILE // (32 * c.num_warps * programs_per_sm) for c in configs]
+    return tuple(LaunchConfig(c.constexprs, c.num_warps, c.num_stages, maxnreg=min(255, regs))
+                 for c, regs in zip(configs, budget))
 
 
 def _half_wide(configs):
