@@ -24,8 +24,8 @@ def make_inputs(batch: int = 2, dim: int = 5, length: int = 17, width: int = 4, 
     """(x (batch, dim, L), weight (dim, W), bias (dim,) or None), and seq_idx when ``sequences``
     > 0: standard normal x and bias, weight scaled by 1/√W (outputs of unit scale), drawn in
     float32 on the CPU (from torch's global generator, or a fresh one seeded with ``seed``), cast
-    to ``dtype`` and moved to ``device`` (None:
-    torch's default device), each a leaf with ``requires_grad`` as asked.
+    to ``dtype`` and moved to ``device`` (None: torch's default device), each a leaf with
+    ``requires_grad`` as asked.
 
     ``channel_last``: x is a (batch, dim, L) view of (batch, L, dim) memory (unit stride along dim).
     ``sequences`` > 0: a fourth element, seq_idx (batch, L) int32 packing up to that many

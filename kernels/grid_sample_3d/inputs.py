@@ -16,8 +16,8 @@ def make_inputs(N: int = 2, C: int = 5, D: int = 3, H: int = 9, W: int = 10,
     (one point per voxel). input is standard normal, grid uniform in [−reach, reach] (reach > 1
     puts points outside the volume, where the padding mode matters). Drawn in float32 on the CPU
     (from torch's global generator, or a fresh one seeded with ``seed``), then cast to ``dtype``
-    and moved to ``device`` (None:
-    torch's default device); each a leaf with ``requires_grad`` as asked."""
+    and moved to ``device`` (None: torch's default device); each a leaf with ``requires_grad``
+    as asked."""
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     device = torch.get_default_device() if device is None else device
     Do, Ho, Wo = (D if Do is None else Do), (H if Ho is None else Ho), (W if Wo is None else Wo)

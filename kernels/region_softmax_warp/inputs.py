@@ -18,10 +18,10 @@ def make_inputs(B: int = 2, C: int = 5, R: int = 4, D: int = 3, H: int = 9, W: i
     ℓ is normal with standard deviation ``logit_scale``, Δ normal with ``displacement_scale`` (in
     normalized units: 0.1 moves a point by about a twentieth of the volume), F_id standard normal,
     M uniform in [0, 1]; drawn in float32 on the CPU (from torch's global generator, or a fresh
-    one seeded with ``seed``), then cast to ``dtype`` and moved to ``device`` (None:
-    torch's default device). β is a 0-dim tensor
-    holding ``beta`` in fp32 (fp64 for fp64); with ``beta=None`` the tuple stops at the mask (the
-    caller passes β, e.g. as a float). Each tensor is a leaf with ``requires_grad`` as asked."""
+    one seeded with ``seed``), then cast to ``dtype`` and moved to ``device`` (None: torch's
+    default device). β is a 0-dim tensor holding ``beta`` in fp32 (fp64 for fp64); with
+    ``beta=None`` the tuple stops at the mask (the caller passes β, e.g. as a float). Each tensor
+    is a leaf with ``requires_grad`` as asked."""
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     device = torch.get_default_device() if device is None else device
     feature = torch.randn(feature_batch, C, D, H, W, generator=generator, device="cpu")

@@ -27,9 +27,9 @@ def make_inputs(batch: int = 2, dim: int = 4, nstate: int = 3, *,
     Mamba2.step passes them) or as contiguous copies; B, C per group of heads.
 
     Drawn in float32 on the CPU (from torch's global generator, or a fresh one seeded with
-    ``seed``), then cast and moved to ``device`` (None:
-    torch's default device); with ``requires_grad`` every drawn tensor is a
-    leaf that requires grad (the per-head views are views of such leaves)."""
+    ``seed``), then cast and moved to ``device`` (None: torch's default device); with
+    ``requires_grad`` every drawn tensor is a leaf that requires grad (the per-head views are
+    views of such leaves)."""
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     device = torch.get_default_device() if device is None else device
 
