@@ -12,6 +12,8 @@ setup(
     # only the installed packages: bench/ and tools/ are scripts run from a checkout
     # (`make bench`, `python -m tools.compile_report`), never shipped
     packages=find_packages(include=["kernels", "kernels.*", "mim", "mim.*"]),
+    # the tuner's winners per GPU architecture (python -m tools.tune), read by the launchers
+    package_data={"kernels": ["tuned/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

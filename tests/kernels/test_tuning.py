@@ -20,7 +20,7 @@ from kernels.testing import FORWARD_TOLERANCE, GRADIENT_TOLERANCE, assert_close
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 ADANORM_FWD = adanorm_kernels._adanorm_fwd_kernel.__name__
-WIDE, NARROW = adanorm_kernels.TUNING_CONFIGS  # BLOCK_G 1024 on 8 warps, 256 on 2
+WIDE, NARROW = adanorm_kernels.TUNING_CONFIGS  # BLOCK_G 1024 and 256, not the heuristics
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +140,7 @@ def test_the_launcher_runs_the_winner_and_matches_the_reference(tuned_dir, monke
     (tuned_dir / "sm_90.json").write_text(json.dumps(_document(winners=_adanorm_winner(WIDE))))
     with tuning.assume_arch(90):
         out = kernels.deviation_adanorm(v, scale, shift, backend="triton")
-    assert spy.launches[-1]["num_warps"] == 8 and spy.launches[-1]["BLOCK_G"] == 1024
+    assert (spy.launches[-1]["num_warps"], spy.launches[-1]["BLOCK_G"]) == (WIDE.num_warps, 1024)
     ref = kernels.deviation_adanorm(v.double(), scale.double(), shift.double(),
                                     backend="reference")
     assert_close("out", out, ref, FORWARD_TOLERANCE[torch.float32])
@@ -214,7 +214,7 @@ _CONV_ALTERNATIVES = ([(conv_kernels._causal_conv1d_fwd_kernel, c)
 def test_conv_alternatives(kernel, config):
     from kernels.causal_conv1d.inputs import make_inputs
 
-    x, weight, bias = make_inputs(2, 40, 45, 4, device=DEVICE, requires_grad=True, seed=4,
+    x, weight, bias = make_inputs(1, 20, 37, 4, device=DEVICE, requires_grad=True, seed=4,
                                   channel_last=config.constexprs["CHANNEL_LAST"])
     _check(kernels.causal_conv1d, (x, weight, bias), {"activation": "silu"},
            [("causal_conv1d", kernel.__name__, config)])
@@ -263,3 +263,21 @@ def test_region_softmax_warp_alternatives():
            dict(padding_mode="border", align_corners=False),
            [("region_softmax_warp", warp_kernels._warp_fwd_kernel.__name__, forward),
             ("region_softmax_warp", warp_kernels._warp_bwd_kernel.__name__, backward)])
+
+
+def test_the_scan_launcher_consults_the_winner(tuned_dir):
+    from kernels.selective_scan import triton_kernels as scan_kernels
+
+    configs = scan_kernels.FORWARD_CONFIGS
+    kernel = scan_kernels._selective_scan_fwd_kernel.__name__
+    args = (configs, scan_kernels.FORWARD_PROGRAMS_PER_SM, 64, 1, 1024, 16, torch.device("cpu"))
+    heuristic = scan_kernels.launch_config(*args)
+    (other,) = [c for c in configs if c.constexprs["N_PAD"] == 16 and c != heuristic]
+    key = tuning.shape_key(N_PAD=16, dtype="bf16", rows=64, group_dim=1024)
+    winners = {f"selective_scan/{kernel}": {key: {"config": other.label(), "time_ms": 1.0,
+                                                  "timings": {other.label(): 1.0}}}}
+    (tuned_dir / "sm_100.json").write_text(json.dumps(_document("sm_100", winners)))
+    with tuning.assume_arch(100):
+        assert scan_kernels.launch_config(*args, kernel=kernel, dtypes="bf16") == other
+        assert scan_kernels.launch_config(*args, kernel=kernel, dtypes="fp32") == heuristic
+    assert scan_kernels.launch_config(*args, kernel=kernel, dtypes="bf16") == heuristic
