@@ -83,12 +83,14 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
     <testcase classname="tests.gpu.test_c" name="test_xfail" time="0.0">
       <skipped type="pytest.xfail" message="known"/>
     </testcase>
+    <testcase time="0.000" />
   </testsuite>
 </testsuites>
 """
 
 
 def test_junit_counts(tmp_path):
+    """Each named testcase once; the nameless one of a test cut short by SIGINT not at all."""
     path = tmp_path / "junit.xml"
     path.write_text(JUNIT)
     counts = gpu_check.junit_counts(path)
@@ -260,3 +262,20 @@ def test_a_part_over_its_limit_is_killed_with_its_group_and_the_report_written(
     assert "Status: **ok**" in report and "figure read from out" in report
     assert "Status: **not run: budget**" in report
     assert (tmp_path / "out" / "logs" / "quick.log").read_text().strip() == "hello from quick"
+
+
+def test_a_timed_out_pytest_still_leaves_its_counts(tmp_path, monkeypatch):
+    """SIGINT first: pytest stops at the running test and still writes its junit xml, so a test
+    part cut at its limit reports the tests that finished."""
+    monkeypatch.setattr(gpu_check, "GRACE_S", 5)
+    (tmp_path / "test_slow.py").write_text(
+        "import time\n\ndef test_passes():\n    pass\n\ndef test_fails():\n    assert 1 == 2\n\n"
+        "def test_hangs():\n    time.sleep(60)\n")
+    xml = tmp_path / "junit.xml"
+    result = PartResult("tests-x", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                    "test_slow.py", f"--junitxml={xml}"], 8)
+    gpu_check.run_part(result, tmp_path / "log.txt", cwd=tmp_path)
+    assert result.status == "timed out" and "KeyboardInterrupt" in result.tail
+    counts = gpu_check.junit_counts(xml)
+    assert (counts["passed"], counts["failed"]) == (1, 1)
+    assert counts["failing"] == ["test_slow::test_fails"]
