@@ -534,6 +534,17 @@ def _header_from_env(path: Path) -> Dict[str, str]:
             "host": str(info.get("host"))}
 
 
+def without_processes(nvidia_smi: str) -> str:
+    """nvidia-smi's table without its "Processes" section, which lists the programs on the GPU
+    (names and ids that are the user's business, not the report's)."""
+    lines = nvidia_smi.splitlines()
+    for index, line in enumerate(lines):
+        if "Processes:" in line:
+            start = index - 1 if index and lines[index - 1].startswith("+") else index
+            return "\n".join(lines[:start] + ["(the Processes section is left out)"]) + "\n"
+    return nvidia_smi
+
+
 def collect_env(path: Path) -> None:
     """The ``env`` part: device and versions as JSON at ``path`` (run in a subprocess)."""
     import platform
@@ -556,8 +567,8 @@ def collect_env(path: Path) -> None:
         query = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                capture_output=True, text=True, timeout=10)
         info["driver"] = query.stdout.strip().splitlines()[0] if query.stdout.strip() else "-"
-        info["nvidia_smi"] = subprocess.run(["nvidia-smi"], capture_output=True, text=True,
-                                            timeout=10).stdout
+        info["nvidia_smi"] = without_processes(subprocess.run(
+            ["nvidia-smi"], capture_output=True, text=True, timeout=10).stdout)
     else:
         info["nvidia_smi"] = "(nvidia-smi not found on PATH)"
     print(json.dumps({k: v for k, v in info.items() if k != "nvidia_smi"}, indent=2))

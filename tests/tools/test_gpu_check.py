@@ -279,3 +279,25 @@ def test_a_timed_out_pytest_still_leaves_its_counts(tmp_path, monkeypatch):
     counts = gpu_check.junit_counts(xml)
     assert (counts["passed"], counts["failed"]) == (1, 1)
     assert counts["failing"] == ["test_slow::test_fails"]
+
+
+NVIDIA_SMI = """+-----------------------------------------------------------------------------------------+
+| NVIDIA-SMI 570.86.15              Driver Version: 570.86.15      CUDA Version: 12.8     |
+|=========================================+========================+======================|
+|   0  NVIDIA H100 80GB HBM3          On  |   00000000:19:00.0 Off |                    0 |
++-----------------------------------------+------------------------+----------------------+
+
++-----------------------------------------------------------------------------------------+
+| Processes:                                                                              |
+|  GPU   GI   CI              PID   Type   Process name                        GPU Memory |
+|    0   N/A  N/A           12345      C   /home/someone/private_job.py            1024MiB |
++-----------------------------------------------------------------------------------------+
+"""
+
+
+def test_the_report_leaves_out_the_processes_on_the_gpu():
+    text = gpu_check.without_processes(NVIDIA_SMI)
+    assert "Driver Version: 570.86.15" in text and "NVIDIA H100 80GB HBM3" in text
+    assert "private_job" not in text and "12345" not in text and "Processes:" not in text
+    assert "(the Processes section is left out)" in text
+    assert gpu_check.without_processes("no table") == "no table"
