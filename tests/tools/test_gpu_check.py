@@ -301,3 +301,13 @@ def test_the_report_leaves_out_the_processes_on_the_gpu():
     assert "private_job" not in text and "12345" not in text and "Processes:" not in text
     assert "(the Processes section is left out)" in text
     assert gpu_check.without_processes("no table") == "no table"
+
+
+def test_docs_list_every_part_with_its_limit():
+    """docs/gpu.md's table of parts says what PARTS does: each key with its limit, the sum."""
+    import re
+
+    text = (ROOT / "docs" / "gpu.md").read_text(encoding="utf-8")
+    listed = dict(re.findall(r"^\| \([a-g]\) `([a-z-]+)` \| (\d+) s \|", text, re.M))
+    assert listed == {p.key: str(p.limit_s) for p in PARTS}
+    assert f"add up to {sum(p.limit_s for p in PARTS)} s" in text
