@@ -124,7 +124,8 @@ def test_render_windows_are_independent_chunks():
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_engine_backends_match_reference(backend):
+def test_engine_backends_match_reference(backend, device_under_test):
+    """On the device under test: CUDA's compiled kernels where there is one, else the CPU."""
     torch.manual_seed(0)
     cfg = tiny()
     reference = Renderer(cfg, backend="reference")
@@ -134,7 +135,9 @@ def test_engine_backends_match_reference(backend):
         nn.init.normal_(p, std=0.5)
     engine = Renderer(cfg, backend=backend)
     engine.load_state_dict(reference.state_dict())
+    reference, engine = reference.to(device_under_test), engine.to(device_under_test)
     source, driving = torch.rand(1, 3, 64, 64), torch.rand(1, 2, 3, 64, 64)
+    source, driving = source.to(device_under_test), driving.to(device_under_test)
     outs, grads = [], []
     for model in (reference, engine):
         frames = model(source, driving)["frames"]

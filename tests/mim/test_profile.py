@@ -33,14 +33,15 @@ ANY_FLOP_STAGES = {"warp"}
 
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory):
-    """One `mim profile` run of the tiny config (0.12 s of video, 2 DDIM steps), JSON and trace."""
+    """One `mim profile` run of the tiny config (0.12 s of video, 2 DDIM steps), JSON and trace,
+    on the CPU on every machine (the engine is the fast path; a GPU's run is make gpu-check's)."""
     root = tmp_path_factory.mktemp("profile")
     out, trace = root / "profile.json", root / "trace.json"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = main(["profile", "--config", "tiny", "--seconds", str(SECONDS), "--repeats", "1",
-                     "--warmup", "0", "--sample-steps", "2", "--json", str(out), "--trace", str(trace),
-                     "--no-progress"])
+        code = main(["profile", "--config", "tiny", "--device", "cpu", "--seconds", str(SECONDS),
+                     "--repeats", "1", "--warmup", "0", "--sample-steps", "2", "--json", str(out),
+                     "--trace", str(trace), "--no-progress"])
     return {"code": code, "stdout": stdout.getvalue(), "report": json.loads(out.read_text()),
             "trace": trace}
 
@@ -155,16 +156,16 @@ def test_render_with_a_recorder_equals_render(batch, frames, window):
     assert all(t > 0 for t in recorder.times.values())
 
 
-def test_fused_triton_kernels_get_their_analytic_traffic():
-    """The Triton path (run by the interpreter here, as on CUDA) is out of the counter's sight:
-    the DIT's deviation_adanorm and the warp get their cost models' analytic figures."""
+def test_fused_triton_kernels_get_their_analytic_traffic(device_under_test):
+    """The Triton path (compiled on CUDA, the interpreter without it) is out of the counter's
+    sight: the DIT's deviation_adanorm and the warp get their cost models' analytic figures."""
     torch.manual_seed(0)
     config = get_config("tiny").renderer
-    renderer = Renderer(config, backend="triton").eval()
+    renderer = Renderer(config, backend="triton").eval().to(device_under_test)
     with torch.no_grad():
-        state = renderer.encode_source(torch.rand(1, 3, 64, 64))
-        motion = renderer.encode_motion(torch.rand(1, 1, 3, 64, 64))
-        recorder = StageRecorder(torch.device("cpu"), "count")
+        state = renderer.encode_source(torch.rand(1, 3, 64, 64).to(device_under_test))
+        motion = renderer.encode_motion(torch.rand(1, 1, 3, 64, 64).to(device_under_test))
+        recorder = StageRecorder(device_under_test, "count")
         with opaque_kernel_hooks([renderer], recorder):
             renderer.render(state, motion, stage=recorder)
     volume = (config.depth_layers, config.volume_size, config.volume_size)
@@ -174,19 +175,21 @@ def test_fused_triton_kernels_get_their_analytic_traffic():
     assert set(recorder.opaque) == {"DIT", "warp"}
 
 
-def test_mamba_on_triton_gets_the_scan_and_conv_kernels_traffic():
-    """Without the causal_conv1d package (not installed here), a Mamba block on the Triton path
-    runs the engine's own conv and scan kernels: its stage gets both cost models' forward traffic."""
+def test_mamba_on_triton_gets_the_scan_and_conv_kernels_traffic(device_under_test, monkeypatch):
+    """Without the causal_conv1d package (hidden, should a GPU machine have it), a Mamba block on
+    the Triton path runs the engine's own conv and scan kernels: its stage gets both cost
+    models' forward traffic."""
     from kernels import Mamba
+    from kernels.causal_conv1d import op as conv_op
     from kernels.causal_conv1d.cost import fused_traffic as conv_fused_traffic
-    from kernels.causal_conv1d.op import package_supports
     from kernels.selective_scan.cost import fused_traffic as scan_fused_traffic
 
+    monkeypatch.setattr(conv_op, "_cuda_package", lambda: None)
     torch.manual_seed(0)
-    block = Mamba(d_model=16, d_state=4, d_conv=4, expand=2, backend="triton")
-    hidden = torch.randn(1, 9, 16)
-    assert not package_supports(hidden, block.conv1d.weight.squeeze(1), block.conv1d.bias)
-    recorder = StageRecorder(torch.device("cpu"), "count")
+    block = Mamba(d_model=16, d_state=4, d_conv=4, expand=2, backend="triton").to(device_under_test)
+    hidden = torch.randn(1, 9, 16).to(device_under_test)
+    assert not conv_op.package_supports(hidden, block.conv1d.weight.squeeze(1), block.conv1d.bias)
+    recorder = StageRecorder(device_under_test, "count")
     with torch.no_grad(), opaque_kernel_hooks([block], recorder):
         with recorder("Mamba-g/l"):
             block(hidden)
