@@ -454,7 +454,9 @@ def scrub(text: str) -> str:
     return text.replace(home, "~") if home not in ("", "/", "~") else text
 
 
-def format_report(header: Dict[str, str], results: Sequence[PartResult], parts=PARTS) -> str:
+def format_report(header: Dict[str, str], results: Sequence[PartResult],
+                  parts: Optional[Sequence[Part]] = None) -> str:
+    parts = PARTS if parts is None else parts
     lines = ["# make gpu-check report", ""]
     lines += [f"- {name}: {value}" for name, value in header.items()]
     lines += ["", "| part | status | wall s | limit s |", "| --- | --- | ---: | ---: |"]
@@ -494,10 +496,12 @@ def part_env() -> Dict[str, str]:
     return env
 
 
-def run_check(out_dir: Path, budget_s: float, header: Dict[str, str], parts=PARTS,
-              env: Optional[Dict[str, str]] = None, log: Callable[[str], None] = print) -> List[PartResult]:
-    """Run ``parts`` in order within ``budget_s`` seconds, rewriting ``out_dir/REPORT.md`` after
-    each; return the results."""
+def run_check(out_dir: Path, budget_s: float, header: Dict[str, str],
+              parts: Optional[Sequence[Part]] = None, env: Optional[Dict[str, str]] = None,
+              log: Callable[[str], None] = print) -> List[PartResult]:
+    """Run ``parts`` (default ``PARTS``) in order within ``budget_s`` seconds, rewriting
+    ``out_dir/REPORT.md`` after each; return the results."""
+    parts = PARTS if parts is None else parts
     began = time.monotonic()
     files = ROOT / out_dir   # out_dir itself (relative to ROOT, or absolute) goes into the commands
     report = files / "REPORT.md"
@@ -614,12 +618,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "git commit": git_commit(),
               "budget": f"{args.budget_s:g} s"}
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = run_check(out_dir, args.budget_s - STARTUP_S, header)
     except KeyboardInterrupt:
         print(f"gpu-check: interrupted; the finished parts are in {ROOT / out_dir / 'REPORT.md'}")
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.write_tuned:
         _install_tuned(out_dir, results)
     print(f"gpu-check: report written to {ROOT / out_dir / 'REPORT.md'}")

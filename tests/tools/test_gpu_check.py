@@ -3,6 +3,7 @@ writes nothing; the report renders every status and figure; the junit counter co
 that overruns its limit is killed, with its whole process group, and the report is still written."""
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -305,9 +306,29 @@ def test_the_report_leaves_out_the_processes_on_the_gpu():
 
 def test_docs_list_every_part_with_its_limit():
     """docs/gpu.md's table of parts says what PARTS does: each key with its limit, the sum."""
-    import re
-
     text = (ROOT / "docs" / "gpu.md").read_text(encoding="utf-8")
     listed = dict(re.findall(r"^\| \([a-g]\) `([a-z-]+)` \| (\d+) s \|", text, re.M))
     assert listed == {p.key: str(p.limit_s) for p in PARTS}
     assert f"add up to {sum(p.limit_s for p in PARTS)} s" in text
+
+
+def test_main_on_a_cuda_machine_writes_the_report_with_its_header(tmp_path, monkeypatch, capsys):
+    """The whole command with CUDA faked and stand-in parts (the real ones need a GPU): the report
+    lands in --out-dir with the device, date, commit and budget, and every part's section."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(gpu_check, "PARTS", (
+        Part("first", "(x) prints", 20, lambda out: _python("print('one')"),
+             lambda result, out: ["figure one"]),
+        Part("second", "(y) fails", 20, lambda out: _python("import sys; sys.exit(3)"),
+             lambda result, out: []),
+    ))
+    assert gpu_check.main(["--out-dir", str(tmp_path / "report")]) == 0
+    assert "report written to" in capsys.readouterr().out
+    report = (tmp_path / "report" / "REPORT.md").read_text()
+    assert "- device: NVIDIA H100 80GB HBM3" in report and "- budget: 480 s" in report
+    assert re.search(r"^- git commit: [0-9a-f]{40}( \(with uncommitted changes\))?$", report, re.M)
+    assert re.search(r"^- date: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$", report, re.M)
+    assert "## (x) prints" in report and "figure one" in report
+    assert "| second | failed rc 3 |" in report
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["REPORT.md", "logs"]
