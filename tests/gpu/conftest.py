@@ -38,7 +38,8 @@ def build_case(name: str, dtype: torch.dtype = torch.float32, requires_grad: boo
                seed: int = 0, scan_length: int = 2048) -> OpCase:
     common = dict(dtype=dtype, device="cuda", requires_grad=requires_grad, seed=seed)
     if name == "grid_sample_3d":
-        return OpCase(name, "N=4 C=32 D=16 H=64 W=64, border", grid_sample_inputs(4, 32, 16, 64, 64, **common),
+        return OpCase(name, "N=4 C=32 D=16 H=64 W=64, border",
+                      grid_sample_inputs(4, 32, 16, 64, 64, **common),
                       lambda volume, grid, backend: grid_sample_3d(volume, grid, "border",
                                                                    backend=backend))
     if name == "region_softmax_warp":
