@@ -46,7 +46,7 @@ import wave
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mim.io import atomic_output
 
@@ -69,13 +69,16 @@ INTERPRETER_SWITCHES = ("TRITON_INTERPRET", "MIM_TEST_INTERPRET", "MIM_KERNEL_BA
 @dataclass(frozen=True)
 class Part:
     """One step of the check: ``command(out_dir)`` run with ``limit_s`` seconds, its figures read
-    by ``figures(result, out_dir)`` into markdown lines."""
+    by ``figures(result, out_dir)`` into markdown lines. ``outputs``: the files it writes in the
+    report's folder (glob patterns), removed before the run so that no figure comes from an
+    earlier one."""
 
     key: str
     title: str
     limit_s: int
     command: Callable[[Path], List[str]]
     figures: Callable[["PartResult", Path], List[str]]
+    outputs: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -394,31 +397,32 @@ def _profile(config: str, repeats: int) -> Callable[[Path], List[str]]:
 PARTS = (
     Part("env", "(a) device, driver and versions", 15,
          lambda out: _python("-m", "tools.gpu_check", "--env-json", str(out / "env.json")),
-         env_figures),
+         env_figures, ("env.json",)),
     Part("tests-gpu", "(b) gpu-marked tests, compiled kernels", 60,
-         _pytest("gpu", "-m", "gpu", "tests/gpu"), tests_figures("gpu")),
+         _pytest("gpu", "-m", "gpu", "tests/gpu"), tests_figures("gpu"), ("junit-gpu.xml",)),
     Part("tests-kernels", "(b) kernel tests, compiled kernels", 100,
-         _pytest("kernels", "tests/kernels"), tests_figures("kernels")),
+         _pytest("kernels", "tests/kernels"), tests_figures("kernels"), ("junit-kernels.xml",)),
     Part("bench-ops", "(c) op microbenchmarks", 55,
          lambda out: _python("-m", "bench.ops", "--device", "cuda", "--out-dir", str(out)),
-         ops_figures),
+         ops_figures, ("ops.csv", "ops.json", "ops.png")),
     Part("tune", "(d) launch-config tuner", 40,
-         lambda out: _python("-m", "tools.tune", "--out-dir", str(out / "tuned")), tune_figures),
+         lambda out: _python("-m", "tools.tune", "--out-dir", str(out / "tuned")), tune_figures,
+         ("tuned/sm_*.json",)),
     Part("profile-tiny", "(e) mim profile --config tiny, triton backend", 30,
-         _profile("tiny", 3), profile_figures),
+         _profile("tiny", 3), profile_figures, ("profile-tiny.json",)),
     Part("profile-base", "(e) mim profile --config base, triton backend", 40,
-         _profile("base", 1), profile_figures),
+         _profile("base", 1), profile_figures, ("profile-base.json",)),
     Part("animate", "(f) mim animate of the demo", 30,
          lambda out: _python("-m", "mim", "animate", "--image", str(DEMO_DIR / "portrait.png"),
                              "--audio", str(DEMO_DIR / "speech.wav"),
                              "--checkpoint", str(DEMO_DIR / "mim_tiny.safetensors"),
                              "--out", str(out / "demo.mp4"), "--device", "cuda",
                              "--backend", "triton", "--no-progress"),
-         animate_figures),
+         animate_figures, ("demo.mp4",)),
     Part("training-step", "(g) stage-1 training step, base shape", 45,
          lambda out: _python("-m", "bench.training_step", "--config", "base", "--device", "cuda",
                              "--repeats", "2", "--out-dir", str(out)),
-         training_figures),
+         training_figures, ("training_step.md", "training_step.json")),
 )
 
 
@@ -507,6 +511,10 @@ def run_check(out_dir: Path, budget_s: float, header: Dict[str, str],
     report = files / "REPORT.md"
     results = [PartResult(p.key, p.command(out_dir), p.limit_s) for p in parts]
     env = part_env() if env is None else env
+    for part in parts:   # this run's files only: a part that writes nothing shows nothing
+        for pattern in (*part.outputs, f"logs/{part.key}.log"):
+            for path in files.glob(pattern):
+                path.unlink()
     for part, result in zip(parts, results):
         left = budget_s - (time.monotonic() - began) - GRACE_S
         if left < min(part.limit_s, MIN_PART_S):

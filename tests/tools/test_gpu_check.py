@@ -237,12 +237,16 @@ def test_a_part_over_its_limit_is_killed_with_its_group_and_the_report_written(
                 "time.sleep(60)\n")
     parts = (
         Part("sleeper", "(x) sleeps past its limit", 1, lambda out: _python(stubborn),
-             lambda result, out: []),
+             lambda result, out: gpu_check.tests_figures("x")(result, out), ("junit-x.xml",)),
         Part("quick", "(y) prints", 2, lambda out: _python("print('hello from quick')"),
              lambda result, out: [f"figure read from {out.name}"]),
         Part("late", "(z) never starts", 30, lambda out: _python("print('late')"),
              lambda result, out: []),
     )
+    # files of an earlier run: removed, never read as this run's
+    (tmp_path / "out" / "logs").mkdir(parents=True)
+    (tmp_path / "out" / "junit-x.xml").write_text(JUNIT)
+    (tmp_path / "out" / "logs" / "late.log").write_text("an earlier run's output")
     began = time.monotonic()
     results = gpu_check.run_check(tmp_path / "out", budget_s=6.0, header={"device": "test"},
                                   parts=parts, log=lambda text: None)
@@ -259,6 +263,8 @@ def test_a_part_over_its_limit_is_killed_with_its_group_and_the_report_written(
     assert late.status == "not run: budget" and late.wall_s is None
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "Status: **timed out after 1 s**" in report and "started" in report
+    assert "(no junit-x.xml was written)" in report and "passed 2" not in report
+    assert not (tmp_path / "out" / "logs" / "late.log").exists()
     assert "Status: **ok**" in report and "figure read from out" in report
     assert "Status: **not run: budget**" in report
     assert (tmp_path / "out" / "logs" / "quick.log").read_text().strip() == "hello from quick"
