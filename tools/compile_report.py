@@ -19,8 +19,9 @@ prints the markdown, and exits 1
 when any variant fails to compile, spills, uses local memory or requests more shared memory than
 the target has; 2 when there is nothing to compile or Triton's interpreter is on.
 
-``--sample`` compiles a bounded subset instead (``sample_variants``: each kernel's heaviest config
-per dtype class and target, and each distinct config a target's own set adds), for a quick check.
+``--sample`` compiles a bounded subset instead (``sample_jobs``: each kernel's heaviest config on
+each target, its dtype alternating between fp32 and the kernel's first other dtype from one target
+to the next, and each distinct tile a target's own set adds), for a quick check.
 
     python -m tools.compile_report [--out-dir DIR] [--targets 80,90,100,120] [--op NAME ...]
                                    [--jobs N] [--sample]
@@ -353,9 +354,6 @@ def jobs_for(entry_indices: Iterable[int], capabilities: Sequence[int]) -> List[
             for v in range(sum(1 for _ in registry[i].variants(cap)))]
 
 
-def dtype_class(label: str) -> str:
-    """fp32, 16-bit (fp16, bf16) or mixed (a label with several placeholders' types)."""
-    return "mixed" if "=" in label else ("fp32" if label == "fp32" else "16-bit")
 
 
 def _weight(config) -> tuple:
@@ -369,29 +367,30 @@ def _weight(config) -> tuple:
 
 
 def sample_jobs(entry_indices: Iterable[int], capabilities: Sequence[int]) -> List[Job]:
-    """A bounded subset of ``jobs_for`` meant to catch a regression quickly: for each entry and
-    target, the heaviest config (``_weight``) of the first dtype of each class, and every
-    distinct (constexprs, warps) that a target's own set has and the default set lacks, once
-    (with the entry's first dtype)."""
+    """A bounded subset of ``jobs_for`` meant to catch a regression quickly (about a twentieth):
+    for each entry and target, the heaviest config (``_weight``) of one dtype, the entry's first
+    (fp32 where it has it) on the first, third... target and its second (fp16, or a mixed pair)
+    on the others, so each kernel is compiled in both kinds and each target sees both; and every
+    distinct (constexprs, warps) that a target's own set has and the default set lacks, once,
+    with that dtype."""
     registry = _registry()
     jobs = []
     for i in entry_indices:
         entry = registry[i]
         default = {(tuple(sorted(c.constexprs.items())), c.num_warps) for c in entry.configs}
-        for cap in capabilities:
+        for position, cap in enumerate(capabilities):
             variants = list(entry.variants(cap))
-            chosen: Dict[Any, int] = {}
-            first_of_class: Dict[str, str] = {}
-            for v, (label, _, config) in enumerate(variants):
-                if first_of_class.setdefault(dtype_class(label), label) != label:
-                    continue
-                key = ("heaviest", label)
-                if key not in chosen or _weight(config) > _weight(variants[chosen[key]][2]):
-                    chosen[key] = v
+            labels = list(dict.fromkeys(label for label, _, _ in variants))
+            label = labels[min(position % 2, len(labels) - 1)]
+            chosen = [v for v, (dtype, _, _) in enumerate(variants) if dtype == label]
+            heaviest = max(chosen, key=lambda v: _weight(variants[v][2]))
+            own: Dict[Any, int] = {}
+            for v in chosen:
+                config = variants[v][2]
                 shape = (tuple(sorted(config.constexprs.items())), config.num_warps)
-                if shape not in default and label == variants[0][0]:
-                    chosen.setdefault(("own", shape), v)
-            jobs += [Job(i, v, cap) for v in sorted(set(chosen.values()))]
+                if shape not in default:
+                    own.setdefault(shape, v)
+            jobs += [Job(i, v, cap) for v in sorted({heaviest, *own.values()})]
     return jobs
 
 
@@ -572,9 +571,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="parallel compiles (default: CPU count)")
     parser.add_argument("--sample", action="store_true",
-                        help="compile a bounded sample (each kernel's heaviest config per dtype "
-                             "class and target, and the configs a target's own set adds), not "
-                             "every variant")
+                        help="compile a bounded sample (each kernel's heaviest config on each "
+                             "target, fp32 and another dtype in turn, and the tiles a target's "
+                             "own set adds), not every variant")
     return parser.parse_args(argv)
 
 

@@ -114,9 +114,9 @@ def test_default_targets_are_the_four_architectures():
 
 
 def test_sample_compiles_for_the_four_targets(tmp_path):
-    """The sample (each kernel's heaviest config per dtype class and target, and the configs a
-    target's own set adds) compiles for sm_80, sm_90a, sm_100a and sm_120a: ok, no spill, no local
-    memory; the records are exactly the sample's variants (about 2 minutes on 2 cores)."""
+    """The sample (each kernel's heaviest config on each target, fp32 and another dtype in
+    turn, and the tiles a target's own set adds) compiles for sm_80, sm_90a, sm_100a and sm_120a:
+    ok, no spill, no local memory; the records are exactly the sample's variants."""
     entries = kernels.registered_kernels()
     done = _run_report("--out-dir", tmp_path, "--sample", "--jobs", "2")
     assert done.returncode == 0, done.stderr[-4000:]
@@ -154,7 +154,13 @@ def test_sample_takes_the_heaviest_config_and_a_targets_own_configs():
     assert own and own <= {label for name, cap, label in picked
                            if name == scan.name and cap == 120}
     every = sum(1 for e in entries for cap in DEFAULT_TARGETS for _ in e.variants(cap))
-    assert len(jobs) < every / 5
+    assert len(jobs) < every / 15
+    # both kinds of dtype for every kernel
+    kinds = {}
+    for j in jobs:
+        kinds.setdefault(entries[j.entry_index].name, set()).add(
+            list(entries[j.entry_index].variants(j.capability))[j.variant_index][0])
+    assert all(len(labels) == 2 for labels in kinds.values()), kinds
 
 
 def test_committed_report_covers_the_registry_and_is_fresh():
