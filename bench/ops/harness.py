@@ -37,9 +37,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so a bad command line fails at once
+    import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 PROVIDERS = ("reference", "fast", "triton", "compile")
@@ -53,9 +54,10 @@ OP_NAMES = ("grid_sample_3d", "region_softmax_warp", "deviation_adanorm", "selec
 """The op scripts, in ``kernels.OPS``'s order (not imported from there: importing kernels imports
 triton, which must come after ``TRITON_INTERPRET`` is settled)."""
 
-# CPU timer: warm-up calls, then up to REPEATS timed calls, stopping after BUDGET_S seconds of
-# timed calls once MIN_REPEATS are in. --smoke: one warm-up, two timed calls.
-WARMUP, REPEATS, MIN_REPEATS, BUDGET_S = 2, 15, 3, 3.0
+# CPU timer: WARMUP untimed calls, then up to REPEATS timed calls, stopping after BUDGET_S seconds
+# of timed calls once MIN_REPEATS are in (a call of seconds, the interpreter's or a compile's
+# first, is timed MIN_REPEATS times). --smoke: one warm-up, two timed calls.
+WARMUP, REPEATS, MIN_REPEATS, BUDGET_S = 1, 15, 3, 2.0
 SMOKE_TIMER = {"warmup": 1, "repeats": 2, "min_repeats": 2, "budget_s": 0.0}
 # The copy probe: the tensor copied (fp32 elements), on CUDA and on CPU (and in a smoke run).
 COPY_BYTES = {"cuda": 1 << 30, "cpu": 1 << 28, "smoke": 1 << 24}
@@ -79,16 +81,16 @@ class OpBench:
     """An op's benchmark. ``shapes(device, smoke)`` → the shapes; ``make(params, dtype, device,
     requires_grad)`` → the inputs, a tuple passed positionally to a provider's function;
     ``provider(name)`` → that function (inputs → the output tensor); ``counted_bytes(params,
-    itemsize)`` → {"fwd": bytes, "bwd": bytes} ("bwd" absent for an op without a backward);
+    itemsize)`` → {"fwd": bytes, "bwd": bytes}; ``dtypes``: names of torch dtypes to time ("bwd" absent for an op without a backward);
     ``autograd``: False for an op without a backward (its fwd+bwd rows say so, with no time and
     no counted bytes)."""
     name: str
     shapes: Callable[[str, bool], List[Shape]]
     make: Callable[..., tuple]
-    provider: Callable[[str], Callable[..., torch.Tensor]]
+    provider: Callable[[str], Callable[..., "torch.Tensor"]]
     counted_bytes: Callable[[Mapping[str, int], int], Dict[str, int]]
     autograd: bool = True
-    dtypes: Tuple[torch.dtype, ...] = (torch.float32,)
+    dtypes: Tuple[str, ...] = ("float32",)
 
 
 def sanitize(name: str) -> str:
@@ -101,6 +103,8 @@ def sanitize(name: str) -> str:
 def device_name(device: torch.device) -> str:
     """The GPU's name on CUDA, the processor's name on CPU."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     from mim.runinfo import cpu_name
 
@@ -145,6 +149,8 @@ def time_ms(fn: Callable[[], object], device: torch.device, grad_to_none: Sequen
 def copy_bandwidth(device: torch.device, smoke: bool = False) -> Dict[str, float]:
     """The device's copy bandwidth, measured: ``dst.copy_(src)`` of a large fp32 tensor, timed by
     :func:`time_ms`, counting 2 × its bytes (read and write)."""
+    import torch
+
     nbytes = COPY_BYTES["smoke" if smoke else device.type if device.type == "cuda" else "cpu"]
     src = torch.rand(nbytes // 4, device=device)
     dst = torch.empty_like(src)
@@ -163,6 +169,8 @@ def _first_tensor(out) -> torch.Tensor:
 def _measure(bench: OpBench, shape: Shape, dtype: torch.dtype, provider: str, mode: str,
              device: torch.device, smoke: bool) -> Tuple[Optional[float], str]:
     """(milliseconds, note) of one provider in one mode; (None, why) where it is not run."""
+    import torch
+
     reason = _skip_reason(shape, provider, mode)
     if reason:
         return None, reason
@@ -214,6 +222,8 @@ def run(benches: Sequence[OpBench], device: torch.device, providers: Sequence[st
         log=print) -> Tuple[List[dict], Dict[str, float]]:
     """Time every provider × mode × shape of each op; (rows, copy bandwidth). Each row has
     every column of ``COLUMNS``; a provider not run has time_ms None and a note saying why."""
+    import torch
+
     copy = copy_bandwidth(device, smoke) if copy is None else copy
     name = device_name(device)
     log(f"[bench.ops] {name}: copy bandwidth {copy['gb_per_s']:.1f} GB/s "
@@ -225,7 +235,7 @@ def run(benches: Sequence[OpBench], device: torch.device, providers: Sequence[st
             f"{len(MODES)} modes" + ("" if bench.autograd else " (forward only: no autograd)"))
         started = time.perf_counter()
         for shape in shapes:
-            for dtype in bench.dtypes:
+            for dtype in map(lambda name: getattr(torch, name), bench.dtypes):
                 itemsize = torch.empty((), dtype=dtype).element_size()
                 counted = bench.counted_bytes(shape.params, itemsize)
                 for mode in MODES:
@@ -298,7 +308,7 @@ def table(rows: Sequence[dict]) -> str:
 
 def plot(rows: Sequence[dict], path: Path, title: str) -> None:
     """ops.png: one panel per op, time per (shape, mode) with one bar per provider (log scale);
-    a provider not run has no bar."""
+    a provider not run has no bar, a (shape, mode) with none run is marked "not timed"."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,6 +334,10 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> None:
                     xs.append(g + (k - (len(providers) - 1) / 2) * width)
                     heights.append(hit["time_ms"])
             ax.bar(xs, heights, width, label=provider)
+        for g, key in enumerate(groups):  # a (shape, mode) with no time at all says so
+            if all(r["time_ms"] is None for r in own if (r["shape"], r["dtype"], r["mode"]) == key):
+                ax.text(g, 0.5, "not timed", transform=ax.get_xaxis_transform(), ha="center",
+                        fontsize=7, rotation=90)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{shape}\n{mode}" for shape, _, mode in groups], rotation=60,
                            ha="right", fontsize=6)
@@ -404,6 +418,8 @@ def main(argv: Optional[Sequence[str]] = None, only: Optional[str] = None) -> in
     args = parser.parse_args(argv)
     ops = [only] if only else (_op_list(args.ops, parser) if args.ops else list(OP_NAMES))
     providers = _provider_list(args.providers, parser)
+    import torch
+
     if args.device == "cuda" and not torch.cuda.is_available():
         print(f"{prog}: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
