@@ -22,6 +22,8 @@ COMPILE_MAX_LENGTH = 32
 COMPILE_SKIP = (f"not run: torch.compile unrolls the reference's Python loop over L; traced only "
                 f"for L <= {COMPILE_MAX_LENGTH}")
 INTERPRETER_SLOW = "not run on CPU: the Triton interpreter takes minutes at this shape"
+FAST_IS_REFERENCE = ("not run: on CUDA the fast backend runs the reference (the numba fast path "
+                     "reads CPU memory only); see the reference row")
 _compiled = None
 
 
@@ -35,6 +37,8 @@ def cases(device: str, smoke: bool) -> List[harness.Shape]:
             skip["compile"] = COMPILE_SKIP
         if device == "cpu":
             skip["triton"] = INTERPRETER_SLOW
+        else:
+            skip["fast"] = FAST_IS_REFERENCE
         result.append(harness.Shape(case["label"], {"batch": case["batch"], "dim": case["dim"],
                                                     "L": case["length"], "N": case["nstate"]}, skip))
     return result
