@@ -85,6 +85,7 @@ bench: venv
 	$(VPY) -m bench.traffic
 	$(VPY) -m bench.training_step
 	$(VPY) -m bench.latency --config tiny --config base --out-dir bench/results
+	$(VPY) -m bench.ops
 	$(VPY) -m bench.plots --results-dir bench/results --out-dir bench/results/plots
 
 gpu-check: venv
