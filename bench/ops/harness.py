@@ -218,10 +218,12 @@ def _triton_runs(device: torch.device) -> bool:
 
 
 def run(benches: Sequence[OpBench], device: torch.device, providers: Sequence[str] = PROVIDERS,
-        smoke: bool = False, copy: Optional[Dict[str, float]] = None,
-        log=print) -> Tuple[List[dict], Dict[str, float]]:
+        smoke: bool = False, copy: Optional[Dict[str, float]] = None, log=print,
+        op_done: Optional[Callable[[List[dict], Dict[str, float]], None]] = None
+        ) -> Tuple[List[dict], Dict[str, float]]:
     """Time every provider × mode × shape of each op; (rows, copy bandwidth). Each row has
-    every column of ``COLUMNS``; a provider not run has time_ms None and a note saying why."""
+    every column of ``COLUMNS``; a provider not run has time_ms None and a note saying why.
+    ``op_done(rows so far, copy bandwidth)`` is called after each op."""
     import torch
 
     copy = copy_bandwidth(device, smoke) if copy is None else copy
@@ -252,6 +254,8 @@ def run(benches: Sequence[OpBench], device: torch.device, providers: Sequence[st
                     _add_speedups(group)
                     rows += group
         log(f"[bench.ops] {bench.name}: done in {time.perf_counter() - started:.1f} s")
+        if op_done is not None:
+            op_done(rows, copy)
     return rows, copy
 
 
@@ -353,7 +357,8 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> None:
 
 def write_results(rows: Sequence[dict], metadata: dict, out_dir: Path) -> List[Path]:
     """ops.csv, ops.json ({"metadata", "columns", "rows"}) and ops.png in ``out_dir``, each written
-    to a temporary file and renamed over its target."""
+    to a temporary file and renamed over its target. ``main`` writes them after each op
+    (metadata "complete": false, "ops_done": the ops so far) and once more at the end."""
     from mim.io import atomic_output
 
     out_dir = Path(out_dir)
@@ -431,18 +436,28 @@ def main(argv: Optional[Sequence[str]] = None, only: Optional[str] = None) -> in
 
     benches = [load_bench(op) for op in ops]
     started = time.perf_counter()
-    rows, copy = run(benches, device, providers, smoke=args.smoke)
     out_dir = args.out_dir or default_out_dir(device)
-    metadata = {**run_metadata(), "device": device_name(device), "device_type": device.type,
+
+    def metadata(copy: Dict[str, float], done: List[str]) -> dict:
+        return {**run_metadata(), "device": device_name(device), "device_type": device.type,
                 "copy_bandwidth": copy, "bytes_basis": BYTES_BASIS,
                 "timer": ("triton.testing.do_bench, median" if device.type == "cuda" else
                           "time.perf_counter, median of repeats after warm-up"),
                 "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
-                "smoke": args.smoke, "ops": ops, "providers": providers,
+                "smoke": args.smoke, "ops": ops, "ops_done": done, "complete": done == ops,
+                "providers": providers,
                 "command": " ".join([prog, *(argv if argv is not None else sys.argv[1:])]),
                 "wall_s": round(time.perf_counter() - started, 1)}
-    paths = write_results(rows, metadata, out_dir)
+
+    def op_done(rows: List[dict], copy: Dict[str, float]) -> None:
+        # the files after each op, so a run stopped part-way still leaves the ops it finished
+        done = list(dict.fromkeys(row["op"] for row in rows))
+        write_results(rows, metadata(copy, done), out_dir)
+
+    rows, copy = run(benches, device, providers, smoke=args.smoke, op_done=op_done)
+    final = metadata(copy, list(ops))
+    paths = write_results(rows, final, out_dir)
     print(table(rows))
-    print(f"[bench.ops] {len(rows)} rows in {metadata['wall_s']} s; wrote "
+    print(f"[bench.ops] {len(rows)} rows in {final['wall_s']} s; wrote "
           + ", ".join(str(path) for path in paths))
     return 0
