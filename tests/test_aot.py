@@ -484,7 +484,8 @@ def test_launch_matches_the_python_launcher(probe, monkeypatch, op, sizes, cc, s
     assert target == ("sm_90a" if cc == 90 else "sm_80")
     assert int(size) == cubin["bytes"]
     constexprs = {k: v for k, v in kwargs.items()
-                  if k not in ("num_warps", "num_stages", "enable_fp_fusion")}
+                  if k not in ("num_warps", "num_stages", "enable_fp_fusion", "maxnreg")}
+    assert kwargs.get("maxnreg") is None  # no register limit on this (meta, not CUDA) device
     assert variant["constexprs"] == constexprs
     assert variant["num_warps"] == kwargs["num_warps"]
     launch = re.fullmatch(r"launch name=(\w+) grid=(\S+) block=(\S+) shared=(\d+) "
