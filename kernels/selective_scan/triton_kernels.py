@@ -727,21 +727,22 @@ def call_dtypes(u_dtype: torch.dtype, bc_dtype: torch.dtype) -> str:
 
 
 def _forward_kernel(seq_idx, ordinals):
-    """The forward kernel of a call: plain, with packed sequences, or with their final states."""
+    """(name, kernel): the forward kernel of a call, plain, with packed sequences, or with their
+    final states; the name (the registry's) keys its tuned winners."""
     if seq_idx is None:
-        return _selective_scan_fwd_kernel
+        return "_selective_scan_fwd_kernel", _selective_scan_fwd_kernel
     if ordinals is None:
-        return _selective_scan_fwd_seq_idx_kernel
-    return _selective_scan_fwd_varlen_kernel
+        return "_selective_scan_fwd_seq_idx_kernel", _selective_scan_fwd_seq_idx_kernel
+    return "_selective_scan_fwd_varlen_kernel", _selective_scan_fwd_varlen_kernel
 
 
-def _forward_config(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor, kernel) -> LaunchConfig:
-    """The config the forward launches ``kernel`` with for u (batch, dim, L), B (batch, G, N, L)."""
+def _forward_config(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor, name: str) -> LaunchConfig:
+    """The config forward kernel ``name`` runs with for u (batch, dim, L), B (batch, G, N, L)."""
     batch, dim, _ = u.shape
     groups = B.shape[1]
     return launch_config(configs_for(FORWARD_CONFIGS, u.dtype, B.dtype), FORWARD_PROGRAMS_PER_SM,
                          batch, groups, dim // groups, A.shape[1], u.device,
-                         kernel=kernel.__name__, dtypes=call_dtypes(u.dtype, B.dtype))
+                         kernel=name, dtypes=call_dtypes(u.dtype, B.dtype))
 
 
 def bc_kernel_dtype(u_dtype: torch.dtype, B_dtype: torch.dtype,
@@ -785,8 +786,8 @@ def selective_scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, delta_sof
     sequence's final state, (0, dim, N) without ordinals)."""
     batch, dim, L = u.shape
     groups, N = B.shape[1], A.shape[1]
-    kernel = _forward_kernel(seq_idx, ordinals)
-    cfg = _forward_config(u, B, A, kernel)
+    name, kernel = _forward_kernel(seq_idx, ordinals)
+    cfg = _forward_config(u, B, A, name)
     n_chunks = triton.cdiv(L, cfg.constexprs["T_CHUNK"])
     out = torch.empty_like(u)
     checkpoints = torch.empty((batch, dim, n_chunks, N), device=u.device, dtype=torch.float32)
@@ -827,13 +828,15 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
     n_chunks = checkpoints.shape[2]
     if seq_idx is None:
         kernel, packed, configs = _selective_scan_bwd_kernel, (), BACKWARD_CONFIGS
+        name = "_selective_scan_bwd_kernel"
     elif ordinals is None or grad_varlen_states is None:
         kernel, packed, configs = _selective_scan_bwd_seq_idx_kernel, (seq_idx,), BACKWARD_CONFIGS
+        name = "_selective_scan_bwd_seq_idx_kernel"
     else:
         kernel, packed = _selective_scan_bwd_varlen_kernel, (ordinals, grad_varlen_states)
-        configs = BACKWARD_VARLEN_CONFIGS
+        configs, name = BACKWARD_VARLEN_CONFIGS, "_selective_scan_bwd_varlen_kernel"
     cfg = launch_config(configs_for(configs, u.dtype, B.dtype), BACKWARD_PROGRAMS_PER_SM, batch,
-                        groups, group_dim, N, u.device, t_chunk, kernel=kernel.__name__,
+                        groups, group_dim, N, u.device, t_chunk, kernel=name,
                         dtypes=call_dtypes(u.dtype, B.dtype))
     blocks = triton.cdiv(group_dim, cfg.constexprs["BLOCK_D"])
     fp32 = dict(device=u.device, dtype=torch.float32)
@@ -867,7 +870,7 @@ def selective_scan_backward_triton(grad_out, grad_last_state, u, delta, A, B, C,
 
 def _forward_t_chunk(u: torch.Tensor, B: torch.Tensor, A: torch.Tensor, seq_idx, ordinals) -> int:
     """The steps between the forward's checkpoints: T_CHUNK of the config its launcher picks."""
-    return _forward_config(u, B, A, _forward_kernel(seq_idx, ordinals)).constexprs["T_CHUNK"]
+    return _forward_config(u, B, A, _forward_kernel(seq_idx, ordinals)[0]).constexprs["T_CHUNK"]
 
 
 @custom_op("mim::selective_scan_triton_fwd", mutates_args=())

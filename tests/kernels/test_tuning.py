@@ -281,3 +281,21 @@ def test_the_scan_launcher_consults_the_winner(tuned_dir):
         assert scan_kernels.launch_config(*args, kernel=kernel, dtypes="bf16") == other
         assert scan_kernels.launch_config(*args, kernel=kernel, dtypes="fp32") == heuristic
     assert scan_kernels.launch_config(*args, kernel=kernel, dtypes="bf16") == heuristic
+
+
+def test_every_scan_launch_asks_by_its_registered_name():
+    from kernels.selective_scan.inputs import make_inputs
+
+    registered = {e.name for e in kernels.registered_kernels() if e.op == "selective_scan"}
+    u, delta, A, B, C, D, z, bias = make_inputs(1, 2, 5, 2, device=DEVICE, requires_grad=True,
+                                                seed=8)
+    seq_idx = torch.tensor([[0, 0, 1, 1, 1]], dtype=torch.int32, device=DEVICE)
+    with tuning.recording() as calls:
+        for packed in ({}, {"seq_idx": seq_idx}):
+            out = kernels.selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias,
+                                         backend="triton", **packed)
+            torch.autograd.grad(out, [u], torch.ones_like(out))
+        out, states = kernels.selective_scan(u, delta, A, B, C, D, backend="triton",
+                                             seq_idx=seq_idx, return_varlen_states=True)
+        torch.autograd.grad((out, states), [u], (torch.ones_like(out), torch.ones_like(states)))
+    assert {c.kernel for c in calls} == registered
