@@ -14,7 +14,8 @@ function, so through the real launch path: forward kernels by the forward, backw
 choose and is not timed. Timing is ``triton.testing.do_bench`` (mean ms after warm-up) on CUDA;
 tests inject a timer. The winners (fastest candidate per kernel and shape key, with every
 candidate's time) are merged into ``<out-dir>/<arch>.json`` (default ``kernels/tuned``, shipped in
-the wheel), written atomically, and printed as a table.
+the wheel), rewritten atomically after each call (a run stopped by a time limit keeps what it
+timed; fp32 calls first), and printed as a table.
 
 Without a CUDA device (and no injected timer) it exits 2; ``--dry-run`` prints the calls it would
 time and exits 0 on any machine.
@@ -350,12 +351,19 @@ def main(argv: Optional[Sequence[str]] = None, timer: Optional[Timer] = None,
             return 2
     measured: List[Measured] = []
     done: set = set()
+    path = tuning.winners_path(arch, out_dir)
+    previous = _previous(path, arch)
+    # the file is rewritten after each call, so a run stopped by a time limit keeps what it timed
     for dtype_name in args.dtypes:
         for case in cases:
-            measured += tune_case(case, device, DTYPES[dtype_name], timer, done)
-    path = tuning.winners_path(arch, out_dir)
-    write_atomically(path, json.dumps(document(arch, device, measured, _previous(path, arch)),
-                                      indent=1, sort_keys=True) + "\n")
+            new = tune_case(case, device, DTYPES[dtype_name], timer, done)
+            for m in new:
+                print(f"tune: {m.op}/{m.kernel} {m.key}: {m.winner} "
+                      f"{m.timings[m.winner]:.4f} ms of {len(m.timings)}", flush=True)
+            if new:
+                measured += new
+                write_atomically(path, json.dumps(document(arch, device, measured, previous),
+                                                  indent=1, sort_keys=True) + "\n")
     tuning.reload()
     print(table(measured))
     print(f"tune: {len(measured)} launches tuned on {arch_label(arch)}; winners in {path}")

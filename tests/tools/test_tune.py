@@ -131,3 +131,22 @@ def test_every_other_op_runs_through_the_tuner(tmp_path):
         (entry,) = keys.values()
         assert len(entry["timings"]) >= 2
     assert len(timed) == sum(len(e["timings"]) for k in winners.values() for e in k.values())
+
+
+def test_a_run_stopped_midway_keeps_the_calls_it_finished(tmp_path):
+    calls = []
+
+    def stopping_timer(fn, config):  # the state update's 3 candidates, then a stop
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(config)
+        return 1.0
+
+    with pytest.raises(KeyboardInterrupt):
+        tune.main(["--ops", "selective_state_update,deviation_adanorm", "--dtypes", "fp32",
+                   "--out-dir", str(tmp_path)], timer=stopping_timer, arch=90, device=DEVICE,
+                  dims=[SMALL])
+    document = json.loads((tmp_path / "sm_90.json").read_text())
+    assert tuning.check_document(document, 90) is None
+    assert [k.split("/")[0] for k in document["winners"]] == ["selective_state_update"]
+    assert not [p for p in tmp_path.iterdir() if p.name != "sm_90.json"]  # no temporary left
