@@ -115,7 +115,10 @@ def _check_beta(beta, feature: torch.Tensor) -> torch.Tensor:
         if beta.device != feature.device:
             raise ValueError(f"beta is on {beta.device} but feature is on {feature.device}; "
                              "pass tensors on one device")
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(beta)):
+        # Reading beta on the host is a device sync: not while torch.compile traces, and not
+        # while a CUDA graph is captured (it would fail the capture); a float beta is checked.
+        capturing = beta.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not (torch.compiler.is_compiling() or capturing) and not bool(torch.isfinite(beta)):
             raise ValueError(f"beta must be finite, got {beta.item()}")
         return beta
     if isinstance(beta, bool) or not isinstance(beta, (int, float)):

@@ -3,16 +3,16 @@ after a warm-up on a side stream (the compilation happens there, never during ca
 replayed with new inputs copied into its static buffers gives exactly what an eager call on those
 inputs gives (the forward kernels use no atomics: same kernel, same data, same bits).
 
-region_softmax_warp is captured through ``RegionSoftmaxWarpFunction`` with β a 0-dim CUDA tensor:
-the public ``region_softmax_warp`` checks a tensor β for finiteness on the host (a device sync)
-and copies a float β to the device on each call, neither of which a capture allows.
+region_softmax_warp is captured through its public function with β a 0-dim CUDA tensor (its
+finiteness check is skipped while a capture runs; a float β would be copied to the device on each
+call, which a capture does not allow).
 """
 import gc
 
 import pytest
 import torch
 
-from kernels.region_softmax_warp import RegionSoftmaxWarpFunction
+from kernels.region_softmax_warp import region_softmax_warp
 
 pytestmark = pytest.mark.gpu
 
@@ -23,8 +23,8 @@ def _triton_forward(case):
         beta = torch.tensor(0.2, device="cuda")
 
         def warp(feature, logits, displacement, mask):
-            return RegionSoftmaxWarpFunction.apply(feature, logits, displacement, mask, beta,
-                                                   "border", False, "triton")
+            return region_softmax_warp(feature, logits, displacement, mask, beta,
+                                       backend="triton")
         return case.inputs, warp
     return case.inputs, lambda *inputs: case.run("triton", inputs)
 
