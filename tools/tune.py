@@ -41,9 +41,6 @@ from kernels.tuning import arch_label, device_arch
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_CONFIGS = ("tiny", "base")
 DEFAULT_DTYPES = ("fp32", "bf16")
-# log-mel frames per video frame (100 Hz mel, 25 fps video): the Mamba extractors' sequence length
-# per frame of a motion window
-MEL_FRAMES_PER_VIDEO_FRAME = 4
 Timer = Callable[[Callable[[], Any], LaunchConfig], float]
 
 
@@ -51,8 +48,8 @@ Timer = Callable[[Callable[[], Any], LaunchConfig], float]
 class ModelDims:
     """The sizes of a config that the kernels' calls depend on."""
     name: str
-    batch: int              # stage-1 batch (renderer) and stage-2 batch (Mamba extractors)
-    driving: int            # driving frames per sample (the DIT's N, the warp's frames)
+    batch: int              # stage-1 batch of clips (the renderer's calls)
+    driving: int            # driving frames per clip (the DIT's N, the warp's frames)
     motion_dim: int         # G of deviation_adanorm
     regions: int            # λ = R
     feature_channels: int   # C of the volume
@@ -62,22 +59,28 @@ class ModelDims:
     align_corners: bool
     d_model: int            # the Mamba extractors' width (audio_dim)
     d_state: int            # N
-    length: int             # the extractors' sequence length
+    mamba_batch: int        # Mamba-g: stage-2 batch of clips ...
+    length: int             # ... over a clip's log-mel frames
+    local_batch: int        # Mamba-l: one sequence per video frame of the batch's windows ...
+    local_length: int       # ... over the mel frames around it
 
 
 def model_dims(name: str) -> ModelDims:
     """The kernel-relevant sizes of a shipped config (``tiny``, ``base``) or a config file."""
+    from mim.audio import MEL_PER_VIDEO_FRAME
     from mim.config import load_config
 
     c = load_config(name)
-    r = c.renderer
+    r, m = c.renderer, c.motion
     return ModelDims(name=c.name, batch=c.train.batch_size, driving=c.train.num_driving,
                      motion_dim=r.motion_dim, regions=r.regions,
                      feature_channels=r.feature_channels, depth_layers=r.depth_layers,
                      volume_size=r.volume_size, padding_mode=r.padding_mode,
-                     align_corners=r.align_corners, d_model=c.motion.audio_dim,
-                     d_state=c.motion.d_state,
-                     length=c.motion.window * MEL_FRAMES_PER_VIDEO_FRAME)
+                     align_corners=r.align_corners, d_model=m.audio_dim, d_state=m.d_state,
+                     mamba_batch=c.stage2.batch_size,
+                     length=c.stage2.frames_per_clip * MEL_PER_VIDEO_FRAME,
+                     local_batch=c.stage2.batch_size * m.window,
+                     local_length=MEL_PER_VIDEO_FRAME * (2 * m.local_context + 1))
 
 
 @dataclass(frozen=True)
@@ -110,16 +113,20 @@ def cases_for(dims: ModelDims) -> List[Case]:
     flags = dict(padding_mode=dims.padding_mode, align_corners=dims.align_corners)
     decode_batch = 2  # a decode step with classifier-free guidance: conditioned and not
 
-    def scan(device, dtype):
-        u, delta, A, B, C, D, z, bias = scan_inputs(
-            dims.batch, d_inner, dims.length, dims.d_state, dtype=dtype, device=device,
-            requires_grad=True, seed=0)
-        return (u, delta, A, B, C, D), dict(z=z, delta_bias=bias, delta_softplus=True)
+    def scan(batch, length):
+        def build(device, dtype):
+            u, delta, A, B, C, D, z, bias = scan_inputs(
+                batch, d_inner, length, dims.d_state, dtype=dtype, device=device,
+                requires_grad=True, seed=0)
+            return (u, delta, A, B, C, D), dict(z=z, delta_bias=bias, delta_softplus=True)
+        return build
 
-    def conv(device, dtype):
-        x, weight, bias = conv_inputs(dims.batch, d_inner, dims.length, 4, dtype=dtype,
-                                      device=device, requires_grad=True, seed=0)
-        return (x, weight, bias), dict(activation="silu")
+    def conv(batch, length):
+        def build(device, dtype):
+            x, weight, bias = conv_inputs(batch, d_inner, length, 4, dtype=dtype, device=device,
+                                          requires_grad=True, seed=0)
+            return (x, weight, bias), dict(activation="silu")
+        return build
 
     def conv_step(device, dtype):
         x, weight, bias = conv_inputs(decode_batch, d_inner, 4, 4, dtype=dtype, device=device,
@@ -145,11 +152,13 @@ def cases_for(dims: ModelDims) -> List[Case]:
                            dtype=dtype, device=device, requires_grad=True, seed=0), dict(flags)
 
     shape = f"{dims.name}"
+    mamba = [(f"{shape} Mamba-g", dims.mamba_batch, dims.length),
+             (f"{shape} Mamba-l", dims.local_batch, dims.local_length)]
     return [
-        Case("selective_scan", f"{shape}: batch {dims.batch}, dim {d_inner}, L {dims.length}, "
-             f"N {dims.d_state}", scan),
-        Case("causal_conv1d", f"{shape}: batch {dims.batch}, dim {d_inner}, L {dims.length}, W 4",
-             conv),
+        *(Case("selective_scan", f"{name}: batch {batch}, dim {d_inner}, L {length}, "
+               f"N {dims.d_state}", scan(batch, length)) for name, batch, length in mamba),
+        *(Case("causal_conv1d", f"{name}: batch {batch}, dim {d_inner}, L {length}, W 4",
+               conv(batch, length)) for name, batch, length in mamba),
         Case("causal_conv1d", f"{shape}: step, batch {decode_batch}, dim {d_inner}", conv_step,
              backward=False, function="causal_conv1d_update"),
         Case("selective_state_update", f"{shape}: step, batch {decode_batch}, dim {d_inner}, "

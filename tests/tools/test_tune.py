@@ -18,7 +18,8 @@ DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 ALTERNATIVES = list(adanorm_kernels.TUNING_CONFIGS) + list(update_kernels.TUNING_CONFIGS)
 SMALL = tune.ModelDims(name="small", batch=1, driving=2, motion_dim=200, regions=2,
                        feature_channels=2, depth_layers=2, volume_size=4, padding_mode="border",
-                       align_corners=False, d_model=8, d_state=4, length=8)
+                       align_corners=False, d_model=8, d_state=4, mamba_batch=1, length=8,
+                       local_batch=2, local_length=4)
 
 
 def fake_timer(timed):
