@@ -271,8 +271,8 @@ def _kernel_inputs(u, dt, A, B, C, D, z):
         x = x.detach() if x.dim() == 4 else x.detach().unsqueeze(1)
         return x.to(compute).transpose(-1, -2).contiguous().numpy()
 
-    absent_D = torch.zeros(u.shape[1], dtype=compute)
-    absent_z = torch.zeros(1, 1, 1, dtype=compute)
+    absent_D = torch.zeros(u.shape[1], dtype=compute, device="cpu")
+    absent_z = torch.zeros(1, 1, 1, dtype=compute, device="cpu")
     return (dense(u), dense(dt), dense(A), time_major(B), time_major(C),
             dense(D if D is not None else absent_D), dense(z if z is not None else absent_z))
 
@@ -316,14 +316,14 @@ def scan_forward_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initia
     nstate = A.shape[1]
     _, dt = _time_steps(delta, delta_bias, delta_softplus, compute)
     if initial_state is None:
-        h0 = torch.zeros(batch, dim, nstate, dtype=compute)
+        h0 = torch.zeros(batch, dim, nstate, dtype=compute, device="cpu")
     else:
         h0 = initial_state.detach().to(compute).contiguous()
-    out = torch.empty(batch, dim, length, dtype=compute)
-    last = torch.empty(batch, dim, nstate, dtype=compute)
-    checkpoints = torch.empty(batch, dim, -(-length // CHUNK), nstate, dtype=compute)
+    out = torch.empty(batch, dim, length, dtype=compute, device="cpu")
+    last = torch.empty(batch, dim, nstate, dtype=compute, device="cpu")
+    checkpoints = torch.empty(batch, dim, -(-length // CHUNK), nstate, dtype=compute, device="cpu")
     varlen_states = torch.empty(num_sequences if ordinals is not None else 0, dim, nstate,
-                                dtype=compute)
+                                dtype=compute, device="cpu")
     _set_threads()
     starts, has_seq = _starts(seq_idx, batch)
     ordinals, has_varlen = _ordinals(ordinals)
@@ -347,17 +347,17 @@ def scan_backward_cpu(grad_out, grad_last, checkpoints, u, delta, A, B, C, D, z,
     pre, dt = _time_steps(delta, delta_bias, delta_softplus, compute)
     grad_out = grad_out.to(compute).contiguous()
     grad_last = grad_last.to(compute).contiguous()
-    grad_u = torch.empty(batch, dim, length, dtype=compute)
-    grad_dt = torch.empty(batch, dim, length, dtype=compute)
-    grad_z = torch.empty(batch, dim, length if z is not None else 0, dtype=compute)
-    grad_h0 = torch.empty(batch, dim, nstate, dtype=compute)
-    grad_A_parts = torch.empty(batch, dim, nstate, dtype=compute)
-    grad_D_parts = torch.empty(batch, dim, dtype=compute)
-    grad_B_parts = torch.zeros(batch, groups, slices, length, nstate, dtype=compute)
-    grad_C_parts = torch.zeros(batch, groups, slices, length, nstate, dtype=compute)
+    grad_u = torch.empty(batch, dim, length, dtype=compute, device="cpu")
+    grad_dt = torch.empty(batch, dim, length, dtype=compute, device="cpu")
+    grad_z = torch.empty(batch, dim, length if z is not None else 0, dtype=compute, device="cpu")
+    grad_h0 = torch.empty(batch, dim, nstate, dtype=compute, device="cpu")
+    grad_A_parts = torch.empty(batch, dim, nstate, dtype=compute, device="cpu")
+    grad_D_parts = torch.empty(batch, dim, dtype=compute, device="cpu")
+    grad_B_parts = torch.zeros(batch, groups, slices, length, nstate, dtype=compute, device="cpu")
+    grad_C_parts = torch.zeros(batch, groups, slices, length, nstate, dtype=compute, device="cpu")
     starts, has_seq = _starts(seq_idx, batch)
     if ordinals is None or grad_varlen is None:
-        ordinals, grad_varlen = None, torch.zeros(1, 1, 1, dtype=compute)
+        ordinals, grad_varlen = None, torch.zeros(1, 1, 1, dtype=compute, device="cpu")
     ordinals, has_varlen = _ordinals(ordinals)
     grad_varlen = grad_varlen.to(compute).contiguous()
     _backward_kernel(*_kernel_inputs(u, dt, A, B, C, D, z), starts, ordinals, z is not None,

@@ -190,3 +190,23 @@ def test_compiles_without_graph_break():
     ref_grads = torch.autograd.grad(ref_out.sum() + ref_last.sum(), inputs)
     for name, g, r in zip(NAMES, grads, ref_grads):
         assert_close(f"grad_{name}", g, r, GRADIENT_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "seq_idx"])
+def test_cpu_tensors_stay_on_cpu_whatever_the_default_device(packed):
+    """The fast path allocates its outputs and scratch on the CPU, where numba reads them, even
+    when torch's default device is another one (``meta`` stands in for CUDA here)."""
+    u, delta, A, B, C, D, z, delta_bias = make_inputs(2, 6, 24, 4, dtype=torch.float32,
+                                                      device="cpu", requires_grad=True)
+    seq_idx = (torch.arange(24) >= 10).to(torch.int32).expand(2, 24).contiguous() if packed else None
+    expected = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True,
+                              seq_idx=seq_idx, backend="fast")
+    torch.set_default_device("meta")
+    try:
+        out = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True,
+                             seq_idx=seq_idx, backend="fast")
+        grads = torch.autograd.grad(out.sum(), (u, delta, A, B, C))
+    finally:
+        torch.set_default_device(None)
+    assert out.device.type == "cpu" and all(g.device.type == "cpu" for g in grads)
+    assert_close("out", out, expected, FORWARD_TOLERANCE[torch.float32])
