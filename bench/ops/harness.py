@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # torch is imported where it is used, so a bad command line f
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 PROVIDERS = ("reference", "fast", "triton", "compile")
 MODES = ("fwd", "fwd+bwd")
+PROVIDER_COLORS = {"reference": "tab:blue", "fast": "tab:orange", "triton": "tab:green",
+                   "compile": "tab:red"}
 COLUMNS = ("op", "shape", "params", "dtype", "provider", "mode", "time_ms", "counted_bytes",
            "gb_per_s", "pct_of_copy_bw", "speedup_vs_reference", "device", "note")
 BYTES_BASIS = ("minimum traffic (kernels/<op>/cost.minimum_traffic): each input read once, each "
@@ -317,6 +319,7 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     ops = list(dict.fromkeys(r["op"] for r in rows))
     providers = list(dict.fromkeys(r["provider"] for r in rows))
@@ -337,18 +340,20 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> None:
                 if hit is not None and hit["time_ms"] is not None:
                     xs.append(g + (k - (len(providers) - 1) / 2) * width)
                     heights.append(hit["time_ms"])
-            ax.bar(xs, heights, width, label=provider)
+            ax.bar(xs, heights, width, color=PROVIDER_COLORS.get(provider))
         for g, key in enumerate(groups):  # a (shape, mode) with no time at all says so
             if all(r["time_ms"] is None for r in own if (r["shape"], r["dtype"], r["mode"]) == key):
                 ax.text(g, 0.5, "not timed", transform=ax.get_xaxis_transform(), ha="center",
                         fontsize=7, rotation=90)
         ax.set_xticks(range(len(groups)))
+        ax.set_xlim(-0.5, len(groups) - 0.5)
         ax.set_xticklabels([f"{shape}\n{mode}" for shape, _, mode in groups], rotation=60,
                            ha="right", fontsize=6)
         ax.set_yscale("log")
         ax.set_ylabel("ms (median)")
         ax.set_title(op, fontsize=10)
-        ax.legend(fontsize=7)
+        ax.legend(handles=[Patch(color=PROVIDER_COLORS.get(p), label=p) for p in providers],
+                  fontsize=7)  # every provider, drawn or not, in its own colour
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110, format="png")
