@@ -38,7 +38,7 @@ setup(
         "cuda": ["causal-conv1d", "flash-attn", "nvtx"],
         # setuptools: tests/test_packaging.py builds the wheel without build isolation (offline);
         # 70.1 has bdist_wheel built in
-        "dev": ["pytest", "pytest-benchmark", "matplotlib", "onnx", "onnxruntime", "onnxscript",
+        "dev": ["pytest", "pytest-benchmark", "pytest-xdist", "matplotlib", "onnx", "onnxruntime", "onnxscript",
                 "setuptools>=70.1"],
     },
 )

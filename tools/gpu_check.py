@@ -9,10 +9,12 @@ costs fit in the default budget of 480 s):
 - ``env``: nvidia-smi, the torch / triton / CUDA / driver versions, the device's name, compute
   capability, SM count and memory;
 - ``tests-gpu``, ``tests-kernels``: ``pytest -m gpu tests/gpu`` and ``pytest tests/kernels`` on
-  the compiled kernels (the interpreter switches are removed from their environment), counted
-  from a junit xml: passed / failed / errors / skipped, and the failing test ids;
-- ``bench-ops``: ``python -m bench.ops --device cuda``: time, GB/s, % of copy bandwidth and
-  speedup per op;
+  the compiled kernels (the interpreter switches are removed from their environment; the kernel
+  tests spread over pytest-xdist workers when it is installed), counted from a junit xml:
+  passed / failed / errors / skipped, and the failing test ids;
+- ``bench-ops``: ``python -m bench.ops --device cuda --providers reference,fast,triton``: time,
+  GB/s, % of copy bandwidth and speedup per op (the ``torch.compile`` column costs minutes of
+  compiling: ``python -m bench.ops`` alone adds it);
 - ``tune``: ``python -m tools.tune``: the launch-config winners; their JSON is written into the
   report's folder (and installed into the package's ``kernels/tuned/`` only with
   ``--write-tuned``);
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import re
@@ -383,9 +386,17 @@ def _python(*args: str) -> List[str]:
     return [sys.executable, *args]
 
 
-def _pytest(name: str, *args: str) -> Callable[[Path], List[str]]:
-    return lambda out: _python("-m", "pytest", *args, "-q", "-p", "no:cacheprovider",
-                               f"--junitxml={out / f'junit-{name}.xml'}")
+def _pytest(name: str, *args: str, workers: bool = False) -> Callable[[Path], List[str]]:
+    """A pytest run writing junit-<name>.xml; ``workers``: spread over pytest-xdist processes
+    (one per CPU core, at most 8) when it is installed (the dev extras), since on a machine
+    that never ran these kernels most of the time is Triton compiling them, core by core."""
+    def command(out: Path) -> List[str]:
+        spread = []
+        if workers and importlib.util.find_spec("xdist") is not None:
+            spread = ["-n", str(max(1, min(8, os.cpu_count() or 1)))]
+        return _python("-m", "pytest", *args, *spread, "-q", "-p", "no:cacheprovider",
+                       f"--junitxml={out / f'junit-{name}.xml'}")
+    return command
 
 
 def _profile(config: str, repeats: int) -> Callable[[Path], List[str]]:
@@ -395,31 +406,32 @@ def _profile(config: str, repeats: int) -> Callable[[Path], List[str]]:
 
 
 PARTS = (
-    Part("env", "(a) device, driver and versions", 15,
+    Part("env", "(a) device, driver and versions", 10,
          lambda out: _python("-m", "tools.gpu_check", "--env-json", str(out / "env.json")),
          env_figures, ("env.json",)),
-    Part("tests-gpu", "(b) gpu-marked tests, compiled kernels", 60,
+    Part("tests-gpu", "(b) gpu-marked tests, compiled kernels", 45,
          _pytest("gpu", "-m", "gpu", "tests/gpu"), tests_figures("gpu"), ("junit-gpu.xml",)),
-    Part("tests-kernels", "(b) kernel tests, compiled kernels", 100,
-         _pytest("kernels", "tests/kernels"), tests_figures("kernels"), ("junit-kernels.xml",)),
-    Part("bench-ops", "(c) op microbenchmarks", 55,
-         lambda out: _python("-m", "bench.ops", "--device", "cuda", "--out-dir", str(out)),
+    Part("tests-kernels", "(b) kernel tests, compiled kernels", 110,
+         _pytest("kernels", "tests/kernels", workers=True), tests_figures("kernels"), ("junit-kernels.xml",)),
+    Part("bench-ops", "(c) op microbenchmarks", 80,
+         lambda out: _python("-m", "bench.ops", "--device", "cuda", "--providers",
+                             "reference,fast,triton", "--out-dir", str(out)),
          ops_figures, ("ops.csv", "ops.json", "ops.png")),
-    Part("tune", "(d) launch-config tuner", 40,
+    Part("tune", "(d) launch-config tuner", 45,
          lambda out: _python("-m", "tools.tune", "--out-dir", str(out / "tuned")), tune_figures,
          ("tuned/sm_*.json",)),
-    Part("profile-tiny", "(e) mim profile --config tiny, triton backend", 30,
+    Part("profile-tiny", "(e) mim profile --config tiny, triton backend", 25,
          _profile("tiny", 3), profile_figures, ("profile-tiny.json",)),
-    Part("profile-base", "(e) mim profile --config base, triton backend", 40,
+    Part("profile-base", "(e) mim profile --config base, triton backend", 35,
          _profile("base", 1), profile_figures, ("profile-base.json",)),
-    Part("animate", "(f) mim animate of the demo", 30,
+    Part("animate", "(f) mim animate of the demo", 25,
          lambda out: _python("-m", "mim", "animate", "--image", str(DEMO_DIR / "portrait.png"),
                              "--audio", str(DEMO_DIR / "speech.wav"),
                              "--checkpoint", str(DEMO_DIR / "mim_tiny.safetensors"),
                              "--out", str(out / "demo.mp4"), "--device", "cuda",
                              "--backend", "triton", "--no-progress"),
          animate_figures, ("demo.mp4",)),
-    Part("training-step", "(g) stage-1 training step, base shape", 45,
+    Part("training-step", "(g) stage-1 training step, base shape", 35,
          lambda out: _python("-m", "bench.training_step", "--config", "base", "--device", "cuda",
                              "--repeats", "2", "--out-dir", str(out)),
          training_figures, ("training_step.md", "training_step.json")),
