@@ -20,7 +20,7 @@ setup(
         "triton>=3.2",
         "numpy",
         "safetensors",
-        "numba>=0.60",  # the compiled CPU selective scan (kernels/selective_scan/cpu_path.py)
+        "numba>=0.60",  # the compiled CPU selective scan (kernels/selective_scan/fast_path.py)
         # the model and its products (mim/)
         "pyyaml",  # configs
         "pillow",  # portraits in and out
