@@ -24,6 +24,7 @@ setup(
         # the model and its products (mim/)
         "pyyaml",  # configs
         "pillow",  # portraits in and out
+        "dlib-bin",  # the default face detector (mim/face.py): HOG model built in, no download
         "av>=12",  # PyAV: mp4 decode/encode, audio muxing, compressed audio
         "soundfile",  # wav/flac
         "tqdm",  # progress bars
@@ -38,7 +39,9 @@ setup(
         "cuda": ["causal-conv1d", "flash-attn", "nvtx"],
         # setuptools: tests/test_packaging.py builds the wheel without build isolation (offline);
         # 70.1 has bdist_wheel built in
-        "dev": ["pytest", "pytest-benchmark", "pytest-xdist", "matplotlib", "onnx", "onnxruntime", "onnxscript",
+        # scikit-image: its astronaut photo is the real face tests/mim/test_face.py detects
+        "dev": ["pytest", "pytest-benchmark", "pytest-xdist", "scikit-image", "matplotlib",
+                "onnx", "onnxruntime", "onnxscript",
                 "setuptools>=70.1"],
     },
 )
