@@ -137,3 +137,107 @@ def make_detector(name: str = DEFAULT_DETECTOR, **options) -> FaceDetector:
         raise ValueError(f"unknown face detector {name!r}; available: "
                          f"{', '.join(available_detectors())}")
     return _DETECTORS[name](**options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Crop around a face and paste back. Images here are float tensors (3, H, W) in [0, 1], as
+# mim.io reads them; a pixel (i, j) covers [j, j + 1) x [i, i + 1), its centre at (j + .5, i + .5).
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_CROP_SCALE = 1.7
+"""Side of the square crop over the face box's longer side: the HOG box spans brows to chin,
+so 1.7 takes in the hair, the ears and the neck (LivePortrait crops about 1.5-2.3x its
+landmark box)."""
+DEFAULT_CROP_SHIFT_UP = 0.1
+"""The crop's centre sits this fraction of its side above the face box's centre (the box is
+low on the head: it starts at the brows)."""
+DEFAULT_FEATHER = 0.12
+"""Width of the paste-back mask's ramp from 1 to 0, as a fraction of the crop's half side."""
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square in an image's pixel coordinates: its top-left corner and side (it may reach
+    beyond the image; the pixels there repeat the image's edge)."""
+    x0: float
+    y0: float
+    size: float
+
+
+def face_crop_box(face_box: Tuple[float, float, float, float], scale: float = DEFAULT_CROP_SCALE,
+                  shift_up: float = DEFAULT_CROP_SHIFT_UP) -> CropBox:
+    """The square crop around a face box: side ``scale`` x the box's longer side, centred on the
+    box's centre moved up by ``shift_up`` x the side."""
+    x0, y0, x1, y1 = map(float, face_box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"a face box must have x1 > x0 and y1 > y0, got {face_box}")
+    if not scale > 0:
+        raise ValueError(f"the crop scale must be positive, got {scale}")
+    side = scale * max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - shift_up * side
+    return CropBox(cx - side / 2, cy - side / 2, side)
+
+
+def _check_frame(name: str, image):
+    import torch
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if hasattr(image, "shape") else type(image).__name__
+        raise ValueError(f"{name} must be a float tensor (3, H, W), got {shape}")
+    if not image.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor in [0, 1], got {image.dtype}")
+    return image
+
+
+def crop_square(image, box: CropBox, out_size: int):
+    """The (3, out_size, out_size) crop of ``image`` (3, H, W) over ``box``, bilinear, the
+    image's edge repeated where the box leaves it."""
+    import torch
+    import torch.nn.functional as F
+    image = _check_frame("image", image)
+    _, height, width = image.shape
+    centres = (torch.arange(out_size, dtype=torch.float64) + 0.5) * (box.size / out_size)
+    gx = 2 * (box.x0 + centres) / width - 1
+    gy = 2 * (box.y0 + centres) / height - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)
+    out = F.grid_sample(image[None].to(torch.float32), grid[None].to(torch.float32),
+                        mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0].to(image.dtype)
+
+
+def _ramp(distance, feather: float):
+    """0 at distance 0 (the crop's edge), 1 from ``feather`` inwards, smooth in between."""
+    t = (distance / feather).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def paste_back(original, crop, box: CropBox, feather: float = DEFAULT_FEATHER):
+    """``original`` (3, H, W) with ``crop`` (3, S, S), an animated ``crop_square`` of it over
+    ``box``, blended in through a mask that is 1 inside the crop and falls smoothly to 0 at its
+    border over ``feather`` of its half side; pixels outside the box are the original's exactly."""
+    import torch
+    import torch.nn.functional as F
+    original, crop = _check_frame("original", original), _check_frame("crop", crop)
+    if crop.shape[1] != crop.shape[2]:
+        raise ValueError(f"crop must be square, got {tuple(crop.shape)}")
+    if not 0 < feather <= 1:
+        raise ValueError(f"feather must be in (0, 1], got {feather}")
+    _, height, width = original.shape
+    # the original's pixels the box touches
+    left, top = max(0, int(box.x0)), max(0, int(box.y0))
+    right = min(width, int(box.x0 + box.size) + 1)
+    bottom = min(height, int(box.y0 + box.size) + 1)
+    out = original.clone()
+    if right <= left or bottom <= top:
+        return out
+    xs = torch.arange(left, right, dtype=torch.float64) + 0.5
+    ys = torch.arange(top, bottom, dtype=torch.float64) + 0.5
+    nx = 2 * (xs - box.x0) / box.size - 1  # the crop's normalized coordinates, [-1, 1] inside it
+    ny = 2 * (ys - box.y0) / box.size - 1
+    grid = torch.stack(torch.broadcast_tensors(nx[None, :], ny[:, None]), dim=-1)
+    pasted = F.grid_sample(crop[None].to(torch.float32), grid[None].to(torch.float32),
+                           mode="bilinear", padding_mode="border", align_corners=False)[0]
+    mask = (_ramp(1 - nx.abs(), feather)[None, :] * _ramp(1 - ny.abs(), feather)[:, None])
+    mask = mask.to(torch.float32)[None]
+    region = original[:, top:bottom, left:right].to(torch.float32)
+    out[:, top:bottom, left:right] = (mask * pasted + (1 - mask) * region).to(original.dtype)
+    return out
