@@ -16,7 +16,6 @@ from bench.ops import harness, shapes
 
 INTERPRETED = ("tiny Mamba-g 1 s",)
 INTERPRETER_SLOW = "not run on CPU: the Triton interpreter takes minutes at this shape"
-_compiled = None
 
 
 def cases(device: str, smoke: bool) -> List[harness.Shape]:
@@ -44,16 +43,13 @@ def _reference(x, weight, bias):
     return causal_conv1d_reference(x, weight, bias, "silu")
 
 
-def provider(name: str):
-    global _compiled
-    if name == "reference":
-        return _reference
-    if name == "compile":
-        _compiled = _compiled or torch.compile(_reference)
-        return _compiled
+def _engine(backend: str):
     from kernels import causal_conv1d
 
-    return lambda x, weight, bias: causal_conv1d(x, weight, bias, "silu", backend=name)
+    return lambda x, weight, bias: causal_conv1d(x, weight, bias, "silu", backend=backend)
+
+
+provider = harness.make_provider(_reference, _engine)
 
 
 def counted_bytes(params: Dict[str, int], itemsize: int) -> Dict[str, int]:

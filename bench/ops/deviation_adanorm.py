@@ -14,7 +14,6 @@ import torch
 from bench.ops import harness, shapes
 
 EPS = 1e-5  # RendererConfig.eps
-_compiled = None
 
 
 def cases(device: str, smoke: bool) -> List[harness.Shape]:
@@ -39,16 +38,13 @@ def _reference(v, scale, shift):
     return deviation_adanorm_reference(v, scale, shift, EPS)
 
 
-def provider(name: str):
-    global _compiled
-    if name == "reference":
-        return _reference
-    if name == "compile":
-        _compiled = _compiled or torch.compile(_reference)
-        return _compiled
+def _engine(backend: str):
     from kernels import deviation_adanorm
 
-    return lambda v, scale, shift: deviation_adanorm(v, scale, shift, EPS, backend=name)
+    return lambda v, scale, shift: deviation_adanorm(v, scale, shift, EPS, backend=backend)
+
+
+provider = harness.make_provider(_reference, _engine)
 
 
 def counted_bytes(params: Dict[str, int], itemsize: int) -> Dict[str, int]:

@@ -14,7 +14,6 @@ import torch
 from bench.ops import harness, shapes
 
 INTERPRETER_SLOW = "not run on CPU: the Triton interpreter takes minutes at this shape"
-_compiled = None
 
 
 def cases(device: str, smoke: bool) -> List[harness.Shape]:
@@ -44,16 +43,13 @@ def _reference(volume, grid):
     return grid_sample_3d_reference(volume, grid, "border", False)
 
 
-def provider(name: str):
-    global _compiled
-    if name == "reference":
-        return _reference
-    if name == "compile":
-        _compiled = _compiled or torch.compile(_reference)
-        return _compiled
+def _engine(backend: str):
     from kernels import grid_sample_3d
 
-    return lambda volume, grid: grid_sample_3d(volume, grid, "border", False, backend=name)
+    return lambda volume, grid: grid_sample_3d(volume, grid, "border", False, backend=backend)
+
+
+provider = harness.make_provider(_reference, _engine)
 
 
 def counted_bytes(params: Dict[str, int], itemsize: int) -> Dict[str, int]:

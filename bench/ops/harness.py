@@ -65,6 +65,24 @@ SMOKE_TIMER = {"warmup": 1, "repeats": 2, "min_repeats": 2, "budget_s": 0.0}
 COPY_BYTES = {"cuda": 1 << 30, "cpu": 1 << 28, "smoke": 1 << 24}
 
 
+
+def make_provider(reference: Callable, engine: Callable[[str], Callable]) -> Callable[[str], Callable]:
+    """An op script's ``provider(name)``: "reference" is ``reference``, "compile" is
+    ``torch.compile(reference)`` (compiled once, on first use), any other name is
+    ``engine(name)``, the op's public function on that backend."""
+    compiled: List[Callable] = []
+
+    def provider(name: str) -> Callable:
+        if name == "reference":
+            return reference
+        if name == "compile":
+            if not compiled:
+                import torch
+                compiled.append(torch.compile(reference))
+            return compiled[0]
+        return engine(name)
+    return provider
+
 @dataclass(frozen=True)
 class Shape:
     """One shape an op is timed at. ``params``: the op's own size arguments (passed to its

@@ -16,7 +16,6 @@ from bench.ops import harness, shapes
 
 INTERPRETER_SLOW = "not run on CPU: the Triton interpreter takes minutes at this shape"
 BETA = 0.2  # RendererConfig.beta in both configs, passed as a float as the model passes it
-_compiled = None
 
 
 def cases(device: str, smoke: bool) -> List[harness.Shape]:
@@ -49,16 +48,13 @@ def _reference(feature, logits, displacement, mask):
     return region_softmax_warp_reference(feature, logits, displacement, mask, BETA)
 
 
-def provider(name: str):
-    global _compiled
-    if name == "reference":
-        return _reference
-    if name == "compile":
-        _compiled = _compiled or torch.compile(_reference)
-        return _compiled
+def _engine(backend: str):
     from kernels import region_softmax_warp
 
-    return lambda *tensors: region_softmax_warp(*tensors, BETA, backend=name)
+    return lambda *tensors: region_softmax_warp(*tensors, BETA, backend=backend)
+
+
+provider = harness.make_provider(_reference, _engine)
 
 
 def counted_bytes(params: Dict[str, int], itemsize: int) -> Dict[str, int]:

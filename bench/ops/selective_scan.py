@@ -24,7 +24,6 @@ COMPILE_SKIP = (f"not run: torch.compile unrolls the reference's Python loop ove
 INTERPRETER_SLOW = "not run on CPU: the Triton interpreter takes minutes at this shape"
 FAST_IS_REFERENCE = ("not run: on CUDA the fast backend runs the reference (the numba fast path "
                      "reads CPU memory only); see the reference row")
-_compiled = None
 
 
 def cases(device: str, smoke: bool) -> List[harness.Shape]:
@@ -57,16 +56,13 @@ def _reference(*tensors):
     return selective_scan_reference(*tensors, delta_softplus=True)
 
 
-def provider(name: str):
-    global _compiled
-    if name == "reference":
-        return _reference
-    if name == "compile":
-        _compiled = _compiled or torch.compile(_reference)
-        return _compiled
+def _engine(backend: str):
     from kernels import selective_scan
 
-    return lambda *tensors: selective_scan(*tensors, delta_softplus=True, backend=name)
+    return lambda *tensors: selective_scan(*tensors, delta_softplus=True, backend=backend)
+
+
+provider = harness.make_provider(_reference, _engine)
 
 
 def counted_bytes(params: Dict[str, int], itemsize: int) -> Dict[str, int]:

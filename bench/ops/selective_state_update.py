@@ -15,7 +15,6 @@ import torch
 
 from bench.ops import harness, shapes
 
-_compiled = None
 
 
 def cases(device: str, smoke: bool) -> List[harness.Shape]:
@@ -45,16 +44,13 @@ def _reference(*tensors):
     return selective_state_update_reference(*tensors, dt_softplus=True)
 
 
-def provider(name: str):
-    global _compiled
-    if name == "reference":
-        return _reference
-    if name == "compile":
-        _compiled = _compiled or torch.compile(_reference)
-        return _compiled
+def _engine(backend: str):
     from kernels import selective_state_update
 
-    return lambda *tensors: selective_state_update(*tensors, dt_softplus=True, backend=name)
+    return lambda *tensors: selective_state_update(*tensors, dt_softplus=True, backend=backend)
+
+
+provider = harness.make_provider(_reference, _engine)
 
 
 def counted_bytes(params: Dict[str, int], itemsize: int) -> Dict[str, int]:
