@@ -28,6 +28,7 @@ setup(
         "av>=12",  # PyAV: mp4 decode/encode, audio muxing, compressed audio
         "soundfile",  # wav/flac
         "tqdm",  # progress bars
+        "webdataset",  # training shards (mim prepare writes them, mim.data.shards reads them)
         "tensorboard",  # training logs
         "nvtx",  # NVTX ranges around the stages of `mim profile` (a no-op without a CUDA profiler)
     ],
