@@ -38,7 +38,8 @@ from mim.config import Config
 from mim.io import MediaError, read_image, write_video
 from mim.models.motion import MotionGenerator
 from mim.models.renderer import Renderer, SourceState
-from mim.reenact import square_resize
+from mim.face import DEFAULT_CROP_SCALE
+from mim.portrait import Framing, frame_portrait
 from mim.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
 
 __all__ = ["Animator", "DEFAULT_CHECKPOINT", "KIND", "MIN_AUDIO_SAMPLES", "resolve_device"]
@@ -139,8 +140,11 @@ class Animator:
 
     # Inputs.
 
-    def _read_source(self, image) -> torch.Tensor:
-        """A path or a (3, H, W) / (1, 3, H, W) tensor in [0, 1] -> the square source (1, 3, S, S)."""
+    def frame(self, image, crop: str = "face", face: int = 0,
+              crop_scale: float = DEFAULT_CROP_SCALE) -> Framing:
+        """A path or a (3, H, W) / (1, 3, H, W) tensor in [0, 1] -> its :class:`mim.portrait.Framing`
+        for this model (the square the model sees and how its frames go back into the image)."""
+        name = str(image) if _is_path(image) else "the portrait"
         if _is_path(image):
             image = read_image(image)
         elif isinstance(image, torch.Tensor):
@@ -160,8 +164,8 @@ class Animator:
                                  f"{float(image.max()):.3g}]")
         else:
             raise TypeError(f"image must be a path or a torch.Tensor (3, H, W), got {type(image).__name__}")
-        source = square_resize(image.detach().to(torch.float32), self.config.renderer.image_size)
-        return source[None].to(self.device)
+        return frame_portrait(image.detach().to(torch.float32), self.config.renderer.image_size, crop=crop,
+                              face=face, scale=crop_scale, name=name)
 
     @staticmethod
     def _read_audio(audio) -> np.ndarray:
@@ -242,8 +246,10 @@ class Animator:
                                         progress=lambda index, count: bar.update(1))
 
     @torch.no_grad()
-    def _render(self, state: SourceState, motion: torch.Tensor, progress: bool) -> Iterator[torch.Tensor]:
-        """Frames (3, S, S) in [0, 1] on the CPU, rendered one render window at a time."""
+    def _render(self, state: SourceState, motion: torch.Tensor, framing: Framing,
+                progress: bool) -> Iterator[torch.Tensor]:
+        """Output frames in [0, 1] on the CPU (``framing.compose`` of each model frame),
+        rendered one render window at a time."""
         from tqdm import tqdm
 
         window = self.config.renderer.render_window
@@ -251,33 +257,41 @@ class Animator:
             for start in range(0, motion.shape[1], window):
                 frames = self.renderer.render(state, motion[:, start:start + window], window=window)[0]
                 for frame in frames.clamp(0, 1).cpu():
-                    yield frame
+                    yield framing.compose(frame)
                 bar.update(frames.shape[0])
 
     @torch.no_grad()
-    def _prepare(self, image, audio, steps, seed, guidance_scale, progress):
+    def _prepare(self, image, audio, steps, seed, guidance_scale, progress, crop, face, crop_scale):
         self._check_sampling(steps, seed, guidance_scale)
-        source = self._read_source(image)
+        framing = self.frame(image, crop, face, crop_scale)
         samples = self._read_audio(audio)
-        state = self.renderer.encode_source(source)
+        state = self.renderer.encode_source(framing.source[None].to(self.device))
         motion = self._generate_motion(state, samples, steps, seed, guidance_scale, progress)
-        return state, motion, samples
+        return state, motion, samples, framing
 
     def animate(self, image, audio, steps: Optional[int] = None, seed: int = 0,
-                guidance_scale: Optional[float] = None, progress: bool = False) -> torch.Tensor:
-        """The talking video as frames (T, 3, S, S) float32 in [0, 1] on the CPU.
+                guidance_scale: Optional[float] = None, progress: bool = False, crop: str = "face",
+                face: int = 0, crop_scale: float = DEFAULT_CROP_SCALE) -> torch.Tensor:
+        """The talking video as frames (T, 3, H, W) float32 in [0, 1] on the CPU.
 
-        ``image``: a path or a tensor (3, H, W) / (1, 3, H, W) in [0, 1], centre-cropped to a
-        square and resized to ``config.renderer.image_size``. ``audio``: a path (any format;
+        ``image``: a path or a tensor (3, H, W) / (1, 3, H, W) in [0, 1]. ``crop="face"``: face
+        ``face`` (0 = the largest) is detected and cropped, and each frame is pasted back into
+        the image, so (H, W) is the image's size rounded down to even (the square's side is
+        ``crop_scale`` × the face box's longer side); no face raises
+        :class:`mim.portrait.NoFaceError`. ``crop="center"``: the centre square resized to
+        S = ``config.renderer.image_size``, and the frames are S × S (:mod:`mim.portrait`).
+        ``audio``: a path (any format;
         resampled to 16 kHz mono) or a 1-D float array of 16 kHz samples. T = ceil(25 · duration).
         ``steps`` (DDIM steps) and ``guidance_scale`` default to the config's; ``seed`` seeds
         every noise draw, so a seed gives the same video.
         """
-        state, motion, _ = self._prepare(image, audio, steps, seed, guidance_scale, progress)
-        return torch.stack(list(self._render(state, motion, progress)))
+        state, motion, _, framing = self._prepare(image, audio, steps, seed, guidance_scale, progress,
+                                                  crop, face, crop_scale)
+        return torch.stack(list(self._render(state, motion, framing, progress)))
 
     def animate_to_file(self, image, audio, out: PathLike, steps: Optional[int] = None, seed: int = 0,
-                        guidance_scale: Optional[float] = None, progress: bool = True) -> int:
+                        guidance_scale: Optional[float] = None, progress: bool = True,
+                        crop: str = "face", face: int = 0, crop_scale: float = DEFAULT_CROP_SCALE) -> int:
         """Write the talking video to ``out`` (H.264 mp4 at 25 fps, the audio muxed in as AAC);
         returns T, the number of frames. Arguments as :meth:`animate`.
 
@@ -285,7 +299,8 @@ class Animator:
         frames are rendered window by window and streamed to the encoder. ``out`` is written
         atomically: after any failure it is exactly what it was before.
         """
-        state, motion, samples = self._prepare(image, audio, steps, seed, guidance_scale, progress)
-        write_video(out, self._render(state, motion, progress), fps=VIDEO_FPS, audio=samples,
+        state, motion, samples, framing = self._prepare(image, audio, steps, seed, guidance_scale,
+                                                        progress, crop, face, crop_scale)
+        write_video(out, self._render(state, motion, framing, progress), fps=VIDEO_FPS, audio=samples,
                     sample_rate=SAMPLE_RATE)
         return motion.shape[1]

@@ -40,6 +40,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_framing(parser: argparse.ArgumentParser, what: str) -> None:
+    from mim.face import DEFAULT_CROP_SCALE
+    from mim.portrait import CROP_MODES
+
+    parser.add_argument("--crop", choices=CROP_MODES, default="face",
+                        help=f"face (default): detect the face in {what}, animate a square around it "
+                             f"and paste each frame back into the full image; center: the centre "
+                             f"square resized to the model's size, output at that size")
+    parser.add_argument("--face", type=int, default=0,
+                        help="which face to animate when there are several (0 = the largest; "
+                             "--list-faces shows them)")
+    parser.add_argument("--crop-scale", type=float, default=DEFAULT_CROP_SCALE,
+                        help=f"side of the square around the face, in face-box sides "
+                             f"(default {DEFAULT_CROP_SCALE})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mim", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -113,15 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(re_)
 
     an = sub.add_parser("animate", help="animate a portrait from speech audio (a stage-2 checkpoint)")
-    an.add_argument("--image", required=True, help="the portrait (centre-cropped to a square)")
-    an.add_argument("--audio", required=True, help="speech: any audio file, or a video's audio track")
-    an.add_argument("--out", required=True, help="output .mp4 (25 fps, the audio muxed in)")
+    an.add_argument("--image", required=True, help="the portrait: a photo of any size with a face in it")
+    an.add_argument("--audio", help="speech: any audio file, or a video's audio track")
+    an.add_argument("--out", help="output .mp4 (25 fps, the audio muxed in; the portrait's size "
+                    "rounded down to even, or S x S with --crop center)")
     an.add_argument("--checkpoint",
                     help="stage-2 checkpoint (default: the demo model examples/demo/mim_tiny.safetensors)")
     an.add_argument("--steps", type=int, help="DDIM steps per motion window (default: the config's)")
     an.add_argument("--seed", type=int, default=0, help="seed of the motion sampler's noise")
     an.add_argument("--guidance", type=float,
                     help="classifier-free guidance scale on the audio (default: the config's; 1 = off)")
+    _add_framing(an, "the portrait")
+    an.add_argument("--list-faces", action="store_true",
+                    help="print the faces found in --image (index, box, score) and exit")
     _add_common(an)
 
     pr = sub.add_parser("profile", help="per-stage latency of img2img and audio2video: wall time "
@@ -312,13 +332,29 @@ def _reenact(args) -> int:
     return 0
 
 
+def _list_faces(image: str) -> int:
+    from mim.io import read_image
+    from mim.portrait import describe_faces, detect_faces
+
+    picture = read_image(image)
+    print(f"{image}: {picture.shape[2]}x{picture.shape[1]}")
+    print(describe_faces(detect_faces(picture)))
+    return 0
+
+
 def _animate(args) -> int:
     from mim.animate import Animator
 
+    if args.list_faces:
+        return _list_faces(args.image)
+    for flag in ("--audio", "--out"):
+        if getattr(args, flag[2:]) is None:
+            raise ValueError(f"mim animate: {flag} is required (unless --list-faces)")
     _check_output("--out", args.out, args, ("--image", "--audio", "--checkpoint"))
     animator = Animator.from_pretrained(args.checkpoint, device=args.device, backend=args.backend)
     animator.animate_to_file(args.image, args.audio, args.out, steps=args.steps, seed=args.seed,
-                             guidance_scale=args.guidance, progress=not args.no_progress)
+                             guidance_scale=args.guidance, progress=not args.no_progress,
+                             crop=args.crop, face=args.face, crop_scale=args.crop_scale)
     print(args.out)
     return 0
 
