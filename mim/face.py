@@ -241,3 +241,183 @@ def paste_back(original, crop, box: CropBox, feather: float = DEFAULT_FEATHER):
     region = original[:, top:bottom, left:right].to(torch.float32)
     out[:, top:bottom, left:right] = (mask * pasted + (1 - mask) * region).to(original.dtype)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking one face through a video: detect every few frames, keep the nearest face, smooth its
+# crop square over time, and say where the track must be cut.
+# ---------------------------------------------------------------------------------------------
+
+CUT_REASONS = ("lost", "jump", "cut")
+"""Why a track ends: ``lost`` (no face found for ``max_missed`` detection rounds in a row),
+``jump`` (the nearest face found is more than ``max_jump`` face-box sides from the track's last
+one), ``cut`` (a shot change: the frame differs from the previous one by more than
+``cut_threshold``, or changes size)."""
+
+
+@dataclass(frozen=True)
+class TrackStep:
+    """What :meth:`FaceTracker.update` says about one frame.
+
+    - ``box``: the smoothed crop square of this frame (``face_crop_box`` geometry), or None when
+      no face is tracked;
+    - ``face``: the detection the track holds (the latest one matched to it), or None;
+    - ``detected``: a detection on this very frame confirmed the track;
+    - ``cut_reason``: None, or one of :data:`CUT_REASONS` when the track that ran up to the
+      previous frame ends here (``box`` is then None, or the first box of a new track);
+    - ``trim``: with ``lost`` and ``jump``, how many of the ended track's last frames came after
+      its last confirmed detection (the face may have left or moved in them: a consumer keeping
+      the track drops them); 0 otherwise.
+    """
+    box: Optional[CropBox]
+    face: Optional[Face] = None
+    detected: bool = False
+    cut_reason: Optional[str] = None
+    trim: int = 0
+
+
+def _centre_and_side(box: Tuple[float, float, float, float]) -> Tuple[float, float, float]:
+    x0, y0, x1, y1 = box
+    return (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
+
+
+def frame_difference(previous: np.ndarray, frame: np.ndarray, max_side: int = 96) -> float:
+    """Mean absolute difference of two (H, W, 3) uint8 frames in [0, 1], on grey copies
+    subsampled to about ``max_side`` pixels on the longer side (cheap; blind to small motion)."""
+    step = max(1, max(frame.shape[:2]) // max_side)
+    a = previous[::step, ::step].astype(np.float32).mean(axis=2)
+    b = frame[::step, ::step].astype(np.float32).mean(axis=2)
+    return float(np.abs(a - b).mean() / 255.0)
+
+
+class FaceTracker:
+    """Follows one face through frames given one at a time.
+
+    The detector runs on the first frame, then every ``detect_every`` frames after the last
+    detection, and at once on a shot change. With no track, the largest face found starts one;
+    with a track, the face nearest its last detection continues it, unless that face's centre
+    moved more than ``max_jump`` x the last face box's longer side (a ``jump``: the track is cut
+    and the largest face starts a new one). A round finding no face is a miss; ``max_missed``
+    misses in a row end the track (``lost``); fewer keep the last box. Between detections the
+    last detected face stays the target.
+
+    The reported crop square (``face_crop_box(face.box, crop_scale, shift_up)``) is smoothed
+    exponentially, per frame, in centre and side: ``box_t = smoothing * box_(t-1) + (1 -
+    smoothing) * target`` (0 = no smoothing; a new track starts at its target). This is causal:
+    a face moving at v pixels a frame is followed about ``v * (smoothing / (1 - smoothing) +
+    (detect_every - 1) / 2)`` pixels behind; :func:`smooth_boxes` smooths a finished sequence
+    without lag.
+
+    A frame whose mean absolute difference from the previous one (:func:`frame_difference`)
+    exceeds ``cut_threshold`` (in [0, 1]), or whose size differs, is a shot change (``cut``).
+    """
+
+    def __init__(self, detector: FaceDetector, detect_every: int = 5, smoothing: float = 0.6,
+                 max_jump: float = 0.5, max_missed: int = 2, cut_threshold: float = 0.12,
+                 crop_scale: float = DEFAULT_CROP_SCALE, shift_up: float = DEFAULT_CROP_SHIFT_UP):
+        if not callable(getattr(detector, "detect", None)):
+            raise TypeError(f"detector must have a detect(image) method, got {type(detector).__name__}")
+        for name, value in (("detect_every", detect_every), ("max_missed", max_missed)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0 <= smoothing < 1:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
+        if not max_jump > 0:
+            raise ValueError(f"max_jump must be positive (a fraction of the face box), got {max_jump!r}")
+        if not 0 < cut_threshold <= 1:
+            raise ValueError(f"cut_threshold must be in (0, 1], got {cut_threshold!r}")
+        if not crop_scale > 0:
+            raise ValueError(f"crop_scale must be positive, got {crop_scale!r}")
+        self.detector = detector
+        self.detect_every, self.max_missed = int(detect_every), int(max_missed)
+        self.smoothing, self.max_jump = float(smoothing), float(max_jump)
+        self.cut_threshold = float(cut_threshold)
+        self.crop_scale, self.shift_up = float(crop_scale), float(shift_up)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the track and the previous frame (the next frame is detected at once)."""
+        self._previous: Optional[np.ndarray] = None
+        self._face: Optional[Face] = None
+        self._box: Optional[CropBox] = None
+        self._since_detection = 0        # frames since the detector last ran
+        self._since_confirmed = 0        # frames of the track after its last confirmed detection
+        self._missed = 0
+
+    @property
+    def tracking(self) -> bool:
+        return self._face is not None
+
+    def _end(self, reason: str, trim: int) -> Tuple[str, int]:
+        self._face, self._box, self._missed = None, None, 0
+        return reason, trim
+
+    def _start(self, face: Face) -> None:
+        self._face, self._missed, self._since_confirmed = face, 0, 0
+        self._box = face_crop_box(face.box, self.crop_scale, self.shift_up)
+
+    def update(self, frame: np.ndarray) -> TrackStep:
+        """Track into the next frame, an (H, W, 3) uint8 RGB array."""
+        frame = check_image(frame)
+        cut_reason, trim, detected = None, 0, False
+        shot_change = self._previous is not None and (
+            self._previous.shape != frame.shape
+            or frame_difference(self._previous, frame) > self.cut_threshold)
+        if shot_change and self.tracking:
+            cut_reason, trim = self._end("cut", 0)
+        if self._previous is None or shot_change or self._since_detection + 1 >= self.detect_every:
+            self._since_detection = 0
+            faces = self.detector.detect(frame)
+            if not self.tracking:
+                if faces:
+                    self._start(faces[0])
+                    detected = True
+            elif faces:
+                cx, cy, side = _centre_and_side(self._face.box)
+                nearest = min(faces, key=lambda f: (_centre_and_side(f.box)[0] - cx) ** 2
+                              + (_centre_and_side(f.box)[1] - cy) ** 2)
+                nx, ny, _ = _centre_and_side(nearest.box)
+                if np.hypot(nx - cx, ny - cy) > self.max_jump * side:
+                    cut_reason, trim = self._end("jump", self._since_confirmed)
+                    self._start(faces[0])
+                else:
+                    self._face, self._missed, self._since_confirmed = nearest, 0, 0
+                detected = True
+            else:
+                self._missed += 1
+                if self._missed >= self.max_missed:
+                    cut_reason, trim = self._end("lost", self._since_confirmed)
+        else:
+            self._since_detection += 1
+        self._previous = frame
+        if not self.tracking:
+            return TrackStep(None, None, False, cut_reason, trim)
+        if not detected:
+            self._since_confirmed += 1
+        target = face_crop_box(self._face.box, self.crop_scale, self.shift_up)
+        self._box = _blend(self._box, target, self.smoothing)
+        return TrackStep(self._box, self._face, detected, cut_reason, trim)
+
+
+def _blend(current: CropBox, target: CropBox, smoothing: float) -> CropBox:
+    """``smoothing * current + (1 - smoothing) * target`` in centre and side."""
+    c = (current.x0 + current.size / 2, current.y0 + current.size / 2, current.size)
+    t = (target.x0 + target.size / 2, target.y0 + target.size / 2, target.size)
+    cx, cy, side = (smoothing * a + (1 - smoothing) * b for a, b in zip(c, t))
+    return CropBox(cx - side / 2, cy - side / 2, side)
+
+
+def smooth_boxes(boxes: List[CropBox], smoothing: float = 0.6) -> List[CropBox]:
+    """A finished sequence of crop squares smoothed without lag: the exponential smoothing of
+    :class:`FaceTracker` run forwards, then backwards over the result (centre and side)."""
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
+    if not boxes:
+        return []
+    forward = [boxes[0]]
+    for box in boxes[1:]:
+        forward.append(_blend(forward[-1], box, smoothing))
+    backward = [forward[-1]]
+    for box in reversed(forward[:-1]):
+        backward.append(_blend(backward[-1], box, smoothing))
+    return backward[::-1]
