@@ -16,6 +16,7 @@ import torch
 from mim.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint,
                             prune_checkpoints, read_metadata, save_checkpoint)
 from mim.config import Config, config_to_dict, save_config
+from mim.data import shard_loader
 from mim.train.distributed import DistributedContext, init_distributed
 
 __all__ = ["CsvLog", "TrainerBase", "TrainingDiverged"]
@@ -57,6 +58,12 @@ class TrainerBase(ABC):
     KIND = ""
     LOG_FIELDS: Sequence[str] = ()
     POSTFIX: Sequence[str] = ("loss",)
+    # a run that reads shards sets ``stream`` (a mim.data Stage1Stream / Stage2Stream for this
+    # rank) and ``stream_workers``; ``stream_batch`` then serves its batches in order
+    stream = None
+    stream_workers = 0
+    _batches = None
+    stream_batches = 0
 
     def setup_run(self, config: Config, out_dir: str, device: str, progress: bool,
                   keep_checkpoints: int, context: Optional[DistributedContext]) -> None:
@@ -138,9 +145,12 @@ class TrainerBase(ABC):
         path = None
         if self.ctx.is_main:
             path = checkpoint_path(self.ckpt_dir, self.step)
+            extra = self.checkpoint_extra()
+            if self.stream is not None:
+                extra["stream"] = self.stream_state()
             save_checkpoint(path, kind=self.KIND, step=self.step, config=config_to_dict(self.config),
                             modules=self.checkpoint_modules(), optimizers=self.checkpoint_optimizers(),
-                            extra=self.checkpoint_extra())
+                            extra=extra)
             prune_checkpoints(self.ckpt_dir, self.keep)
         self.ctx.barrier()
         return path
@@ -155,6 +165,41 @@ class TrainerBase(ABC):
                                optimizers=self.checkpoint_optimizers(), restore_rng=True)
         self.step = meta["step"]
         log.info("resumed from %s at step %d", path, self.step)
+        saved = meta["extra"].get("stream")
+        if self.stream is not None and saved is not None and saved != self.stream_state():
+            log.warning("resuming a shard stream read with %s, now %s: the batches after step %d are "
+                        "not those of the interrupted run (exact only with the same shards, seed, ranks, "
+                        "workers and batch)", saved, self.stream_state(), self.step)
+
+    # -- a stream of shards -------------------------------------------------------------------------
+    def stream_state(self) -> Dict:
+        """What the stream's batches depend on, and how many this rank has consumed (saved in
+        checkpoints as ``extra["stream"]``)."""
+        s = self.stream
+        return {"batches": self.step * self.train_section().grad_accumulation, "shards": len(s.urls),
+                "seed": s.seed, "world_size": s.world_size, "workers": self.stream_workers,
+                "batch_size": s.batch_size}
+
+    def stream_batch(self, step: int, micro: int) -> Dict:
+        """Batch ``step · grad_accumulation + micro`` of this rank's stream: the next one. On the
+        first call the loader opens with the stream skipping the batches consumed before (a
+        resumed run starts at its step)."""
+        position = step * self.train_section().grad_accumulation + micro
+        if self._batches is None:
+            self.stream.start_batch = self.stream_batches = position
+            loader = shard_loader(self.stream, self.stream_workers,
+                                  pin_memory=self.ctx.device.type == "cuda")
+            self._batches = iter(loader)
+        if position != self.stream_batches:
+            raise RuntimeError(f"stream batches are read in order: batch {position} asked for, "
+                               f"{self.stream_batches} is next")
+        batch = next(self._batches)
+        self.stream_batches += 1
+        return batch
+
+    def close_stream(self) -> None:
+        """Stop the stream's worker processes (a later ``stream_batch`` reopens it)."""
+        self._batches = None
 
     def divergence_message(self, values: Dict[str, float]) -> str:
         """One line: the step whose loss is not finite, and the last good checkpoint, the newest

@@ -6,6 +6,10 @@ drawn from epoch p // len(data) of a seeded permutation, and its source/driving 
 generator seeded by (seed, epoch, clip). Resuming therefore needs only the checkpoint: the
 parameters, both optimizers, the step and the RNG state; the resumed run is bitwise the run
 that was not interrupted (tested).
+
+From shards (``data`` naming shard tars, :mod:`mim.data.stream`) each rank streams its own
+shards through a DataLoader of ``workers`` processes; a resumed stream skips the batches the
+checkpoint's step consumed, so it continues with the batches of the uninterrupted run (tested).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from mim.checkpoint import (RENDERER_KINDS, CheckpointError, check_same_renderer, checkpoint_config,
                             load_checkpoint, read_metadata)
 from mim.config import Config, config_to_dict
-from mim.data import SourceDrivingPairs, SyntheticTalkingHeads, VideoFolderDataset
+from mim.data import (ShardClips, ShardSet, SourceDrivingPairs, Stage1Stream, SyntheticTalkingHeads,
+                      VideoFolderDataset, expand_shards, heldout_split, is_shard_spec, usable_workers)
 from mim.evaluate import evaluate_reconstruction
 from mim.losses import (MultiScalePatchDiscriminator, PerceptualLoss, crop_boxes, discriminator_loss,
                         feature_matching_loss, generator_adversarial_loss, threshold_mask_loss,
@@ -41,17 +46,34 @@ KIND = "stage1"
 OPTIONAL_BRANCHES = {"decoder_motion_film": "decoder.motion_films."}
 
 
-def build_stage1_data(config: Config, data: str):
-    """(training clips, held-out clips) for ``data`` = "synthetic" or a folder of real clips.
+def build_stage1_data(config: Config, data: str, heldout: Optional[str] = None):
+    """(training clips, held-out clips) for ``data`` = "synthetic", a folder of real clips, or
+    shards (a folder of ``*.tar``, a glob or a brace pattern: :func:`mim.data.is_shard_spec`).
 
     A folder's clips are split by sorted name: the last ``train.heldout_clips`` (at most half)
-    are held out."""
+    are held out. Shards give a :class:`mim.data.ShardSet` to stream from and, held out, the
+    shards ``heldout`` names, else the last shard of the list (none when
+    ``train.heldout_clips`` is 0); evaluation reads the first ``train.heldout_clips`` segments of
+    those, up to ``train.frames_per_clip`` frames each (:class:`mim.data.ShardClips`)."""
     size, train = config.renderer.image_size, config.train
     if data == "synthetic":
         return (SyntheticTalkingHeads(train.train_clips, num_frames=train.frames_per_clip, size=size,
                                       seed=train.seed, split="train"),
                 SyntheticTalkingHeads(train.heldout_clips, num_frames=train.frames_per_clip,
                                       size=size, seed=train.seed, split="heldout"))
+    if is_shard_spec(data):
+        urls = expand_shards(data)
+        if heldout is None:
+            urls, held = heldout_split(urls, train.heldout_clips)
+        else:
+            held = expand_shards(heldout)
+            overlap = sorted(set(map(os.path.abspath, urls)) & set(map(os.path.abspath, held)))
+            if overlap:
+                raise ValueError(f"held-out shards are also training shards: {', '.join(overlap)}")
+        return (ShardSet(urls), ShardClips(held, size, max_clips=train.heldout_clips,
+                                           max_frames=train.frames_per_clip))
+    if heldout is not None:
+        raise ValueError("heldout names held-out shards; it applies only when data names shards")
     clips = VideoFolderDataset(data, size=size)
     heldout = min(train.heldout_clips, len(clips) // 2)
     indices = list(range(len(clips)))
@@ -71,7 +93,8 @@ class Stage1Trainer(TrainerBase):
     def __init__(self, config: Config, out_dir: str, data: str = "synthetic",
                  backend: Optional[str] = None, device: str = "auto", resume: bool = False,
                  progress: bool = True, keep_checkpoints: int = 3,
-                 context: Optional[DistributedContext] = None):
+                 context: Optional[DistributedContext] = None, workers: int = 2,
+                 heldout: Optional[str] = None, stream_options: Optional[Dict] = None):
         self.setup_run(config, out_dir, device, progress, keep_checkpoints, context)
         t = self.config.train
         dev = self.ctx.device
@@ -91,8 +114,12 @@ class Stage1Trainer(TrainerBase):
         self.opt_g = torch.optim.Adam(self.generator_parameters(), lr=t.lr, betas=t.betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=t.discriminator_lr,
                                       betas=t.betas)
-        self.train_clips, self.heldout_clips = build_stage1_data(config, data)
-        self.pairs = SourceDrivingPairs(self.train_clips, num_driving=t.num_driving, seed=t.seed)
+        self.train_clips, self.heldout_clips = build_stage1_data(config, data, heldout)
+        if isinstance(self.train_clips, ShardSet):
+            self.pairs = None
+            self.open_stream(self.train_clips, workers, stream_options or {})
+        else:
+            self.pairs = SourceDrivingPairs(self.train_clips, num_driving=t.num_driving, seed=t.seed)
         if self.ctx.enabled:
             self.g = DistributedDataParallel(self.renderer, device_ids=self.device_ids())
             self.d = DistributedDataParallel(self.discriminator, device_ids=self.device_ids())
@@ -101,10 +128,26 @@ class Stage1Trainer(TrainerBase):
         self.finish_setup(resume)
         if self.ctx.is_main:
             log.info("perceptual loss: %s", self.perceptual.mode)
-            if config.recipe.alpha_mouth > 0 and len(self.train_clips) and "mouth_box" not in self.train_clips[0]:
+            if self.stream is not None:
+                if config.recipe.alpha_mouth > 0 or self.mouth_head is not None:
+                    log.info("mouth loss and mouth-opening read-out off: shards hold no mouth labels")
+            elif config.recipe.alpha_mouth > 0 and len(self.train_clips) and "mouth_box" not in self.train_clips[0]:
                 log.info("mouth loss off: the training clips have no mouth boxes")
             if self.mouth_head is not None and len(self.train_clips) and "mouth_open" not in self.train_clips[0]:
                 log.info("mouth-opening read-out off: the training clips have no mouth_open labels")
+
+    def open_stream(self, shards: ShardSet, workers: int, options: Dict) -> None:
+        """Stream stage-1 pairs from ``shards``: this rank's slice, ``workers`` DataLoader
+        processes (fewer when there are too few shards per rank), ``options`` for
+        :class:`mim.data.Stage1Stream` (``pairs_per_segment``, ``shuffle_buffer``)."""
+        t = self.config.train
+        self.stream_workers = usable_workers(len(shards.urls), self.ctx.world_size, workers)
+        if self.stream_workers < workers and self.ctx.is_main:
+            log.info("%d shard(s) for %d rank(s): %d loader worker(s) per rank instead of %d",
+                     len(shards.urls), self.ctx.world_size, self.stream_workers, workers)
+        self.stream = Stage1Stream(shards.urls, self.local_batch, self.config.renderer.image_size,
+                                   num_driving=t.num_driving, seed=t.seed, rank=self.ctx.rank,
+                                   world_size=self.ctx.world_size, **options)
 
     def generator_parameters(self):
         """The parameters opt_g trains: the renderer's (but for ``recipe.freeze``) and the mouth
@@ -163,6 +206,10 @@ class Stage1Trainer(TrainerBase):
         """This rank's (source, driving, mouth boxes, mouth openings) for micro-batch ``micro``
         of optimizer step ``step``; the boxes (B, N, 4) and openings (B, N) are None when the
         clips have none."""
+        if self.stream is not None:
+            batch = self.stream_batch(step, micro)
+            move = {"device": self.ctx.device, "dtype": self.dtype, "non_blocking": True}
+            return batch["source"].to(**move), batch["driving"].to(**move), None, None
         t = self.config.train
         start = (step * t.grad_accumulation + micro) * t.batch_size + self.ctx.rank * self.local_batch
         items = [self._sample(p) for p in range(start, start + self.local_batch)]
@@ -307,11 +354,14 @@ class Stage1Trainer(TrainerBase):
 def train_stage1(config: Config, out_dir: str, steps: int, data: str = "synthetic",
                  backend: Optional[str] = None, device: str = "auto", resume: bool = False,
                  progress: bool = True, evaluate: bool = True,
-                 init: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+                 init: Optional[str] = None, workers: int = 2,
+                 heldout: Optional[str] = None) -> Dict[str, Dict[str, float]]:
     """Run stage-1 training (the ``mim train stage1`` command); returns the last training
     values and, when ``evaluate``, the held-out metrics of the final model (rank 0).
     ``init``: a renderer checkpoint to fine-tune from (:meth:`Stage1Trainer.initialize_from`);
-    used only when the run starts at step 0 (a resumed run continues its own weights)."""
+    used only when the run starts at step 0 (a resumed run continues its own weights).
+    ``workers``, ``heldout``: DataLoader workers per rank and held-out shards when ``data``
+    names shards (:func:`build_stage1_data`)."""
     os.makedirs(out_dir, exist_ok=True)
     if resume:
         path = os.path.join(out_dir, "config.yaml")
@@ -320,7 +370,7 @@ def train_stage1(config: Config, out_dir: str, steps: int, data: str = "syntheti
             saved = load_config(path)
             check_same_renderer(config_to_dict(saved), config, path)
     trainer = Stage1Trainer(config, out_dir, data=data, backend=backend, device=device,
-                            resume=resume, progress=progress)
+                            resume=resume, progress=progress, workers=workers, heldout=heldout)
     try:
         if init is not None and trainer.step == 0:
             trainer.initialize_from(init)
@@ -331,4 +381,5 @@ def train_stage1(config: Config, out_dir: str, steps: int, data: str = "syntheti
                                                         trainer.ctx.device)
         return result
     finally:
+        trainer.close_stream()
         shutdown_distributed(trainer.ctx)
