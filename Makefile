@@ -73,7 +73,7 @@ endif
 
 demo: venv
 	test -f $(DEMO_CHECKPOINT) || $(VPY) -m tools.train_demo
-	$(VPY) -m mim animate --image $(DEMO_DIR)/portrait.png --audio $(DEMO_DIR)/speech.wav --out $(DEMO_OUT)
+	$(VPY) -m mim animate --image $(DEMO_DIR)/portrait.png --crop center --audio $(DEMO_DIR)/speech.wav --out $(DEMO_OUT)
 
 test: venv
 	$(VPY) -m pytest tests -q $(PYTEST_ARGS)

@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                 wav = tmp / f"{name}.wav"
                 make_speech(wav, seconds)
                 cases.append((name, f"{seconds / 60:.0f} min of audio, {args.steps} DDIM step(s)",
-                              ["animate", "--image", str(portrait), "--audio", str(wav),
+                              ["animate", "--image", str(portrait), "--crop", "center", "--audio", str(wav),
                                "--checkpoint", str(checkpoint), "--out", str(tmp / f"{name}.mp4"),
                                "--steps", str(args.steps), "--device", "cpu", "--no-progress"]))
         if "reenact" in kinds:

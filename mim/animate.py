@@ -83,8 +83,9 @@ class Animator:
     Example (run from the repository root, as the README's copy of it is in the tests)::
 
         animator = mim.Animator.from_pretrained()        # the demo model in examples/demo/
-        frames = animator.animate("examples/demo/portrait.png", "examples/demo/speech.wav")
-        animator.animate_to_file("examples/demo/portrait.png", "examples/demo/speech.wav", "talking.mp4")
+        # the demo portrait is procedural: no face to detect, so its centre square is animated
+        frames = animator.animate("examples/demo/portrait.png", "examples/demo/speech.wav", crop="center")
+        animator.animate_to_file("photo.jpg", "speech.wav", "talking.mp4")   # a real face, pasted back
     """
 
     def __init__(self, renderer: Renderer, motion: MotionGenerator, config: Config,

@@ -112,11 +112,12 @@ def evaluate_lipsync(animator, clips, steps: Optional[int] = None, seed: int = 0
         if rate != 16000:
             raise ValueError(f"clip {index} has audio at {rate} Hz; evaluate_lipsync takes 16 kHz clips")
         source = frames[:1]
-        animated = animator.animate(source, audio, steps=steps, seed=seed)
+        animated = animator.animate(source, audio, steps=steps, seed=seed, crop="center")
         if animated.shape[0] != frames.shape[0]:
             raise ValueError(f"clip {index}: {frames.shape[0]} frames but its audio lasts "
                              f"{animated.shape[0]} video frames")
-        control = animator.animate(source, shuffled_audio(audio, rate, seed=seed), steps=steps, seed=seed)
+        control = animator.animate(source, shuffled_audio(audio, rate, seed=seed), steps=steps, seed=seed,
+                                   crop="center")
         state = renderer.encode_source(source.to(device))
         motion = renderer.encode_motion(frames[None].to(device))
         window = renderer.config.render_window

@@ -425,7 +425,7 @@ PARTS = (
     Part("profile-base", "(e) mim profile --config base, triton backend", 35,
          _profile("base", 1), profile_figures, ("profile-base.json",)),
     Part("animate", "(f) mim animate of the demo", 25,
-         lambda out: _python("-m", "mim", "animate", "--image", str(DEMO_DIR / "portrait.png"),
+         lambda out: _python("-m", "mim", "animate", "--image", str(DEMO_DIR / "portrait.png"), "--crop", "center",
                              "--audio", str(DEMO_DIR / "speech.wav"),
                              "--checkpoint", str(DEMO_DIR / "mim_tiny.safetensors"),
                              "--out", str(out / "demo.mp4"), "--device", "cuda",

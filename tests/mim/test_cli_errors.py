@@ -74,7 +74,7 @@ def animate_argv(media, out, **replace):
     args = {"--image": media["root"] / "portrait.png", "--audio": media["root"] / "speech.wav",
             "--checkpoint": media["stage2"], "--out": out}
     args.update(replace)
-    return (["animate", "--no-progress", "--device", "cpu", "--backend", "torch"]
+    return (["animate", "--no-progress", "--device", "cpu", "--backend", "torch", "--crop", "center"]
             + [x for pair in args.items() for x in pair])
 
 

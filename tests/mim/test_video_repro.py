@@ -64,7 +64,7 @@ def media(tmp_path_factory, tiny_stage2):
 
 
 def animate(root, out, seed):
-    assert main(["animate", "--image", str(root / "portrait.png"), "--audio", str(root / "speech.wav"),
+    assert main(["animate", "--image", str(root / "portrait.png"), "--crop", "center", "--audio", str(root / "speech.wav"),
                  "--checkpoint", str(root / "stage2.safetensors"), "--out", str(out), "--seed", str(seed),
                  "--device", "cpu", "--no-progress"]) == 0
 
