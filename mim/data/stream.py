@@ -17,10 +17,11 @@ still as bytes and are decoded, resized and collated into batches after it. The 
 drained at the end of each epoch; epochs follow one another without end (``epochs=None``).
 
 **Resume.** ``start_batch`` = the batches this rank has already consumed. A DataLoader over an
-endless iterable hands batch i to worker i mod K, so worker k skips the first
-``ceil((start_batch - k) / K)`` batches it would have produced: it reads them and draws as
-before but decodes nothing. The batches that follow are those of the uninterrupted run, given
-the same shards, seed, world size, workers and batch size.
+endless iterable hands its batch i to worker i mod K, so batch p of the run comes from the
+worker stream ("role") p mod K. A resumed loader's worker k takes role (k + start_batch) mod K
+and skips the first ``ceil((start_batch - role) / K)`` batches of that role: it reads and
+draws them as before but decodes nothing. The batches that follow are those of the
+uninterrupted run, given the same shards, seed, world size, workers and batch size.
 """
 from __future__ import annotations
 
@@ -136,7 +137,11 @@ def read_shard(url: str) -> Iterator[Dict]:
                     if sample is not None:
                         yield sample
                     sample = {"__key__": key, "__url__": url}
-                sample[suffix] = tar.extractfile(member).read()
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise ShardFormatError(f"shard {url}: member {member.name!r} is cut short "
+                                           f"({len(data)} of {member.size} bytes)")
+                sample[suffix] = data
     except tarfile.TarError as error:
         raise ShardFormatError(f"shard {url}: not a readable tar ({error})") from None
     if sample is not None:
@@ -235,7 +240,10 @@ class _ShardStream(torch.utils.data.IterableDataset):
         produced = 0
         for url in shards:
             for sample in read_shard(url):
-                meta = sample_metadata(sample)
+                try:
+                    meta = sample_metadata(sample)
+                except ShardFormatError as error:
+                    raise ShardFormatError(f"shard {url}: {error}") from None
                 draws = np.random.default_rng(np.random.SeedSequence(
                     [self.seed, epoch, *_name_hash(url, sample["__key__"])]))
                 for item in self.draw(sample, meta, draws):
@@ -253,11 +261,14 @@ class _ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        skip = max(0, -(-(self.start_batch - worker) // num_workers))
+        # a new DataLoader asks worker 0 first: it continues the stream of the worker that
+        # produced batch start_batch in the uninterrupted run
+        role = (worker + self.start_batch) % num_workers
+        skip = max(0, -(-(self.start_batch - role) // num_workers))
         pending: List[Dict] = []
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
-            for item in self._drawn(epoch, worker, num_workers):
+            for item in self._drawn(epoch, role, num_workers):
                 pending.append(item)
                 if len(pending) == self.batch_size:
                     if skip:

@@ -6,6 +6,12 @@ frame, the source) with the frozen renderer, its log-mel and per-frame audio sli
 set of windows of ``motion.window`` frames; window starts, like stage 1's batches, are a pure
 function of (seed, step), and the diffusion draws (timestep, noise, condition dropout) come from
 a generator seeded by (seed, step, micro-batch, rank): a checkpoint resumes exactly.
+
+From shards (``data`` naming shard tars) nothing is encoded up front: each rank streams windows
+of frames with their audio (:class:`mim.data.Stage2Stream`) and each batch's frames go through
+the frozen renderer's motion encoder (no_grad) as the batch is used; F_A comes from the
+segment's first frame, as encode_clips takes it from the clip's. The motion statistics come
+from the first ``STATS_SEGMENTS`` usable segments of the shard list (their first window).
 """
 
 from __future__ import annotations
@@ -23,16 +29,20 @@ from torch.nn.parallel import DistributedDataParallel
 from mim.audio import audio_features
 from mim.checkpoint import check_same_renderer, checkpoint_config, renderer_from_checkpoint
 from mim.config import Config
+from mim.data import ShardSet, Stage2Stream, usable_workers
+from mim.data.stream import read_shard
+from mim.data.shards import sample_metadata
 from mim.models import Renderer
 from mim.models.motion import MotionGenerator
 from mim.train.distributed import DistributedContext, shutdown_distributed
 from mim.train.loop import TrainerBase
 from mim.train.stage1 import build_stage1_data
 
-__all__ = ["Stage2Trainer", "encode_clips", "train_stage2", "KIND"]
+__all__ = ["Stage2Trainer", "encode_clips", "stream_motion_statistics", "train_stage2", "KIND"]
 
 log = logging.getLogger("mim.train")
 KIND = "stage2"
+STATS_SEGMENTS = 16
 
 
 @torch.no_grad()
@@ -61,6 +71,29 @@ def encode_clips(renderer: Renderer, clips, config: Config, device, progress: bo
     return encoded
 
 
+@torch.no_grad()
+def stream_motion_statistics(renderer: Renderer, stream: Stage2Stream, device,
+                             segments: int = STATS_SEGMENTS):
+    """(mean, std) per motion feature over the first window of the first ``segments`` segments
+    of ``stream``'s shards (in list order, so every rank gets the same) that stage 2 can use."""
+    renderer.eval()
+    motion = []
+    for url in stream.urls:
+        for sample in read_shard(url):
+            if stream.usable(sample, sample_metadata(sample)):
+                frames = stream.frames(sample, range(stream.window)).to(device)
+                motion.append(renderer.encode_motion(frames).float().cpu())
+                if len(motion) == segments:
+                    break
+        if len(motion) == segments:
+            break
+    if not motion:
+        raise ValueError(f"no segment with audio and at least motion.window = {stream.window} frames "
+                         f"in {len(stream.urls)} shard(s) to train stage 2 on")
+    every = torch.cat(motion)
+    return every.mean(0), every.std(0).clamp_min(1e-4)
+
+
 class _Objective(nn.Module):
     """The generator's training loss as a module forward, so DDP can wrap it."""
 
@@ -81,7 +114,8 @@ class Stage2Trainer(TrainerBase):
 
     def __init__(self, config: Config, renderer: Renderer, out_dir: str, data: str = "synthetic",
                  device: str = "auto", resume: bool = False, progress: bool = True,
-                 keep_checkpoints: int = 3, context: Optional[DistributedContext] = None):
+                 keep_checkpoints: int = 3, context: Optional[DistributedContext] = None,
+                 workers: int = 2, heldout: Optional[str] = None, stream_options: Optional[Dict] = None):
         self.setup_run(config, out_dir, device, progress, keep_checkpoints, context)
         t = self.config.stage2
         dev = self.ctx.device
@@ -89,17 +123,23 @@ class Stage2Trainer(TrainerBase):
         data_config = copy.deepcopy(config)   # stage 2's clips: its own count, length and seed
         for key in ("train_clips", "heldout_clips", "frames_per_clip", "seed"):
             setattr(data_config.train, key, getattr(t, key))
-        train_clips, self.heldout_clips = build_stage1_data(data_config, data)
-        self.clips = encode_clips(self.renderer, train_clips, config, dev, progress and self.ctx.is_main)
-        too_short = [i for i, c in enumerate(self.clips) if c["motion"].shape[0] < config.motion.window]
-        if too_short:
-            raise ValueError(f"{len(too_short)} clip(s) are shorter than motion.window = "
-                             f"{config.motion.window} frames (first: clip {too_short[0]})")
+        train_clips, self.heldout_clips = build_stage1_data(data_config, data, heldout)
         self.generator = MotionGenerator(config.motion, config.renderer.motion_dim,
                                          config.renderer.appearance_dim).to(dev, self.dtype)
-        every = torch.cat([c["motion"] for c in self.clips])
-        self.generator.motion_mean.copy_(every.mean(0))
-        self.generator.motion_std.copy_(every.std(0).clamp_min(1e-4))
+        if isinstance(train_clips, ShardSet):
+            self.clips = None
+            self.open_stream(train_clips, workers, stream_options or {})
+            mean, std = stream_motion_statistics(self.renderer, self.stream, dev)
+        else:
+            self.clips = encode_clips(self.renderer, train_clips, config, dev, progress and self.ctx.is_main)
+            too_short = [i for i, c in enumerate(self.clips) if c["motion"].shape[0] < config.motion.window]
+            if too_short:
+                raise ValueError(f"{len(too_short)} clip(s) are shorter than motion.window = "
+                                 f"{config.motion.window} frames (first: clip {too_short[0]})")
+            every = torch.cat([c["motion"] for c in self.clips])
+            mean, std = every.mean(0), every.std(0).clamp_min(1e-4)
+        self.generator.motion_mean.copy_(mean)
+        self.generator.motion_std.copy_(std)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=t.lr, betas=t.betas)
         objective = _Objective(self.generator)
         self.objective = (DistributedDataParallel(objective, device_ids=self.device_ids())
@@ -118,8 +158,39 @@ class Stage2Trainer(TrainerBase):
     def check_resumable(self, saved_config, path):
         check_same_renderer(saved_config, self.config, path)
 
+    def open_stream(self, shards: ShardSet, workers: int, options: Dict) -> None:
+        """Stream stage-2 windows from ``shards``: this rank's slice, ``workers`` DataLoader
+        processes (fewer when there are too few shards per rank), ``options`` for
+        :class:`mim.data.Stage2Stream` (``windows_per_segment``, ``shuffle_buffer``)."""
+        m = self.config.motion
+        self.stream_workers = usable_workers(len(shards.urls), self.ctx.world_size, workers)
+        if self.stream_workers < workers and self.ctx.is_main:
+            log.info("%d shard(s) for %d rank(s): %d loader worker(s) per rank instead of %d",
+                     len(shards.urls), self.ctx.world_size, self.stream_workers, workers)
+        self.stream = Stage2Stream(shards.urls, self.local_batch, self.config.renderer.image_size,
+                                   window=m.window, prev_frames=m.prev_frames, local_context=m.local_context,
+                                   seed=self.config.stage2.seed, rank=self.ctx.rank,
+                                   world_size=self.ctx.world_size, **options)
+
+    @torch.no_grad()
+    def encode_stream_batch(self, batch: Dict) -> Dict:
+        """A streamed batch as _Objective's inputs: the frames' motion features M from the frozen
+        renderer, F_A of each segment's first frame, the previous frames' normalized M (zeros
+        where the window starts before frame prev_frames), the audio features as streamed."""
+        dev, dtype, prev = self.ctx.device, self.dtype, self.config.motion.prev_frames
+        motion = self.renderer.encode_motion(batch["frames"].to(dev, non_blocking=True)).float()
+        appearance = self.renderer.appearance_extractor(batch["first_frame"].to(dev, non_blocking=True)).float()
+        real = torch.arange(prev, device=dev)[None] >= prev - batch["context"].to(dev)[:, None]
+        previous = self.generator.normalize(motion[:, :prev].to(dtype))
+        previous = torch.where(real[..., None], previous, torch.zeros_like(previous))
+        return {"mel": batch["mel"].to(dev, dtype), "mel_lengths": batch["mel_lengths"].to(dev),
+                "local": batch["local"].to(dev, dtype), "motion": motion[:, prev:].to(dtype),
+                "prev_motion": previous, "appearance": appearance.to(dtype)}
+
     def batch(self, step: int, micro: int):
         """This rank's windows of micro-batch ``micro`` of step ``step`` (inputs of _Objective)."""
+        if self.stream is not None:
+            return self.encode_stream_batch(self.stream_batch(step, micro))
         t, window = self.config.stage2, self.config.motion.window
         prev = self.config.motion.prev_frames
         start = (step * t.grad_accumulation + micro) * t.batch_size + self.ctx.rank * self.local_batch
@@ -186,13 +257,16 @@ def load_stage1_renderer(path: str, config: Optional[Config] = None):
 
 def train_stage2(stage1: str, out_dir: str, steps: int, config: Optional[Config] = None,
                  data: str = "synthetic", device: str = "auto", resume: bool = False,
-                 progress: bool = True) -> Dict[str, Dict[str, float]]:
-    """Run stage-2 training (``mim train stage2``) on top of a stage-1 checkpoint."""
+                 progress: bool = True, workers: int = 2,
+                 heldout: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+    """Run stage-2 training (``mim train stage2``) on top of a stage-1 checkpoint. ``workers``,
+    ``heldout``: DataLoader workers per rank and held-out shards when ``data`` names shards."""
     os.makedirs(out_dir, exist_ok=True)
     renderer, config = load_stage1_renderer(stage1, config)
     trainer = Stage2Trainer(config, renderer, out_dir, data=data, device=device, resume=resume,
-                            progress=progress)
+                            progress=progress, workers=workers, heldout=heldout)
     try:
         return {"train": trainer.run(steps)}
     finally:
+        trainer.close_stream()
         shutdown_distributed(trainer.ctx)
