@@ -128,7 +128,7 @@ def main(argv=None) -> int:
                 driving = tmp / f"{name}-driving.mp4"
                 make_driving(driving, frames)
                 cases.append((name, f"{frames} driving frames of 640x480",
-                              ["reenact", "--image", str(portrait), "--driving", str(driving),
+                              ["reenact", "--crop", "center", "--driving-crop", "center", "--image", str(portrait), "--driving", str(driving),
                                "--checkpoint", str(checkpoint), "--out", str(tmp / f"{name}.mp4"),
                                "--device", "cpu", "--no-progress"]))
         figures = measure(cases, repo, tmp)

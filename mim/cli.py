@@ -6,6 +6,7 @@
     mim reenact --image src.png --driving drive.mp4 --checkpoint ckpt --out out.mp4
     mim animate --image portrait.png --audio speech.wav --out talking.mp4 [--checkpoint ckpt]
     mim config show tiny | mim config save tiny my.yaml
+    mim prepare videos/ --out shards/ --config base [--workers 4] [--shard-size 256]
     mim export-onnx --config tiny --out renderer.onnx [--checkpoint ckpt] [--grid-sample gather]
     mim profile [--config tiny|base] [--seconds 1] [--repeats 3] [--trace t.json] [--json p.json]
 
@@ -126,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--absolute", action="store_true",
                      help="use the driving frames' motion as is, not relative to its first frame")
     re_.add_argument("--no-audio", action="store_true", help="do not copy the driving video's audio")
+    _add_framing(re_, "--image")
+    re_.add_argument("--driving-crop", choices=("face", "center"), default="face",
+                     help="face (default): track the face through the driving video and crop around "
+                          "it (detected every --detect-every frames, the square smoothed over time); "
+                          "center: the centre square of every driving frame")
+    re_.add_argument("--detect-every", type=int, default=5, help="driving frames between face detections")
+    re_.add_argument("--smoothing", type=float, default=0.6,
+                     help="exponential smoothing of the driving crop square, in [0, 1) (0 = none)")
     _add_common(re_)
 
     an = sub.add_parser("animate", help="animate a portrait from speech audio (a stage-2 checkpoint)")
@@ -162,6 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("export-onnx", add_help=False,
                    help="export the renderer to ONNX (`python -m mim.export`; see `mim export-onnx --help`)")
+
+    prep = sub.add_parser("prepare", help="turn raw talking-head videos into training shards "
+                                          "(docs/datasets.md)")
+    prep.add_argument("videos", help="a folder (searched recursively: *.mp4 *.mov *.mkv *.avi *.webm, "
+                                     "folders of frames + one wav + optional fps.txt) or one video")
+    prep.add_argument("--out", required=True, help="folder for shard-NNNNNN.tar, manifest.json, report.json")
+    prep.add_argument("--config", default="base", help="tiny, base or a config file: crops are its "
+                                                       "renderer.image_size (default base)")
+    prep.add_argument("--detector", default="dlib-hog", help="face detector (default dlib-hog)")
+    prep.add_argument("--detect-every", type=int, default=5, help="run the detector every N frames (default 5)")
+    prep.add_argument("--crop-scale", type=float, default=1.7,
+                      help="side of the crop square in face-box sides (default 1.7)")
+    prep.add_argument("--shard-size", type=float, default=256.0, help="bound on each shard, MB (default 256)")
+    prep.add_argument("--workers", type=int, default=1, help="processes decoding and tracking videos (default 1)")
+    prep.add_argument("--min-frames", type=int, default=25,
+                      help="drop segments shorter than this many 25 fps frames (default 25)")
+    prep.add_argument("--max-frames-per-segment", type=int, default=250,
+                      help="split longer segments into samples of this many frames (default 250)")
+    prep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     cfg = sub.add_parser("config", help="print or save a config")
     cfg.add_argument("action", choices=("show", "save"))
@@ -327,7 +355,9 @@ def _reenact(args) -> int:
     _check_output("--out", args.out, args, ("--image", "--driving", "--checkpoint"))
     reenact(args.image, args.driving, args.checkpoint, args.out, backend=args.backend,
             device=_device(args.device), fps=args.fps, max_frames=args.max_frames,
-            relative=not args.absolute, copy_audio=not args.no_audio, progress=not args.no_progress)
+            relative=not args.absolute, copy_audio=not args.no_audio, progress=not args.no_progress,
+            crop=args.crop, face=args.face, crop_scale=args.crop_scale, driving_crop=args.driving_crop,
+            detect_every=args.detect_every, smoothing=args.smoothing)
     print(args.out)
     return 0
 
@@ -381,6 +411,19 @@ def _profile(args) -> int:
     return 0
 
 
+def _prepare(args) -> int:
+    from mim.config import load_config
+    from mim.prepare import PrepareOptions, prepare, summarize
+
+    options = PrepareOptions(size=load_config(args.config).renderer.image_size, detector=args.detector,
+                             detect_every=args.detect_every, crop_scale=args.crop_scale,
+                             min_frames=args.min_frames, max_frames_per_segment=args.max_frames_per_segment,
+                             shard_size=args.shard_size)
+    report = prepare(args.videos, args.out, options, workers=args.workers, progress=not args.no_progress)
+    print(summarize(report))
+    return 0
+
+
 def _config(args) -> int:
     from mim.config import config_to_dict, load_config, save_config
 
@@ -406,7 +449,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"train": _train, "evaluate": _evaluate, "reenact": _reenact, "animate": _animate,
-                "config": _config, "profile": _profile}
+                "config": _config, "profile": _profile, "prepare": _prepare}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

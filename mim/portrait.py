@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from mim.face import (DEFAULT_CROP_SCALE, DEFAULT_CROP_SHIFT_UP, DEFAULT_FEATHER, CropBox, Face,
-                      FaceDetector, crop_square, face_crop_box, make_detector, paste_back)
+                      FaceDetector, FaceTracker, crop_square, face_crop_box, make_detector, paste_back)
 from mim.io import MediaError
 
-__all__ = ["CROP_MODES", "Framing", "NoFaceError", "describe_faces", "detect_faces", "frame_portrait",
+__all__ = ["CROP_MODES", "DrivingFraming", "Framing", "NoFaceError", "crop_resized", "describe_faces", "detect_faces", "frame_portrait",
            "square_resize", "to_uint8_image"]
 
 CROP_MODES = ("face", "center")
@@ -83,7 +83,7 @@ def _even(image: torch.Tensor) -> torch.Tensor:
     return image[..., : height - height % 2, : width - width % 2]
 
 
-def _resample_crop(image: torch.Tensor, box: CropBox, size: int) -> torch.Tensor:
+def crop_resized(image: torch.Tensor, box: CropBox, size: int) -> torch.Tensor:
     """``crop_square`` with antialiasing: a box much larger than ``size`` is first sampled at
     its own resolution (at most 4 × size), then reduced with an antialiased resize."""
     native = int(min(round(box.size), 4 * size))
@@ -151,5 +151,40 @@ def frame_portrait(image: torch.Tensor, size: int, crop: str = "face", face: int
         raise NoFaceError(f"face {face} was asked for but {name} has {len(faces)} face(s) "
                           f"(0 .. {len(faces) - 1}, largest first):\n{describe_faces(faces)}")
     box = face_crop_box(faces[face].box, scale=scale, shift_up=shift_up)
-    return Framing(image=image, source=_resample_crop(image, box, size), crop=crop, box=box,
+    return Framing(image=image, source=crop_resized(image, box, size), crop=crop, box=box,
                    faces=faces, face=int(face), feather=feather)
+
+
+class DrivingFraming:
+    """Crops the frames of a driving video, given one at a time, for a model of ``size`` ×
+    ``size`` frames: ``crop="face"`` follows the face with a :class:`mim.face.FaceTracker`
+    (detection every ``detect_every`` frames, the crop square smoothed over time with
+    ``smoothing``); where the track is lost the last square is kept, and a track that jumps or
+    is cut by a shot change continues from the new face. No face in the first frame is a
+    :class:`NoFaceError`. ``crop="center"``: the centre square. ``boxes`` lists the square used
+    for each frame so far (None for ``"center"``)."""
+
+    def __init__(self, size: int, crop: str = "face", detector: Optional[FaceDetector] = None,
+                 detect_every: int = 5, smoothing: float = 0.6, crop_scale: float = DEFAULT_CROP_SCALE,
+                 shift_up: float = DEFAULT_CROP_SHIFT_UP, name: str = "the driving video"):
+        self.size, self.crop, self.name = int(size), _check_crop(crop), name
+        self.tracker = None
+        if crop == "face":
+            self.tracker = FaceTracker(detector if detector is not None else make_detector(),
+                                       detect_every=detect_every, smoothing=smoothing,
+                                       crop_scale=crop_scale, shift_up=shift_up)
+        self.boxes: List[Optional[CropBox]] = []
+
+    def __call__(self, frame: torch.Tensor) -> torch.Tensor:
+        """The model's (3, S, S) crop of the next driving frame (3, H, W) float in [0, 1]."""
+        if self.tracker is None:
+            self.boxes.append(None)
+            return square_resize(frame, self.size)
+        box = self.tracker.update(to_uint8_image(frame)).box
+        if box is None:
+            if not self.boxes:
+                raise NoFaceError(f"no face found in the first frame of {self.name}; use "
+                                  f"--driving-crop center (driving_crop='center') to use its centre square")
+            box = self.boxes[-1]
+        self.boxes.append(box)
+        return crop_resized(frame, box, self.size)

@@ -6,26 +6,13 @@ import itertools
 from typing import Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 
 from mim.checkpoint import renderer_from_checkpoint
+from mim.face import DEFAULT_CROP_SCALE
 from mim.io import has_audio, iter_video, read_audio, read_image, write_video
+from mim.portrait import DrivingFraming, frame_portrait, square_resize
 
-__all__ = ["reenact", "square_resize"]
-
-
-def square_resize(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre-crop (..., 3, H, W) to a square, then resize to size × size (antialiased)."""
-    h, w = frames.shape[-2:]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    frames = frames[..., top:top + side, left:left + side]
-    if side == size:
-        return frames.contiguous()
-    lead = frames.shape[:-3]
-    flat = frames.reshape(-1, *frames.shape[-3:])
-    out = F.interpolate(flat, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.clamp(0, 1).view(*lead, 3, size, size)
+__all__ = ["reenact", "square_resize"]   # square_resize: mim.portrait's, kept importable here
 
 
 def _batches(frames: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
@@ -44,13 +31,23 @@ def _batches(frames: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor
 def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Optional[str] = None,
             device: torch.device = torch.device("cpu"), fps: Optional[float] = None,
             max_frames: Optional[int] = None, relative: bool = True, copy_audio: bool = True,
-            progress: bool = True) -> int:
+            progress: bool = True, crop: str = "face", face: int = 0,
+            crop_scale: float = DEFAULT_CROP_SCALE, driving_crop: str = "face",
+            detect_every: int = 5, smoothing: float = 0.6) -> int:
     """Render ``image`` with the motion of every frame of ``driving`` and write ``out`` (mp4);
     returns the number of frames written.
 
     The source is encoded once; motion features are taken from the driving frames and, with
     ``relative`` (default), applied as M_source + (M_i − M_first driving frame), so the driving
-    person's identity does not leak into the portrait. The driving video is decoded, resized and
+    person's identity does not leak into the portrait.
+
+    Framing (:mod:`mim.portrait`): ``crop="face"`` detects face ``face`` of the portrait (0 = the
+    largest), animates a square of ``crop_scale`` face widths around it and pastes every frame
+    back, so the video has the portrait's size (rounded down to even); ``crop="center"`` uses
+    and outputs the centre square at the model's size. ``driving_crop="face"`` tracks the
+    driving face (detection every ``detect_every`` frames, the square smoothed over time by
+    ``smoothing``) and crops each driving frame around it; ``"center"`` takes the centre square.
+    The driving video is decoded, cropped and
     rendered frame by frame, one render window (``render_window`` frames) at a time, and streamed
     to the encoder, so memory does not grow with its length. ``max_frames`` stops after that many
     driving frames and cuts the copied audio at max_frames / fps. The driving video's audio is
@@ -61,9 +58,13 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
 
     renderer = renderer_from_checkpoint(checkpoint, backend=backend).to(device)
     size = renderer.config.image_size
-    source = square_resize(read_image(image), size)[None].to(device)
+    framing = frame_portrait(read_image(image), size, crop=crop, face=face, scale=crop_scale,
+                             name=str(image))
+    source = framing.source[None].to(device)
     decoded, video_fps = iter_video(driving, max_frames=max_frames)
-    frames = (square_resize(frame, size) for frame in decoded)
+    crop_driving = DrivingFraming(size, crop=driving_crop, detect_every=detect_every, smoothing=smoothing,
+                                  crop_scale=crop_scale, name=str(driving))
+    frames = (crop_driving(frame) for frame in decoded)
     first = next(frames)
     audio = None
     if copy_audio and has_audio(driving):
@@ -85,7 +86,7 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
                 if relative:
                     motion = state.motion + (motion - first_motion)
                 for frame in renderer.render(state, motion[None])[0]:
-                    yield frame.clamp(0, 1).cpu()
+                    yield framing.compose(frame.clamp(0, 1).cpu())
                 written += batch.shape[0]
                 bar.update(batch.shape[0])
         finally:

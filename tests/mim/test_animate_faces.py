@@ -164,3 +164,50 @@ def test_bad_framing_options_are_named(media, animator, kwargs, message):
 def test_missing_audio_or_out_without_list_faces_is_named(media, capsys):
     assert main(["animate", "--image", str(media["root"] / "portrait900.png")]) == 2
     assert "--audio is required (unless --list-faces)" in capsys.readouterr().err
+
+
+# -- mim reenact: the same framing for the portrait, the driving face tracked ---------------------
+
+def _driving_frames(count, step=6):
+    """The astronaut at 256 px moving right by ``step`` px a frame inside a 480x320 frame."""
+    return [torch.from_numpy(_compose(480, 320, [(40 + step * i, 20, 256)])).permute(2, 0, 1).float() / 255
+            for i in range(count)]
+
+
+def test_reenact_pastes_back_and_tracks_the_driving_face(media, tmp_path):
+    from mim.portrait import DrivingFraming
+    from mim.reenact import reenact
+
+    driving = tmp_path / "driving.mp4"
+    write_video(driving, _driving_frames(8), fps=25)
+    out = tmp_path / "reenacted.mp4"
+    assert reenact(str(media["root"] / "portrait900.png"), str(driving), media["stage2"], str(out),
+                   progress=False, detect_every=2, smoothing=0.0) == 8
+    video, _ = read_video(out)
+    image = read_image(media["root"] / "portrait900.png")
+    assert video.shape == (8, 3, 600, 900)
+    outside = _outside(frame_portrait(image, 64).box, 600, 900, margin=16)
+    assert (video - image).abs()[:, :, outside].mean() < 0.01
+    # the tracker's squares follow the face: 6 px a frame to the right (HOG's boxes jitter by a
+    # few px from frame to frame), about the same size, the face in each crop
+    framing = DrivingFraming(64, detect_every=1, smoothing=0.0)
+    crops = [framing(frame) for frame in _driving_frames(5)]
+    assert all(c.shape == (3, 64, 64) for c in crops)
+    xs = np.array([box.x0 for box in framing.boxes])
+    assert abs((xs[-1] - xs[0]) - 24) < 6 and (np.diff(xs) > 0).all(), xs
+    assert np.ptp([box.size for box in framing.boxes]) < 0.1 * framing.boxes[0].size
+
+
+def test_reenact_without_a_driving_face_names_the_flag(media, tmp_path, capsys):
+    driving = tmp_path / "plain.mp4"
+    write_video(driving, [torch.full((3, 240, 320), 0.5)] * 3, fps=25)
+    code = main(["reenact", "--image", str(media["root"] / "portrait900.png"), "--driving", str(driving),
+                 "--checkpoint", media["stage2"], "--out", str(tmp_path / "o.mp4"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no face found in the first frame" in err and "--driving-crop center" in err
+    assert not (tmp_path / "o.mp4").exists()
+    # with the driving video's centre square it runs, pasted back into the full portrait
+    assert main(["reenact", "--image", str(media["root"] / "portrait900.png"), "--driving", str(driving),
+                 "--driving-crop", "center", "--checkpoint", media["stage2"], "--out", str(tmp_path / "o.mp4"),
+                 "--no-progress"]) == 0
+    assert read_video(tmp_path / "o.mp4")[0].shape == (3, 3, 600, 900)

@@ -210,7 +210,7 @@ def test_reenact_out_equal_to_driving_is_refused(media, tmp_path, capsys):
     driving = tmp_path / "driving.mp4"
     driving.write_bytes(PREVIOUS)           # refused before the video is read
     alias = tmp_path / "." / "driving.mp4"
-    run_failing(["reenact", "--image", media["root"] / "portrait.png", "--driving", driving,
+    run_failing(["reenact", "--crop", "center", "--driving-crop", "center", "--image", media["root"] / "portrait.png", "--driving", driving,
                  "--checkpoint", media["stage2"], "--out", alias], capsys, "--driving", "same file")
     assert driving.read_bytes() == PREVIOUS
 

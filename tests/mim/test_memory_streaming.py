@@ -186,7 +186,7 @@ def test_reenact_holds_one_render_window_of_driving_frames(media, monkeypatch, t
     monkeypatch.setattr(mim.reenact, "iter_video", counting_iter_video)
     monkeypatch.setattr(mim.reenact, "write_video", counting_write_video)
     out = tmp_path / "out.mp4"
-    assert main(["reenact", "--image", str(media / "portrait.png"), "--driving", str(media / "driving.mp4"),
+    assert main(["reenact", "--crop", "center", "--driving-crop", "center", "--image", str(media / "portrait.png"), "--driving", str(media / "driving.mp4"),
                  "--checkpoint", str(media / "stage2.safetensors"), "--out", str(out), "--no-progress"]) == 0
     ahead = np.cumsum([1 if event == "decoded" else -1 for event in log])
     assert log.count("decoded") == log.count("written") == 21

@@ -42,7 +42,7 @@ def decode(path):
 def test_writes_a_playable_mp4(media, capsys):
     root, ckpt = media
     out = str(root / "out.mp4")
-    code = main(["reenact", "--image", str(root / "source.png"), "--driving", str(root / "driving.mp4"),
+    code = main(["reenact", "--crop", "center", "--driving-crop", "center", "--image", str(root / "source.png"), "--driving", str(root / "driving.mp4"),
                  "--checkpoint", ckpt, "--out", out, "--no-progress"])
     assert code == 0, capsys.readouterr().err
     frames, fps, size, seconds = decode(out)
@@ -60,7 +60,7 @@ def test_non_square_inputs_are_cropped(media, tmp_path):
     from mim.io import write_video
     write_video(str(tmp_path / "wide.mp4"), wide)
     out = str(tmp_path / "out.mp4")
-    assert main(["reenact", "--image", str(tmp_path / "tall.png"), "--driving", str(tmp_path / "wide.mp4"),
+    assert main(["reenact", "--crop", "center", "--driving-crop", "center", "--image", str(tmp_path / "tall.png"), "--driving", str(tmp_path / "wide.mp4"),
                  "--checkpoint", ckpt, "--out", out, "--no-progress", "--absolute"]) == 0
     assert decode(out)[:3] == (4, 25.0, (64, 64))
 
@@ -79,7 +79,7 @@ def test_bad_input_names_it_and_keeps_the_old_output(media, tmp_path, capsys, wh
         args[what] = str(broken)
     out = tmp_path / "out.mp4"
     out.write_bytes(b"previous result")
-    code = main(["reenact", "--image", args["image"], "--driving", args["driving"],
+    code = main(["reenact", "--crop", "center", "--driving-crop", "center", "--image", args["image"], "--driving", args["driving"],
                  "--checkpoint", args["checkpoint"], "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and str(broken) in err and err.startswith("mim: error:")
