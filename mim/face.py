@@ -346,7 +346,14 @@ class FaceTracker:
 
     @property
     def tracking(self) -> bool:
+        """Whether a face is tracked (the last step's ``box`` is not None)."""
         return self._face is not None
+
+    @property
+    def unconfirmed(self) -> int:
+        """How many of the current track's frames, up to the last one given, came after its last
+        confirmed detection (0 when not tracking)."""
+        return self._since_confirmed if self.tracking else 0
 
     def _end(self, reason: str, trim: int) -> Tuple[str, int]:
         self._face, self._box, self._missed = None, None, 0
