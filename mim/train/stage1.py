@@ -56,12 +56,15 @@ def build_stage1_data(config: Config, data: str, heldout: Optional[str] = None):
     ``train.heldout_clips`` is 0); evaluation reads the first ``train.heldout_clips`` segments of
     those, up to ``train.frames_per_clip`` frames each (:class:`mim.data.ShardClips`)."""
     size, train = config.renderer.image_size, config.train
+    shards = data != "synthetic" and is_shard_spec(data)
+    if heldout is not None and not shards:
+        raise ValueError("heldout names held-out shards; it applies only when data names shards")
     if data == "synthetic":
         return (SyntheticTalkingHeads(train.train_clips, num_frames=train.frames_per_clip, size=size,
                                       seed=train.seed, split="train"),
                 SyntheticTalkingHeads(train.heldout_clips, num_frames=train.frames_per_clip,
                                       size=size, seed=train.seed, split="heldout"))
-    if is_shard_spec(data):
+    if shards:
         urls = expand_shards(data)
         if heldout is None:
             urls, held = heldout_split(urls, train.heldout_clips)
@@ -72,8 +75,6 @@ def build_stage1_data(config: Config, data: str, heldout: Optional[str] = None):
                 raise ValueError(f"held-out shards are also training shards: {', '.join(overlap)}")
         return (ShardSet(urls), ShardClips(held, size, max_clips=train.heldout_clips,
                                            max_frames=train.frames_per_clip))
-    if heldout is not None:
-        raise ValueError("heldout names held-out shards; it applies only when data names shards")
     clips = VideoFolderDataset(data, size=size)
     heldout = min(train.heldout_clips, len(clips) // 2)
     indices = list(range(len(clips)))
