@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     stages = train.add_subparsers(dest="stage", required=True)
     s1 = stages.add_parser("stage1", help="train the renderer")
     s1.add_argument("--config", default="tiny", help="tiny, base, or a YAML/JSON config file")
-    s1.add_argument("--data", default="synthetic", help="'synthetic' or a folder of clips")
+    s1.add_argument("--data", default="synthetic", help="'synthetic', a folder of clips, or shards to stream "
+                    "(a folder of *.tar, a glob, or shard-{000000..000009}.tar; the last is held out; "
+                    "docs/streaming.md)")
     s1.add_argument("--steps", type=int, required=True, help="total optimizer steps of the run")
     s1.add_argument("--out", required=True, help="run directory (config, logs, checkpoints)")
     s1.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -85,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("--stage1", required=True, help="stage-1 checkpoint (its renderer is frozen)")
     s2.add_argument("--config", help="tiny, base or a file for the motion/stage2 sections "
                                      "(default: the stage-1 checkpoint's config)")
-    s2.add_argument("--data", default="synthetic", help="'synthetic' or a folder of clips with audio")
+    s2.add_argument("--data", default="synthetic", help="'synthetic', a folder of clips with audio, or "
+                    "shards to stream (a folder of *.tar, a glob, or a {a..b} pattern; docs/streaming.md)")
     s2.add_argument("--steps", type=int, required=True)
     s2.add_argument("--out", required=True)
     s2.add_argument("--resume", action="store_true")
