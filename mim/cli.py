@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "renderer.image_size (default base)")
     prep.add_argument("--detector", default="dlib-hog", help="face detector (default dlib-hog)")
     prep.add_argument("--detect-every", type=int, default=5, help="run the detector every N frames (default 5)")
+    prep.add_argument("--detect-side", type=int, default=640,
+                      help="detect on frames scaled down to this longer side (default 640)")
     prep.add_argument("--crop-scale", type=float, default=1.7,
                       help="side of the crop square in face-box sides (default 1.7)")
     prep.add_argument("--shard-size", type=float, default=256.0, help="bound on each shard, MB (default 256)")
@@ -419,7 +421,8 @@ def _prepare(args) -> int:
     from mim.prepare import PrepareOptions, prepare, summarize
 
     options = PrepareOptions(size=load_config(args.config).renderer.image_size, detector=args.detector,
-                             detect_every=args.detect_every, crop_scale=args.crop_scale,
+                             detect_every=args.detect_every, detect_side=args.detect_side,
+                             crop_scale=args.crop_scale,
                              min_frames=args.min_frames, max_frames_per_segment=args.max_frames_per_segment,
                              shard_size=args.shard_size)
     report = prepare(args.videos, args.out, options, workers=args.workers, progress=not args.no_progress)

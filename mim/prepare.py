@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from mim.data.shards import encode_sample, sample_key
-from mim.face import (DEFAULT_CROP_SCALE, DEFAULT_CROP_SHIFT_UP, DEFAULT_DETECTOR, CropBox,
+from mim.face import (DEFAULT_CROP_SCALE, DEFAULT_CROP_SHIFT_UP, DEFAULT_DETECTOR, CropBox, Face,
                       FaceTracker, available_detectors, crop_square, make_detector)
 from mim.io import MediaError, atomic_output, read_audio
 
 __all__ = ["FPS", "SAMPLE_RATE", "VIDEO_SUFFIXES", "FRAME_SUFFIXES", "MANIFEST", "REPORT",
            "PrepareOptions", "VideoSource", "VideoResult", "find_videos", "prepare_video",
-           "prepare", "summarize", "crop_frame", "resample_times"]
+           "prepare", "summarize", "crop_frame", "resample_times", "ScaledDetector",
+           "make_prepare_detector"]
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -59,7 +60,10 @@ class PrepareOptions:
     ``cut_threshold``: :class:`mim.face.FaceTracker`'s; ``crop_scale``: the crop square's side
     in face-box sides; ``min_frames``: shorter segments are dropped; ``max_frames_per_segment``:
     longer tracks are split into samples of this many frames; ``shard_size``: bound on each
-    shard's size in MB (10^6 bytes)."""
+    shard's size in MB (10^6 bytes); ``detect_side``: frames whose longer side exceeds it are
+    scaled down to it (area-averaged) for detection only, boxes scaled back (talking-head faces
+    are large: with dlib-hog a face must then be about 40 px at that scale, 80 px in a 1280-wide
+    frame)."""
     size: int
     detector: str = DEFAULT_DETECTOR
     detect_every: int = 5
@@ -71,9 +75,11 @@ class PrepareOptions:
     min_frames: int = 25
     max_frames_per_segment: int = 250
     shard_size: float = 256.0
+    detect_side: int = 640
 
     def __post_init__(self):
-        for name in ("size", "detect_every", "max_missed", "min_frames", "max_frames_per_segment"):
+        for name in ("size", "detect_every", "max_missed", "min_frames", "max_frames_per_segment",
+                     "detect_side"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -101,6 +107,32 @@ class _NoDetector:
 
     def detect(self, image):
         return []
+
+
+class ScaledDetector:
+    """``detector`` run on frames scaled down so that their longer side is at most ``max_side``
+    (area-averaged), its boxes and landmarks scaled back to the frame's pixels."""
+
+    def __init__(self, detector, max_side: int):
+        self.detector, self.max_side = detector, int(max_side)
+        self.name = detector.name
+
+    def detect(self, image: np.ndarray) -> List[Face]:
+        height, width = image.shape[:2]
+        scale = self.max_side / max(height, width)
+        if scale >= 1:
+            return self.detector.detect(image)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+        sx, sy = width / size[0], height / size[1]
+        return [Face(box=(f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy), score=f.score,
+                     landmarks=None if f.landmarks is None else f.landmarks * np.array([sx, sy]))
+                for f in self.detector.detect(small)]
+
+
+def make_prepare_detector(options: "PrepareOptions"):
+    """The detector :func:`prepare` uses: ``options.detector`` behind :class:`ScaledDetector`."""
+    return ScaledDetector(make_detector(options.detector), options.detect_side)
 
 
 @dataclass(frozen=True)
@@ -322,9 +354,9 @@ def prepare_video(source: VideoSource, options: PrepareOptions, detector=None) -
     """One video -> :class:`VideoResult`. A video that cannot be read (corrupt, no video stream,
     no frames, an unreadable frame image) or yields no segment (no face, every tracked stretch
     shorter than ``min_frames``) is skipped with its reason; other exceptions propagate.
-    ``detector`` defaults to ``make_detector(options.detector)``."""
+    ``detector`` defaults to :func:`make_prepare_detector`'s."""
     entry = _entry(source)
-    detector = detector if detector is not None else make_detector(options.detector)
+    detector = detector if detector is not None else make_prepare_detector(options)
     try:
         samples = _prepare(source, options, detector, entry)
     except _Skip as skip:
@@ -507,7 +539,7 @@ _WORKER: Dict[str, object] = {}
 def _init_worker(options: PrepareOptions) -> None:
     torch.set_num_threads(1)
     _WORKER["options"] = options
-    _WORKER["detector"] = make_detector(options.detector)
+    _WORKER["detector"] = make_prepare_detector(options)
 
 
 def _work(source: VideoSource) -> VideoResult:
@@ -568,9 +600,12 @@ def prepare(videos, out, options: PrepareOptions, workers: int = 1, progress: bo
         pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (options,))
         results = pool.imap(_work, todo, chunksize=1)
     else:
-        detector = make_detector(options.detector)
+        detector = make_prepare_detector(options)
         results = (prepare_video(source, options, detector) for source in todo)
+    threads = torch.get_num_threads()
     try:
+        # many tiny tensor ops per frame: one thread is several times faster than a contended pool
+        torch.set_num_threads(1)
         from tqdm import tqdm
         for result in tqdm(results, total=len(todo), unit="video", disable=not progress, desc="prepare"):
             entry = result.entry
@@ -607,6 +642,7 @@ def prepare(videos, out, options: PrepareOptions, workers: int = 1, progress: bo
             shard.abort()
         raise
     finally:
+        torch.set_num_threads(threads)
         if pool is not None:
             pool.terminate()
             pool.join()

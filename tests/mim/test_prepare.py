@@ -323,3 +323,25 @@ def test_bad_inputs_are_named(tmp_path, videos):
         prepare(videos, tmp_path / "file", PrepareOptions(size=SIZE))
     with pytest.raises(ValueError, match="workers"):
         prepare(videos, tmp_path / "o", PrepareOptions(size=SIZE), workers=0)
+
+
+def test_scaled_detector_detects_on_a_smaller_copy_and_scales_boxes_back():
+    from mim.face import Face
+    from mim.prepare import ScaledDetector
+
+    class Recorder:
+        name = "recorder"
+        shapes = []
+
+        def detect(self, image):
+            self.shapes.append(image.shape)
+            return [Face((10.0, 20.0, 30.0, 40.0), 1.5, np.array([[15.0, 25.0]]))]
+
+    detector = ScaledDetector(Recorder(), 320)
+    faces = detector.detect(np.zeros((360, 1280, 3), np.uint8))
+    assert Recorder.shapes[-1] == (90, 320, 3)
+    assert faces[0].box == (40.0, 80.0, 120.0, 160.0) and faces[0].score == 1.5
+    assert np.allclose(faces[0].landmarks, [[60.0, 100.0]])
+    small = detector.detect(np.zeros((200, 300, 3), np.uint8))      # already small: as is
+    assert Recorder.shapes[-1] == (200, 300, 3) and small[0].box == (10.0, 20.0, 30.0, 40.0)
+    assert detector.name == "recorder"
