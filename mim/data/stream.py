@@ -19,14 +19,17 @@ drained at the end of each epoch; epochs follow one another without end (``epoch
 **Resume.** ``start_batch`` = the batches this rank has already consumed. A DataLoader over an
 endless iterable hands its batch i to worker i mod K, so batch p of the run comes from the
 worker stream ("role") p mod K. A resumed loader's worker k takes role (k + start_batch) mod K
-and skips the first ``ceil((start_batch - role) / K)`` batches of that role: it reads and
-draws them as before but decodes nothing. The batches that follow are those of the
-uninterrupted run, given the same shards, seed, world size, workers and batch size.
+and skips the items of the first ``ceil((start_batch - role) / K)`` batches of that role:
+whole epochs by counting their items from the shards' JSON members alone (no frame bytes
+read), then, in the epoch where it resumes, by reading and drawing as before but decoding
+nothing. The batches that follow are those of the uninterrupted run, given the same shards,
+seed, world size, workers, batch size and per-segment draw count.
 """
 from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import logging
 import os
 import random
@@ -36,13 +39,14 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from mim.audio import MIN_AUDIO_SAMPLES, audio_features
-from mim.data.shards import ShardFormatError, decode_audio, decode_frames, frame_field, sample_metadata
+from mim.data.shards import ShardFormatError, decode_audio, frame_field, sample_metadata
 
-__all__ = ["ShardClips", "ShardSet", "Stage1Stream", "Stage2Stream", "expand_braces", "expand_shards",
-           "heldout_split", "is_shard_spec", "read_shard", "shard_loader", "split_shards", "usable_workers"]
+__all__ = ["ShardClips", "ShardSet", "Stage1Stream", "Stage2Stream", "decode_frames_uint8", "expand_braces",
+           "expand_shards", "heldout_split", "is_shard_spec", "read_shard", "shard_loader", "shard_metadata",
+           "split_shards", "usable_workers"]
 
 log = logging.getLogger("mim.data")
 
@@ -148,6 +152,26 @@ def read_shard(url: str) -> Iterator[Dict]:
         yield sample
 
 
+def shard_metadata(url: str) -> Iterator:
+    """(key, checked metadata) of each sample of one shard, in file order, reading only the JSON
+    members: the other members' headers are read and their bytes seeked over."""
+    try:
+        with tarfile.open(url, mode="r:*") as tar:
+            for member in tar:
+                folder, base = os.path.split(member.name)
+                if not member.isfile() or "." not in base or base.split(".", 1)[1] != "json":
+                    continue
+                stem = base.split(".", 1)[0]
+                key = os.path.join(folder, stem) if folder else stem
+                try:
+                    meta = sample_metadata({"__key__": key, "json": tar.extractfile(member).read()})
+                except ShardFormatError as error:
+                    raise ShardFormatError(f"shard {url}: {error}") from None
+                yield key, meta
+    except tarfile.TarError as error:
+        raise ShardFormatError(f"shard {url}: not a readable tar ({error})") from None
+
+
 def split_shards(urls: Sequence[str], seed: int, epoch: int, rank: int = 0, world_size: int = 1,
                  worker: int = 0, num_workers: int = 1) -> List[str]:
     """The shards worker ``worker`` of ``num_workers`` on rank ``rank`` of ``world_size`` reads in
@@ -182,11 +206,23 @@ def _name_hash(url: str, key: str) -> List[int]:
     return [int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")]
 
 
-def _resize(frames: torch.Tensor, size: int) -> torch.Tensor:
-    if frames.shape[-1] == size and frames.shape[-2] == size:
-        return frames
-    return F.interpolate(frames, size=(size, size), mode="bicubic", antialias=True,
-                         align_corners=False).clamp_(0.0, 1.0)
+def decode_frames_uint8(sample: Dict, indices, size: int) -> torch.Tensor:
+    """Frames ``indices`` of a raw sample as (n, 3, size, size) uint8: the JPEGs decoded, resized
+    (PIL bicubic, antialiased when shrinking) when they are not size × size. Without a resize,
+    ``x.float() / 255`` is :func:`mim.data.shards.decode_frames` exactly."""
+    key = sample.get("__key__", "?")
+    out = []
+    for index in indices:
+        raw = sample.get(frame_field(index))
+        if raw is None:
+            raise ShardFormatError(f"sample {key}: no member {frame_field(index)}")
+        with Image.open(io.BytesIO(raw)) as image:
+            image = image.convert("RGB")
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.BICUBIC)
+            pixels = np.asarray(image)
+        out.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
+    return torch.stack(out)
 
 
 class _ShardStream(torch.utils.data.IterableDataset):
@@ -209,8 +245,9 @@ class _ShardStream(torch.utils.data.IterableDataset):
         self._warned = set()
 
     def frames(self, sample: Dict, indices) -> torch.Tensor:
-        """Frames ``indices`` of a raw sample, decoded and resized to ``size``: (n, 3, size, size)."""
-        return _resize(decode_frames(sample, indices), self.size)
+        """Frames ``indices`` of a raw sample, decoded and resized to ``size``: (n, 3, size, size)
+        uint8 (:func:`decode_frames_uint8`)."""
+        return decode_frames_uint8(sample, indices, self.size)
 
     def draw(self, sample: Dict, meta: Dict, rng: np.random.Generator) -> List[Dict]:
         raise NotImplementedError
@@ -228,13 +265,30 @@ class _ShardStream(torch.utils.data.IterableDataset):
             self._warned.add(name)
             log.warning("segment %s of %s skipped: %s", sample["__key__"], sample["__url__"], reason)
 
-    def _drawn(self, epoch: int, worker: int, num_workers: int) -> Iterator[Dict]:
-        """Drawn items (raw bytes) of one epoch for this worker, in shuffled order."""
+    def draws_per_segment(self, sample: Dict, meta: Dict) -> int:
+        """How many items a segment gives (0: it is skipped, and one log line says why)."""
+        raise NotImplementedError
+
+    def _epoch_shards(self, epoch: int, worker: int, num_workers: int) -> List[str]:
         shards = split_shards(self.urls, self.seed, epoch, self.rank, self.world_size, worker, num_workers)
         if not shards:
             raise ValueError(f"worker {worker} of {num_workers} on rank {self.rank} of {self.world_size} "
                              f"has no shard ({len(self.urls)} shards): use at most "
                              f"{usable_workers(len(self.urls), self.world_size, num_workers)} workers")
+        return shards
+
+    def _epoch_size(self, epoch: int, worker: int, num_workers: int) -> int:
+        """The items a worker draws in ``epoch``, counted from the JSON members alone."""
+        shards = self._epoch_shards(epoch, worker, num_workers)
+        size = sum(self.draws_per_segment({"__key__": key, "__url__": url}, meta)
+                   for url in shards for key, meta in shard_metadata(url))
+        if not size:
+            raise ValueError(f"shards {', '.join(shards)} gave no usable segment (see the warnings)")
+        return size
+
+    def _drawn(self, epoch: int, worker: int, num_workers: int) -> Iterator[Dict]:
+        """Drawn items (raw bytes) of one epoch for this worker, in shuffled order."""
+        shards = self._epoch_shards(epoch, worker, num_workers)
         rng = random.Random(_seed(self.seed, epoch, self.rank, worker))
         buffer: List[Dict] = []
         produced = 0
@@ -264,20 +318,25 @@ class _ShardStream(torch.utils.data.IterableDataset):
         # a new DataLoader asks worker 0 first: it continues the stream of the worker that
         # produced batch start_batch in the uninterrupted run
         role = (worker + self.start_batch) % num_workers
-        skip = max(0, -(-(self.start_batch - role) // num_workers))
-        pending: List[Dict] = []
+        skip = max(0, -(-(self.start_batch - role) // num_workers)) * self.batch_size
         epoch = 0
+        while skip and (self.epochs is None or epoch < self.epochs):
+            size = self._epoch_size(epoch, role, num_workers)
+            if size > skip:
+                break
+            skip, epoch = skip - size, epoch + 1
+        pending: List[Dict] = []
         while self.epochs is None or epoch < self.epochs:
             for item in self._drawn(epoch, role, num_workers):
+                if skip:
+                    skip -= 1
+                    continue
                 pending.append(item)
                 if len(pending) == self.batch_size:
-                    if skip:
-                        skip -= 1
-                    else:
-                        yield self.collate([self.decode(it) for it in pending])
+                    yield self.collate([self.decode(it) for it in pending])
                     pending = []
             epoch += 1
-        if pending and not skip:
+        if pending:
             yield self.collate([self.decode(it) for it in pending])
 
     @staticmethod
@@ -300,9 +359,10 @@ class Stage1Stream(_ShardStream):
     Per segment of T >= ``num_driving`` frames, ``pairs_per_segment`` draws of a driving window
     start d (uniform over the valid starts) and a source frame s (uniform over the segment), as
     :class:`mim.data.SourceDrivingPairs` draws them from a clip. A batch: ``source`` (B, 3, size,
-    size), ``driving`` (B, num_driving, 3, size, size) float32 in [0, 1], ``source_frame`` and
+    size), ``driving`` (B, num_driving, 3, size, size) uint8 (a quarter of float32's bytes
+    between processes and to the device; the trainer divides by 255 there), ``source_frame`` and
     ``driving_start`` (B,) int64, ``key`` and ``url`` (lists of B str). Frames of another size
-    than ``size`` are resized (antialiased bicubic)."""
+    than ``size`` are resized (:func:`decode_frames_uint8`)."""
 
     def __init__(self, urls, batch_size, size, num_driving=2, pairs_per_segment=4, **options):
         super().__init__(urls, batch_size, size, **options)
@@ -311,13 +371,16 @@ class Stage1Stream(_ShardStream):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.num_driving, self.pairs_per_segment = int(num_driving), int(pairs_per_segment)
 
+    def draws_per_segment(self, sample, meta):
+        if meta["num_frames"] < self.num_driving:
+            self.skip_segment(sample, f"{meta['num_frames']} frames, fewer than num_driving = {self.num_driving}")
+            return 0
+        return self.pairs_per_segment
+
     def draw(self, sample, meta, rng):
         frames = meta["num_frames"]
-        if frames < self.num_driving:
-            self.skip_segment(sample, f"{frames} frames, fewer than num_driving = {self.num_driving}")
-            return []
         items = []
-        for _ in range(self.pairs_per_segment):
+        for _ in range(self.draws_per_segment(sample, meta)):
             start = int(rng.integers(frames - self.num_driving + 1))
             source = int(rng.integers(frames))
             needed = sorted({source, *range(start, start + self.num_driving)})
@@ -345,9 +408,9 @@ class Stage2Stream(_ShardStream):
     Per segment with audio and T >= ``window`` frames, ``windows_per_segment`` draws of a window
     start s (uniform over 0 .. T - window). Segments without audio or shorter than the window
     are skipped with one log line each. A batch (B windows): ``frames`` (B, prev_frames + window,
-    3, size, size), frames s - prev_frames .. s + window - 1, the ones before frame 0 zeros;
+    3, size, size) uint8, frames s - prev_frames .. s + window - 1, the ones before frame 0 zeros;
     ``context`` (B,) how many of the prev_frames are real (min(s, prev_frames)); ``first_frame``
-    (B, 3, size, size), frame 0 of the segment (for F_A); ``mel`` (B, L, 80) the whole segment's
+    (B, 3, size, size) uint8, frame 0 of the segment (for F_A); ``mel`` (B, L, 80) the whole segment's
     log-mel zero-padded to the longest, with ``mel_lengths`` (B,); ``local`` (B, window, 4 (2
     local_context + 1), 80), the window's per-frame audio slices; ``start`` (B,); ``key``,
     ``url``. The audio features are those :func:`mim.audio.audio_features` gives for the whole
@@ -366,19 +429,25 @@ class Stage2Stream(_ShardStream):
 
     def usable(self, sample, meta) -> bool:
         """Whether a segment gives stage-2 windows (else one log line says why)."""
-        if meta["audio_samples"] < MIN_AUDIO_SAMPLES or "wav" not in sample:
-            self.skip_segment(sample, "no audio")
+        if meta["audio_samples"] < MIN_AUDIO_SAMPLES:
+            self.skip_segment(sample, "no audio" if not meta["audio_samples"] else
+                              f"{meta['audio_samples']} audio samples, fewer than {MIN_AUDIO_SAMPLES}")
             return False
         if meta["num_frames"] < self.window:
             self.skip_segment(sample, f"{meta['num_frames']} frames, fewer than motion.window = {self.window}")
             return False
         return True
 
+    def draws_per_segment(self, sample, meta):
+        return self.windows_per_segment if self.usable(sample, meta) else 0
+
     def draw(self, sample, meta, rng):
-        if not self.usable(sample, meta):
-            return []
+        count = self.draws_per_segment(sample, meta)
+        if count and "wav" not in sample:
+            raise ShardFormatError(f"sample {sample['__key__']} of {sample['__url__']}: json says "
+                                   f"{meta['audio_samples']} audio samples but there is no wav member")
         items = []
-        for _ in range(self.windows_per_segment):
+        for _ in range(count):
             start = int(rng.integers(meta["num_frames"] - self.window + 1))
             needed = sorted({0, *range(max(0, start - self.prev_frames), start + self.window)})
             items.append({"sample": self.keep(sample, needed, audio=True), "start": start,
@@ -450,7 +519,8 @@ class ShardClips(torch.utils.data.Dataset):
         audio = decode_audio(sample)
         if audio.size:
             audio = audio[:round(count / meta["fps"] * 16000)]
-        return {"frames": _resize(decode_frames(sample, range(count)), self.size), "audio": audio,
+        frames = decode_frames_uint8(sample, range(count), self.size).float().div_(255.0)
+        return {"frames": frames, "audio": audio,
                 "sample_rate": 16000, "fps": float(meta["fps"]), "key": sample["__key__"]}
 
 

@@ -208,9 +208,10 @@ class Stage1Trainer(TrainerBase):
         of optimizer step ``step``; the boxes (B, N, 4) and openings (B, N) are None when the
         clips have none."""
         if self.stream is not None:
-            batch = self.stream_batch(step, micro)
-            move = {"device": self.ctx.device, "dtype": self.dtype, "non_blocking": True}
-            return batch["source"].to(**move), batch["driving"].to(**move), None, None
+            batch = self.stream_batch(step, micro)   # uint8 frames: to [0, 1] on the device
+            source, driving = (batch[k].to(self.ctx.device, non_blocking=True).to(self.dtype).div_(255.0)
+                               for k in ("source", "driving"))
+            return source, driving, None, None
         t = self.config.train
         start = (step * t.grad_accumulation + micro) * t.batch_size + self.ctx.rank * self.local_batch
         items = [self._sample(p) for p in range(start, start + self.local_batch)]

@@ -81,7 +81,7 @@ def stream_motion_statistics(renderer: Renderer, stream: Stage2Stream, device,
     for url in stream.urls:
         for sample in read_shard(url):
             if stream.usable(sample, sample_metadata(sample)):
-                frames = stream.frames(sample, range(stream.window)).to(device)
+                frames = stream.frames(sample, range(stream.window)).to(device).float().div_(255.0)
                 motion.append(renderer.encode_motion(frames).float().cpu())
                 if len(motion) == segments:
                     break
@@ -178,8 +178,9 @@ class Stage2Trainer(TrainerBase):
         renderer, F_A of each segment's first frame, the previous frames' normalized M (zeros
         where the window starts before frame prev_frames), the audio features as streamed."""
         dev, dtype, prev = self.ctx.device, self.dtype, self.config.motion.prev_frames
-        motion = self.renderer.encode_motion(batch["frames"].to(dev, non_blocking=True)).float()
-        appearance = self.renderer.appearance_extractor(batch["first_frame"].to(dev, non_blocking=True)).float()
+        frames, first = (batch[k].to(dev, non_blocking=True).float().div_(255.0) for k in ("frames", "first_frame"))
+        motion = self.renderer.encode_motion(frames).float()
+        appearance = self.renderer.appearance_extractor(first).float()
         real = torch.arange(prev, device=dev)[None] >= prev - batch["context"].to(dev)[:, None]
         previous = self.generator.normalize(motion[:, :prev].to(dtype))
         previous = torch.where(real[..., None], previous, torch.zeros_like(previous))

@@ -16,6 +16,7 @@ from mim.audio import audio_features
 from mim.data import (ShardClips, Stage1Stream, Stage2Stream, expand_shards, heldout_split, is_shard_spec,
                       make_clip, shard_loader, split_shards, usable_workers)
 from mim.data.shards import ShardFormatError, decode_audio, decode_frames, encode_sample, sample_key
+from mim.data import stream as stream_module
 from mim.data.stream import expand_braces, read_shard
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,6 +48,11 @@ def write_shards(folder, shards=4, per_shard=3, frames=12, size=32, silent=(1,))
 def shards(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("shards"))
     return (folder, *write_shards(folder))
+
+
+def unit(frames):
+    """A stream's uint8 frames in [0, 1], as the trainers convert them."""
+    return frames.float().div_(255.0)
 
 
 def drawn(batches):
@@ -101,17 +107,18 @@ def test_stage1_pairs_are_the_shards_frames(shards):
     for i, key in enumerate(batch["key"]):
         sample = next(s for u in urls for s in read_shard(u) if s["__key__"] == key)
         s, d = int(batch["source_frame"][i]), int(batch["driving_start"][i])
-        assert torch.equal(batch["source"][i], decode_frames(sample, [s])[0])
-        assert torch.equal(batch["driving"][i], decode_frames(sample, range(d, d + 3)))
+        assert torch.equal(unit(batch["source"][i]), decode_frames(sample, [s])[0])
+        assert torch.equal(unit(batch["driving"][i]), decode_frames(sample, range(d, d + 3)))
         # of the segment's frames as written, frame s is the one the JPEG-decoded source is closest to
         written = torch.from_numpy(truth[key][0]).permute(0, 3, 1, 2).float()
-        error = (batch["source"][i] * 255 - written).abs().mean(dim=(1, 2, 3))
+        error = (batch["source"][i].float() - written).abs().mean(dim=(1, 2, 3))
         assert float(error[s]) == float(error.min()) and float(error[s]) < 8.0
     # the same (seed, epoch) draws the same; the order depends on the buffer, the pairs do not
     again = Stage1Stream(urls, 5, 32, num_driving=3, pairs_per_segment=2, seed=3, epochs=1, shuffle_buffer=9)
     assert drawn(list(again)) != items and sorted(drawn(list(again))) == sorted(items)
     resized = next(iter(Stage1Stream(urls, 2, 16, seed=3, epochs=1)))
-    assert resized["driving"].shape == (2, 2, 3, 16, 16) and 0 <= float(resized["source"].min())
+    assert resized["driving"].shape == (2, 2, 3, 16, 16) and resized["driving"].dtype == torch.uint8
+    assert batch["source"].dtype == torch.uint8
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -133,6 +140,21 @@ def test_resume_skips_to_the_same_batches_without_decoding(shards, workers, monk
         first_epoch = full[:len(full) // 2]
         by_worker = [{u for b in first_epoch[w::2] for u in b["url"]} for w in range(2)]
         assert not by_worker[0] & by_worker[1]
+
+
+def test_resume_past_an_epoch_reads_only_its_json(shards, monkeypatch):
+    """Epoch 0 (12 segments x 3 pairs = 12 batches of 3) is skipped by counting its items from
+    the JSON members; only epoch 1's shards are read whole."""
+    _, urls, _ = shards
+    options = dict(num_driving=2, pairs_per_segment=3, seed=4, epochs=2, shuffle_buffer=7)
+    full = list(Stage1Stream(urls, 3, 32, **options))
+    read = []
+    original = stream_module.read_shard
+    monkeypatch.setattr(stream_module, "read_shard", lambda url: read.append(url) or original(url))
+    resumed = list(Stage1Stream(urls, 3, 32, start_batch=14, **options))
+    assert len(full) == 24 and drawn(resumed) == drawn(full[14:])
+    assert len(read) == 4 and set(read) == set(urls)
+    assert [m["num_frames"] for _, m in stream_module.shard_metadata(urls[0])] == [12, 12, 12]
 
 
 def test_ranks_read_disjoint_shards(shards):
@@ -164,8 +186,9 @@ def test_stage2_windows_and_audio(shards, caplog):
             starts.add(start)
             assert context == min(start, 4)
             assert not batch["frames"][i, :4 - context].any()
-            assert torch.equal(batch["frames"][i, 4 - context:], decode_frames(sample, range(start - context, start + 5)))
-            assert torch.equal(batch["first_frame"][i], decode_frames(sample, [0])[0])
+            window = decode_frames(sample, range(start - context, start + 5))
+            assert torch.equal(unit(batch["frames"][i, 4 - context:]), window)
+            assert torch.equal(unit(batch["first_frame"][i]), decode_frames(sample, [0])[0])
             # the features of the shard's audio (16-bit PCM of the written audio) for the whole segment
             features = audio_features(decode_audio(sample), num_frames=12)
             length = int(batch["mel_lengths"][i])

@@ -185,6 +185,9 @@ def test_cli_trains_both_stages_from_shards(shards, tmp_path):
     assert main(["train", "stage1", "--config", path, "--data", os.path.join(folder, "*.tar"), "--steps", "1",
                  "--out", one, "--no-progress", "--device", "cpu"]) == 0
     checkpoint = latest_checkpoint(os.path.join(one, "checkpoints"))
+    scores = str(tmp_path / "scores.json")
+    assert main(["evaluate", "--checkpoint", checkpoint, "--data", folder, "--json", scores]) == 0
+    assert json.load(open(scores))["frames"] == 5      # the held-out shard's first segment, frames 1..5
     two = str(tmp_path / "two")
     assert main(["train", "stage2", "--stage1", checkpoint, "--config", path, "--data",
                  os.path.join(folder, "shard-{000000..000004}.tar"), "--steps", "1", "--out", two,
