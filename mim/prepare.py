@@ -18,6 +18,8 @@ import io
 import json
 import math
 import os
+import pickle
+import shutil
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -49,6 +51,7 @@ MANIFEST_FORMAT = 1
 _MB = 1_000_000
 _TAR_BLOCK, _TAR_RECORD = 512, 10240
 _SHARD_NAME = "shard-{:06d}.tar"
+_SPOOL = ".spool"
 
 
 @dataclass(frozen=True)
@@ -148,9 +151,9 @@ class VideoSource:
 @dataclass
 class VideoResult:
     """What :func:`prepare_video` made of one video: its report entry and its encoded samples
-    (``encode_sample`` dicts, in segment order)."""
+    (``encode_sample`` dicts, in segment order), or what its ``sink`` returned for each."""
     entry: dict
-    samples: List[dict]
+    samples: list
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,33 +353,36 @@ def _segment_audio(audio, audio_start: Fraction, start: Fraction, num_frames: in
     return out
 
 
-def prepare_video(source: VideoSource, options: PrepareOptions, detector=None) -> VideoResult:
+def prepare_video(source: VideoSource, options: PrepareOptions, detector=None,
+                  sink: Optional[Callable[[dict], object]] = None) -> VideoResult:
     """One video -> :class:`VideoResult`. A video that cannot be read (corrupt, no video stream,
     no frames, an unreadable frame image) or yields no segment (no face, every tracked stretch
     shorter than ``min_frames``) is skipped with its reason; other exceptions propagate.
-    ``detector`` defaults to :func:`make_prepare_detector`'s."""
+    ``detector`` defaults to :func:`make_prepare_detector`'s. ``sink(sample)``, when given,
+    takes each encoded sample as soon as it is made and returns what the result keeps in its
+    place (:func:`prepare` spools samples to disk, so that a long video is never held whole)."""
     entry = _entry(source)
     detector = detector if detector is not None else make_prepare_detector(options)
     try:
-        samples = _prepare(source, options, detector, entry)
+        samples = _prepare(source, options, detector, entry, sink)
     except _Skip as skip:
-        entry.update(reason=skip.reason, detail=skip.detail)
+        entry.update(reason=skip.reason, detail=skip.detail, segments=0, frames=0)
         return VideoResult(entry, [])
-    except (MediaError, av.FFmpegError) as error:
-        entry.update(reason="unreadable", detail=str(error))
+    except (MediaError, av.FFmpegError) as error:   # samples made before the error are dropped
+        entry.update(reason="unreadable", detail=str(error), segments=0, frames=0)
         return VideoResult(entry, [])
     if not samples:
+        entry.update(segments=0, frames=0)
         tracked = entry["dropped_short"] > 0
         entry.update(reason="too short" if tracked else "no face",
                      detail=(f"every tracked stretch is shorter than {options.min_frames} frames"
                              if tracked else "no face found in any frame tested"))
         return VideoResult(entry, [])
-    entry.update(status="prepared", segments=len(samples),
-                 frames=sum(json.loads(s["json"])["num_frames"] for s in samples))
+    entry["status"] = "prepared"
     return VideoResult(entry, samples)
 
 
-def _prepare(source: VideoSource, options: PrepareOptions, detector, entry: dict) -> List[dict]:
+def _prepare(source: VideoSource, options: PrepareOptions, detector, entry: dict, sink) -> list:
     timed, duration, audio, audio_start, close = _open(source, entry)
     entry["audio"] = audio is not None
     if audio is None:
@@ -385,7 +391,7 @@ def _prepare(source: VideoSource, options: PrepareOptions, detector, entry: dict
                           max_jump=options.max_jump, max_missed=options.max_missed,
                           cut_threshold=options.cut_threshold, crop_scale=options.crop_scale,
                           shift_up=DEFAULT_CROP_SHIFT_UP)
-    samples: List[dict] = []
+    samples: list = []
     current: List[Tuple[int, CropBox, np.ndarray]] = []
     gaps: List[Fraction] = []
     first_time: List[Fraction] = []
@@ -413,8 +419,10 @@ def _prepare(source: VideoSource, options: PrepareOptions, detector, entry: dict
                     "fps": float(FPS), "detector": options.detector,
                     "boxes": [[round(b.x0, 2), round(b.y0, 2), round(b.size, 2)] for _, b, _ in frames]}
         pixels = np.stack([crop for _, _, crop in frames])
-        samples.append(encode_sample(key, pixels, _segment_audio(audio, audio_start, start, len(frames)),
-                                     metadata))
+        sample = encode_sample(key, pixels, _segment_audio(audio, audio_start, start, len(frames)), metadata)
+        entry["segments"] += 1
+        entry["frames"] += len(frames)
+        samples.append(sink(sample) if sink is not None else sample)
 
     decoded = 0
     try:
@@ -533,17 +541,39 @@ def _load_manifest(out: Path, options: PrepareOptions) -> dict:
     return manifest
 
 
+class _Spool:
+    """Samples handed from the video workers to the shard writer through files in a hidden
+    folder of the output (pickles this run writes and reads back once, then deletes)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def __call__(self, sample: dict) -> str:
+        path = self.directory / f"{sample['__key__']}.pkl"
+        with open(path, "wb") as file:
+            pickle.dump(sample, file, protocol=pickle.HIGHEST_PROTOCOL)
+        return str(path)
+
+    @staticmethod
+    def take(path: str) -> dict:
+        with open(path, "rb") as file:
+            sample = pickle.load(file)
+        os.unlink(path)
+        return sample
+
+
 _WORKER: Dict[str, object] = {}
 
 
-def _init_worker(options: PrepareOptions) -> None:
+def _init_worker(options: PrepareOptions, spool: Path) -> None:
     torch.set_num_threads(1)
     _WORKER["options"] = options
     _WORKER["detector"] = make_prepare_detector(options)
+    _WORKER["sink"] = _Spool(spool)
 
 
 def _work(source: VideoSource) -> VideoResult:
-    return prepare_video(source, _WORKER["options"], _WORKER["detector"])
+    return prepare_video(source, _WORKER["options"], _WORKER["detector"], _WORKER["sink"])
 
 
 def prepare(videos, out, options: PrepareOptions, workers: int = 1, progress: bool = True,
@@ -572,6 +602,8 @@ def prepare(videos, out, options: PrepareOptions, workers: int = 1, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".shard-*.tar.tmp-*"):
         stale.unlink()
+    spool = out / _SPOOL
+    shutil.rmtree(spool, ignore_errors=True)
     manifest = _load_manifest(out, options)
     bound = int(options.shard_size * _MB)
     written = {key for shard in manifest["shards"] for key in shard["samples"]}
@@ -594,14 +626,15 @@ def prepare(videos, out, options: PrepareOptions, workers: int = 1, progress: bo
         pending.clear()
         save_manifest()
 
+    spool.mkdir()
     pool = None
     if workers > 1 and len(todo) > 1:
         import multiprocessing
-        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (options,))
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (options, spool))
         results = pool.imap(_work, todo, chunksize=1)
     else:
-        detector = make_prepare_detector(options)
-        results = (prepare_video(source, options, detector) for source in todo)
+        detector, sink = make_prepare_detector(options), _Spool(spool)
+        results = (prepare_video(source, options, detector, sink) for source in todo)
     threads = torch.get_num_threads()
     try:
         # many tiny tensor ops per frame: one thread is several times faster than a contended pool
@@ -609,7 +642,8 @@ def prepare(videos, out, options: PrepareOptions, workers: int = 1, progress: bo
         from tqdm import tqdm
         for result in tqdm(results, total=len(todo), unit="video", disable=not progress, desc="prepare"):
             entry = result.entry
-            for sample in result.samples:
+            for spooled in result.samples:
+                sample = _Spool.take(spooled)
                 key = sample["__key__"]
                 if key in written:
                     continue
@@ -646,6 +680,7 @@ def prepare(videos, out, options: PrepareOptions, workers: int = 1, progress: bo
         if pool is not None:
             pool.terminate()
             pool.join()
+        shutil.rmtree(spool, ignore_errors=True)
     report = _report(sources, manifest, options)
     _write_json(out / REPORT, report)
     return report
