@@ -12,6 +12,10 @@ its wheel (nothing is downloaded at run time).
   ``dlib-bin`` wheel (built in, no weight file, no landmarks). docs/faces.md says why it is the
   default and what it misses (profiles beyond about 30°, faces under about 40 px at the detection
   scale).
+- Tracking through a video: ``FaceTracker(detector, detect_every, smoothing, max_jump, ...)``
+  takes frames one at a time and reports per frame a ``TrackStep`` (the smoothed crop square,
+  or None, and why a track was cut: ``lost``, ``jump``, ``cut``); ``smooth_boxes`` smooths a
+  finished sequence of squares without lag.
 """
 from __future__ import annotations
 

@@ -345,3 +345,50 @@ def test_scaled_detector_detects_on_a_smaller_copy_and_scales_boxes_back():
     small = detector.detect(np.zeros((200, 300, 3), np.uint8))      # already small: as is
     assert Recorder.shapes[-1] == (200, 300, 3) and small[0].box == (10.0, 20.0, 30.0, 40.0)
     assert detector.name == "recorder"
+
+
+def test_a_face_leaving_and_coming_back_gives_two_segments(tmp_path, portrait):
+    """25 fps, so output frame = source frame: the face in frames 0-29 and 45-74, none between."""
+    def frame(index):
+        if 30 <= index < 45:
+            return _tensor(np.full((240, 320, 3), BACKGROUND, np.uint8))
+        return _tensor(_compose(portrait, 320, 240, 20 if index < 30 else 100, 20))
+
+    write_video(tmp_path / "away.mp4", (frame(i) for i in range(75)), fps=25)
+    result = prepare_video(VideoSource(tmp_path / "away.mp4", "away.mp4", "file"),
+                           PrepareOptions(size=SIZE, min_frames=10))
+    entry = result.entry
+    metas = [sample_metadata(s) for s in result.samples]
+    assert entry["segments"] == 2 and [m["segment"] for m in metas] == [0, 1]
+    # the face vanishing changes half the frame: a shot change at frame 30, so the first
+    # segment keeps frames 0-29; the detector runs at 30 (nothing), 35, 40 and finds the face
+    # again at 45; the second segment ends at the last detection, 70
+    assert entry["cuts"] == {"lost": 0, "jump": 0, "cut": 1}
+    assert [(m["start"], m["num_frames"]) for m in metas] == [(0.0, 30), (1.8, 26)]
+    assert metas[1]["boxes"][0][0] > metas[0]["boxes"][-1][0] + 60      # it came back further right
+    assert entry["frames"] == 56 and not entry["audio"]
+
+
+def test_too_short_and_bad_frame_folders_are_skipped_with_reasons(tmp_path, portrait):
+    write_video(tmp_path / "short.mp4", (_tensor(_compose(portrait, 320, 240, 40, 20)) for _ in range(15)),
+                fps=25)
+    short = prepare_video(VideoSource(tmp_path / "short.mp4", "short.mp4", "file"),
+                          PrepareOptions(size=SIZE, min_frames=25, max_frames_per_segment=25))
+    assert short.samples == [] and short.entry["reason"] == "too short"
+    assert short.entry["dropped_short"] == 1 and short.entry["frames"] == 0
+    two_wavs = tmp_path / "two_wavs"
+    two_wavs.mkdir()
+    Image.fromarray(_compose(portrait, 240, 200, 0, 0)).save(two_wavs / "000.png")
+    for name in ("a.wav", "b.wav"):
+        write_wav(two_wavs / name, np.zeros(1600, np.float32), 16000)
+    bad_fps = tmp_path / "bad_fps"
+    bad_fps.mkdir()
+    Image.fromarray(_compose(portrait, 240, 200, 0, 0)).save(bad_fps / "000.png")
+    (bad_fps / "fps.txt").write_text("fast")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "000.png").write_bytes(b"not a png")
+    for folder, words in ((two_wavs, "more than one .wav"), (bad_fps, "expected a frame rate"),
+                          (broken, "not a readable image")):
+        result = prepare_video(VideoSource(folder, folder.name, "frames"), PrepareOptions(size=SIZE))
+        assert result.entry["reason"] == "unreadable" and words in result.entry["detail"], result.entry
