@@ -52,6 +52,7 @@ _MB = 1_000_000
 _TAR_BLOCK, _TAR_RECORD = 512, 10240
 _SHARD_NAME = "shard-{:06d}.tar"
 _SPOOL = ".spool"
+_PARTIAL = ".partial"
 
 
 @dataclass(frozen=True)
@@ -475,14 +476,15 @@ def _closed_tar_bytes(offset: int) -> int:
 
 
 class _Shard:
-    """A shard being written: a hidden temporary file, renamed to its name only when complete."""
+    """A shard being written: ``.shard-NNNNNN.tar.partial`` (hidden, and not ``*.tar``, so no
+    shard reader takes it), flushed to disk and renamed to ``shard-NNNNNN.tar`` when complete."""
 
     def __init__(self, out: Path, index: int):
         self.name = _SHARD_NAME.format(index)
         self.keys: List[str] = []
         self.videos: List[str] = []
-        self._output = atomic_output(out / self.name)
-        self._temp = self._output.__enter__()
+        self._path = out / self.name
+        self._temp = out / f".{self.name}{_PARTIAL}"
         self._file = open(self._temp, "wb")
         self._writer = _tar_writer(self._file)
 
@@ -498,17 +500,19 @@ class _Shard:
 
     def finish(self) -> int:
         self._writer.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
         size = os.path.getsize(self._temp)
-        self._output.__exit__(None, None, None)
+        os.replace(self._temp, self._path)
         return size
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._writer.close()
         self._file.close()
-        with contextlib.suppress(Exception):
-            self._output.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+        with contextlib.suppress(OSError):
+            os.unlink(self._temp)
 
 
 def _write_json(path: Path, data) -> None:
@@ -600,8 +604,9 @@ def prepare(videos, out, options: PrepareOptions, workers: int = 1, progress: bo
         raise MediaError(f"{videos}: no videos found (looked for {', '.join('*' + s for s in VIDEO_SUFFIXES)} "
                          f"and folders of {'/'.join('*' + s for s in FRAME_SUFFIXES)} frames)")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".shard-*.tar.tmp-*"):
-        stale.unlink()
+    for pattern in (f".shard-*.tar{_PARTIAL}", f".{MANIFEST}.tmp-*", f".{REPORT}.tmp-*"):
+        for stale in out.glob(pattern):      # left by a run that was killed
+            stale.unlink()
     spool = out / _SPOOL
     shutil.rmtree(spool, ignore_errors=True)
     manifest = _load_manifest(out, options)

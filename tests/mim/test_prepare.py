@@ -222,6 +222,10 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(run, videos, tmp_path):
     assert not any("talk_moving_mp4-0001" in s["samples"] for s in manifest["shards"])
     assert "talk/moving.mp4" not in manifest["videos"] and "border" in manifest["videos"]
     assert not list(out.glob(".*")) and not (out / REPORT).exists()
+    # what a killed run leaves (the exception above cleaned up after itself)
+    (out / ".shard-000002.tar.partial").write_bytes(b"half a tar")
+    (out / ".spool").mkdir()
+    (out / ".spool" / "talk_moving_mp4-0001.pkl").write_bytes(b"stale")
     seen = []
     prepare(videos, out, options, progress=False, on_video=lambda e: seen.append(e["source"]))
     assert seen == ["talk/moving.mp4", "vfr.mp4"]   # finished videos are not redone
@@ -230,6 +234,7 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(run, videos, tmp_path):
     for name in names:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert json.loads((out / REPORT).read_text()) == json.loads((reference / REPORT).read_text())
+    assert not list(out.glob(".*"))
     seen.clear()                                      # a finished run has nothing left to do
     prepare(videos, out, options, progress=False, on_video=lambda e: seen.append(e["source"]))
     assert seen == []
