@@ -78,11 +78,19 @@ def expand_braces(pattern: str) -> List[str]:
 
 def is_shard_spec(data: str) -> bool:
     """Whether ``data`` names shards (a brace pattern, a glob, a ``.tar`` file or a folder with
-    ``*.tar`` files directly inside) rather than "synthetic" or a folder of clips."""
+    ``*.tar`` files directly inside, hidden ones not counted) rather than "synthetic" or a folder
+    of clips."""
     data = str(data)
     if any(c in data for c in "{*?[") or data.endswith(".tar"):
         return True
-    return os.path.isdir(data) and any(name.endswith(".tar") for name in os.listdir(data))
+    return os.path.isdir(data) and bool(_folder_shards(data))
+
+
+def _folder_shards(folder: str) -> List[str]:
+    """A folder's ``*.tar`` files in name order; hidden ones (``.name.tar``, a writer's
+    temporary file) are not shards."""
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                  if n.endswith(".tar") and not n.startswith("."))
 
 
 def expand_shards(data: str) -> List[str]:
@@ -91,7 +99,7 @@ def expand_shards(data: str) -> List[str]:
     named file must exist; none named is an error."""
     data = str(data)
     if os.path.isdir(data):
-        urls = sorted(os.path.join(data, n) for n in os.listdir(data) if n.endswith(".tar"))
+        urls = _folder_shards(data)
         if not urls:
             raise FileNotFoundError(f"shard folder {data}: no *.tar files in it")
         return urls

@@ -69,6 +69,8 @@ def test_naming_shards(shards, tmp_path):
     assert expand_shards(os.path.join(folder, "shard-{000001..000002}.tar")) == urls[1:3]
     assert is_shard_spec(folder) and is_shard_spec("x/{0..3}.tar") and is_shard_spec("x/*.tar")
     assert not is_shard_spec("synthetic") and not is_shard_spec(str(tmp_path))
+    (tmp_path / ".shard-000009.tar").write_bytes(b"")         # a writer's hidden temporary file
+    assert not is_shard_spec(str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"2 of 5 named files do not exist \(first: .*shard-000004.tar\)"):
         expand_shards(os.path.join(folder, "shard-{000001..000005}.tar"))
     with pytest.raises(FileNotFoundError, match="matches no file"):
