@@ -613,6 +613,12 @@ def prepare(videos, out, options: PrepareOptions, workers: int = 1, progress: bo
     bound = int(options.shard_size * _MB)
     written = {key for shard in manifest["shards"] for key in shard["samples"]}
     done: Dict[str, dict] = manifest["videos"]
+    for source, first in _name_clashes(sources).items():
+        if source.relative not in done:
+            entry = _entry(source)
+            entry.update(reason="name clash", detail=f"its sample keys would be those of {first.relative} "
+                                                      f"(keys keep only letters, digits, _ and -); rename it")
+            done[source.relative] = entry
     todo = [s for s in sources if s.relative not in done]
     pending: List[dict] = []          # finished videos whose samples are in the open shard
     shard: Optional[_Shard] = None
@@ -689,6 +695,19 @@ def prepare(videos, out, options: PrepareOptions, workers: int = 1, progress: bo
     report = _report(sources, manifest, options)
     _write_json(out / REPORT, report)
     return report
+
+
+def _name_clashes(sources: List[VideoSource]) -> Dict[VideoSource, VideoSource]:
+    """Each source whose sample keys would equal an earlier source's, with that source."""
+    first: Dict[str, VideoSource] = {}
+    clashes = {}
+    for source in sources:
+        stem = sample_key(source.relative, 0)
+        if stem in first:
+            clashes[source] = first[stem]
+        else:
+            first[stem] = source
+    return clashes
 
 
 def _report(sources: List[VideoSource], manifest: dict, options: PrepareOptions) -> dict:

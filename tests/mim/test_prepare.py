@@ -397,3 +397,15 @@ def test_too_short_and_bad_frame_folders_are_skipped_with_reasons(tmp_path, port
                           (broken, "not a readable image")):
         result = prepare_video(VideoSource(folder, folder.name, "frames"), PrepareOptions(size=SIZE))
         assert result.entry["reason"] == "unreadable" and words in result.entry["detail"], result.entry
+
+
+def test_a_name_whose_keys_clash_with_another_is_skipped(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a b.mp4").write_bytes(b"not a video")
+    (videos / "a_b.mp4").write_bytes(b"not a video either")
+    report = prepare(videos, tmp_path / "out", PrepareOptions(size=SIZE), progress=False)
+    first, second = report["videos"]
+    assert first["source"] == "a b.mp4" and first["reason"] == "unreadable"
+    assert second["source"] == "a_b.mp4" and second["reason"] == "name clash"
+    assert "a b.mp4" in second["detail"]
