@@ -57,6 +57,14 @@ def _add_framing(parser: argparse.ArgumentParser, what: str) -> None:
                              f"(default {DEFAULT_CROP_SCALE})")
 
 
+def _add_stream_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=2,
+                        help="with shards: DataLoader workers per rank (default 2; 0 reads in the "
+                             "training process)")
+    parser.add_argument("--heldout", help="with shards: held-out shards (a folder, glob or brace pattern) "
+                        "for evaluation; default: the last --data shard (none when heldout_clips is 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mim", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -82,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(image_encoder, appearance_extractor, motion_encoder, dit, lmdd, decoder)")
     s1.add_argument("--vgg19-weights", help="safetensors VGG-19 weights for the perceptual loss")
     s1.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    _add_stream_options(s1)
     _add_common(s1)
     s2 = stages.add_parser("stage2", help="train the motion generator on a trained renderer")
     s2.add_argument("--stage1", required=True, help="stage-1 checkpoint (its renderer is frozen)")
@@ -94,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("--resume", action="store_true")
     s2.add_argument("--batch-size", type=int, help="override stage2.batch_size (global)")
     s2.add_argument("--seed", type=int, help="override stage2.seed")
+    _add_stream_options(s2)
     s2.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s2.add_argument("--no-progress", action="store_true")
     me = stages.add_parser("motion-encoder", help="not in the paper: teach a renderer checkpoint's motion "
@@ -256,7 +266,8 @@ def _train_stage2(args) -> int:
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     result = train_stage2(args.stage1, args.out, args.steps, config=config, data=args.data,
-                          device=args.device, resume=args.resume, progress=not args.no_progress)
+                          device=args.device, resume=args.resume, progress=not args.no_progress,
+                          workers=args.workers, heldout=args.heldout)
     print(json.dumps({"step": args.steps, "train": result["train"]}, indent=2))
     return 0
 
@@ -281,7 +292,8 @@ def _train_stage1(args) -> int:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     result = train_stage1(config.validate(), args.out, args.steps, data=args.data, backend=args.backend,
                           device=args.device, resume=args.resume, progress=not args.no_progress,
-                          evaluate=not args.no_eval, init=args.init)
+                          evaluate=not args.no_eval, init=args.init, workers=args.workers,
+                          heldout=args.heldout)
     if "heldout" in result:
         print(json.dumps({"step": args.steps, "heldout": result["heldout"]}, indent=2))
     return 0
