@@ -471,7 +471,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
-        print("mim: interrupted; completed checkpoints are kept", file=sys.stderr)
+        kept = "finished shards are kept; rerun to resume" if args.command == "prepare" else \
+            "completed checkpoints are kept"
+        print(f"mim: interrupted; {kept}", file=sys.stderr)
         return 130
     except Exception as error:
         if args.verbose or not isinstance(error, _user_errors()):

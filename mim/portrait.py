@@ -17,6 +17,7 @@ which square of the photo the model sees:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -84,14 +85,26 @@ def _even(image: torch.Tensor) -> torch.Tensor:
 
 
 def crop_resized(image: torch.Tensor, box: CropBox, size: int) -> torch.Tensor:
-    """``crop_square`` with antialiasing: a box much larger than ``size`` is first sampled at
-    its own resolution (at most 4 × size), then reduced with an antialiased resize."""
-    native = int(min(round(box.size), 4 * size))
-    if native <= int(1.5 * size):
-        return crop_square(image, box, size)
-    large = crop_square(image, box, native)
-    return F.interpolate(large[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)[0].clamp(0, 1)
+    """The (3, size, size) float crop of ``image`` (3, H, W), float in [0, 1] or uint8, over
+    ``box`` with antialiasing:
+    :func:`mim.face.crop_square` (the image's edge repeated where the box leaves it) on the
+    pixels under the box only, sampled at the box's own resolution (at most 4 × size), then
+    reduced with an antialiased bilinear resize. The one crop of both inference (portraits,
+    driving frames) and ``mim prepare`` (training crops)."""
+    height, width = image.shape[-2:]
+    left = min(max(0, math.floor(box.x0) - 2), width - 1)
+    top = min(max(0, math.floor(box.y0) - 2), height - 1)
+    right = max(min(width, math.ceil(box.x0 + box.size) + 2), left + 1)
+    bottom = max(min(height, math.ceil(box.y0 + box.size) + 2), top + 1)
+    region = image[:, top:bottom, left:right].to(torch.float32)
+    if image.dtype == torch.uint8:   # (a frame as decoded: only the region is converted)
+        region = region.div_(255.0)
+    work = min(max(size, round(box.size)), 4 * size)
+    crop = crop_square(region, CropBox(box.x0 - left, box.y0 - top, box.size), work)
+    if work != size:
+        crop = F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True,
+                             align_corners=False)[0]
+    return crop.clamp_(0, 1)
 
 
 @dataclass

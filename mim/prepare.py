@@ -28,13 +28,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from mim.data.shards import encode_sample, sample_key
 from mim.face import (DEFAULT_CROP_SCALE, DEFAULT_CROP_SHIFT_UP, DEFAULT_DETECTOR, CropBox, Face,
-                      FaceTracker, available_detectors, crop_square, make_detector)
+                      FaceTracker, available_detectors, make_detector)
 from mim.io import MediaError, atomic_output, read_audio
+from mim.portrait import crop_resized
 
 __all__ = ["FPS", "SAMPLE_RATE", "VIDEO_SUFFIXES", "FRAME_SUFFIXES", "MANIFEST", "REPORT",
            "PrepareOptions", "VideoSource", "VideoResult", "find_videos", "prepare_video",
@@ -267,23 +267,10 @@ def _folder_fps(directory: Path) -> Fraction:
 # ---------------------------------------------------------------------------------------------
 
 def crop_frame(frame: np.ndarray, box: CropBox, size: int) -> np.ndarray:
-    """The (size, size, 3) uint8 crop of an (H, W, 3) uint8 frame over ``box``: ``crop_square``
-    (the image's edge repeated where the box leaves it) on the pixels under the box only,
-    sampled at the box's own resolution (at most 4 × size) and reduced with an antialiased
-    bilinear resize."""
-    height, width = frame.shape[:2]
-    left = min(max(0, math.floor(box.x0) - 2), width - 1)
-    top = min(max(0, math.floor(box.y0) - 2), height - 1)
-    right = max(min(width, math.ceil(box.x0 + box.size) + 2), left + 1)
-    bottom = max(min(height, math.ceil(box.y0 + box.size) + 2), top + 1)
-    region = torch.from_numpy(np.ascontiguousarray(frame[top:bottom, left:right]))
-    region = region.permute(2, 0, 1).to(torch.float32).div_(255.0)
-    work = min(max(size, round(box.size)), 4 * size)
-    crop = crop_square(region, CropBox(box.x0 - left, box.y0 - top, box.size), work)
-    if work != size:
-        crop = F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True,
-                             align_corners=False)[0]
-    return crop.clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+    """The (size, size, 3) uint8 crop of an (H, W, 3) uint8 frame over ``box``
+    (:func:`mim.portrait.crop_resized`: edges repeated outside the frame, antialiased)."""
+    crop = crop_resized(torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1), box, size)
+    return crop.mul_(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
