@@ -269,6 +269,8 @@ def _folder_fps(directory: Path) -> Fraction:
 def crop_frame(frame: np.ndarray, box: CropBox, size: int) -> np.ndarray:
     """The (size, size, 3) uint8 crop of an (H, W, 3) uint8 frame over ``box``
     (:func:`mim.portrait.crop_resized`: edges repeated outside the frame, antialiased)."""
+    if not frame.flags.writeable:   # torch wraps only writable arrays (a decoded image may be read-only)
+        frame = frame.copy()
     crop = crop_resized(torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1), box, size)
     return crop.mul_(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
 
