@@ -41,6 +41,7 @@ from mim.models.renderer import Renderer, SourceState
 from mim.face import DEFAULT_CROP_SCALE
 from mim.portrait import Framing, frame_portrait
 from mim.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
+from mim.precision import autocast, check_precision
 
 __all__ = ["Animator", "DEFAULT_CHECKPOINT", "KIND", "MIN_AUDIO_SAMPLES", "resolve_device"]
 
@@ -89,7 +90,7 @@ class Animator:
     """
 
     def __init__(self, renderer: Renderer, motion: MotionGenerator, config: Config,
-                 device: Union[str, torch.device] = "cpu"):
+                 device: Union[str, torch.device] = "cpu", precision: str = "fp32"):
         if not isinstance(renderer, Renderer):
             raise TypeError(f"renderer must be a mim.models.Renderer, got {type(renderer).__name__}")
         if not isinstance(motion, MotionGenerator):
@@ -101,6 +102,7 @@ class Animator:
             raise ValueError(f"motion generates (motion_dim, appearance_dim) = "
                              f"{(motion.motion_dim, motion.appearance_dim)} but the renderer uses "
                              f"{(renderer.config.motion_dim, renderer.config.appearance_dim)}")
+        self.precision = check_precision(precision)
         self.device = resolve_device(device)
         self.renderer = renderer.to(self.device).eval()
         self.motion = motion.to(self.device).eval()
@@ -108,11 +110,12 @@ class Animator:
 
     @classmethod
     def from_pretrained(cls, path: Optional[PathLike] = None, device: Union[str, torch.device] = "auto",
-                        backend: Optional[str] = None) -> "Animator":
+                        backend: Optional[str] = None, precision: str = "fp32") -> "Animator":
         """Load a ``stage2`` checkpoint (renderer + motion generator, built from its saved config).
 
         ``path`` None means :data:`DEFAULT_CHECKPOINT`, the demo model. ``backend`` sets the
-        kernels' path of the renderer (adanorm, warp) and of the Mamba extractors. Raises
+        kernels' path of the renderer (adanorm, warp) and of the Mamba extractors. ``precision``
+        "fp32" or "bf16" (bf16 autocast, the fp32 weights kept: :mod:`mim.precision`). Raises
         :class:`CheckpointError` for a missing, corrupt or foreign file, a checkpoint of another
         kind (a ``stage1`` one has no motion generator) or weights that do not fit its config.
         """
@@ -137,7 +140,7 @@ class Animator:
             if isinstance(module, Mamba):
                 module.backend = backend
         load_checkpoint(path, kind=KIND, modules={"renderer": renderer, "motion": motion})
-        return cls(renderer, motion, config, device)
+        return cls(renderer, motion, config, device, precision)
 
     # Inputs.
 
@@ -233,46 +236,58 @@ class Animator:
 
     @torch.no_grad()
     def _generate_motion(self, state: SourceState, audio: np.ndarray, steps, seed, guidance_scale,
-                         progress: bool) -> torch.Tensor:
-        """Motion features (1, T, motion_dim) for T = num_video_frames(len(audio))."""
+                         progress: bool, precision: str = "fp32") -> torch.Tensor:
+        """Motion features (1, T, motion_dim) for T = num_video_frames(len(audio)), fp32. Under
+        bf16 the networks run in bf16 while the sampler's state and updates stay fp32: its
+        conditions are handed over in fp32, so the draws and x_t are fp32."""
         from tqdm import tqdm
 
-        audio_global, audio_local = self._encode_audio(audio)
+        with autocast(precision, self.device):
+            audio_global, audio_local = (f.float() for f in self._encode_audio(audio))
         generator = torch.Generator(self.device).manual_seed(int(seed))
         total = -(-audio_local.shape[1] // self.config.motion.window)
-        with tqdm(total=total, desc="motion", unit="window", disable=not progress) as bar:
-            return self.motion.generate(audio_global, audio_local, state.appearance,
+        with tqdm(total=total, desc="motion", unit="window", disable=not progress) as bar, \
+                autocast(precision, self.device):
+            return self.motion.generate(audio_global, audio_local, state.appearance.float(),
                                         steps=None if steps is None else int(steps),
                                         guidance_scale=None if guidance_scale is None else float(guidance_scale), generator=generator,
                                         progress=lambda index, count: bar.update(1))
 
     @torch.no_grad()
     def _render(self, state: SourceState, motion: torch.Tensor, framing: Framing,
-                progress: bool) -> Iterator[torch.Tensor]:
-        """Output frames in [0, 1] on the CPU (``framing.compose`` of each model frame),
-        rendered one render window at a time."""
+                progress: bool, precision: str = "fp32") -> Iterator[torch.Tensor]:
+        """Output frames in [0, 1], fp32, on the CPU (``framing.compose`` of each model frame),
+        rendered one render window at a time (under bf16 autocast for ``precision`` "bf16": the
+        region closes before each yield, so the caller's code never runs in it)."""
         from tqdm import tqdm
 
         window = self.config.renderer.render_window
         with tqdm(total=motion.shape[1], desc="render", unit="frame", disable=not progress) as bar:
             for start in range(0, motion.shape[1], window):
-                frames = self.renderer.render(state, motion[:, start:start + window], window=window)[0]
-                for frame in frames.clamp(0, 1).cpu():
+                with autocast(precision, self.device):
+                    frames = self.renderer.render(state, motion[:, start:start + window], window=window)[0]
+                for frame in frames.float().clamp(0, 1).cpu():
                     yield framing.compose(frame)
                 bar.update(frames.shape[0])
 
     @torch.no_grad()
-    def _prepare(self, image, audio, steps, seed, guidance_scale, progress, crop, face, crop_scale):
+    def _prepare(self, image, audio, steps, seed, guidance_scale, progress, crop, face, crop_scale,
+                 precision):
         self._check_sampling(steps, seed, guidance_scale)
         framing = self.frame(image, crop, face, crop_scale)
         samples = self._read_audio(audio)
-        state = self.renderer.encode_source(framing.source[None].to(self.device))
-        motion = self._generate_motion(state, samples, steps, seed, guidance_scale, progress)
+        with autocast(precision, self.device):
+            state = self.renderer.encode_source(framing.source[None].to(self.device))
+        motion = self._generate_motion(state, samples, steps, seed, guidance_scale, progress, precision)
         return state, motion, samples, framing
+
+    def _precision(self, precision: Optional[str]) -> str:
+        return self.precision if precision is None else check_precision(precision)
 
     def animate(self, image, audio, steps: Optional[int] = None, seed: int = 0,
                 guidance_scale: Optional[float] = None, progress: bool = False, crop: str = "face",
-                face: int = 0, crop_scale: float = DEFAULT_CROP_SCALE) -> torch.Tensor:
+                face: int = 0, crop_scale: float = DEFAULT_CROP_SCALE,
+                precision: Optional[str] = None) -> torch.Tensor:
         """The talking video as frames (T, 3, H, W) float32 in [0, 1] on the CPU.
 
         ``image``: a path or a tensor (3, H, W) / (1, 3, H, W) in [0, 1]. ``crop="face"``: face
@@ -284,15 +299,18 @@ class Animator:
         ``audio``: a path (any format;
         resampled to 16 kHz mono) or a 1-D float array of 16 kHz samples. T = ceil(25 · duration).
         ``steps`` (DDIM steps) and ``guidance_scale`` default to the config's; ``seed`` seeds
-        every noise draw, so a seed gives the same video.
+        every noise draw, so a seed gives the same video. ``precision`` "fp32" or "bf16" (bf16
+        autocast: :mod:`mim.precision`) overrides the Animator's for this call.
         """
+        precision = self._precision(precision)
         state, motion, _, framing = self._prepare(image, audio, steps, seed, guidance_scale, progress,
-                                                  crop, face, crop_scale)
-        return torch.stack(list(self._render(state, motion, framing, progress)))
+                                                  crop, face, crop_scale, precision)
+        return torch.stack(list(self._render(state, motion, framing, progress, precision)))
 
     def animate_to_file(self, image, audio, out: PathLike, steps: Optional[int] = None, seed: int = 0,
                         guidance_scale: Optional[float] = None, progress: bool = True,
-                        crop: str = "face", face: int = 0, crop_scale: float = DEFAULT_CROP_SCALE) -> int:
+                        crop: str = "face", face: int = 0, crop_scale: float = DEFAULT_CROP_SCALE,
+                        precision: Optional[str] = None) -> int:
         """Write the talking video to ``out`` (H.264 mp4 at 25 fps, the audio muxed in as AAC);
         returns T, the number of frames. Arguments as :meth:`animate`.
 
@@ -300,8 +318,9 @@ class Animator:
         frames are rendered window by window and streamed to the encoder. ``out`` is written
         atomically: after any failure it is exactly what it was before.
         """
+        precision = self._precision(precision)
         state, motion, samples, framing = self._prepare(image, audio, steps, seed, guidance_scale,
-                                                        progress, crop, face, crop_scale)
-        write_video(out, self._render(state, motion, framing, progress), fps=VIDEO_FPS, audio=samples,
+                                                        progress, crop, face, crop_scale, precision)
+        write_video(out, self._render(state, motion, framing, progress, precision), fps=VIDEO_FPS, audio=samples,
                     sample_rate=SAMPLE_RATE)
         return motion.shape[1]

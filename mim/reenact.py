@@ -11,6 +11,7 @@ from mim.checkpoint import renderer_from_checkpoint
 from mim.face import DEFAULT_CROP_SCALE
 from mim.io import has_audio, iter_video, read_audio, read_image, write_video
 from mim.portrait import DrivingFraming, frame_portrait, square_resize
+from mim.precision import autocast, check_precision
 
 __all__ = ["reenact", "square_resize"]   # square_resize: mim.portrait's, kept importable here
 
@@ -33,7 +34,7 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
             max_frames: Optional[int] = None, relative: bool = True, copy_audio: bool = True,
             progress: bool = True, crop: str = "face", face: int = 0,
             crop_scale: float = DEFAULT_CROP_SCALE, driving_crop: str = "face",
-            detect_every: int = 5, smoothing: float = 0.6) -> int:
+            detect_every: int = 5, smoothing: float = 0.6, precision: str = "fp32") -> int:
     """Render ``image`` with the motion of every frame of ``driving`` and write ``out`` (mp4);
     returns the number of frames written.
 
@@ -53,8 +54,11 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
     driving frames and cuts the copied audio at max_frames / fps. The driving video's audio is
     copied when it has an audio track. The inputs and the first driving frame are read and checked
     before the output file is created; the output is written atomically (a driving frame that
-    fails to decode later leaves no output)."""
+    fails to decode later leaves no output). ``precision`` "bf16" runs the renderer under bf16
+    autocast with its fp32 weights (:mod:`mim.precision`); frames come out fp32."""
     from tqdm import tqdm
+
+    check_precision(precision)
 
     renderer = renderer_from_checkpoint(checkpoint, backend=backend).to(device)
     size = renderer.config.image_size
@@ -72,9 +76,10 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
         if max_frames is not None:
             audio = audio[:int(round(max_frames / video_fps * 16000))]
     fps = fps or video_fps
-    state = renderer.encode_source(source)
+    with autocast(precision, device):
+        state = renderer.encode_source(source)
+        first_motion = renderer.encode_motion(first[None].to(device))
     window = renderer.config.render_window
-    first_motion = renderer.encode_motion(first[None].to(device))
     written = 0
 
     def rendered() -> Iterator[torch.Tensor]:
@@ -82,10 +87,12 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
         bar = tqdm(total=max_frames, desc="reenact", unit="frame", disable=not progress)
         try:
             for batch in _batches(itertools.chain([first], frames), window):
-                motion = renderer.encode_motion(batch.to(device))
-                if relative:
-                    motion = state.motion + (motion - first_motion)
-                for frame in renderer.render(state, motion[None])[0]:
+                with autocast(precision, device):   # closed before each yield
+                    motion = renderer.encode_motion(batch.to(device)).float()   # M arithmetic in fp32
+                    if relative:
+                        motion = state.motion.float() + (motion - first_motion.float())
+                    rendered_frames = renderer.render(state, motion[None])[0]
+                for frame in rendered_frames.float():
                     yield framing.compose(frame.clamp(0, 1).cpu())
                 written += batch.shape[0]
                 bar.update(batch.shape[0])

@@ -64,7 +64,7 @@ class DeviationImageTransformer(nn.Module):
 
     def forward(self, motion: torch.Tensor) -> torch.Tensor:
         b, t, dim = motion.shape
-        v_nor = standardize_motion(motion, self.eps)
+        v_nor = standardize_motion(motion.to(torch.promote_types(motion.dtype, torch.float32)), self.eps)
         x = v_nor.view(b, t, self.channels_in, 8, 8).transpose(1, 2)           # (B, c, T, 8, 8)
         x = self.convs(x)
         width = x.shape[1]
@@ -76,4 +76,5 @@ class DeviationImageTransformer(nn.Module):
         k = k.permute(0, 1, 3, 4, 5, 2).reshape(b, t, 2, self.regions, dim)    # feature = c·64 + pos
         scale = 1.0 + k[:, 1:, 0]
         shift = k[:, 1:, 1]
-        return self.adanorm(v_nor, scale.contiguous(), shift.contiguous())
+        with torch.autocast(motion.device.type, enabled=False):   # eq. 2 in fp32 (k is B·T·λ·G values)
+            return self.adanorm(v_nor, scale.to(v_nor.dtype).contiguous(), shift.to(v_nor.dtype).contiguous())

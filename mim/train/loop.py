@@ -3,6 +3,7 @@ learning-rate schedule, logs (CSV, TensorBoard), the progress bar and the step l
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -17,6 +18,7 @@ from mim.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints
                             prune_checkpoints, read_metadata, save_checkpoint)
 from mim.config import Config, config_to_dict, save_config
 from mim.data import shard_loader
+from mim.precision import training_autocast_enabled
 from mim.train.distributed import DistributedContext, init_distributed
 
 __all__ = ["CsvLog", "TrainerBase", "TrainingDiverged"]
@@ -66,7 +68,11 @@ class TrainerBase(ABC):
     stream_batches = 0
 
     def setup_run(self, config: Config, out_dir: str, device: str, progress: bool,
-                  keep_checkpoints: int, context: Optional[DistributedContext]) -> None:
+                  keep_checkpoints: int, context: Optional[DistributedContext],
+                  precision: Optional[str] = None) -> None:
+        """``precision``: None keeps the config's ``amp`` (bf16 autocast on CUDA only), "bf16"
+        autocasts on any device, "fp32" never; the parameters, gradients and optimizer state
+        stay in the config's ``dtype`` (fp32 master weights) either way."""
         self.config = config.validate()
         self.out_dir = out_dir
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")
@@ -80,7 +86,7 @@ class TrainerBase(ABC):
                              f"processes ({self.ctx.world_size})")
         self.local_batch = t.batch_size // self.ctx.world_size
         self.dtype = getattr(torch, t.dtype)
-        self.amp = t.amp and self.ctx.device.type == "cuda"
+        self.amp = training_autocast_enabled(precision, t.amp, self.ctx.device)
         torch.manual_seed(t.seed)
 
     def finish_setup(self, resume: bool) -> None:
@@ -90,6 +96,12 @@ class TrainerBase(ABC):
             os.makedirs(self.ckpt_dir, exist_ok=True)
             save_config(self.config, os.path.join(self.out_dir, "config.yaml"))
         self.ctx.barrier()
+
+    def autocast(self):
+        """The forward's bf16 autocast region when ``amp`` is on, else nothing."""
+        if self.amp:
+            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def device_ids(self):
         return [self.ctx.device.index] if self.ctx.device.type == "cuda" else None

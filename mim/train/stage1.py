@@ -95,8 +95,9 @@ class Stage1Trainer(TrainerBase):
                  backend: Optional[str] = None, device: str = "auto", resume: bool = False,
                  progress: bool = True, keep_checkpoints: int = 3,
                  context: Optional[DistributedContext] = None, workers: int = 2,
-                 heldout: Optional[str] = None, stream_options: Optional[Dict] = None):
-        self.setup_run(config, out_dir, device, progress, keep_checkpoints, context)
+                 heldout: Optional[str] = None, stream_options: Optional[Dict] = None,
+                 precision: Optional[str] = None):
+        self.setup_run(config, out_dir, device, progress, keep_checkpoints, context, precision)
         t = self.config.train
         dev = self.ctx.device
         self.renderer = Renderer.from_config(config, backend=backend).to(dev, self.dtype)
@@ -226,11 +227,6 @@ class Stage1Trainer(TrainerBase):
         return source, driving, boxes, opening
 
     # -- one step ---------------------------------------------------------------------------
-    def _autocast(self):
-        if self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _adversarial_on(self) -> bool:
         return self.config.loss.alpha_adversarial > 0 and self.step >= self.config.loss.adversarial_start_step
 
@@ -243,7 +239,7 @@ class Stage1Trainer(TrainerBase):
         is given) for one micro-batch: returns (loss, its terms, predicted frames, target
         frames), frames flattened to (B·N, 3, S, S)."""
         cfg, recipe = self.config.loss, self.config.recipe
-        with self._autocast():
+        with self.autocast():
             out = self.g(source, driving)
             pred = out["frames"].flatten(0, 1)
             target = driving.flatten(0, 1)
@@ -320,7 +316,7 @@ class Stage1Trainer(TrainerBase):
                 last = micro == t.grad_accumulation - 1
                 sync = contextlib.nullcontext() if (last or not self.ctx.enabled) else self.d.no_sync()
                 with sync:   # no_sync must cover the backward too
-                    with self._autocast():
+                    with self.autocast():
                         # one forward over real and fake: a DDP module runs one forward per backward
                         both = self.d(torch.cat([real, fake]))
                         half = real.shape[0]
@@ -357,13 +353,15 @@ def train_stage1(config: Config, out_dir: str, steps: int, data: str = "syntheti
                  backend: Optional[str] = None, device: str = "auto", resume: bool = False,
                  progress: bool = True, evaluate: bool = True,
                  init: Optional[str] = None, workers: int = 2,
-                 heldout: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+                 heldout: Optional[str] = None,
+                 precision: Optional[str] = None) -> Dict[str, Dict[str, float]]:
     """Run stage-1 training (the ``mim train stage1`` command); returns the last training
     values and, when ``evaluate``, the held-out metrics of the final model (rank 0).
     ``init``: a renderer checkpoint to fine-tune from (:meth:`Stage1Trainer.initialize_from`);
     used only when the run starts at step 0 (a resumed run continues its own weights).
     ``workers``, ``heldout``: DataLoader workers per rank and held-out shards when ``data``
-    names shards (:func:`build_stage1_data`)."""
+    names shards (:func:`build_stage1_data`). ``precision``: "bf16" (autocast, fp32 master
+    weights), "fp32", or None for the config's ``train.amp`` (bf16 on CUDA only)."""
     os.makedirs(out_dir, exist_ok=True)
     if resume:
         path = os.path.join(out_dir, "config.yaml")
@@ -372,7 +370,8 @@ def train_stage1(config: Config, out_dir: str, steps: int, data: str = "syntheti
             saved = load_config(path)
             check_same_renderer(config_to_dict(saved), config, path)
     trainer = Stage1Trainer(config, out_dir, data=data, backend=backend, device=device,
-                            resume=resume, progress=progress, workers=workers, heldout=heldout)
+                            resume=resume, progress=progress, workers=workers, heldout=heldout,
+                            precision=precision)
     try:
         if init is not None and trainer.step == 0:
             trainer.initialize_from(init)

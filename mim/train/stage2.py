@@ -115,8 +115,9 @@ class Stage2Trainer(TrainerBase):
     def __init__(self, config: Config, renderer: Renderer, out_dir: str, data: str = "synthetic",
                  device: str = "auto", resume: bool = False, progress: bool = True,
                  keep_checkpoints: int = 3, context: Optional[DistributedContext] = None,
-                 workers: int = 2, heldout: Optional[str] = None, stream_options: Optional[Dict] = None):
-        self.setup_run(config, out_dir, device, progress, keep_checkpoints, context)
+                 workers: int = 2, heldout: Optional[str] = None, stream_options: Optional[Dict] = None,
+                 precision: Optional[str] = None):
+        self.setup_run(config, out_dir, device, progress, keep_checkpoints, context, precision)
         t = self.config.stage2
         dev = self.ctx.device
         self.renderer = renderer.to(dev).eval().requires_grad_(False)
@@ -235,7 +236,7 @@ class Stage2Trainer(TrainerBase):
             sync = (contextlib.nullcontext() if (last or not self.ctx.enabled)
                     else self.objective.no_sync())
             with sync:
-                with (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()):
+                with self.autocast():
                     terms = self.objective(**inputs, weights=t.loss_weights, draws=draws)
                 (terms["total"] / t.grad_accumulation).backward()
             for key, value in terms.items():
@@ -259,13 +260,16 @@ def load_stage1_renderer(path: str, config: Optional[Config] = None):
 def train_stage2(stage1: str, out_dir: str, steps: int, config: Optional[Config] = None,
                  data: str = "synthetic", device: str = "auto", resume: bool = False,
                  progress: bool = True, workers: int = 2,
-                 heldout: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+                 heldout: Optional[str] = None,
+                 precision: Optional[str] = None) -> Dict[str, Dict[str, float]]:
     """Run stage-2 training (``mim train stage2``) on top of a stage-1 checkpoint. ``workers``,
-    ``heldout``: DataLoader workers per rank and held-out shards when ``data`` names shards."""
+    ``heldout``: DataLoader workers per rank and held-out shards when ``data`` names shards.
+    ``precision``: "bf16" (autocast, fp32 master weights), "fp32", or None for the config's
+    ``stage2.amp`` (bf16 on CUDA only)."""
     os.makedirs(out_dir, exist_ok=True)
     renderer, config = load_stage1_renderer(stage1, config)
     trainer = Stage2Trainer(config, renderer, out_dir, data=data, device=device, resume=resume,
-                            progress=progress, workers=workers, heldout=heldout)
+                            progress=progress, workers=workers, heldout=heldout, precision=precision)
     try:
         return {"train": trainer.run(steps)}
     finally:

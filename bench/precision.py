@@ -1,0 +1,303 @@
+"""bf16 against fp32 on this CPU: fidelity of the outputs and the speed of bf16 and inductor.
+
+Run from the repository root, one part at a time (each adds its entry to the JSON, with the date,
+the machine and the load average at its start and end)::
+
+    python -m bench.precision demo        # mim animate on the demo checkpoint: PSNR bf16 vs fp32
+    python -m bench.precision base        # base config, random weights, short audio, few steps
+    python -m bench.precision lipsync     # the lip-sync evaluation of the demo checkpoint in bf16
+    python -m bench.precision train       # tiny stage-1: fp32, bf16, fp32 with another seed
+    python -m bench.precision speed       # render window / denoiser step: eager/inductor x fp32/bf16
+    python -m bench.precision layout      # the LMDD's 3-D convs: contiguous vs channels_last_3d
+
+Results go to ``bench/results/cpu/precision.json``. Speed figures are ratios of medians measured
+in the same process (absolute CPU times on a shared 2-core machine are noisy).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mim.io import atomic_output
+from mim.runinfo import run_metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(__file__).resolve().parent / "results" / "cpu" / "precision.json"
+DEMO = ROOT / "examples" / "demo"
+
+
+def load_average() -> list:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float((a.double() - b.double()).pow(2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def frame_psnrs(a: torch.Tensor, b: torch.Tensor) -> dict:
+    per = [psnr(x, y) for x, y in zip(a, b)]
+    return {"psnr_db": psnr(a, b), "min_frame_psnr_db": min(per), "frames": len(per),
+            "max_abs_diff": float((a - b).abs().max())}
+
+
+def part_demo(args) -> dict:
+    from mim.animate import Animator
+
+    animator = Animator.from_pretrained(DEMO / "mim_tiny.safetensors", device="cpu")
+    out = {}
+    for precision in ("fp32", "bf16"):
+        began = time.perf_counter()
+        out[precision] = animator.animate(DEMO / "portrait.png", DEMO / "speech.wav", seed=0, crop="center",
+                                          precision=precision)
+        out[precision + "_seconds"] = time.perf_counter() - began
+    return {"what": "mim animate, demo checkpoint, examples/demo portrait + speech, --crop center, seed 0, "
+                    "the config's DDIM steps", "steps": animator.config.motion.sample_steps,
+            **frame_psnrs(out["bf16"], out["fp32"]),
+            "seconds": {"fp32": out["fp32_seconds"], "bf16": out["bf16_seconds"]}}
+
+
+def wake_zero_parameters(*modules, std=0.02, seed=0):
+    """Random weights leave the zero-initialized heads at zero (the frames would not depend on the
+    motion); fill those with small noise so every path of the network carries signal."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in modules:
+            for parameter in module.parameters():
+                if not parameter.any():
+                    parameter.copy_(torch.randn(parameter.shape, generator=gen) * std)
+
+
+def part_base(args) -> dict:
+    from mim.data import speech_like_audio
+    from mim.profile import build_animator
+
+    animator, _ = build_animator("base", device="cpu", seed=0)
+    wake_zero_parameters(animator.renderer, animator.motion)
+    size = animator.config.renderer.image_size
+    gen = torch.Generator().manual_seed(0)
+    portrait = torch.rand(3, size, size, generator=gen)
+    speech, _ = speech_like_audio(1.0, seed=1)
+    speech = speech[:round(args.base_seconds * 16000)]
+    out, seconds = {}, {}
+    for precision in ("fp32", "bf16"):
+        began = time.perf_counter()
+        out[precision] = animator.animate(portrait, speech, steps=args.base_steps, seed=0, crop="center",
+                                          precision=precision)
+        seconds[precision] = time.perf_counter() - began
+    return {"what": f"base config, random weights (seed 0; zero-initialized heads filled with N(0, 0.02²)), "
+                    f"random {size}x{size} portrait, {args.base_seconds} s of speech-like audio, "
+                    f"{args.base_steps} DDIM steps, seed 0",
+            **frame_psnrs(out["bf16"], out["fp32"]), "seconds": seconds}
+
+
+def part_lipsync(args) -> dict:
+    from mim.animate import Animator
+    from mim.checkpoint import checkpoint_config
+    from mim.evaluate import evaluate_lipsync, lipsync_clips
+
+    path = DEMO / "mim_tiny.safetensors"
+    config = checkpoint_config(str(path))
+    result = {}
+    for precision in args.lipsync_precisions:
+        animator = Animator.from_pretrained(path, device="cpu", precision=precision)
+        began = time.perf_counter()
+        figures = evaluate_lipsync(animator, lipsync_clips(config), seed=0, progress=False)
+        result[precision] = {k: v for k, v in figures.items() if not isinstance(v, list)}
+        result[precision]["seconds"] = time.perf_counter() - began
+    return {"what": "mim evaluate --lipsync on the demo checkpoint (seed 0, the config's steps)", **result}
+
+
+def _read_log(path) -> list:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{"step": int(row["step"]), "loss": float(row["loss"]), "l1": float(row["l1"])}
+                for row in csv.DictReader(handle)]
+
+
+def part_train(args) -> dict:
+    from mim.config import get_config
+    from mim.train.stage1 import train_stage1
+
+    runs = {}
+    for name, precision, seed in (("fp32_seed0", "fp32", 0), ("bf16_seed0", "bf16", 0),
+                                  ("fp32_seed1", "fp32", 1)):
+        config = get_config("tiny")
+        config.train.seed = seed
+        config.train.log_every = 1
+        config.train.checkpoint_every = 0
+        with tempfile.TemporaryDirectory() as out:
+            began = time.perf_counter()
+            result = train_stage1(config, out, args.train_steps, device="cpu", progress=False,
+                                  precision=precision)
+            seconds = time.perf_counter() - began
+            log = _read_log(os.path.join(out, "log.csv"))
+        runs[name] = {"precision": precision, "seed": seed, "seconds": seconds,
+                      "heldout": result["heldout"], "log": log,
+                      "loss_last50_mean": statistics.fmean(r["loss"] for r in log[-50:]),
+                      "l1_last50_mean": statistics.fmean(r["l1"] for r in log[-50:])}
+        print(name, runs[name]["heldout"], f"{seconds:.0f} s", flush=True)
+    return {"what": f"tiny stage-1 from scratch on synthetic data, {args.train_steps} steps, CPU; "
+                    f"bf16 = autocast with fp32 master weights", "steps": args.train_steps, "runs": runs}
+
+
+def _median_time(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def part_speed(args) -> dict:
+    from mim.precision import autocast
+    from mim.profile import build_animator, set_backend
+
+    results = {}
+    for config_name in args.speed_configs:
+        animator, _ = build_animator(config_name, device="cpu", seed=0)
+        renderer, motion = animator.renderer, animator.motion
+        cfg = animator.config
+        size = cfg.renderer.image_size
+        frames = args.window if args.window else cfg.renderer.render_window
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            state = renderer.encode_source(torch.rand(1, 3, size, size, generator=gen))
+        driving = torch.randn(1, frames, cfg.renderer.motion_dim, generator=gen)
+        window = cfg.motion.window
+        x_t = torch.randn(1, window, cfg.renderer.motion_dim, generator=gen)
+        t = torch.full((1,), cfg.motion.diffusion_steps - 1, dtype=torch.long)
+        cond = {"audio_global": torch.randn(1, cfg.motion.audio_dim, generator=gen),
+                "audio_local": torch.randn(1, window, cfg.motion.audio_dim, generator=gen),
+                "prev_motion": torch.randn(1, cfg.motion.prev_frames, cfg.renderer.motion_dim, generator=gen),
+                "appearance": state.appearance}
+
+        def render(module):
+            return lambda: module.render_window(state, driving)["frames"]
+
+        def denoise(module):
+            return lambda: module(x_t, t, **cond)
+
+        entry = {}
+        for column, backend in (("engine", None), ("reference", "reference")):
+            set_backend(animator, backend)
+            for task, build, module in (("render_window", render, renderer), ("denoiser_step", denoise, motion)):
+                for mode in ("eager", "inductor"):
+                    if mode == "inductor" and task not in args.compile_tasks:
+                        continue
+                    for precision in ("fp32", "bf16"):
+                        torch._dynamo.reset()
+                        target = module if mode == "eager" else torch.compile(module, backend="inductor")
+                        call = build(target)
+
+                        def run():
+                            with torch.no_grad(), autocast(precision, "cpu"):
+                                return call()
+
+                        compile_began = time.perf_counter()
+                        run()   # the compile for inductor; a warm-up for eager
+                        first = time.perf_counter() - compile_began
+                        seconds = _median_time(run, args.repeats, 1)
+                        key = f"{task}/{column}/{mode}/{precision}"
+                        entry[key] = {"median_s": seconds, "first_call_s": first, "load": load_average()}
+                        print(config_name, key, f"{seconds * 1e3:.1f} ms (first call {first:.1f} s)",
+                              flush=True)
+        set_backend(animator, None)
+        ratios = {}
+        for task in ("render_window", "denoiser_step"):
+            base = entry[f"{task}/reference/eager/fp32"]["median_s"]
+            ratios[task] = {k.split("/", 1)[1]: base / v["median_s"] for k, v in entry.items() if k.startswith(task)}
+        results[config_name] = {"render_window_frames": frames, "denoiser_window": window,
+                                "times": entry, "speedup_vs_reference_eager_fp32": ratios}
+    return {"what": "one render window (render_window of the given frames from a fixed source state) and one "
+                    "denoiser call (ε_θ at t = T-1, one motion window, conditional branch only), random "
+                    "weights; median of repeats after a warm-up (inductor: after its compile); speedups are "
+                    "reference-eager-fp32 time / this time, from the same process",
+            "repeats": args.repeats, "configs": results}
+
+
+def part_layout(args) -> dict:
+    """The LMDD (the 3-D convolutions: hourglass and heads) on K frames, contiguous (NCDHW) against
+    channels_last_3d (NDHWC: weights and input converted), fp32 and bf16 autocast."""
+    from mim.config import get_config
+    from mim.models.lmdd import LatentMotionDeviationDecoder
+    from mim.precision import autocast
+
+    results = {}
+    for config_name in args.speed_configs:
+        cfg = get_config(config_name).renderer
+        torch.manual_seed(0)
+        lmdd = LatentMotionDeviationDecoder(cfg).eval()
+        k = args.window or cfg.render_window
+        deviation = torch.randn(k, cfg.regions, cfg.motion_dim)
+        feature = torch.randn(k, cfg.feature_channels, cfg.depth_layers, cfg.volume_size, cfg.volume_size)
+        entry = {}
+        for layout in ("contiguous", "channels_last_3d"):
+            fmt = torch.contiguous_format if layout == "contiguous" else torch.channels_last_3d
+            lmdd = lmdd.to(memory_format=fmt)
+            x = feature.contiguous(memory_format=fmt)
+            for precision in ("fp32", "bf16"):
+                def run():
+                    with torch.no_grad(), autocast(precision, "cpu"):
+                        return lmdd(deviation, x)
+                entry[f"{layout}/{precision}"] = _median_time(run, args.repeats, 1)
+                print(config_name, layout, precision, f"{entry[f'{layout}/{precision}'] * 1e3:.1f} ms", flush=True)
+        results[config_name] = {"frames": k, "median_s": entry,
+                                "channels_last_3d_speedup": {p: entry[f"contiguous/{p}"] / entry[f"channels_last_3d/{p}"]
+                                                             for p in ("fp32", "bf16")}}
+    return {"what": "LatentMotionDeviationDecoder forward (random weights) on K frames, median of repeats; "
+                    "speedup = contiguous time / channels_last_3d time, same process", "configs": results}
+
+
+PARTS = {"layout": part_layout, "demo": part_demo, "base": part_base, "lipsync": part_lipsync, "train": part_train,
+         "speed": part_speed}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("parts", nargs="+", choices=sorted(PARTS))
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--base-seconds", type=float, default=0.4)
+    parser.add_argument("--base-steps", type=int, default=4)
+    parser.add_argument("--lipsync-precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--speed-configs", nargs="+", default=["tiny", "base"])
+    parser.add_argument("--compile-tasks", nargs="*", default=["render_window", "denoiser_step"])
+    parser.add_argument("--window", type=int, default=0, help="render window frames (0: the config's)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    path = Path(args.out)
+    report = json.loads(path.read_text()) if path.exists() else {}
+    from mim.precision import native_bf16_cpu
+
+    for part in args.parts:
+        began, load = time.perf_counter(), load_average()
+        entry = PARTS[part](args)
+        entry.update({"metadata": run_metadata(), "native_bf16_cpu": native_bf16_cpu(),
+                      "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                      "load_average_start": load, "load_average_end": load_average(),
+                      "wall_s": time.perf_counter() - began, "argv": sys.argv[1:]})
+        report[part] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(str(path)) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in entry.items() if k not in ("runs", "configs", "metadata")},
+                         indent=2), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Numerical precision of a run: ``"fp32"`` (the default) or ``"bf16"``.
+
+``bf16`` is autocast to bfloat16 with fp32 weights, for inference (``mim animate``, ``mim reenact``)
+and training (``mim train stage1|stage2``: fp32 master weights, Adam state and gradients; the
+forward's matmuls and convolutions run in bf16). Autocast casts a weight to bf16 once per
+autocast region, not once per call (its cast cache), so inference keeps the fp32 checkpoint as
+it is: one set of weights serves both precisions.
+
+Under autocast, matmuls, convolutions and attention read and write bf16. What stays fp32 (the
+tests assert each):
+
+- the diffusion schedule (ᾱ_t, β_t: float64 tables, gathered into the sampler's fp32) and the
+  DDIM / DDPM update arithmetic: the sampled motion x_t, x̂_0, ε̂ and the classifier-free
+  guidance combination are fp32, the denoiser's bf16 output is cast to fp32 before any of it;
+- softmax statistics (the region softmax of the warp: max and sum in fp32 registers in every
+  backend; attention's softmax inside torch's SDPA kernels, which accumulate in fp32);
+- the selective scan's state h (fp32 in every backend) and Mamba's A, D and Δ bias (fp32);
+- normalization statistics: GroupNorm and LayerNorm compute mean and variance in fp32 for bf16
+  inputs (torch's kernels use an fp32 accumulator; a test checks the bf16 result is the fp32
+  result rounded), ``deviation_adanorm`` keeps its per-row mean and 1/std in fp32 and runs on
+  fp32 inputs (V_nor is fp32; its scale and shift are cast up: they are B·T·λ·G values);
+- the audio features (log-mel and its normalization: numpy float32, outside autocast);
+- the losses' reductions in training (the trainers cast predictions to fp32 first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import ContextManager, Optional
+
+import torch
+
+__all__ = ["PRECISIONS", "check_precision", "autocast", "training_autocast_enabled",
+           "native_bf16_cpu"]
+
+PRECISIONS = ("fp32", "bf16")
+
+log = logging.getLogger("mim")
+
+
+def check_precision(precision, name: str = "precision") -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming ``name``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{name} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this processor has bf16 instructions oneDNN uses (AVX-512 BF16 or AMX); without
+    them bf16 on the CPU is correct but emulated (converted to fp32 and back around each op)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast(precision: str, device) -> ContextManager:
+    """The region of a ``precision`` run on ``device`` (a ``torch.device`` or its type):
+    ``torch.autocast(device type, torch.bfloat16)`` for ``"bf16"``, nothing for ``"fp32"``."""
+    check_precision(precision)
+    kind = torch.device(device).type
+    if precision == "bf16":
+        return torch.autocast(kind, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def training_autocast_enabled(precision: Optional[str], config_amp: bool, device) -> bool:
+    """Whether a trainer runs its forward under bf16 autocast: ``precision`` None keeps the
+    config's ``amp`` (bf16 on CUDA only, the default before ``precision`` existed); ``"bf16"``
+    turns it on on any device, ``"fp32"`` off."""
+    kind = torch.device(device).type
+    if precision is None:
+        return bool(config_amp) and kind == "cuda"
+    if check_precision(precision) == "bf16" and kind == "cpu" and not native_bf16_cpu():
+        log.warning("bf16 autocast on a CPU without native bf16 instructions (no AVX-512 BF16 or "
+                    "AMX): correct, but emulated and slower than fp32")
+    return precision == "bf16"
