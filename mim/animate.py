@@ -41,7 +41,7 @@ from mim.models.renderer import Renderer, SourceState
 from mim.face import DEFAULT_CROP_SCALE
 from mim.portrait import Framing, frame_portrait
 from mim.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
-from mim.precision import autocast, check_precision
+from mim.precision import autocast, check_precision, render_state
 
 __all__ = ["Animator", "DEFAULT_CHECKPOINT", "KIND", "MIN_AUDIO_SAMPLES", "resolve_device"]
 
@@ -221,16 +221,20 @@ class Animator:
         num_frames = num_video_frames(len(audio))
         mel_frames = len(audio) // HOP_LENGTH + 1
 
+        def fp32_features(compute):   # the audio features stay fp32 under a bf16 run's autocast
+            with torch.autocast("cpu", enabled=False):
+                return compute()[None].to(self.device)
+
         def mel_chunks():
             for start in range(0, mel_frames, _MEL_CHUNK):
-                mel = log_mel_range(audio, start, min(start + _MEL_CHUNK, mel_frames))
-                yield normalize_log_mel(mel)[None].to(self.device)
+                stop = min(start + _MEL_CHUNK, mel_frames)
+                yield fp32_features(lambda: normalize_log_mel(log_mel_range(audio, start, stop)))
 
         audio_global = self.motion.mamba_g.forward_chunks(mel_chunks())
         context = self.config.motion.local_context
         audio_local = [
-            self.motion.mamba_l(local_windows_range(audio, num_frames, start,
-                                                    min(start + _FRAME_CHUNK, num_frames), context)[None].to(self.device))
+            self.motion.mamba_l(fp32_features(lambda: local_windows_range(
+                audio, num_frames, start, min(start + _FRAME_CHUNK, num_frames), context)))
             for start in range(0, num_frames, _FRAME_CHUNK)]
         return audio_global, torch.cat(audio_local, dim=1)
 
@@ -276,8 +280,7 @@ class Animator:
         self._check_sampling(steps, seed, guidance_scale)
         framing = self.frame(image, crop, face, crop_scale)
         samples = self._read_audio(audio)
-        with autocast(precision, self.device):
-            state = self.renderer.encode_source(framing.source[None].to(self.device))
+        state = render_state(self.renderer.encode_source(framing.source[None].to(self.device)), precision)
         motion = self._generate_motion(state, samples, steps, seed, guidance_scale, progress, precision)
         return state, motion, samples, framing
 

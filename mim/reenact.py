@@ -11,7 +11,7 @@ from mim.checkpoint import renderer_from_checkpoint
 from mim.face import DEFAULT_CROP_SCALE
 from mim.io import has_audio, iter_video, read_audio, read_image, write_video
 from mim.portrait import DrivingFraming, frame_portrait, square_resize
-from mim.precision import autocast, check_precision
+from mim.precision import autocast, check_precision, render_state
 
 __all__ = ["reenact", "square_resize"]   # square_resize: mim.portrait's, kept importable here
 
@@ -76,8 +76,8 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
         if max_frames is not None:
             audio = audio[:int(round(max_frames / video_fps * 16000))]
     fps = fps or video_fps
+    state = render_state(renderer.encode_source(source), precision)   # once, in fp32
     with autocast(precision, device):
-        state = renderer.encode_source(source)
         first_motion = renderer.encode_motion(first[None].to(device))
     window = renderer.config.render_window
     written = 0
