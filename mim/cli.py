@@ -41,6 +41,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_precision(parser: argparse.ArgumentParser, default: Optional[str], what: str) -> None:
+    from mim.precision import PRECISIONS
+
+    shown = default or "the config's amp: bf16 on CUDA, fp32 on the CPU"
+    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+                        help=f"bf16: {what} under bf16 autocast, the weights kept in fp32 "
+                             f"(mim.precision says what stays fp32); default: {shown}")
+
+
 def _add_framing(parser: argparse.ArgumentParser, what: str) -> None:
     from mim.face import DEFAULT_CROP_SCALE
     from mim.portrait import CROP_MODES
@@ -90,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(image_encoder, appearance_extractor, motion_encoder, dit, lmdd, decoder)")
     s1.add_argument("--vgg19-weights", help="safetensors VGG-19 weights for the perceptual loss")
     s1.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    _add_precision(s1, None, "the training forward")
     _add_stream_options(s1)
     _add_common(s1)
     s2 = stages.add_parser("stage2", help="train the motion generator on a trained renderer")
@@ -103,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("--resume", action="store_true")
     s2.add_argument("--batch-size", type=int, help="override stage2.batch_size (global)")
     s2.add_argument("--seed", type=int, help="override stage2.seed")
+    _add_precision(s2, None, "the training forward")
     _add_stream_options(s2)
     s2.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s2.add_argument("--no-progress", action="store_true")
@@ -128,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="noise seed for --lipsync")
     ev.add_argument("--plot", help="with --lipsync: also draw each clip's mouth opening against the "
                                    "audio envelope into this PNG")
+    _add_precision(ev, "fp32", "--lipsync's animation")
     _add_common(ev)
 
     re_ = sub.add_parser("reenact", help="animate a portrait with the motion of a driving video")
@@ -148,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--detect-every", type=int, default=5, help="driving frames between face detections")
     re_.add_argument("--smoothing", type=float, default=0.6,
                      help="exponential smoothing of the driving crop square, in [0, 1) (0 = none)")
+    _add_precision(re_, "fp32", "the renderer")
     _add_common(re_)
 
     an = sub.add_parser("animate", help="animate a portrait from speech audio (a stage-2 checkpoint)")
@@ -164,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_framing(an, "the portrait")
     an.add_argument("--list-faces", action="store_true",
                     help="print the faces found in --image (index, box, score) and exit")
+    _add_precision(an, "fp32", "the motion generator and the renderer")
     _add_common(an)
 
     pr = sub.add_parser("profile", help="per-stage latency of img2img and audio2video: wall time "
@@ -267,7 +281,7 @@ def _train_stage2(args) -> int:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     result = train_stage2(args.stage1, args.out, args.steps, config=config, data=args.data,
                           device=args.device, resume=args.resume, progress=not args.no_progress,
-                          workers=args.workers, heldout=args.heldout)
+                          workers=args.workers, heldout=args.heldout, precision=args.precision)
     print(json.dumps({"step": args.steps, "train": result["train"]}, indent=2))
     return 0
 
@@ -293,7 +307,7 @@ def _train_stage1(args) -> int:
     result = train_stage1(config.validate(), args.out, args.steps, data=args.data, backend=args.backend,
                           device=args.device, resume=args.resume, progress=not args.no_progress,
                           evaluate=not args.no_eval, init=args.init, workers=args.workers,
-                          heldout=args.heldout)
+                          heldout=args.heldout, precision=args.precision)
     if "heldout" in result:
         print(json.dumps({"step": args.steps, "heldout": result["heldout"]}, indent=2))
     return 0
@@ -353,7 +367,8 @@ def _evaluate_lipsync(args, config, device):
                          "relies on how they are painted")
     if args.sample_steps is not None and args.sample_steps < 1:
         raise ValueError(f"--sample-steps must be >= 1, got {args.sample_steps}")
-    animator = Animator.from_pretrained(args.checkpoint, device=device, backend=args.backend)
+    animator = Animator.from_pretrained(args.checkpoint, device=device, backend=args.backend,
+                                        precision=args.precision)
     return evaluate_lipsync(animator, lipsync_clips(config), steps=args.sample_steps, seed=args.seed,
                             progress=not getattr(args, "no_progress", False), traces=bool(args.plot))
 
@@ -374,7 +389,7 @@ def _reenact(args) -> int:
             device=_device(args.device), fps=args.fps, max_frames=args.max_frames,
             relative=not args.absolute, copy_audio=not args.no_audio, progress=not args.no_progress,
             crop=args.crop, face=args.face, crop_scale=args.crop_scale, driving_crop=args.driving_crop,
-            detect_every=args.detect_every, smoothing=args.smoothing)
+            detect_every=args.detect_every, smoothing=args.smoothing, precision=args.precision)
     print(args.out)
     return 0
 
@@ -398,7 +413,8 @@ def _animate(args) -> int:
         if getattr(args, flag[2:]) is None:
             raise ValueError(f"mim animate: {flag} is required (unless --list-faces)")
     _check_output("--out", args.out, args, ("--image", "--audio", "--checkpoint"))
-    animator = Animator.from_pretrained(args.checkpoint, device=args.device, backend=args.backend)
+    animator = Animator.from_pretrained(args.checkpoint, device=args.device, backend=args.backend,
+                                        precision=args.precision)
     animator.animate_to_file(args.image, args.audio, args.out, steps=args.steps, seed=args.seed,
                              guidance_scale=args.guidance, progress=not args.no_progress,
                              crop=args.crop, face=args.face, crop_scale=args.crop_scale)

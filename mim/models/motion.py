@@ -431,7 +431,7 @@ class MotionGenerator(nn.Module):
         transformer's output is ε̂ and x̂_0 = predict_x0(x_t, t, ε̂); with "v" it is v̂ and
         ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂, x̂_0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂ (no division by √ᾱ_t)."""
         out = self.denoiser(x_t, t, audio_global=audio_global, audio_local=audio_local,
-                            prev_motion=prev_motion, appearance=appearance)
+                            prev_motion=prev_motion, appearance=appearance).to(x_t.dtype)   # fp32 under bf16 autocast
         if self.config.prediction == "eps":
             return out, self.schedule.predict_x0(x_t, t, out)
         alpha_bar = self.schedule.alpha_bars.to(x_t.device)[t].view(-1, 1, 1)
@@ -488,7 +488,8 @@ class MotionGenerator(nn.Module):
         window = self.config.window
         starts = range(0, frames, window)
         generated = []
-        previous = audio_local.new_zeros(batch, self.config.prev_frames, self.motion_dim)
+        dtype = torch.promote_types(audio_local.dtype, torch.float32)   # the sampler's x_t: fp32 at least
+        previous = audio_local.new_zeros(batch, self.config.prev_frames, self.motion_dim, dtype=dtype)
         for k, start in enumerate(starts):
             local = audio_local[:, start:start + window]
             cond = {"audio_global": audio_global, "audio_local": local,
@@ -500,7 +501,7 @@ class MotionGenerator(nn.Module):
             sample = ddim_sample(self, (batch, local.shape[1], self.motion_dim), self.schedule,
                                  steps=steps, eta=eta, cond=cond, uncond=uncond,
                                  guidance_scale=scale, generator=generator,
-                                 dtype=audio_local.dtype, device=audio_local.device)
+                                 dtype=dtype, device=audio_local.device)
             generated.append(sample)
             previous = self._previous_frames(torch.cat([previous, sample], dim=1))
             if progress is not None:

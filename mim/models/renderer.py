@@ -147,7 +147,9 @@ class Renderer(nn.Module):
             else:
                 per_frame = feature.expand(n, *feature.shape[1:])
             logits, displacement, mask = self.lmdd(deviation, per_frame)
-        with stage("warp"):
+        # the warp's own math stays fp32 (its backends accumulate in fp32); its tensors are F_id's dtype
+        with stage("warp"), torch.autocast(feature.device.type, enabled=False):
+            logits, displacement, mask = (x.to(feature.dtype) for x in (logits, displacement, mask))
             if warp is not None:
                 warped = warp(per_frame, logits, displacement, mask)
             elif n == 1 or b == 1:
