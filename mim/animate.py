@@ -42,6 +42,7 @@ from mim.face import DEFAULT_CROP_SCALE
 from mim.portrait import Framing, frame_portrait
 from mim.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
 from mim.precision import autocast, check_precision, render_state
+from mim.graphs import window_wrapper
 
 __all__ = ["Animator", "DEFAULT_CHECKPOINT", "KIND", "MIN_AUDIO_SAMPLES", "resolve_device"]
 
@@ -141,6 +142,32 @@ class Animator:
                 module.backend = backend
         load_checkpoint(path, kind=KIND, modules={"renderer": renderer, "motion": motion})
         return cls(renderer, motion, config, device, precision)
+
+    # How each motion window and render window runs (mim.graphs): "eager" until use_graphs.
+    graphs = "eager"
+    _wrap = None
+    _motion_windows = None
+    _render_window = None
+
+    def use_graphs(self, mode: str) -> "Animator":
+        """Run every motion window (all DDIM steps, guidance included) and every render window
+        as they are ("eager"), captured once per window shape as CUDA graphs and replayed
+        ("cuda-graphs", CUDA only: ``mim animate --cuda-graphs``) or under
+        ``torch.compile(mode="reduce-overhead", fullgraph=True)`` ("compile", CUDA or CPU:
+        ``--compile``). Returns the Animator. See :mod:`mim.graphs`."""
+        self._wrap = window_wrapper(mode, self.device)
+        self.graphs = mode
+        self._motion_windows = {}
+        self._render_window = None if self._wrap is None else self._wrap(self.renderer.window_frames)
+        return self
+
+    def _motion_window(self, sampler):
+        """The wrapped window sampler, one per (plan, guidance scale), kept across calls so its
+        captures are reused."""
+        key = (sampler.keywords["plan"], sampler.keywords["guidance_scale"])
+        if key not in self._motion_windows:
+            self._motion_windows[key] = self._wrap(sampler)
+        return self._motion_windows[key]
 
     # Inputs.
 
@@ -255,7 +282,8 @@ class Animator:
             return self.motion.generate(audio_global, audio_local, state.appearance.float(),
                                         steps=None if steps is None else int(steps),
                                         guidance_scale=None if guidance_scale is None else float(guidance_scale), generator=generator,
-                                        progress=lambda index, count: bar.update(1))
+                                        progress=lambda index, count: bar.update(1),
+                                        wrap=None if self._wrap is None else self._motion_window)
 
     @torch.no_grad()
     def _render(self, state: SourceState, motion: torch.Tensor, framing: Framing,
@@ -269,7 +297,9 @@ class Animator:
         with tqdm(total=motion.shape[1], desc="render", unit="frame", disable=not progress) as bar:
             for start in range(0, motion.shape[1], window):
                 with autocast(precision, self.device):
-                    frames = self.renderer.render(state, motion[:, start:start + window], window=window)[0]
+                    chunk = motion[:, start:start + window]
+                    frames = (self.renderer.render(state, chunk, window=window) if self._render_window is None
+                              else self._render_window(state.feature, state.appearance, state.motion, chunk))[0]
                 for frame in frames.float().clamp(0, 1).cpu():
                     yield framing.compose(frame)
                 bar.update(frames.shape[0])

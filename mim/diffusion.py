@@ -19,6 +19,7 @@ the last update, which lands on the clean sample, adds no noise. Pass ``noises``
 """
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -85,6 +86,7 @@ class NoiseSchedule:
         self._posterior_coef_x0 = betas * self.alpha_bars_prev.sqrt() / (1 - self.alpha_bars)
         self._posterior_coef_xt = ((1 - self.alpha_bars_prev) * self.alphas.sqrt()
                                    / (1 - self.alpha_bars))
+        self._device_alpha_bars: Optional[torch.Tensor] = None
 
     def check_timesteps(self, t, batch_size):
         """Raise an error naming ``t`` unless it is an integer tensor ``(batch_size,)`` of
@@ -96,9 +98,25 @@ class NoiseSchedule:
             raise ValueError(f"t must be an integer tensor, got {t.dtype}")
         if t.shape != (batch_size,):
             raise ValueError(f"t must have shape (B,) = ({batch_size},), got {tuple(t.shape)}")
-        if batch_size and (int(t.min()) < 0 or int(t.max()) >= self.num_steps):
+        # The range check reads t on the host: skipped while torch.compile traces or a CUDA graph
+        # is captured (the capturable sampler, ddim_window, builds t itself from its plan).
+        if not batch_size or torch.compiler.is_compiling() or (
+                t.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return
+        if int(t.min()) < 0 or int(t.max()) >= self.num_steps:
             raise ValueError(f"t must lie in [0, {self.num_steps - 1}], got values in "
                              f"[{int(t.min())}, {int(t.max())}]")
+
+    def alpha_bars_on(self, device) -> torch.Tensor:
+        """ᾱ_t ``(T,)`` float64 on ``device``. The copy to another device is made on the first
+        call and kept, so a gather by a device ``t`` after it copies nothing from the host (a
+        CUDA-graph capture allows no such copy)."""
+        device = torch.device(device)
+        if device == self.alpha_bars.device:
+            return self.alpha_bars
+        if self._device_alpha_bars is None or self._device_alpha_bars.device != device:
+            self._device_alpha_bars = self.alpha_bars.to(device)
+        return self._device_alpha_bars
 
     def _gather(self, values, t, x):
         """``values[t]`` as a ``(B, 1, …, 1)`` tensor in ``x``'s dtype and device."""
@@ -300,6 +318,99 @@ def ddim_timesteps(num_steps, steps):
     return torch.tensor(ascending[::-1], dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class DDIMUpdate:
+    """One DDIM update, from timestep ``timestep`` (τ) to the next τ' of the sub-sequence (the
+    clean sample after the last), as host numbers fixed before sampling starts:
+    ᾱ_τ (``alpha_bar``), ᾱ_τ' (``alpha_bar_next``, 1 after the last), σ and the direction
+    coefficient √(1 − ᾱ_τ' − σ²) (see ``ddim_sample``)."""
+
+    timestep: int
+    alpha_bar: float
+    alpha_bar_next: float
+    sigma: float
+    direction: float
+
+
+def ddim_plan(schedule: NoiseSchedule, steps: int, eta: float = 0.0) -> tuple:
+    """The ``steps`` updates of DDIM sampling over ``ddim_timesteps(T, steps)`` with η = ``eta``,
+    as a tuple of :class:`DDIMUpdate`. Everything read from the schedule is read here, on the
+    host, so that :func:`ddim_window` reads no tensor value while it runs."""
+    timesteps = ddim_timesteps(schedule.num_steps, steps).tolist()
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    alpha_bars = schedule.alpha_bars.tolist()
+    plan = []
+    for k, step in enumerate(timesteps, start=1):
+        alpha_bar = alpha_bars[step]
+        alpha_bar_next = alpha_bars[timesteps[k]] if k < steps else 1.0
+        sigma = eta * math.sqrt((1 - alpha_bar_next) / (1 - alpha_bar)
+                                * (1 - alpha_bar / alpha_bar_next))
+        direction = math.sqrt(max(1 - alpha_bar_next - sigma ** 2, 0.0))
+        plan.append(DDIMUpdate(step, alpha_bar, alpha_bar_next, sigma, direction))
+    return tuple(plan)
+
+
+def ddim_noise_count(plan) -> int:
+    """How many z draws the updates of ``plan`` add (those with σ > 0; none with η = 0)."""
+    return sum(1 for update in plan if update.sigma > 0)
+
+
+def ddim_draws(plan, shape, generator: Optional[torch.Generator] = None,
+               dtype: Optional[torch.dtype] = None, device=None):
+    """(x_T ``shape``, z ``(ddim_noise_count(plan), *shape)``) drawn from ``generator`` in the
+    order of the module docstring: x_T first, then one z per update with σ > 0."""
+    draws = _NoiseDraws(shape, len(plan), generator, None, dtype, device)
+    x_T = draws(0)
+    noises = [draws(k) for k, update in enumerate(plan, start=1) if update.sigma > 0]
+    z = torch.stack(noises) if noises else x_T.new_empty((0, *draws.shape))
+    return x_T, z
+
+
+def ddim_update(model, x: torch.Tensor, update: DDIMUpdate, cond: Condition,
+                uncond: Optional[Condition], guidance_scale: float,
+                noise: Optional[torch.Tensor] = None, clip_x0: Optional[float] = None):
+    """One DDIM update x_τ → x_τ' with the guided ε̂ (``guided_eps``): x̂_0 from ε̂ at ᾱ_τ,
+    optionally clipped (ε̂ then recomputed from it), then
+    x_τ' = √ᾱ' x̂_0 + √(1 − ᾱ' − σ²) ε̂ + σ z (``noise`` is z, needed when σ > 0).
+
+    Capturable: it reads no tensor value on the host and allocates only tensors of fixed shapes,
+    so the same CUDA graph or ``torch.compile`` graph serves every call with those shapes. The
+    coefficients are the same float64 numbers rounded to ``x``'s dtype as the schedule's
+    ``predict_x0`` uses, so the result is the same bits as the eager ``ddim_sample``'s."""
+    t = torch.full((x.shape[0],), update.timestep, dtype=torch.long, device=x.device)
+    eps = guided_eps(model, x, t, cond, uncond, guidance_scale)
+    alpha_bar = x.new_full((1,) * x.ndim, update.alpha_bar)
+    x0 = (x - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+    if clip_x0 is not None:
+        x0 = x0.clamp(-clip_x0, clip_x0)
+        eps = (x - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+    x = math.sqrt(update.alpha_bar_next) * x0 + update.direction * eps
+    if update.sigma > 0:
+        if noise is None:
+            raise ValueError(f"noise must be given for an update with sigma > 0 "
+                             f"(sigma = {update.sigma:.3g} at t = {update.timestep})")
+        x = x + update.sigma * noise
+    return x
+
+
+def ddim_window(model, x_T: torch.Tensor, plan, cond: Condition, uncond: Optional[Condition],
+                guidance_scale: float, noises=None, clip_x0: Optional[float] = None):
+    """Every update of ``plan`` (``ddim_plan``) from ``x_T``: one whole DDIM sampling run, the
+    guidance included. ``noises`` holds the z of the updates with σ > 0, in order
+    (``ddim_noise_count(plan)`` of them; ``ddim_draws`` draws them). Capturable as
+    ``ddim_update`` is: the loop runs over the plan, a host tuple, so one capture (a CUDA graph,
+    or ``torch.compile(fullgraph=True)``) of this function holds every step."""
+    x, used = x_T, 0
+    for update in plan:
+        noise = None
+        if update.sigma > 0:
+            noise = noises[used]
+            used += 1
+        x = ddim_update(model, x, update, cond, uncond, guidance_scale, noise, clip_x0)
+    return x
+
+
 @torch.no_grad()
 def ddim_sample(model, shape, schedule: NoiseSchedule, *, steps: int = 50, eta: float = 0.0,
                 cond: Optional[Condition] = None, uncond: UncondSpec = None,
@@ -311,27 +422,16 @@ def ddim_sample(model, shape, schedule: NoiseSchedule, *, steps: int = 50, eta: 
     x_{τ'} = √ᾱ' x̂_0 + √(1 − ᾱ' − σ²) ε̂ + σ z, σ = η √((1 − ᾱ')/(1 − ᾱ_τ)) √(1 − ᾱ_τ/ᾱ').
     η = 0 is deterministic given x_T; η = 1 with ``steps = T`` is DDPM ancestral sampling and,
     given the same draws, gives ``ddpm_sample``'s result. Uses ``steps`` draws (module docstring);
-    the other arguments are as in ``ddpm_sample``. Runs without autograd."""
-    timesteps = ddim_timesteps(schedule.num_steps, steps)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
-        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    the other arguments are as in ``ddpm_sample``. Runs without autograd.
+
+    The checks and the draws happen here; the updates are ``ddim_window`` over ``ddim_plan``."""
+    plan = ddim_plan(schedule, steps, eta)
     _check_clip(clip_x0)
     cond, uncond = _resolve_conditions(cond, uncond, guidance_scale)
     draws = _NoiseDraws(shape, steps, generator, noises, dtype, device)
     x = draws(0)
-    alpha_bars = schedule.alpha_bars.tolist()
-    for k, step in enumerate(timesteps.tolist(), start=1):
-        t = torch.full((draws.shape[0],), step, dtype=torch.long, device=draws.device)
-        x0, eps = _estimate(model, schedule, x, t, cond, uncond, guidance_scale, clip_x0)
-        alpha_bar = alpha_bars[step]
-        alpha_bar_next = alpha_bars[int(timesteps[k])] if k < steps else 1.0
-        sigma = eta * math.sqrt((1 - alpha_bar_next) / (1 - alpha_bar)
-                                * (1 - alpha_bar / alpha_bar_next))
-        direction = math.sqrt(max(1 - alpha_bar_next - sigma ** 2, 0.0))
-        x = math.sqrt(alpha_bar_next) * x0 + direction * eps
-        if sigma > 0:
-            x = x + sigma * draws(k)
-    return x
+    z = [draws(k) for k, update in enumerate(plan, start=1) if update.sigma > 0]
+    return ddim_window(model, x, plan, cond, uncond, guidance_scale, z, clip_x0)
 
 
 def _check_motion_pair(m, m_hat, min_frames, loss_name):

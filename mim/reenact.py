@@ -12,6 +12,7 @@ from mim.face import DEFAULT_CROP_SCALE
 from mim.io import has_audio, iter_video, read_audio, read_image, write_video
 from mim.portrait import DrivingFraming, frame_portrait, square_resize
 from mim.precision import autocast, check_precision, render_state
+from mim.graphs import window_wrapper
 
 __all__ = ["reenact", "square_resize"]   # square_resize: mim.portrait's, kept importable here
 
@@ -34,7 +35,8 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
             max_frames: Optional[int] = None, relative: bool = True, copy_audio: bool = True,
             progress: bool = True, crop: str = "face", face: int = 0,
             crop_scale: float = DEFAULT_CROP_SCALE, driving_crop: str = "face",
-            detect_every: int = 5, smoothing: float = 0.6, precision: str = "fp32") -> int:
+            detect_every: int = 5, smoothing: float = 0.6, precision: str = "fp32",
+            graphs: str = "eager") -> int:
     """Render ``image`` with the motion of every frame of ``driving`` and write ``out`` (mp4);
     returns the number of frames written.
 
@@ -55,10 +57,13 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
     copied when it has an audio track. The inputs and the first driving frame are read and checked
     before the output file is created; the output is written atomically (a driving frame that
     fails to decode later leaves no output). ``precision`` "bf16" runs the renderer under bf16
-    autocast with its fp32 weights (:mod:`mim.precision`); frames come out fp32."""
+    autocast with its fp32 weights (:mod:`mim.precision`); frames come out fp32. ``graphs``
+    "cuda-graphs" (CUDA only) captures the render window once per window shape and replays it,
+    "compile" runs it under ``torch.compile`` (:mod:`mim.graphs`); "eager" (default) neither."""
     from tqdm import tqdm
 
     check_precision(precision)
+    wrap = window_wrapper(graphs, device)   # --cuda-graphs without CUDA fails here, before any work
 
     renderer = renderer_from_checkpoint(checkpoint, backend=backend).to(device)
     size = renderer.config.image_size
@@ -80,6 +85,7 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
     with autocast(precision, device):
         first_motion = renderer.encode_motion(first[None].to(device))
     window = renderer.config.render_window
+    render_window = None if wrap is None else wrap(renderer.window_frames)
     written = 0
 
     def rendered() -> Iterator[torch.Tensor]:
@@ -91,7 +97,8 @@ def reenact(image: str, driving: str, checkpoint: str, out: str, backend: Option
                     motion = renderer.encode_motion(batch.to(device)).float()   # M arithmetic in fp32
                     if relative:
                         motion = state.motion.float() + (motion - first_motion.float())
-                    rendered_frames = renderer.render(state, motion[None])[0]
+                    rendered_frames = (renderer.render(state, motion[None]) if render_window is None else
+                                       render_window(state.feature, state.appearance, state.motion, motion[None]))[0]
                 for frame in rendered_frames.float():
                     yield framing.compose(frame.clamp(0, 1).cpu())
                 written += batch.shape[0]

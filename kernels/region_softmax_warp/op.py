@@ -125,7 +125,8 @@ def _check_beta(beta, feature: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"beta must be a float or a 0-dim tensor, got {type(beta).__name__}")
     if not math.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta}")
-    return torch.tensor(float(beta), dtype=torch.float32, device=feature.device)
+    # A fill, not a copy from the host: capturable in a CUDA graph (beta becomes a constant of it).
+    return torch.full((), float(beta), dtype=torch.float32, device=feature.device)
 
 
 def _check_inputs(feature, logits, displacement, mask, beta, padding_mode) -> torch.Tensor:

@@ -29,7 +29,9 @@ from mim.diffusion import (
     LOSS_TERMS,
     NoiseSchedule,
     acceleration_loss,
-    ddim_sample,
+    ddim_draws,
+    ddim_plan,
+    ddim_window,
     drop_condition,
     eps_loss,
     motion_mse,
@@ -434,16 +436,63 @@ class MotionGenerator(nn.Module):
                             prev_motion=prev_motion, appearance=appearance).to(x_t.dtype)   # fp32 under bf16 autocast
         if self.config.prediction == "eps":
             return out, self.schedule.predict_x0(x_t, t, out)
-        alpha_bar = self.schedule.alpha_bars.to(x_t.device)[t].view(-1, 1, 1)
-        signal, noise = alpha_bar.sqrt().to(x_t.dtype), (1 - alpha_bar).sqrt().to(x_t.dtype)
+        signal, noise = self._signal_noise(x_t, t)
         return noise * x_t + signal * out, signal * x_t - noise * out
+
+    def _signal_noise(self, x_t, t):
+        """(√ᾱ_t, √(1−ᾱ_t)) as ``(B, 1, 1)`` in x_t's dtype, gathered on x_t's device (no host
+        read of t, so capturable once the schedule's device copy exists)."""
+        alpha_bar = self.schedule.alpha_bars_on(x_t.device)[t].view(-1, 1, 1)
+        return alpha_bar.sqrt().to(x_t.dtype), (1 - alpha_bar).sqrt().to(x_t.dtype)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, audio_global: torch.Tensor,
                 audio_local: torch.Tensor, prev_motion: torch.Tensor,
                 appearance: torch.Tensor) -> torch.Tensor:
         """ε̂ = ε_θ(x_t, t, c): the :class:`MotionDenoiser`'s output read as ``config.prediction``
-        says (ε̂ itself, or v̂ turned into ε̂; see :meth:`_predict`)."""
-        return self._predict(x_t, t, audio_global, audio_local, prev_motion, appearance)[0]
+        says (ε̂ itself, or v̂ turned into ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂; see :meth:`_predict`).
+        Reads no tensor value on the host (x̂_0 is not computed here)."""
+        out = self.denoiser(x_t, t, audio_global=audio_global, audio_local=audio_local,
+                            prev_motion=prev_motion, appearance=appearance).to(x_t.dtype)   # fp32 under bf16 autocast
+        if self.config.prediction == "eps":
+            return out
+        signal, noise = self._signal_noise(x_t, t)
+        return noise * x_t + signal * out
+
+    def sample_window(self, x_T: torch.Tensor, noises: torch.Tensor, audio_global: torch.Tensor,
+                      audio_local: torch.Tensor, prev_motion: torch.Tensor,
+                      appearance: torch.Tensor, *, plan, guidance_scale: float) -> torch.Tensor:
+        """One window's whole DDIM run (every update of ``plan``, from ``mim.diffusion.ddim_plan``,
+        guidance included): normalized motion ``(B, M, motion_dim)`` from x_T ``(B, M,
+        motion_dim)``, the z draws ``noises`` ``(ddim_noise_count(plan), B, M, motion_dim)`` and
+        the condition (F_ag, F_al ``(B, M, audio_dim)``, the preceding frames, F_A). With
+        ``guidance_scale`` ≠ 1 the unconditional call has F_ag and F_al zeroed.
+
+        Capturable (tensor arguments only, fixed shapes, no host read of a tensor): the unit
+        that ``mim animate --cuda-graphs`` captures once and replays per window, and that
+        ``torch.compile(fullgraph=True)`` compiles without a graph break."""
+        cond = {"audio_global": audio_global, "audio_local": audio_local,
+                "prev_motion": prev_motion, "appearance": appearance}
+        uncond = None
+        if guidance_scale != 1:
+            uncond = dict(cond, audio_global=torch.zeros_like(audio_global),
+                          audio_local=torch.zeros_like(audio_local))
+        return ddim_window(self, x_T, plan, cond, uncond, guidance_scale, noises)
+
+    def window_sampler(self, steps: Optional[int] = None, eta: Optional[float] = None,
+                       guidance_scale: Optional[float] = None) -> functools.partial:
+        """:meth:`sample_window` with its plan (``steps``, ``eta``; the config's by default) and
+        guidance scale bound: ``sampler(x_T, noises, audio_global, audio_local, prev_motion,
+        appearance)``, tensors only, ready to capture or compile (``sampler.keywords["plan"]``
+        is the plan, for ``mim.diffusion.ddim_draws``)."""
+        steps = self.config.sample_steps if steps is None else steps
+        eta = self.config.eta if eta is None else eta
+        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {scale!r}")
+        plan = ddim_plan(self.schedule, steps, eta)
+        # The device copy of ᾱ that v-prediction gathers from is made now, never in a capture.
+        self.schedule.alpha_bars_on(self.motion_mean.device)
+        return functools.partial(self.sample_window, plan=plan, guidance_scale=scale)
 
     def _previous_frames(self, generated: torch.Tensor) -> torch.Tensor:
         """The last ``prev_frames`` frames of ``generated`` (B, n, D), left-padded with zeros
@@ -456,7 +505,8 @@ class MotionGenerator(nn.Module):
                  appearance: torch.Tensor, steps: Optional[int] = None,
                  eta: Optional[float] = None, guidance_scale: Optional[float] = None,
                  generator: Optional[torch.Generator] = None,
-                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 wrap: Optional[Callable[[Callable], Callable]] = None) -> torch.Tensor:
         """Sample motion features for T frames: ``(B, T, motion_dim)``, denormalized.
 
         F_ag ``(B, audio_dim)``, F_al ``(B, T, audio_dim)`` (from :meth:`encode_audio`), F_A
@@ -469,6 +519,10 @@ class MotionGenerator(nn.Module):
         preceding frames and F_A kept; ``guidance_scale`` 1 makes one model call per step.
         Noise is drawn from ``generator`` window after window, so a seeded generator gives the
         same motion. ``progress(k, num_windows)`` is called after window k (0-based) is done.
+
+        Each window is one call of :meth:`window_sampler`'s sampler; ``wrap`` (sampler → a
+        function of the same arguments) swaps in a captured or compiled version of it
+        (``mim.graphs``), which gives the same motion to rounding.
         """
         _check_features(audio_local, "audio_local", "(B, T, audio_dim)",
                         (None, None, self.config.audio_dim))
@@ -482,9 +536,13 @@ class MotionGenerator(nn.Module):
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be a callable (window_index, num_windows) or None, "
                             f"got {type(progress).__name__}")
-        steps = self.config.sample_steps if steps is None else steps
-        eta = self.config.eta if eta is None else eta
-        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        if wrap is not None and not callable(wrap):
+            raise TypeError(f"wrap must be a callable (sampler -> sampler) or None, "
+                            f"got {type(wrap).__name__}")
+        sampler = self.window_sampler(steps, eta, guidance_scale)
+        plan = sampler.keywords["plan"]
+        if wrap is not None:
+            sampler = wrap(sampler)
         window = self.config.window
         starts = range(0, frames, window)
         generated = []
@@ -492,16 +550,9 @@ class MotionGenerator(nn.Module):
         previous = audio_local.new_zeros(batch, self.config.prev_frames, self.motion_dim, dtype=dtype)
         for k, start in enumerate(starts):
             local = audio_local[:, start:start + window]
-            cond = {"audio_global": audio_global, "audio_local": local,
-                    "prev_motion": previous, "appearance": appearance}
-            uncond = None
-            if scale != 1:
-                uncond = dict(cond, audio_global=torch.zeros_like(audio_global),
-                              audio_local=torch.zeros_like(local))
-            sample = ddim_sample(self, (batch, local.shape[1], self.motion_dim), self.schedule,
-                                 steps=steps, eta=eta, cond=cond, uncond=uncond,
-                                 guidance_scale=scale, generator=generator,
-                                 dtype=dtype, device=audio_local.device)
+            x_T, noises = ddim_draws(plan, (batch, local.shape[1], self.motion_dim), generator,
+                                     dtype, audio_local.device)
+            sample = sampler(x_T, noises, audio_global, local, previous, appearance)
             generated.append(sample)
             previous = self._previous_frames(torch.cat([previous, sample], dim=1))
             if progress is not None:

@@ -166,6 +166,17 @@ class Renderer(nn.Module):
             frames = self.decode(warped, appearance, motion.reshape(b * n, -1))
         return {"frames": frames.view(b, n, *frames.shape[1:]), "warped": warped, "mask": mask}
 
+    def window_frames(self, feature: torch.Tensor, appearance: torch.Tensor,
+                      source_motion: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """:meth:`render_window`'s frames (B, N, 3, S, S) from the tensors of a
+        :class:`SourceState` (F_id, F_A, M_0) and a window's motion (B, N, motion_dim).
+
+        Capturable (tensor arguments only, fixed shapes, no host read of a tensor value): the
+        unit that ``mim animate --cuda-graphs`` captures once per window shape and replays, and
+        that ``torch.compile(fullgraph=True)`` compiles without a graph break."""
+        state = SourceState(feature=feature, appearance=appearance, motion=source_motion)
+        return self.render_window(state, motion)["frames"]
+
     def decode(self, warped: torch.Tensor, appearance: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
         """The decoder U on φ_r with F_A and, with ``motion_film``, the driving motion features
         (K, motion_dim)."""
