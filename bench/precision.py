@@ -108,6 +108,8 @@ def part_lipsync(args) -> dict:
 
     path = DEMO / "mim_tiny.safetensors"
     config = checkpoint_config(str(path))
+    if args.lipsync_clips:
+        config.train.heldout_clips = config.stage2.heldout_clips = args.lipsync_clips
     result = {}
     for precision in args.lipsync_precisions:
         animator = Animator.from_pretrained(path, device="cpu", precision=precision)
@@ -115,7 +117,8 @@ def part_lipsync(args) -> dict:
         figures = evaluate_lipsync(animator, lipsync_clips(config), seed=0, progress=False)
         result[precision] = {k: v for k, v in figures.items() if not isinstance(v, list)}
         result[precision]["seconds"] = time.perf_counter() - began
-    return {"what": "mim evaluate --lipsync on the demo checkpoint (seed 0, the config's steps)", **result}
+    return {"what": f"mim evaluate --lipsync on the demo checkpoint (seed 0, the config's steps), "
+                    f"{config.stage2.heldout_clips} held-out clip(s)", **result}
 
 
 def _read_log(path) -> list:
@@ -194,6 +197,8 @@ def part_speed(args) -> dict:
         for column, backend in (("engine", None), ("reference", "reference")):
             set_backend(animator, backend)
             for task, build, module in (("render_window", render, renderer), ("denoiser_step", denoise, motion)):
+                if task == "render_window" and config_name not in args.render_configs:
+                    continue
                 for mode in ("eager", "inductor"):
                     if mode == "inductor" and task not in args.compile_tasks:
                         continue
@@ -217,6 +222,8 @@ def part_speed(args) -> dict:
         set_backend(animator, None)
         ratios = {}
         for task in ("render_window", "denoiser_step"):
+            if f"{task}/reference/eager/fp32" not in entry:
+                continue
             base = entry[f"{task}/reference/eager/fp32"]["median_s"]
             ratios[task] = {k.split("/", 1)[1]: base / v["median_s"] for k, v in entry.items() if k.startswith(task)}
         results[config_name] = {"render_window_frames": frames, "denoiser_window": window,
@@ -233,7 +240,7 @@ def part_layout(args) -> dict:
     channels_last_3d (NDHWC: weights and input converted), fp32 and bf16 autocast."""
     from mim.config import get_config
     from mim.models.lmdd import LatentMotionDeviationDecoder
-    from mim.precision import autocast
+    from mim.precision import autocast, conv3d_memory_format
 
     results = {}
     for config_name in args.speed_configs:
@@ -246,9 +253,9 @@ def part_layout(args) -> dict:
         entry = {}
         for layout in ("contiguous", "channels_last_3d"):
             fmt = torch.contiguous_format if layout == "contiguous" else torch.channels_last_3d
-            lmdd = lmdd.to(memory_format=fmt)
+            lmdd = conv3d_memory_format(lmdd, fmt)
             x = feature.contiguous(memory_format=fmt)
-            for precision in ("fp32", "bf16"):
+            for precision in ("fp32", "bf16") if config_name in args.render_configs else ("fp32",):
                 def run():
                     with torch.no_grad(), autocast(precision, "cpu"):
                         return lmdd(deviation, x)
@@ -256,7 +263,7 @@ def part_layout(args) -> dict:
                 print(config_name, layout, precision, f"{entry[f'{layout}/{precision}'] * 1e3:.1f} ms", flush=True)
         results[config_name] = {"frames": k, "median_s": entry,
                                 "channels_last_3d_speedup": {p: entry[f"contiguous/{p}"] / entry[f"channels_last_3d/{p}"]
-                                                             for p in ("fp32", "bf16")}}
+                                                             for p in ("fp32", "bf16") if f"contiguous/{p}" in entry}}
     return {"what": "LatentMotionDeviationDecoder forward (random weights) on K frames, median of repeats; "
                     "speedup = contiguous time / channels_last_3d time, same process", "configs": results}
 
@@ -272,7 +279,10 @@ def main(argv=None) -> int:
     parser.add_argument("--base-seconds", type=float, default=0.4)
     parser.add_argument("--base-steps", type=int, default=4)
     parser.add_argument("--lipsync-precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--lipsync-clips", type=int, default=0, help="held-out clips (0: the config's)")
     parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--render-configs", nargs="*", default=["tiny", "base"],
+                        help="configs whose render window (speed) and bf16 LMDD (layout) are timed")
     parser.add_argument("--speed-configs", nargs="+", default=["tiny", "base"])
     parser.add_argument("--compile-tasks", nargs="*", default=["render_window", "denoiser_step"])
     parser.add_argument("--window", type=int, default=0, help="render window frames (0: the config's)")

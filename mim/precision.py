@@ -33,7 +33,7 @@ from typing import ContextManager, Optional
 import torch
 
 __all__ = ["PRECISIONS", "check_precision", "autocast", "render_state", "training_autocast_enabled",
-           "native_bf16_cpu"]
+           "native_bf16_cpu", "conv3d_memory_format"]
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -72,6 +72,17 @@ def render_state(state, precision: str):
     if check_precision(precision) == "bf16":
         return dataclasses.replace(state, feature=state.feature.to(torch.bfloat16))
     return state
+
+
+def conv3d_memory_format(module: torch.nn.Module, memory_format: torch.memory_format) -> torch.nn.Module:
+    """``module`` with the weights of its ``nn.Conv3d`` layers in ``memory_format``
+    (``torch.channels_last_3d`` or ``torch.contiguous_format``); other parameters are left as
+    they are (a 4-D weight has no channels_last_3d layout). A convolution whose weight is
+    channels_last_3d writes its output so, and the layout follows through the 3-D layers."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Conv3d):
+            layer.to(memory_format=memory_format)
+    return module
 
 
 def training_autocast_enabled(precision: Optional[str], config_amp: bool, device) -> bool:

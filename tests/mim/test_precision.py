@@ -295,3 +295,27 @@ def test_cli_train_stage2_in_bf16(tmp_path, capsys):
                  "--precision", "bf16"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["step"] == 2 and np.isfinite(printed["train"]["total"])
+
+
+@pytest.mark.parametrize("backend", ["fast", "triton"])
+def test_channels_last_3d_renders_the_same_frames(backend):
+    """The 3-D convolutions' weights in channels_last_3d (bench/precision.py's layout comparison)
+    give the frames of the contiguous layout, with the fused ops after them."""
+    from mim.models import Renderer
+    from mim.precision import conv3d_memory_format
+
+    config = micro_config()
+    torch.manual_seed(0)
+    renderer = Renderer(config.renderer, backend=backend).eval()
+    with torch.no_grad():
+        for parameter in renderer.parameters():
+            if not parameter.any():
+                parameter.normal_(0, 0.05)
+        source, motion = torch.rand(1, 3, 32, 32), torch.randn(1, 3, config.renderer.motion_dim)
+        expected = renderer.render(renderer.encode_source(source), motion)
+        conv3d_memory_format(renderer, torch.channels_last_3d)
+        weight = renderer.lmdd.logits.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+        assert renderer.decoder.out.weight.is_contiguous()                   # 2-D convs untouched
+        channels_last = renderer.render(renderer.encode_source(source), motion)
+    assert_close("frames", channels_last, expected, 1e-5)
