@@ -7,7 +7,8 @@
 - ``TrafficCase``: one op at one shape and dtype, for the traffic table (``python -m bench.traffic``).
 - ``saved_bytes``: what autograd keeps for backward.
 - The H100 roofline model: ``modeled_h100_s(flops, bytes, launches, dtype)`` =
-  max(FLOPs / peak, bytes / 3.0 TB/s) + 4 µs per launch. Round figures: a model, not a
+  max(FLOPs / peak, bytes / 3.0 TB/s) + 4 µs per launch; ``modeled_h100_mixed_s`` the same
+  with FLOPs at several precisions, each at its own peak. Round figures: a model, not a
   measurement.
 """
 from __future__ import annotations
@@ -38,6 +39,20 @@ def modeled_h100_s(flops: float, bytes_moved: float, launches: int, dtype: torch
         raise ValueError(f"no H100 peak for dtype {dtype}; known: {sorted(map(str, H100_PEAK_FLOPS))}")
     return (max(flops / H100_PEAK_FLOPS[dtype], bytes_moved / H100_BANDWIDTH_BYTES_PER_S)
             + launches * LAUNCH_OVERHEAD_S)
+
+
+def modeled_h100_mixed_s(flops_by_dtype: Mapping[torch.dtype, float], bytes_moved: float,
+                         launches: int) -> float:
+    """Modeled H100 seconds of work whose FLOPs run at several precisions: max(Σ_dtype
+    flops / peak(dtype), bytes / 3.0 TB/s) + 4 µs per launch. Each dtype's FLOPs take their own
+    peak (bf16/fp16 tensor cores, or the fp32 rate) one after the other; with one dtype this is
+    ``modeled_h100_s``."""
+    unknown = sorted(str(d) for d in flops_by_dtype if d not in H100_PEAK_FLOPS)
+    if unknown:
+        raise ValueError(f"no H100 peak for dtype {', '.join(unknown)}; "
+                         f"known: {sorted(map(str, H100_PEAK_FLOPS))}")
+    compute = sum(flops / H100_PEAK_FLOPS[dtype] for dtype, flops in flops_by_dtype.items())
+    return max(compute, bytes_moved / H100_BANDWIDTH_BYTES_PER_S) + launches * LAUNCH_OVERHEAD_S
 
 
 _aten = torch.ops.aten

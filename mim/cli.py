@@ -9,6 +9,7 @@
     mim prepare videos/ --out shards/ --config base [--workers 4] [--shard-size 256]
     mim export-onnx --config tiny --out renderer.onnx [--checkpoint ckpt] [--grid-sample gather]
     mim profile [--config tiny|base] [--seconds 1] [--repeats 3] [--trace t.json] [--json p.json]
+                [--precision bf16] [--cuda-graphs]
 
 Errors a user can cause (a missing or corrupt file, a checkpoint from another config, a bad
 config value, an output that cannot be written: a directory, a read-only or full disk, an input
@@ -194,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--trace", help="also write a torch.profiler Chrome trace (one more run) to this file")
     pr.add_argument("--json", help="also write the table to this JSON file")
+    pr.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="the engine column's precision: bf16 runs it under bf16 autocast and "
+                         "models its FLOPs at the bf16 peak (the reference stays fp32; default fp32)")
+    pr.add_argument("--cuda-graphs", action="store_true",
+                    help="model the engine with CUDA graphs: one launch per DDIM window and per "
+                         "render window replayed instead of one per kernel (modeled, not captured)")
     _add_common(pr)
 
     sub.add_parser("export-onnx", add_help=False,
@@ -431,7 +438,8 @@ def _profile(args) -> int:
     run = profile(args.config, checkpoint=args.checkpoint, seconds=args.seconds, scenarios=scenarios,
                   repeats=args.repeats, warmup=args.warmup, backend=args.backend, device=args.device,
                   sample_steps=args.sample_steps, seed=args.seed, trace=args.trace,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, precision=args.precision,
+                  cuda_graphs=args.cuda_graphs)
     print(format_report(run))
     if args.json:
         from mim.io import atomic_output

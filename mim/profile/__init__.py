@@ -29,6 +29,28 @@ For each stage and column:
   parameters' dtype). A model, not a measurement. Video writing (libx264 on the host) is not
   modeled.
 
+The engine column can be modeled as the GPU plan (``precision``, ``cuda_graphs``; the reference
+column is always fp32 eager and its figures do not depend on them):
+
+- ``precision="bf16"``: the engine's runs (timed and counted) are under bf16 autocast
+  (``mim.precision``), as ``mim animate --precision bf16`` and ``mim reenact`` run them. The
+  bytes are those the ops under autocast actually moved (bf16 activations, the per-region weight
+  casts, what stays fp32); each op's FLOPs are filed under the dtype it computed in, and the
+  model runs bf16 FLOPs at the bf16 peak and any left in fp32 at the fp32 one
+  (``kernels.cost.modeled_h100_mixed_s``). Every FLOP the counter sees is a matmul, convolution
+  or attention (elementwise work counts 0), so "bf16 FLOPs" are tensor-core FLOPs.
+- ``cuda_graphs=True``: every DDIM window (``MotionGenerator.sample_window``, all steps with
+  guidance) and every render window (one ``Renderer.render`` of ``render_window`` frames: DIT,
+  LMDD, warp, decoder) runs in a :meth:`StageRecorder.graph_replay` region; the modeled launches
+  of a stage are its counted launches minus those inside regions, plus one per region (a graph
+  replay; a render window's replay is filed under its first stage, the DIT). Launches outside
+  the regions (source and audio encoding, motion encoding, the draws and the bookkeeping
+  between DDIM windows) stay one per kernel. A replay runs as ``mim.graphs.CapturedWindows``
+  runs it: autocast's weight cache off inside (each replay casts the weights it uses, counted),
+  and one copy kernel per input into the graph's static buffers and one for the output
+  (``replay_copy_bytes``, ``replay_copy_launches``). The measured times are this device's
+  eager runs: ``mim profile`` models graphs, it does not capture them.
+
 The renderer's stages are those of ``Renderer.render``'s window (``stage=`` a
 :class:`StageRecorder`); every stage is an NVTX range and a ``torch.profiler.record_function``;
 ``trace`` writes one more run of each scenario and column as a Chrome trace. The package:
@@ -47,13 +69,14 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 
 from kernels.cost import (H100_BANDWIDTH_BYTES_PER_S, H100_PEAK_FLOPS, LAUNCH_OVERHEAD_S,
-                          ROOFLINE_NOTE, modeled_h100_s)
+                          ROOFLINE_NOTE, modeled_h100_mixed_s, modeled_h100_s)
 from mim.audio import VIDEO_FPS
 from mim.config import Config
 from mim.profile.opaque import opaque_kernel_hooks
-from mim.profile.report import counting_note, format_report, report_json
+from mim.profile.report import counting_note, format_report, plan_note, report_json
 from mim.profile.scenarios import (Inputs, audio_samples, build_animator, make_inputs,
                                    run_audio2video, run_img2img, set_backend)
+from mim.precision import check_precision
 from mim.profile.stages import (HOST_STAGES, NVTX_SOURCE, SCENARIO_STAGES, SCENARIOS, STAGES,
                                 StageRecorder, nvtx_range)
 from mim.runinfo import run_metadata
@@ -71,13 +94,26 @@ COLUMNS = ("engine", "reference")
 # Measurement.
 
 def _stage_entry(recorders_time: List[StageRecorder], counted: StageRecorder, name: str,
-                 dtype: torch.dtype, backend: str) -> dict:
+                 dtype: torch.dtype, backend: str, plan: dict) -> dict:
     times = [r.times.get(name, 0.0) for r in recorders_time]
     aten = counted.traffic[name]
     opaque = counted.opaque[name]
-    total = aten + opaque
+    copies = counted.replay_copies[name]
+    total = aten + opaque + copies
     flops = counted.flops[name]
     host = name in HOST_STAGES
+    captured, replays = counted.captured_launches[name], counted.replays[name]
+    by_dtype = {d: n for d, n in counted.flops_by_dtype[name].items() if n}
+    if plan["cuda_graphs"]:
+        launches = total.launches - captured + replays
+    else:
+        launches = total.launches
+    if host:
+        modeled = None
+    elif plan["precision"] == "fp32" and not plan["cuda_graphs"]:
+        modeled = modeled_h100_s(flops, total.bytes, total.launches, dtype)
+    else:
+        modeled = modeled_h100_mixed_s(by_dtype, total.bytes, launches)
     return {
         "backend": backend,
         "measured_s": statistics.median(times),
@@ -89,7 +125,13 @@ def _stage_entry(recorders_time: List[StageRecorder], counted: StageRecorder, na
         "launches": total.launches,
         "analytic_bytes": opaque.bytes,
         "analytic_launches": opaque.launches,
-        "modeled_h100_s": None if host else modeled_h100_s(flops, total.bytes, total.launches, dtype),
+        "replay_copy_bytes": copies.bytes,
+        "replay_copy_launches": copies.launches,
+        "flops_by_dtype": {str(d).replace("torch.", ""): n for d, n in by_dtype.items()},
+        "graph_replays": replays,
+        "captured_launches": captured,
+        "modeled_launches": launches,
+        "modeled_h100_s": modeled,
     }
 
 
@@ -124,6 +166,8 @@ def _total(stages: List[dict], column: str, seconds: float) -> dict:
         "flops": sum(e["flops"] for e in entries),
         "bytes": sum(e["bytes"] for e in entries),
         "launches": sum(e["launches"] for e in entries),
+        "graph_replays": sum(e["graph_replays"] for e in entries),
+        "modeled_launches": sum(e["modeled_launches"] for e in entries),
         "modeled_h100_s": sum(modeled),
         "modeled_h100_per_video_second_s": sum(modeled) / seconds,
     }
@@ -133,11 +177,16 @@ def profile(config: Union[str, Config, None] = None, checkpoint: Optional[str] =
             seconds: float = 1.0, scenarios: Sequence[str] = SCENARIOS, repeats: int = 3,
             warmup: int = 1, backend: Optional[str] = None, device="auto",
             sample_steps: Optional[int] = None, seed: int = 0, trace: Optional[str] = None,
-            progress: bool = False) -> dict:
+            progress: bool = False, precision: str = "fp32", cuda_graphs: bool = False) -> dict:
     """Profile ``seconds`` of video in each of ``scenarios``: the engine (``backend``) and the
     reference column, every stage measured, counted and modeled (see the module docstring).
-    Returns the run as a JSON-ready dict; ``trace`` also writes a Chrome trace there."""
+    ``precision`` ("fp32", "bf16") and ``cuda_graphs`` set the engine's plan (the reference is
+    fp32 eager). Returns the run as a JSON-ready dict; ``trace`` also writes a Chrome trace there."""
     from kernels import resolve_backend
+
+    check_precision(precision)
+    if not isinstance(cuda_graphs, bool):
+        raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
 
     for name in scenarios:
         if name not in SCENARIO_STAGES:
@@ -158,6 +207,8 @@ def profile(config: Union[str, Config, None] = None, checkpoint: Optional[str] =
     engine = resolve_backend(backend, device, "profile")
     backends = {"engine": backend, "reference": "reference"}
     names = {"engine": engine, "reference": "reference"}
+    plans = {"engine": {"precision": precision, "cuda_graphs": cuda_graphs},
+             "reference": {"precision": "fp32", "cuda_graphs": False}}
 
     def log(text: str) -> None:
         if progress:
@@ -165,24 +216,33 @@ def profile(config: Union[str, Config, None] = None, checkpoint: Optional[str] =
 
     with tempfile.TemporaryDirectory(prefix="mim-profile-") as tmp:
         workdir = Path(tmp)
-        runners = {
-            "img2img": lambda stage: run_img2img(animator, inputs, stage, workdir),
-            "audio2video": lambda stage: run_audio2video(animator, inputs, stage, workdir, steps, seed),
-        }
+        def runner(scenario: str, column: str) -> Callable:
+            mode, graphs = plans[column]["precision"], plans[column]["cuda_graphs"]
+            if scenario == "img2img":
+                return lambda stage: run_img2img(animator, inputs, stage, workdir, mode, graphs)
+            return lambda stage: run_audio2video(animator, inputs, stage, workdir, steps, seed,
+                                                 mode, graphs)
+
+        runners = {scenario: {column: runner(scenario, column) for column in COLUMNS}
+                   for scenario in SCENARIOS}
         results = {}
         for scenario in scenarios:
-            measured = {column: _measure(runners[scenario], animator, backends[column], repeats,
-                                         warmup, log, f"{scenario}/{column}")
+            measured = {column: _measure(runners[scenario][column], animator, backends[column],
+                                         repeats, warmup, log, f"{scenario}/{column}")
                         for column in COLUMNS}
             stages = []
             for name in SCENARIO_STAGES[scenario]:
                 entry = {"stage": name, "host": name in HOST_STAGES}
                 for column in COLUMNS:
-                    entry[column] = _stage_entry(*measured[column], name, dtype, names[column])
+                    entry[column] = _stage_entry(*measured[column], name, dtype, names[column],
+                                                 plans[column])
                 stages.append(entry)
+            total = {column: _total(stages, column, video_seconds) for column in COLUMNS}
+            total["modeled_h100_engine_over_reference"] = (
+                total["engine"]["modeled_h100_s"] / total["reference"]["modeled_h100_s"])
             results[scenario] = {
                 "stages": stages,
-                "total": {column: _total(stages, column, video_seconds) for column in COLUMNS},
+                "total": total,
                 "paper_table3_s_per_video_second": PAPER_TABLE3_S[scenario],
             }
         if trace is not None:
@@ -204,6 +264,8 @@ def profile(config: Union[str, Config, None] = None, checkpoint: Optional[str] =
         "warmup": warmup,
         "torch_threads": torch.get_num_threads(),
         "backends": names,
+        "plans": plans,
+        "plan_note": plan_note(plans["engine"]),
         "nvtx": NVTX_SOURCE,
         "model": {"note": ROOFLINE_NOTE, "bandwidth_bytes_per_s": H100_BANDWIDTH_BYTES_PER_S,
                   "launch_overhead_s": LAUNCH_OVERHEAD_S,
@@ -226,6 +288,7 @@ def _write_trace(path, runners, scenarios, animator, backends, log) -> None:
         for scenario in scenarios:
             for column in COLUMNS:
                 set_backend(animator, backends[column])
-                runners[scenario](StageRecorder(animator.device, "run", f"{scenario}/{column}/"))
+                runners[scenario][column](StageRecorder(animator.device, "run",
+                                                        f"{scenario}/{column}/"))
     with atomic_output(path) as temp:
         prof.export_chrome_trace(str(temp))

@@ -11,9 +11,23 @@
 Inputs are procedural (``mim.data.make_clip``, ``speech_like_audio``); weights are random unless
 a checkpoint is given (no stage's cost depends on the weights' values). Frames are rendered whole
 before they are encoded, so that each stage is timed apart (the products stream them).
+
+``precision`` "bf16" runs each scenario as the products run it (``mim.precision``): the source
+encoded in fp32 and its F_id stored in bf16 (``render_state``), the audio features in fp32; one
+autocast region per step of the product (audio encoding; sampling; the first driving frame's
+motion; each render window, whose region also holds that window's motion encoding in img2img),
+with the same casts to fp32 at their borders (the audio features and F_A handed to the sampler,
+the motion arithmetic of reenactment, the frames).
+
+``graphs`` runs each unit that ``mim.graphs`` captures (a DDIM window: ``generate``'s window
+sampler; a render window: one ``Renderer.render`` of ``render_window`` frames) as a CUDA-graph
+replay would run it, inside the recorder's ``graph_replay`` region: autocast's weight cache off
+(a capture cannot keep the cached casts, so a replay casts the weights it uses each time), and
+its inputs and output copied in and out of the graph's buffers.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -69,52 +83,98 @@ def make_inputs(image_size: int, seconds: float, seed: int = 0) -> Inputs:
 
 
 @torch.no_grad()
-def run_img2img(animator, inputs: Inputs, stage, workdir: Path) -> int:
-    """Reenactment of the source by the driving frames, stage by stage; returns T."""
+def run_img2img(animator, inputs: Inputs, stage, workdir: Path, precision: str = "fp32",
+                graphs: bool = False) -> int:
+    """Reenactment of the source by the driving frames, stage by stage (as ``mim.reenact``, at
+    ``precision``); returns T."""
     from mim.io import write_video
+    from mim.precision import autocast, render_state
 
     renderer, device = animator.renderer, animator.device
     window = renderer.config.render_window
     with stage("source encoding"):
-        state = renderer.encode_source(inputs.source[None].to(device))
-    with stage("motion encoding"):
+        state = render_state(renderer.encode_source(inputs.source[None].to(device)), precision)
+    with autocast(precision, device), stage("motion encoding"):
         first = renderer.encode_motion(inputs.driving[:1].to(device))
     rendered = []
     for start in range(0, inputs.frames, window):
-        with stage("motion encoding"):
-            motion = renderer.encode_motion(inputs.driving[start:start + window].to(device))
-            motion = state.motion + (motion - first)
-        rendered.append(renderer.render(state, motion[None], window, stage=stage)[0])
+        with autocast(precision, device):
+            with stage("motion encoding"):
+                motion = renderer.encode_motion(inputs.driving[start:start + window].to(device)).float()
+                motion = state.motion.float() + (motion - first.float())
+            rendered.append(_render_window(renderer, state, motion[None], stage, graphs)[0])
     with stage("video writing"):
-        frames = torch.cat(rendered).clamp(0, 1).cpu()
+        frames = torch.cat(rendered).float().clamp(0, 1).cpu()
         write_video(workdir / "img2img.mp4", frames, fps=VIDEO_FPS)
     return inputs.frames
 
 
+def _uncached_autocast(device: torch.device):
+    """Inside a replayed unit: autocast as around it, its weight cache off (``mim.graphs``)."""
+    kind = torch.device(device).type
+    if not torch.is_autocast_enabled(kind):
+        return contextlib.nullcontext()
+    return torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False)
+
+
+def _generate(motion_model, audio_global, audio_local, appearance, steps, generator, stage,
+              graphs: bool):
+    """``MotionGenerator.generate``; with ``graphs`` each window's sampler (every DDIM step of
+    the window, guidance included) runs as a replay (module docstring)."""
+    def replayed(sampler):
+        def run(*args):
+            with stage.graph_replay(args) as outputs, _uncached_autocast(args[0].device):
+                outputs.append(sampler(*args))
+            return outputs[0]
+        return run
+
+    return motion_model.generate(audio_global, audio_local, appearance, steps=steps,
+                                 generator=generator, wrap=replayed if graphs else None)
+
+
+def _render_window(renderer, state, motion: torch.Tensor, stage, graphs: bool) -> torch.Tensor:
+    """``Renderer.render`` of one window of motion (B, N ≤ render_window, motion_dim): the frames
+    (B, N, 3, S, S); with ``graphs`` as a replay (module docstring)."""
+    window = renderer.config.render_window
+    if not graphs:
+        return renderer.render(state, motion, window, stage=stage)
+    inputs = (state.feature, state.appearance, state.motion, motion)
+    with stage.graph_replay(inputs) as outputs, _uncached_autocast(motion.device):
+        outputs.append(renderer.render(state, motion, window, stage=stage))
+    return outputs[0]
+
+
 @torch.no_grad()
 def run_audio2video(animator, inputs: Inputs, stage, workdir: Path, steps: Optional[int] = None,
-                    seed: int = 0) -> int:
-    """Audio-driven animation of the source, stage by stage; returns T."""
+                    seed: int = 0, precision: str = "fp32", graphs: bool = False) -> int:
+    """Audio-driven animation of the source, stage by stage (as ``mim.animate.Animator``, at
+    ``precision``); returns T."""
     from mim.audio import SAMPLE_RATE, audio_features
     from mim.io import write_video
+    from mim.precision import autocast, render_state
 
     renderer, motion_model, device = animator.renderer, animator.motion, animator.device
     config = animator.config
     with stage("source encoding"):
-        state = renderer.encode_source(inputs.source[None].to(device))
+        state = render_state(renderer.encode_source(inputs.source[None].to(device)), precision)
     with stage("audio features"):
         features = audio_features(inputs.audio, inputs.frames)
         mel = features.mel[None].to(device)
         windows = features.local_windows(config.motion.local_context)[None].to(device)
-    with stage("Mamba-g/l"):
-        audio_global, audio_local = motion_model.encode_audio(mel, windows)
-    with stage("diffusion sampling"):
+    with stage("Mamba-g/l"), autocast(precision, device):
+        audio_global, audio_local = (f.float() for f in motion_model.encode_audio(mel, windows))
+    with stage("diffusion sampling"), autocast(precision, device):
         generator = torch.Generator(device).manual_seed(int(seed))
-        motion = motion_model.generate(audio_global, audio_local, state.appearance, steps=steps,
-                                       generator=generator)
-    frames = renderer.render(state, motion, config.renderer.render_window, stage=stage)[0]
+        motion = _generate(motion_model, audio_global, audio_local, state.appearance.float(),
+                           steps, generator, stage, graphs)
+    window = config.renderer.render_window
+    rendered = []
+    for start in range(0, inputs.frames, window):
+        with autocast(precision, device):
+            rendered.append(_render_window(renderer, state, motion[:, start:start + window],
+                                           stage, graphs)[0])
     with stage("video writing"):
-        frames = frames.clamp(0, 1).cpu()
+        frames = torch.cat(rendered).float().clamp(0, 1).cpu()
         write_video(workdir / "audio2video.mp4", frames, fps=VIDEO_FPS, audio=inputs.audio,
                     sample_rate=SAMPLE_RATE)
     return inputs.frames
