@@ -67,6 +67,20 @@ def _add_framing(parser: argparse.ArgumentParser, what: str) -> None:
                              f"(default {DEFAULT_CROP_SCALE})")
 
 
+def _add_graphs(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--cuda-graphs", action="store_true",
+                       help=f"capture {what} once per window shape as CUDA graphs and replay them "
+                            f"(CUDA only; mim.graphs)")
+    group.add_argument("--compile", action="store_true",
+                       help=f"run {what} under torch.compile(mode='reduce-overhead') instead "
+                            f"(CUDA or CPU; the first windows pay the compile)")
+
+
+def _graph_mode(args) -> str:
+    return "cuda-graphs" if args.cuda_graphs else "compile" if args.compile else "eager"
+
+
 def _add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2,
                         help="with shards: DataLoader workers per rank (default 2; 0 reads in the "
@@ -153,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--absolute", action="store_true",
                      help="use the driving frames' motion as is, not relative to its first frame")
     re_.add_argument("--no-audio", action="store_true", help="do not copy the driving video's audio")
+    _add_graphs(re_, "the render window")
     _add_framing(re_, "--image")
     re_.add_argument("--driving-crop", choices=("face", "center"), default="face",
                      help="face (default): track the face through the driving video and crop around "
@@ -175,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--seed", type=int, default=0, help="seed of the motion sampler's noise")
     an.add_argument("--guidance", type=float,
                     help="classifier-free guidance scale on the audio (default: the config's; 1 = off)")
+    _add_graphs(an, "the DDIM loop of a motion window (every step, guidance included) and the render window")
     _add_framing(an, "the portrait")
     an.add_argument("--list-faces", action="store_true",
                     help="print the faces found in --image (index, box, score) and exit")
@@ -396,7 +412,8 @@ def _reenact(args) -> int:
             device=_device(args.device), fps=args.fps, max_frames=args.max_frames,
             relative=not args.absolute, copy_audio=not args.no_audio, progress=not args.no_progress,
             crop=args.crop, face=args.face, crop_scale=args.crop_scale, driving_crop=args.driving_crop,
-            detect_every=args.detect_every, smoothing=args.smoothing, precision=args.precision)
+            detect_every=args.detect_every, smoothing=args.smoothing, precision=args.precision,
+            graphs=_graph_mode(args))
     print(args.out)
     return 0
 
@@ -422,6 +439,7 @@ def _animate(args) -> int:
     _check_output("--out", args.out, args, ("--image", "--audio", "--checkpoint"))
     animator = Animator.from_pretrained(args.checkpoint, device=args.device, backend=args.backend,
                                         precision=args.precision)
+    animator.use_graphs(_graph_mode(args))
     animator.animate_to_file(args.image, args.audio, args.out, steps=args.steps, seed=args.seed,
                              guidance_scale=args.guidance, progress=not args.no_progress,
                              crop=args.crop, face=args.face, crop_scale=args.crop_scale)
