@@ -138,6 +138,8 @@ def part_train(args) -> dict:
         config.train.seed = seed
         config.train.log_every = 1
         config.train.checkpoint_every = 0
+        if args.train_batch:
+            config.train.batch_size = args.train_batch
         with tempfile.TemporaryDirectory() as out:
             began = time.perf_counter()
             result = train_stage1(config, out, args.train_steps, device="cpu", progress=False,
@@ -146,11 +148,13 @@ def part_train(args) -> dict:
             log = _read_log(os.path.join(out, "log.csv"))
         runs[name] = {"precision": precision, "seed": seed, "seconds": seconds,
                       "heldout": result["heldout"], "log": log,
-                      "loss_last50_mean": statistics.fmean(r["loss"] for r in log[-50:]),
-                      "l1_last50_mean": statistics.fmean(r["l1"] for r in log[-50:])}
+                      "loss_last_quarter_mean": statistics.fmean(r["loss"] for r in log[-max(1, len(log) // 4):]),
+                      "l1_last_quarter_mean": statistics.fmean(r["l1"] for r in log[-max(1, len(log) // 4):])}
         print(name, runs[name]["heldout"], f"{seconds:.0f} s", flush=True)
-    return {"what": f"tiny stage-1 from scratch on synthetic data, {args.train_steps} steps, CPU; "
-                    f"bf16 = autocast with fp32 master weights", "steps": args.train_steps, "runs": runs}
+    return {"what": f"tiny stage-1 from scratch on synthetic data, {args.train_steps} steps, batch "
+                    f"{args.train_batch or 'of the config'}, CPU; bf16 = autocast with fp32 master weights; "
+                    f"held-out figures from evaluate_reconstruction in fp32 at the end",
+            "steps": args.train_steps, "runs": runs}
 
 
 def _median_time(fn, repeats: int, warmup: int) -> float:
@@ -200,12 +204,14 @@ def part_speed(args) -> dict:
                 if task == "render_window" and config_name not in args.render_configs:
                     continue
                 for mode in ("eager", "inductor"):
-                    if mode == "inductor" and task not in args.compile_tasks:
+                    if mode == "inductor" and (task not in args.compile_tasks
+                                               or config_name not in args.compile_configs):
                         continue
                     for precision in ("fp32", "bf16"):
                         torch._dynamo.reset()
-                        target = module if mode == "eager" else torch.compile(module, backend="inductor")
-                        call = build(target)
+                        call = build(module)   # the call itself is compiled (render_window is not forward)
+                        if mode == "inductor":
+                            call = torch.compile(call, backend="inductor")
 
                         def run():
                             with torch.no_grad(), autocast(precision, "cpu"):
@@ -268,7 +274,42 @@ def part_layout(args) -> dict:
                     "speedup = contiguous time / channels_last_3d time, same process", "configs": results}
 
 
-PARTS = {"layout": part_layout, "demo": part_demo, "base": part_base, "lipsync": part_lipsync, "train": part_train,
+def part_weights(args) -> dict:
+    """bf16 as autocast over fp32 weights against a bf16 copy of the weights (no autocast): one
+    tiny render window, its time and its frames' PSNR against fp32."""
+    import copy
+
+    from mim.precision import autocast
+    from mim.profile import build_animator
+
+    animator, _ = build_animator("tiny", device="cpu", seed=0)
+    wake_zero_parameters(animator.renderer)
+    renderer = animator.renderer
+    cfg = animator.config.renderer
+    frames = args.window or cfg.render_window
+    gen = torch.Generator().manual_seed(0)
+    source = torch.rand(1, 3, cfg.image_size, cfg.image_size, generator=gen)
+    motion = torch.randn(1, frames, cfg.motion_dim, generator=gen)
+    with torch.no_grad():
+        state = renderer.encode_source(source)
+        reference = renderer.render_window(state, motion)["frames"]
+        cast = copy.deepcopy(renderer).to(torch.bfloat16)
+        state16 = type(state)(state.feature.bfloat16(), state.appearance.bfloat16(), state.motion.bfloat16())
+    runs = {"autocast_fp32_weights": lambda: renderer.render_window(state, motion)["frames"],
+            "bf16_weights": lambda: cast.render_window(state16, motion.bfloat16())["frames"]}
+    out = {}
+    for name, fn in runs.items():
+        def run():
+            with torch.no_grad(), autocast("bf16" if name.startswith("autocast") else "fp32", "cpu"):
+                return fn()
+        result = run().float()
+        out[name] = {"median_s": _median_time(run, args.repeats, 0), "psnr_vs_fp32_db": psnr(result, reference)}
+        print(name, out[name], flush=True)
+    return {"what": f"tiny random renderer (zero heads filled), one render window of {frames} frames from an "
+                    f"fp32-encoded source, median of {args.repeats}", "runs": out}
+
+
+PARTS = {"weights": part_weights, "layout": part_layout, "demo": part_demo, "base": part_base, "lipsync": part_lipsync, "train": part_train,
          "speed": part_speed}
 
 
@@ -281,10 +322,12 @@ def main(argv=None) -> int:
     parser.add_argument("--lipsync-precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--lipsync-clips", type=int, default=0, help="held-out clips (0: the config's)")
     parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--train-batch", type=int, default=0, help="stage-1 batch size (0: the config's)")
     parser.add_argument("--render-configs", nargs="*", default=["tiny", "base"],
                         help="configs whose render window (speed) and bf16 LMDD (layout) are timed")
     parser.add_argument("--speed-configs", nargs="+", default=["tiny", "base"])
     parser.add_argument("--compile-tasks", nargs="*", default=["render_window", "denoiser_step"])
+    parser.add_argument("--compile-configs", nargs="*", default=["tiny", "base"])
     parser.add_argument("--window", type=int, default=0, help="render window frames (0: the config's)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
