@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 __all__ = ["SHARD_FORMAT", "JPEG_QUALITY", "ShardFormatError", "decode_audio", "decode_frames",
+           "decode_frames_uint8",
            "encode_sample", "frame_field", "sample_key", "sample_metadata"]
 
 SHARD_FORMAT = 1
@@ -113,8 +114,10 @@ def sample_metadata(sample: dict) -> dict:
     return meta
 
 
-def decode_frames(sample: dict, indices) -> torch.Tensor:
-    """Frames ``indices`` of a raw sample as (len(indices), 3, S, S) float32 in [0, 1]."""
+def decode_frames_uint8(sample: dict, indices, size=None) -> torch.Tensor:
+    """Frames ``indices`` of a raw sample as (n, 3, S, S) uint8: the JPEGs decoded and, when
+    ``size`` is given and differs from theirs, resized to size × size (PIL bicubic, antialiased
+    when shrinking)."""
     key = sample.get("__key__", "?")
     out = []
     for index in indices:
@@ -122,9 +125,17 @@ def decode_frames(sample: dict, indices) -> torch.Tensor:
         if raw is None:
             raise ShardFormatError(f"sample {key}: no member {frame_field(index)}")
         with Image.open(io.BytesIO(raw)) as image:
-            pixels = np.asarray(image.convert("RGB"))
+            image = image.convert("RGB")
+            if size is not None and image.size != (size, size):
+                image = image.resize((size, size), Image.BICUBIC)
+            pixels = np.asarray(image)
         out.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
-    return torch.stack(out).float().div_(255.0)
+    return torch.stack(out)
+
+
+def decode_frames(sample: dict, indices) -> torch.Tensor:
+    """Frames ``indices`` of a raw sample as (len(indices), 3, S, S) float32 in [0, 1]."""
+    return decode_frames_uint8(sample, indices).float().div_(255.0)
 
 
 def decode_audio(sample: dict) -> np.ndarray:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import logging
 import os
 import random
@@ -39,10 +38,9 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from mim.audio import MIN_AUDIO_SAMPLES, audio_features
-from mim.data.shards import ShardFormatError, decode_audio, frame_field, sample_metadata
+from mim.data.shards import ShardFormatError, decode_audio, decode_frames_uint8, frame_field, sample_metadata
 
 __all__ = ["ShardClips", "ShardSet", "Stage1Stream", "Stage2Stream", "decode_frames_uint8", "expand_braces",
            "expand_shards", "heldout_split", "is_shard_spec", "read_shard", "shard_loader", "shard_metadata",
@@ -214,25 +212,6 @@ def _name_hash(url: str, key: str) -> List[int]:
     return [int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")]
 
 
-def decode_frames_uint8(sample: Dict, indices, size: int) -> torch.Tensor:
-    """Frames ``indices`` of a raw sample as (n, 3, size, size) uint8: the JPEGs decoded, resized
-    (PIL bicubic, antialiased when shrinking) when they are not size × size. Without a resize,
-    ``x.float() / 255`` is :func:`mim.data.shards.decode_frames` exactly."""
-    key = sample.get("__key__", "?")
-    out = []
-    for index in indices:
-        raw = sample.get(frame_field(index))
-        if raw is None:
-            raise ShardFormatError(f"sample {key}: no member {frame_field(index)}")
-        with Image.open(io.BytesIO(raw)) as image:
-            image = image.convert("RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.BICUBIC)
-            pixels = np.asarray(image)
-        out.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
-    return torch.stack(out)
-
-
 class _ShardStream(torch.utils.data.IterableDataset):
     """The split, draw, shuffle, skip and batch machinery; subclasses say what a segment gives
     (``draw``), how a drawn item is decoded (``decode``) and batched (``collate``)."""
@@ -257,13 +236,18 @@ class _ShardStream(torch.utils.data.IterableDataset):
         uint8 (:func:`decode_frames_uint8`)."""
         return decode_frames_uint8(sample, indices, self.size)
 
+    # The four hooks below are each stream's own (Stage1Stream, Stage2Stream implement them all);
+    # this base class is never used by itself.
     def draw(self, sample: Dict, meta: Dict, rng: np.random.Generator) -> List[Dict]:
+        """The undecoded items one segment gives (what the shuffle buffer holds)."""
         raise NotImplementedError
 
     def decode(self, item: Dict) -> Dict:
+        """An item as tensors, after the shuffle buffer."""
         raise NotImplementedError
 
     def collate(self, items: List[Dict]) -> Dict:
+        """Decoded items as one batch."""
         raise NotImplementedError
 
     def skip_segment(self, sample: Dict, reason: str) -> None:
