@@ -76,7 +76,7 @@ from mim.profile.opaque import opaque_kernel_hooks
 from mim.profile.report import counting_note, format_report, plan_note, report_json
 from mim.profile.scenarios import (Inputs, audio_samples, build_animator, make_inputs,
                                    run_audio2video, run_img2img, set_backend)
-from mim.precision import check_precision
+from mim.precision import bf16_compute, check_precision
 from mim.profile.stages import (HOST_STAGES, NVTX_SOURCE, SCENARIO_STAGES, SCENARIOS, STAGES,
                                 StageRecorder, nvtx_range)
 from mim.runinfo import run_metadata
@@ -136,10 +136,16 @@ def _stage_entry(recorders_time: List[StageRecorder], counted: StageRecorder, na
 
 
 def _measure(run: Callable, animator, backend: Optional[str], repeats: int, warmup: int,
-             log: Callable[[str], None], label: str) -> tuple:
-    """(timed recorders, count recorder) of ``run(stage)`` with ``backend`` set."""
+             log: Callable[[str], None], label: str, precision: str = "fp32") -> tuple:
+    """(timed recorders, count recorder) of ``run(stage)`` with ``backend`` set, each run inside
+    ``bf16_compute(precision)`` (outermost: the counters, entered per stage, see bf16 ops)."""
     set_backend(animator, backend)
     device = animator.device
+    plain = run
+
+    def run(stage):
+        with bf16_compute(precision, device):
+            return plain(stage)
     for index in range(warmup):
         log(f"{label}: warm-up {index + 1}/{warmup}")
         run(StageRecorder(device, "run", f"{label}/warmup/"))
@@ -228,7 +234,8 @@ def profile(config: Union[str, Config, None] = None, checkpoint: Optional[str] =
         results = {}
         for scenario in scenarios:
             measured = {column: _measure(runners[scenario][column], animator, backends[column],
-                                         repeats, warmup, log, f"{scenario}/{column}")
+                                         repeats, warmup, log, f"{scenario}/{column}",
+                                         plans[column]["precision"])
                         for column in COLUMNS}
             stages = []
             for name in SCENARIO_STAGES[scenario]:

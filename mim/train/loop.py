@@ -18,7 +18,7 @@ from mim.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints
                             prune_checkpoints, read_metadata, save_checkpoint)
 from mim.config import Config, config_to_dict, save_config
 from mim.data import shard_loader
-from mim.precision import training_autocast_enabled
+from mim.precision import bf16_compute, training_autocast_enabled
 from mim.train.distributed import DistributedContext, init_distributed
 
 __all__ = ["CsvLog", "TrainerBase", "TrainingDiverged"]
@@ -102,6 +102,12 @@ class TrainerBase(ABC):
         if self.amp:
             return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def bf16_compute(self):
+        """Around a whole step (forward and backward) when ``amp`` is on:
+        ``mim.precision.bf16_compute`` (a CPU without bf16 instructions computes the bf16
+        convolutions and matmuls in fp32 and rounds them to bf16), else nothing."""
+        return bf16_compute("bf16" if self.amp else "fp32", self.ctx.device)
 
     def device_ids(self):
         return [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
@@ -246,7 +252,8 @@ class TrainerBase(ABC):
                 module.train()
             while self.step < steps:
                 began = time.perf_counter()
-                values = self.train_step(steps)
+                with self.bf16_compute():
+                    values = self.train_step(steps)
                 if not all(math.isfinite(v) for v in values.values()):
                     raise TrainingDiverged(self.divergence_message(values))
                 values["seconds"] = time.perf_counter() - began

@@ -17,7 +17,8 @@ from mim.config import get_config
 from mim.data import make_clip, speech_like_audio
 from mim.io import write_image, write_wav
 from mim.models.motion import MotionGenerator
-from mim.precision import PRECISIONS, autocast, check_precision, training_autocast_enabled
+from mim.precision import (PRECISIONS, Bf16ThroughFp32, autocast, check_precision, native_bf16_cpu,
+                           training_autocast_enabled)
 
 RATE = 16000
 # PSNR of bf16 frames against fp32 frames of the same micro random model, seed and audio: 50.1 dB
@@ -255,9 +256,17 @@ def _stage1_config():
     return config
 
 
-def test_stage1_trains_two_steps_in_bf16_on_the_cpu(tmp_path):
+def test_stage1_trains_two_steps_in_bf16_on_the_cpu(tmp_path, monkeypatch):
     from mim.train.stage1 import Stage1Trainer
 
+    monkeypatch.delenv("MIM_BF16_CPU", raising=False)
+    routed = []   # what mim.precision.Bf16ThroughFp32 ran in fp32 (a CPU without bf16 only)
+    original = Bf16ThroughFp32.__torch_dispatch__
+
+    def recording(self, func, types, args=(), kwargs=None):
+        routed.append(str(func))
+        return original(self, func, types, args, kwargs)
+    monkeypatch.setattr(Bf16ThroughFp32, "__torch_dispatch__", recording)
     trainer = Stage1Trainer(_stage1_config(), str(tmp_path), device="cpu", progress=False,
                             precision="bf16")
     assert trainer.amp
@@ -265,6 +274,10 @@ def test_stage1_trains_two_steps_in_bf16_on_the_cpu(tmp_path):
     hook = trainer.renderer.decoder.out.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
     values = trainer.run(2)
     hook.remove()
+    if not native_bf16_cpu():   # the forward's and the backward's convolutions took the route
+        assert {"aten.convolution.default", "aten.convolution_backward.default"} <= set(routed)
+    else:
+        assert routed == []
     assert trainer.step == 2 and all(math.isfinite(v) for v in values.values())
     assert seen and set(seen) == {torch.bfloat16}                          # the forward autocast
     for module in (trainer.renderer, trainer.discriminator):                # fp32 master weights

@@ -167,6 +167,20 @@ def test_the_reference_column_is_unchanged_by_the_flags(runs):
                 assert result["total"]["reference"][key] == eager["total"]["reference"][key]
 
 
+def test_the_bf16_figures_do_not_depend_on_the_cpus_route_to_them(runs, monkeypatch):
+    """On a CPU without bf16 instructions the bf16 convolutions and matmuls are computed in fp32
+    and rounded (mim.precision.bf16_compute, the default); PyTorch's own bf16 kernels
+    (MIM_BF16_CPU=native) count the same ops, bytes, FLOPs and launches."""
+    monkeypatch.setenv("MIM_BF16_CPU", "native")
+    native = profile(runs["config"], scenarios=("audio2video",), precision="bf16", device="cpu",
+                     seconds=SECONDS, repeats=1, warmup=0, sample_steps=2)
+    routed = runs["bf16"]["scenarios"]["audio2video"]
+    for before, after in zip(routed["stages"], native["scenarios"]["audio2video"]["stages"]):
+        for column in ("engine", "reference"):
+            for key in COUNTED:
+                assert after[column][key] == before[column][key], (after["stage"], column, key)
+
+
 def test_modeled_times_follow_the_plan_and_the_ratio_is_theirs(runs):
     for run in (runs["eager"], runs["bf16"], runs["plan"]):
         for result in run["scenarios"].values():
