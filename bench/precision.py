@@ -10,12 +10,16 @@ the machine and the load average at its start and end)::
     python -m bench.precision speed       # render window / denoiser step: eager/inductor x fp32/bf16
     python -m bench.precision layout      # the LMDD's 3-D convs: contiguous vs channels_last_3d
 
-Results go to ``bench/results/cpu/precision.json``. Speed figures are ratios of medians measured
+Results go to ``bench/results/cpu/precision.json``. Each entry records ``bf16_cpu_route``: on a CPU
+without bf16 instructions "fp32" (``mim.precision.bf16_compute``, the default: convolutions and
+matmuls computed in fp32 from bf16 operands, rounded once) or "native" (``MIM_BF16_CPU=native``:
+PyTorch's own bf16 CPU kernels). Speed figures are ratios of medians measured
 in the same process (absolute CPU times on a shared 2-core machine are noisy).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -168,8 +172,22 @@ def _median_time(fn, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def _bf16_route(route: str):
+    """MIM_BF16_CPU set to ``route`` for the block (mim.precision.bf16_compute reads it)."""
+    before = os.environ.get("MIM_BF16_CPU")
+    os.environ["MIM_BF16_CPU"] = route
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MIM_BF16_CPU"]
+        else:
+            os.environ["MIM_BF16_CPU"] = before
+
+
 def part_speed(args) -> dict:
-    from mim.precision import autocast
+    from mim.precision import autocast, native_bf16_cpu
     from mim.profile import build_animator, set_backend
 
     results = {}
@@ -207,7 +225,10 @@ def part_speed(args) -> dict:
                     if mode == "inductor" and (task not in args.compile_tasks
                                                or config_name not in args.compile_configs):
                         continue
-                    for precision in ("fp32", "bf16"):
+                    for variant in args.speed_precisions:
+                        if variant == "bf16-native" and (mode == "inductor" or native_bf16_cpu()):
+                            continue   # compiled code never takes the fp32 route: its bf16 row is native
+                        precision = variant.split("-")[0]
                         torch._dynamo.reset()
                         call = build(module)   # the call itself is compiled (render_window is not forward)
                         if mode == "inductor":
@@ -217,11 +238,12 @@ def part_speed(args) -> dict:
                             with torch.no_grad(), autocast(precision, "cpu"):
                                 return call()
 
-                        compile_began = time.perf_counter()
-                        run()   # the compile for inductor; a warm-up for eager
-                        first = time.perf_counter() - compile_began
-                        seconds = _median_time(run, args.repeats, 1)
-                        key = f"{task}/{column}/{mode}/{precision}"
+                        with _bf16_route("native" if variant == "bf16-native" else "fp32"):
+                            compile_began = time.perf_counter()
+                            run()   # the compile for inductor; a warm-up for eager
+                            first = time.perf_counter() - compile_began
+                            seconds = _median_time(run, args.repeats, 1)
+                        key = f"{task}/{column}/{mode}/{variant}"
                         entry[key] = {"median_s": seconds, "first_call_s": first, "load": load_average()}
                         print(config_name, key, f"{seconds * 1e3:.1f} ms (first call {first:.1f} s)",
                               flush=True)
@@ -237,7 +259,9 @@ def part_speed(args) -> dict:
     return {"what": "one render window (render_window of the given frames from a fixed source state) and one "
                     "denoiser call (ε_θ at t = T-1, one motion window, conditional branch only), random "
                     "weights; median of repeats after a warm-up (inductor: after its compile); speedups are "
-                    "reference-eager-fp32 time / this time, from the same process",
+                    "reference-eager-fp32 time / this time, from the same process; bf16 = autocast with "
+                    "the CPU's fp32 route for convolutions and matmuls where it has no bf16 instructions "
+                    "(eager only: compiled code is not routed), bf16-native = PyTorch's own bf16 kernels",
             "repeats": args.repeats, "configs": results}
 
 
@@ -326,6 +350,8 @@ def main(argv=None) -> int:
     parser.add_argument("--render-configs", nargs="*", default=["tiny", "base"],
                         help="configs whose render window (speed) and bf16 LMDD (layout) are timed")
     parser.add_argument("--speed-configs", nargs="+", default=["tiny", "base"])
+    parser.add_argument("--speed-precisions", nargs="+", default=["fp32", "bf16", "bf16-native"],
+                        choices=["fp32", "bf16", "bf16-native"])
     parser.add_argument("--compile-tasks", nargs="*", default=["render_window", "denoiser_step"])
     parser.add_argument("--compile-configs", nargs="*", default=["tiny", "base"])
     parser.add_argument("--window", type=int, default=0, help="render window frames (0: the config's)")
@@ -340,6 +366,8 @@ def main(argv=None) -> int:
         began, load = time.perf_counter(), load_average()
         entry = PARTS[part](args)
         entry.update({"metadata": run_metadata(), "native_bf16_cpu": native_bf16_cpu(),
+                      "bf16_cpu_route": ("native" if native_bf16_cpu()
+                                         else os.environ.get("MIM_BF16_CPU", "fp32")),
                       "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                       "load_average_start": load, "load_average_end": load_average(),
                       "wall_s": time.perf_counter() - began, "argv": sys.argv[1:]})
