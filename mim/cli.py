@@ -5,6 +5,7 @@
     mim evaluate --checkpoint runs/x/checkpoints/step_0000500.safetensors [--data synthetic]
     mim reenact --image src.png --driving drive.mp4 --checkpoint ckpt --out out.mp4
     mim animate --image portrait.png --audio speech.wav --out talking.mp4 [--checkpoint ckpt]
+    mim app [--checkpoint ckpt] [--host 127.0.0.1] [--port 7860] (the web page: docs/app.md)
     mim config show tiny | mim config save tiny my.yaml
     mim prepare videos/ --out shards/ --config base [--workers 4] [--shard-size 256]
     mim export-onnx --config tiny --out renderer.onnx [--checkpoint ckpt] [--grid-sample gather]
@@ -196,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the faces found in --image (index, box, score) and exit")
     _add_precision(an, "fp32", "the motion generator and the renderer")
     _add_common(an)
+
+    from mim.app import DEFAULT_HOST, DEFAULT_MAX_SECONDS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT
+
+    ap = sub.add_parser("app", help="the web page: animate a portrait from speech in a browser "
+                                    "(needs the app extra: pip install mim-engine[app]; docs/app.md)")
+    ap.add_argument("--checkpoint",
+                    help="stage-2 checkpoint (default: the demo model examples/demo/mim_tiny.safetensors)")
+    ap.add_argument("--host", default=DEFAULT_HOST,
+                    help=f"address to listen on (default {DEFAULT_HOST}: this machine only; "
+                         f"0.0.0.0 serves every network the machine is on)")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 = a free port")
+    ap.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                    help=f"largest upload accepted, per file (default {DEFAULT_MAX_UPLOAD_MB:g} MB)")
+    ap.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+                    help=f"longest speech accepted (default {DEFAULT_MAX_SECONDS:g} s)")
+    ap.add_argument("--backend", choices=BACKENDS, default=None,
+                    help="kernel path for the engine's ops (default: $MIM_KERNEL_BACKEND, else auto)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
     pr = sub.add_parser("profile", help="per-stage latency of img2img and audio2video: wall time "
                                         "measured here, FLOPs and bytes counted, H100 time modeled")
@@ -447,6 +466,13 @@ def _animate(args) -> int:
     return 0
 
 
+def _app(args) -> int:
+    from mim.app import Limits, serve
+
+    return serve(args.checkpoint, host=args.host, port=args.port, device=args.device,
+                 limits=Limits(args.max_upload_mb, args.max_seconds), backend=args.backend)
+
+
 def _profile(args) -> int:
     from mim.profile import SCENARIOS, format_report, profile, report_json
 
@@ -509,7 +535,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"train": _train, "evaluate": _evaluate, "reenact": _reenact, "animate": _animate,
-                "config": _config, "profile": _profile, "prepare": _prepare}
+                "config": _config, "profile": _profile, "prepare": _prepare, "app": _app}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -1,0 +1,141 @@
+"""``mim app`` in a real browser: the page is served by ``mim app`` in a subprocess (once for
+the module, on a free loopback port, with the demo checkpoint) and driven by Playwright in
+headless Debian Chromium (``/usr/bin/chromium``: `make test` installs it; Playwright's own
+browser download needs the network).
+
+One test does what a visitor does (upload the example portrait and a 1 s speech clip, 2 DDIM
+steps, the centre crop, generate, wait for the video, download it) and checks the downloaded
+video's frame count and duration; it saves a screenshot (docs/app.png is one). The other
+uploads a text file as the portrait and finds the CLI's error on the page."""
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from mim.audio import SAMPLE_RATE, VIDEO_FPS, load_audio, num_video_frames
+from mim.io import read_video, write_wav
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "examples" / "demo"
+CHROMIUM = Path("/usr/bin/chromium")
+SPEECH_SECONDS = 1.0
+SERVER_START_S = 120
+GENERATE_S = 90
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The URL of a ``mim app`` started for this module (stopped with SIGINT at the end)."""
+    command = [sys.executable, "-m", "mim", "app", "--port", "0", "--device", "cpu",
+               "--checkpoint", str(DEMO / "mim_tiny.safetensors")]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, bufsize=1)
+    lines = queue.Queue()
+    log = []
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    url, deadline = None, time.monotonic() + SERVER_START_S
+    while url is None:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            line = None
+        if line is None:
+            process.kill()
+            pytest.fail(f"`mim app` did not say it was serving within {SERVER_START_S} s "
+                        f"(exit status {process.poll()}); its output:\n{''.join(log)}")
+        log.append(line)
+        if line.startswith("mim app: serving on "):
+            url = line.split()[4]
+    assert url.startswith("http://127.0.0.1:"), url   # loopback by default
+    yield url
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.fail(f"the browser tests need Debian's chromium at {CHROMIUM}: `make test` installs it "
+                    f"(apt-get install --no-install-recommends chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as error:
+        pytest.fail(f"the browser tests need playwright ({error}): `make venv` installs it (the dev extra)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 1000})
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    tab.goto(server)
+    tab.locator("#generate").wait_for()
+    yield tab
+    context.close()
+
+
+@pytest.fixture()
+def short_speech(tmp_path):
+    """The first second of the example speech, as a wav."""
+    path = tmp_path / "speech_1s.wav"
+    write_wav(path, load_audio(DEMO / "speech.wav")[: int(SPEECH_SECONDS * SAMPLE_RATE)], SAMPLE_RATE)
+    return path
+
+
+def test_generate_and_download(page, short_speech, tmp_path):
+    page.locator("#portrait input[type=file]").set_input_files(str(DEMO / "portrait.png"))
+    page.locator("#portrait-preview img").wait_for()
+    page.locator("#speech input[type=file]").set_input_files(str(short_speech))
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("2")
+    steps.press("Enter")
+    page.locator("#crop").get_by_label("center").check()   # the demo portrait is procedural: no face
+    page.locator("#generate").click()
+    video = page.locator("#result video")
+    video.wait_for(timeout=GENERATE_S * 1000)
+    assert video.get_attribute("src")
+    page.wait_for_function("document.querySelector('#result video').readyState >= 1")
+    shown_seconds = page.evaluate("document.querySelector('#result video').duration")
+    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+
+    frames, fps = read_video(saved)
+    expected = num_video_frames(int(SPEECH_SECONDS * SAMPLE_RATE))
+    assert frames.shape == (expected, 3, 64, 64)   # the centre crop: the tiny model's 64 x 64 frames
+    assert fps == VIDEO_FPS
+    with av.open(str(saved)) as container:
+        seconds = container.duration / av.time_base
+    assert abs(seconds - expected / VIDEO_FPS) < 0.1, seconds
+    assert abs(shown_seconds - seconds) < 0.1, (shown_seconds, seconds)
+    assert "frames at" in page.locator("#summary").inner_text()
+
+
+def test_text_file_as_portrait_shows_the_error(page, short_speech, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture\n")
+    page.locator("#portrait input[type=file]").set_input_files(str(notes))
+    page.locator("#speech input[type=file]").set_input_files(str(short_speech))
+    page.locator("#generate").click()
+    message = page.get_by_text("notes.txt: not an image Pillow can read").first
+    message.wait_for()
+    assert "Traceback" not in page.content()
