@@ -1,8 +1,10 @@
 # mim-engine developer entry points.
-#   make venv       create .venv and install the package (editable) with its dev extras
+#   make venv       create .venv and install the package (editable) with its dev and app extras
 #   make demo       set up, train the demo checkpoint if examples/demo lacks it, and animate the
 #                   example portrait with the example speech into demo.mp4
-#   make test       run the test suite (tests/); pass extra pytest flags with PYTEST_ARGS=...
+#   make test       run the test suite (tests/); pass extra pytest flags with PYTEST_ARGS=...;
+#                   first installs Debian's chromium (apt-get) when /usr/bin/chromium is missing:
+#                   tests/app drive it in a real browser
 #   make bench      kernel microbenchmarks (bench/), the Triton compile report, the traffic counter,
 #                   the stage-1 training step (saved bytes and CPU time, engine vs reference), the
 #                   per-stage latency of img2img and audio2video (tiny and base; measured here,
@@ -35,6 +37,10 @@ BENCH_ARGS  ?=
 
 .PHONY: all venv demo test bench gpu-check aot clean distclean
 
+# The browser of the browser tests (tests/app): Debian's package, driven by playwright (whose own
+# browser download needs the network).
+CHROMIUM        := /usr/bin/chromium
+
 DEMO_DIR        := examples/demo
 DEMO_CHECKPOINT := $(DEMO_DIR)/mim_tiny.safetensors
 DEMO_OUT        ?= demo.mp4
@@ -55,19 +61,19 @@ ifeq ($(CUDA),1)
 	$(VPY) -c 'import sys, torch; sys.exit(torch.version.cuda is None)' \
 	  || { $(PIP) uninstall -y torch && \
 	       env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(PIP) install "torch==$(TORCH_VERSION)"; }
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,app]"
 ifeq ($(CUDA_EXTRAS),1)
 # causal-conv1d and flash-attn compile against the installed torch. They are optional
 # (the engine falls back to its own paths), so a failed build only warns.
 	{ $(PIP) install "setuptools>=64" wheel packaging ninja && \
-	  $(PIP) install --no-build-isolation -e ".[dev,cuda]"; } \
+	  $(PIP) install --no-build-isolation -e ".[dev,app,cuda]"; } \
 	  || echo "warning: the 'cuda' extras did not install; continuing without them" >&2
 endif
 else
 # The +cpu pin guarantees never pulling the multi-GB CUDA build.
 	$(PIP) install "torch==$(TORCH_VERSION)+cpu" \
 	  || $(PIP) install "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX)
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,app]"
 endif
 	touch $@
 
@@ -75,8 +81,14 @@ demo: venv
 	test -f $(DEMO_CHECKPOINT) || $(VPY) -m tools.train_demo
 	$(VPY) -m mim animate --image $(DEMO_DIR)/portrait.png --crop center --audio $(DEMO_DIR)/speech.wav --out $(DEMO_OUT)
 
-test: venv
+test: venv $(CHROMIUM)
 	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	else echo "make test: the browser tests (tests/app) need Debian's chromium at $(CHROMIUM); install it as root: apt-get install --no-install-recommends chromium" >&2; exit 1; fi; \
+	command -v apt-get >/dev/null 2>&1 || { echo "make test: the browser tests (tests/app) need chromium at $(CHROMIUM) and this system has no apt-get to install Debian's package" >&2; exit 1; }; \
+	$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
 bench: venv
 	$(VPY) -m pytest bench -q --benchmark-only --benchmark-sort=name --benchmark-warmup=on \

@@ -41,8 +41,11 @@ setup(
         # setuptools: tests/test_packaging.py builds the wheel without build isolation (offline);
         # 70.1 has bdist_wheel built in
         # scikit-image: its astronaut photo is the real face tests/mim/test_face.py detects
+        # playwright: tests/app drives Debian's chromium (`make test` installs it) through it
         "dev": ["pytest", "pytest-benchmark", "pytest-xdist", "scikit-image", "matplotlib",
-                "onnx", "onnxruntime", "onnxscript",
+                "onnx", "onnxruntime", "onnxscript", "playwright",
                 "setuptools>=70.1"],
+        # the web page, `mim app` (mim/app.py, docs/app.md)
+        "app": ["gradio>=6"],
     },
 )

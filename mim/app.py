@@ -102,7 +102,7 @@ def _upload(path, what: str, limits: Limits) -> Path:
         raise MediaError(f"the {what} {path.name!r} was not received (no such file)")
     size = path.stat().st_size
     if size > limits.max_upload_bytes:
-        raise MediaError(f"the {what} {path.name!r} is {size / 2**20:.1f} MB; this page accepts at most "
+        raise MediaError(f"the {what} {path.name!r} is {size / 2**20:.3g} MB; this page accepts at most "
                          f"{limits.max_upload_mb:g} MB per file (mim app --max-upload-mb)")
     return path
 
