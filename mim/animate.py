@@ -6,33 +6,32 @@ portrait's appearance F_A in the condition), then the renderer draws each frame 
 (encoded once) and those features. T = ceil(25 · audio duration) frames, the last one covering
 the audio's tail.
 
-The audio is featurized and encoded a chunk at a time (Mamba-g carries its conv window and SSM
-state from chunk to chunk; Mamba-l's per-frame slices are independent). Motion is small
+The audio is featurized and encoded one motion window at a time (Mamba-g carries its conv window
+and SSM state from window to window; Mamba-l's per-frame slices are independent). Motion is small
 (T × motion_dim) and is sampled whole first; frames are rendered one render window
 (``config.renderer.render_window``) at a time and streamed to the video encoder, so memory does
 not grow with the length of the audio beyond the samples themselves and these T-row tensors.
+
+:meth:`Animator.stream` runs the same windows on audio that arrives in chunks and yields frames
+as soon as each window's audio is in, with F_ag the running mean of the audio heard so far
+(:mod:`mim.stream`; docs/architecture.md, "Streaming").
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
 
 from kernels import Mamba
 from mim.audio import (
-    HOP_LENGTH,
     MIN_AUDIO_SAMPLES,
     SAMPLE_RATE,
     VIDEO_FPS,
     load_audio,
-    local_windows_range,
-    log_mel_range,
-    normalize_log_mel,
-    num_video_frames,
 )
 from mim.config import Config
 from mim.io import MediaError, read_image, write_video
@@ -43,18 +42,13 @@ from mim.portrait import Framing, frame_portrait
 from mim.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata
 from mim.precision import autocast, check_precision, render_state
 from mim.graphs import window_wrapper
+from mim.stream import AudioWindows, ChunkResampler, MotionWindows, check_chunk, check_sample_rate, render_windows
 
 __all__ = ["Animator", "DEFAULT_CHECKPOINT", "KIND", "MIN_AUDIO_SAMPLES", "resolve_device"]
 
 KIND = "stage2"
 # The demo model `make demo` (tools/train_demo) trains; used when no checkpoint is given.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "examples" / "demo" / "mim_tiny.safetensors"
-# The audio is featurized and encoded a chunk at a time, so memory does not grow with its length:
-# Mamba-g reads this many mel frames (10 s) per call, carrying its state; Mamba-l this many
-# video frames' slices (10 s; each slice is independent).
-_MEL_CHUNK = 1000
-_FRAME_CHUNK = 250
-
 PathLike = Union[str, os.PathLike]
 
 
@@ -237,80 +231,83 @@ class Animator:
                                            or not np.isfinite(guidance_scale)):
             raise ValueError(f"guidance_scale must be None or a finite number, got {guidance_scale!r}")
 
-    # The two stages.
+    # The two stages, window by window (mim.stream: what animate and stream share).
+
+    def _audio_windows(self, precision: str) -> AudioWindows:
+        return AudioWindows(self.motion, self.device, precision)
+
+    def _motion_sampler(self, state: SourceState, steps, seed, guidance_scale, precision: str) -> MotionWindows:
+        return MotionWindows(self.motion, state.appearance.float(), torch.Generator(self.device).manual_seed(int(seed)),
+                             steps=None if steps is None else int(steps),
+                             guidance_scale=None if guidance_scale is None else float(guidance_scale),
+                             wrap=None if self._wrap is None else self._motion_window, precision=precision)
 
     @torch.no_grad()
-    def _encode_audio(self, audio: np.ndarray):
-        """(F_ag (1, audio_dim), F_al (1, T, audio_dim)) for T = num_video_frames(len(audio)):
-        ``self.motion.encode_audio`` on the clip's features, computed a chunk at a time (Mamba-g
-        over ``_MEL_CHUNK`` mel frames at a time carrying its state, Mamba-l over the slices of
-        ``_FRAME_CHUNK`` video frames), so only F_al, T × audio_dim, grows with the audio."""
-        num_frames = num_video_frames(len(audio))
-        mel_frames = len(audio) // HOP_LENGTH + 1
-
-        def fp32_features(compute):   # the audio features stay fp32 under a bf16 run's autocast
-            with torch.autocast("cpu", enabled=False):
-                return compute()[None].to(self.device)
-
-        def mel_chunks():
-            for start in range(0, mel_frames, _MEL_CHUNK):
-                stop = min(start + _MEL_CHUNK, mel_frames)
-                yield fp32_features(lambda: normalize_log_mel(log_mel_range(audio, start, stop)))
-
-        audio_global = self.motion.mamba_g.forward_chunks(mel_chunks())
-        context = self.config.motion.local_context
-        audio_local = [
-            self.motion.mamba_l(fp32_features(lambda: local_windows_range(
-                audio, num_frames, start, min(start + _FRAME_CHUNK, num_frames), context)))
-            for start in range(0, num_frames, _FRAME_CHUNK)]
-        return audio_global, torch.cat(audio_local, dim=1)
+    def _encode_audio(self, audio: np.ndarray, precision: str = "fp32"):
+        """(F_ag (1, audio_dim), F_al (1, T, audio_dim)) for T = num_video_frames(len(audio)), fp32:
+        the clip's features computed one motion window at a time (:class:`mim.stream.AudioWindows`:
+        Mamba-g over each window's new mel frames carrying its state, Mamba-l over the window's
+        slices), so only F_al, T × audio_dim, grows with the audio. F_ag is Mamba-g's mean over
+        the whole clip."""
+        front = self._audio_windows(precision)
+        windows = [*front.push(audio), *front.finish()]
+        return windows[-1].audio_global, torch.cat([window.audio_local for window in windows], dim=1)
 
     @torch.no_grad()
     def _generate_motion(self, state: SourceState, audio: np.ndarray, steps, seed, guidance_scale,
                          progress: bool, precision: str = "fp32") -> torch.Tensor:
-        """Motion features (1, T, motion_dim) for T = num_video_frames(len(audio)), fp32. Under
-        bf16 the networks run in bf16 while the sampler's state and updates stay fp32: its
-        conditions are handed over in fp32, so the draws and x_t are fp32."""
+        """Motion features (1, T, motion_dim) for T = num_video_frames(len(audio)), fp32, sampled
+        window after window (:class:`mim.stream.MotionWindows`) with the clip's F_ag. Under bf16
+        the networks run in bf16 while the sampler's state and updates stay fp32: its conditions
+        are handed over in fp32, so the draws and x_t are fp32."""
         from tqdm import tqdm
 
-        with autocast(precision, self.device):
-            audio_global, audio_local = (f.float() for f in self._encode_audio(audio))
-        generator = torch.Generator(self.device).manual_seed(int(seed))
-        total = -(-audio_local.shape[1] // self.config.motion.window)
-        with tqdm(total=total, desc="motion", unit="window", disable=not progress) as bar, \
-                autocast(precision, self.device):
-            return self.motion.generate(audio_global, audio_local, state.appearance.float(),
-                                        steps=None if steps is None else int(steps),
-                                        guidance_scale=None if guidance_scale is None else float(guidance_scale), generator=generator,
-                                        progress=lambda index, count: bar.update(1),
-                                        wrap=None if self._wrap is None else self._motion_window)
+        audio_global, audio_local = self._encode_audio(audio, precision)
+        sample = self._motion_sampler(state, steps, seed, guidance_scale, precision)
+        window = self.config.motion.window
+        pieces = []
+        with tqdm(total=-(-audio_local.shape[1] // window), desc="motion", unit="window",
+                  disable=not progress) as bar:
+            for start in range(0, audio_local.shape[1], window):
+                pieces.append(sample(audio_global, audio_local[:, start:start + window]))
+                bar.update(1)
+        return torch.cat(pieces, dim=1)
 
-    @torch.no_grad()
-    def _render(self, state: SourceState, motion: torch.Tensor, framing: Framing,
-                progress: bool, precision: str = "fp32") -> Iterator[torch.Tensor]:
-        """Output frames in [0, 1], fp32, on the CPU (``framing.compose`` of each model frame),
-        rendered one render window at a time (under bf16 autocast for ``precision`` "bf16": the
-        region closes before each yield, so the caller's code never runs in it)."""
+    def _render(self, state: SourceState, motion: Iterable[torch.Tensor], framing: Framing,
+                progress: bool, precision: str = "fp32", total: Optional[int] = None) -> Iterator[torch.Tensor]:
+        """Output frames in [0, 1], fp32, on the CPU (``framing.compose`` of each model frame) of
+        motion pieces (1, n, motion_dim) in frame order, rendered one render window at a time as
+        soon as the pieces hold it (:func:`mim.stream.render_windows`; under bf16 autocast for
+        ``precision`` "bf16": the region closes before each yield, so the caller's code never
+        runs in it)."""
         from tqdm import tqdm
 
         window = self.config.renderer.render_window
-        with tqdm(total=motion.shape[1], desc="render", unit="frame", disable=not progress) as bar:
-            for start in range(0, motion.shape[1], window):
-                with autocast(precision, self.device):
-                    chunk = motion[:, start:start + window]
-                    frames = (self.renderer.render(state, chunk, window=window) if self._render_window is None
-                              else self._render_window(state.feature, state.appearance, state.motion, chunk))[0]
-                for frame in frames.float().clamp(0, 1).cpu():
+
+        @torch.no_grad()
+        def render(chunk):
+            with autocast(precision, self.device):
+                frames = (self.renderer.render(state, chunk, window=window) if self._render_window is None
+                          else self._render_window(state.feature, state.appearance, state.motion, chunk))[0]
+            return frames.float().clamp(0, 1).cpu()
+
+        with tqdm(total=total, desc="render", unit="frame", disable=not progress) as bar:
+            for frames in render_windows(render, motion, window):
+                for frame in frames:
                     yield framing.compose(frame)
                 bar.update(frames.shape[0])
+
+    @torch.no_grad()
+    def _source(self, image, crop, face, crop_scale, precision):
+        framing = self.frame(image, crop, face, crop_scale)
+        return framing, render_state(self.renderer.encode_source(framing.source[None].to(self.device)), precision)
 
     @torch.no_grad()
     def _prepare(self, image, audio, steps, seed, guidance_scale, progress, crop, face, crop_scale,
                  precision):
         self._check_sampling(steps, seed, guidance_scale)
-        framing = self.frame(image, crop, face, crop_scale)
+        framing, state = self._source(image, crop, face, crop_scale, precision)
         samples = self._read_audio(audio)
-        state = render_state(self.renderer.encode_source(framing.source[None].to(self.device)), precision)
         motion = self._generate_motion(state, samples, steps, seed, guidance_scale, progress, precision)
         return state, motion, samples, framing
 
@@ -338,7 +335,7 @@ class Animator:
         precision = self._precision(precision)
         state, motion, _, framing = self._prepare(image, audio, steps, seed, guidance_scale, progress,
                                                   crop, face, crop_scale, precision)
-        return torch.stack(list(self._render(state, motion, framing, progress, precision)))
+        return torch.stack(list(self._render(state, [motion], framing, progress, precision, motion.shape[1])))
 
     def animate_to_file(self, image, audio, out: PathLike, steps: Optional[int] = None, seed: int = 0,
                         guidance_scale: Optional[float] = None, progress: bool = True,
@@ -354,6 +351,55 @@ class Animator:
         precision = self._precision(precision)
         state, motion, samples, framing = self._prepare(image, audio, steps, seed, guidance_scale,
                                                         progress, crop, face, crop_scale, precision)
-        write_video(out, self._render(state, motion, framing, progress, precision), fps=VIDEO_FPS, audio=samples,
+        write_video(out, self._render(state, [motion], framing, progress, precision, motion.shape[1]),
+                    fps=VIDEO_FPS, audio=samples,
                     sample_rate=SAMPLE_RATE)
         return motion.shape[1]
+
+    def stream(self, image, chunks: Iterable, sample_rate: int = SAMPLE_RATE, steps: Optional[int] = None,
+               seed: int = 0, guidance_scale: Optional[float] = None, crop: str = "face", face: int = 0,
+               crop_scale: float = DEFAULT_CROP_SCALE, precision: Optional[str] = None) -> Iterator[torch.Tensor]:
+        """Frames (3, H, W) float32 in [0, 1] on the CPU, each as one frame of :meth:`animate`'s
+        result, yielded as the audio ``chunks`` arrive.
+
+        ``chunks``: an iterable of 1-D float arrays (numpy or torch) of mono samples at
+        ``sample_rate``, any length (0 included); another rate than 16 kHz is resampled chunk by
+        chunk with libswresample (:class:`mim.stream.ChunkResampler`, the resampler files are
+        read with). Motion window k's frames come as soon as the audio its features read has
+        arrived (its own frames plus ``local_context`` video frames and the STFT's 16 ms after
+        them: :class:`mim.stream.AudioWindows`), rendered render window by render window; the
+        last, partial window at the end of the stream. All state is carried from chunk to chunk
+        (the samples still needed, Mamba-g's states and running sum, the previous frames'
+        motion, the noise generator, the cached source), and none of it grows with the stream.
+
+        Where it differs from :meth:`animate`: F_ag is Mamba-g's mean over the mel frames heard
+        by each window (a stream cannot know the rest of the clip), the clip's mean only at the
+        last window; everything else is animate's, bit for bit, whatever the chunks' sizes.
+        The image, the sampling options and ``sample_rate`` are checked on this call; a bad
+        chunk raises ValueError naming it when it arrives, and a stream that ends with no
+        samples (or fewer than 257) raises ValueError at its end. Other arguments as
+        :meth:`animate`.
+        """
+        precision = self._precision(precision)
+        self._check_sampling(steps, seed, guidance_scale)
+        rate = check_sample_rate(sample_rate)
+        framing, state = self._source(image, crop, face, crop_scale, precision)
+        return self._render(state, self._streamed_motion(state, chunks, rate, steps, seed, guidance_scale, precision),
+                            framing, False, precision)
+
+    @torch.no_grad()
+    def _streamed_motion(self, state, chunks, rate, steps, seed, guidance_scale, precision):
+        """Each motion window (1, w, motion_dim) of the stream, as soon as its audio is in."""
+        front = self._audio_windows(precision)
+        sample = self._motion_sampler(state, steps, seed, guidance_scale, precision)
+        resample = None if rate == SAMPLE_RATE else ChunkResampler(rate)
+        def windows():
+            for index, chunk in enumerate(chunks):
+                samples = check_chunk(chunk, index)
+                yield from front.push(samples if resample is None else resample(samples))
+            if resample is not None:
+                yield from front.push(resample.flush())
+            yield from front.finish()
+
+        for window in windows():
+            yield sample(window.audio_global, window.audio_local)

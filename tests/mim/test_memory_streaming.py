@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import mim.animate
 import mim.reenact
 from kernels.testing import FORWARD_TOLERANCE, assert_close
 from mim.animate import Animator
@@ -123,11 +122,10 @@ def media(tmp_path_factory, tiny_stage2):
 
 
 def test_animator_encodes_the_audio_in_chunks_as_a_whole(media, monkeypatch):
-    """3.1 s of audio in chunks of 70 mel frames (Mamba-g) and 17 video frames (Mamba-l): each
-    call sees no more than one chunk, and F_ag, F_al are the whole clip's."""
+    """3.1 s of audio one motion window (25 video frames) at a time: Mamba-g reads each window's
+    new mel frames (100, the first 108: its slices read local_context = 2 frames ahead), Mamba-l
+    its 25 frames' slices, and F_ag, F_al are the whole clip's."""
     animator = Animator.from_pretrained(media / "stage2.safetensors", device="cpu")
-    monkeypatch.setattr(mim.animate, "_MEL_CHUNK", 70)
-    monkeypatch.setattr(mim.animate, "_FRAME_CHUNK", 17)
     seen = {"mamba_g": [], "mamba_l": []}
     stack_chunk = animator.motion.mamba_g.stack.forward_chunk
     local_forward = animator.motion.mamba_l.forward
@@ -138,8 +136,8 @@ def test_animator_encodes_the_audio_in_chunks_as_a_whole(media, monkeypatch):
     audio = speech_like_audio(3.1, seed=6)[0]
     with torch.no_grad():
         audio_global, audio_local = animator._encode_audio(audio)
-    assert max(seen["mamba_g"]) == 70 and sum(seen["mamba_g"]) == len(audio) // 160 + 1
-    assert max(seen["mamba_l"]) == 17 and sum(seen["mamba_l"]) == num_video_frames(len(audio))
+    assert seen["mamba_g"] == [108, 100, 100, 3] and sum(seen["mamba_g"]) == len(audio) // 160 + 1
+    assert seen["mamba_l"] == [25, 25, 25, 3] and sum(seen["mamba_l"]) == num_video_frames(len(audio))
     monkeypatch.undo()
     features = audio_features(audio)
     motion = animator.motion.double()
