@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_framing(an, "the portrait")
     an.add_argument("--list-faces", action="store_true",
                     help="print the faces found in --image (index, box, score) and exit")
+    an.add_argument("--stream", action="store_true",
+                    help="feed the audio in chunks as if it arrived live and write each frame as soon as its "
+                         "motion window's audio is in, printing frames/s, latency and the real-time factor "
+                         "to stderr; --out appears only complete (a stopped run leaves none)")
+    an.add_argument("--chunk-ms", type=float, default=200.0,
+                    help="with --stream: the audio chunks' length in milliseconds (default 200)")
     _add_precision(an, "fp32", "the motion generator and the renderer")
     _add_common(an)
 
@@ -459,6 +465,18 @@ def _animate(args) -> int:
     animator = Animator.from_pretrained(args.checkpoint, device=args.device, backend=args.backend,
                                         precision=args.precision)
     animator.use_graphs(_graph_mode(args))
+    if args.stream:
+        from mim.stream import StreamInterrupted, stream_file
+
+        try:
+            stream_file(animator, args.image, args.audio, args.out, chunk_ms=args.chunk_ms, steps=args.steps,
+                        seed=args.seed, guidance_scale=args.guidance, crop=args.crop, face=args.face,
+                        crop_scale=args.crop_scale, progress=not args.no_progress)
+        except StreamInterrupted as stopped:
+            print(f"mim: {stopped}", file=sys.stderr)
+            return 130
+        print(args.out)
+        return 0
     animator.animate_to_file(args.image, args.audio, args.out, steps=args.steps, seed=args.seed,
                              guidance_scale=args.guidance, progress=not args.no_progress,
                              crop=args.crop, face=args.face, crop_scale=args.crop_scale)

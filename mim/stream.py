@@ -29,7 +29,10 @@ bit for bit. :class:`ChunkResampler` turns audio at another rate into 16 kHz chu
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional
@@ -56,8 +59,8 @@ from mim.io import write_video
 from mim.models.motion import MotionGenerator
 from mim.precision import autocast
 
-__all__ = ["AudioWindows", "ChunkResampler", "MotionWindows", "StreamMeter", "WindowFeatures",
-           "check_chunk", "check_sample_rate", "render_windows", "stream_file"]
+__all__ = ["AudioWindows", "ChunkResampler", "MotionWindows", "StreamInterrupted", "StreamMeter", "WindowFeatures",
+           "check_chunk", "check_sample_rate", "live_chunks", "render_windows", "stream_file"]
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS            # 640: one video frame of 16 kHz audio
 # Resampling (libswresample) takes these input rates.
@@ -161,6 +164,11 @@ class AudioWindows:
         that frame's centre."""
         last_mel = MEL_PER_VIDEO_FRAME * ((index + 1) * self.window + self.context) - 1
         return HOP_LENGTH * last_mel + N_FFT // 2
+
+    @property
+    def samples_held(self) -> int:
+        """The samples held now (kept for the next window, or arrived and not joined yet)."""
+        return self._kept.size + sum(chunk.size for chunk in self._arrived)
 
     def push(self, samples: np.ndarray) -> Iterator[WindowFeatures]:
         """Add 16 kHz float32 samples; yields the windows their arrival completes."""
@@ -349,6 +357,29 @@ def live_chunks(samples: np.ndarray, chunk_samples: int, meter: StreamMeter, pac
         yield chunk
 
 
+class StreamInterrupted(KeyboardInterrupt):
+    """A ``stream_file`` run stopped by SIGINT or SIGTERM; nothing was written at its output."""
+
+
+@contextlib.contextmanager
+def _terminate_interrupts():
+    """SIGTERM raises KeyboardInterrupt in the block (as SIGINT does), so the output's temporary
+    file is removed on the way out; the old handler is back after it. Only the main thread can
+    set handlers: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def stream_file(animator, image, audio, out, chunk_ms: float = 200.0, steps=None, seed=0,
                 guidance_scale=None, crop="face", face=0, crop_scale=None, progress=True,
                 pace: bool = True) -> dict:
@@ -374,7 +405,12 @@ def stream_file(animator, image, audio, out, chunk_ms: float = 200.0, steps=None
             meter.frame()
             yield frame
 
-    write_video(out, metered(), fps=VIDEO_FPS, audio=samples, sample_rate=SAMPLE_RATE)
+    try:
+        with _terminate_interrupts():
+            write_video(out, metered(), fps=VIDEO_FPS, audio=samples, sample_rate=SAMPLE_RATE)
+    except KeyboardInterrupt as stop:
+        raise StreamInterrupted(f"interrupted ({stop.args[0] if stop.args else 'SIGINT'}) after {meter.frames} "
+                                f"frames: no video written ({out} appears only complete)") from None
     summary = meter.summary()
     if progress:
         chunk = summary["chunk_latency_ms"]
