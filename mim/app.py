@@ -250,21 +250,22 @@ def build_page(session: Session):
                                   elem_id="speech")
                 if has_example:
                     gr.Examples(examples=[example], inputs=[portrait, speech], label="Example")
-                with gr.Accordion("Sampling", open=True):
-                    steps = gr.Slider(1, config.motion.diffusion_steps, value=config.motion.sample_steps,
-                                      step=1, label="DDIM steps", elem_id="steps")
-                    guidance = gr.Number(value=config.motion.guidance_scale,
-                                         label="Guidance scale (1 = off)", elem_id="guidance")
-                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
-                with gr.Accordion("Framing", open=True):
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Accordion("Options", open=True):
+                    with gr.Row():
+                        steps = gr.Slider(1, config.motion.diffusion_steps, value=config.motion.sample_steps,
+                                          step=1, label="DDIM steps", elem_id="steps")
+                        guidance = gr.Number(value=config.motion.guidance_scale,
+                                             label="Guidance scale (1 = off)", elem_id="guidance")
+                        seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
                     crop = gr.Radio(list(CROP_MODES), value="face", label="Crop", elem_id="crop",
                                     info="face: detect the face and paste the frames back into the "
                                          "portrait; center: the centre square")
-                    face = gr.Number(value=0, precision=0, minimum=0, label="Face (0 = the largest)",
-                                     elem_id="face")
-                    crop_scale = gr.Number(value=DEFAULT_CROP_SCALE, minimum=0.1,
-                                           label="Crop scale (face-box sides)", elem_id="crop-scale")
-                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    with gr.Row():
+                        face = gr.Number(value=0, precision=0, minimum=0, label="Face (0 = the largest)",
+                                         elem_id="face")
+                        crop_scale = gr.Number(value=DEFAULT_CROP_SCALE, minimum=0.1,
+                                               label="Crop scale (face-box sides)", elem_id="crop-scale")
             with gr.Column():
                 video = gr.Video(label="Result", interactive=False, elem_id="result")
                 download = gr.DownloadButton("Download the video", visible=False, elem_id="download")

@@ -31,6 +31,17 @@ SERVER_START_S = 120
 GENERATE_S = 90
 
 
+# Records each progress text ("motion - 50.0%", "render - 16.0%") the result area shows.
+WATCH_PROGRESS = """() => {
+    window.progressSeen = [];
+    new MutationObserver(() => {
+        const shown = (document.querySelector('#result') || {}).innerText || '';
+        const found = shown.match(/(motion|render) - [0-9.]+%/);
+        if (found && !window.progressSeen.includes(found[0])) window.progressSeen.push(found[0]);
+    }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
 @pytest.fixture(scope="module")
 def server():
     """The URL of a ``mim app`` started for this module (stopped with SIGINT at the end)."""
@@ -107,6 +118,7 @@ def test_generate_and_download(page, short_speech, tmp_path):
     steps.fill("2")
     steps.press("Enter")
     page.locator("#crop").get_by_label("center").check()   # the demo portrait is procedural: no face
+    page.evaluate(WATCH_PROGRESS)
     page.locator("#generate").click()
     video = page.locator("#result video")
     video.wait_for(timeout=GENERATE_S * 1000)
@@ -128,6 +140,8 @@ def test_generate_and_download(page, short_speech, tmp_path):
     assert abs(seconds - expected / VIDEO_FPS) < 0.1, seconds
     assert abs(shown_seconds - seconds) < 0.1, (shown_seconds, seconds)
     assert "frames at" in page.locator("#summary").inner_text()
+    progress = page.evaluate("window.progressSeen")
+    assert progress, "no progress bar (motion or render) was shown while generating"
 
 
 def test_text_file_as_portrait_shows_the_error(page, short_speech, tmp_path):
