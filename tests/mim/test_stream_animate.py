@@ -19,98 +19,82 @@ import torch
 from kernels.testing import FORWARD_TOLERANCE, assert_close
 from mim.animate import Animator
 from mim.audio import audio_features, num_video_frames
-from mim.checkpoint import save_checkpoint
 from mim.cli import main
-from mim.config import config_to_dict
-from mim.data import make_clip, speech_like_audio
-from mim.io import read_audio, write_image, write_wav
-from mim.models import Renderer
-from mim.models.motion import MotionGenerator
+from mim.data import speech_like_audio
+from mim.io import read_audio, write_wav
 from mim.stream import AudioWindows
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_precision import micro_config  # noqa: E402
+from test_precision import media  # noqa: E402,F401  (the micro checkpoint fixture)
 
 RATE = 16000
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    """A random micro stage-2 checkpoint (motion windows of 8 frames, render windows of 4,
-    local_context 2), a 32² portrait, 0.9 s of speech (23 frames: windows of 8, 8, 7)."""
-    root = tmp_path_factory.mktemp("stream")
-    config = micro_config()
-    torch.manual_seed(0)
-    renderer = Renderer(config.renderer)
-    motion = MotionGenerator(config.motion, config.renderer.motion_dim, config.renderer.appearance_dim)
-    with torch.no_grad():
-        for parameter in [*renderer.parameters(), *motion.parameters()]:
-            if not parameter.any():
-                parameter.normal_(0, 0.05)
-    checkpoint = root / "stage2.safetensors"
-    save_checkpoint(str(checkpoint), kind="stage2", step=0, config=config_to_dict(config),
-                    modules={"renderer": renderer, "motion": motion})
-    write_image(str(root / "portrait.png"), make_clip(1, num_frames=1, size=32)["frames"][0])
+def stream_media(media):  # noqa: F811  (the fixture imported above)
+    """test_precision's random micro stage-2 checkpoint (motion windows of 8 frames, render windows
+    of 4, local_context 2) and 32² portrait, with 0.9 s of speech (23 frames: windows of 8, 8, 7)
+    and 6 s of it."""
     speech = speech_like_audio(6.0, seed=1)[0]
-    write_wav(str(root / "speech.wav"), speech[:round(0.9 * RATE)], RATE)
-    write_wav(str(root / "long.wav"), speech, RATE)
-    return {"root": root, "checkpoint": str(checkpoint), "speech": speech[:round(0.9 * RATE)],
-            "portrait": str(root / "portrait.png")}
+    write_wav(str(media["root"] / "stream.wav"), speech[:round(0.9 * RATE)], RATE)
+    write_wav(str(media["root"] / "long.wav"), speech, RATE)
+    return {"root": media["root"], "checkpoint": media["checkpoint"], "speech": speech[:round(0.9 * RATE)],
+            "portrait": str(media["root"] / "portrait.png")}
 
 
 @pytest.fixture(scope="module")
-def animator(media):
-    return Animator.from_pretrained(media["checkpoint"], device="cpu")
+def animator(stream_media):
+    return Animator.from_pretrained(stream_media["checkpoint"], device="cpu")
 
 
 def chunked(samples, size):
     return [samples[start:start + size] for start in range(0, len(samples), size)]
 
 
-def streamed(animator, media, chunks, **options):
-    return torch.stack(list(animator.stream(media["portrait"], chunks, crop="center", **options)))
+def streamed(animator, stream_media, chunks, **options):
+    return torch.stack(list(animator.stream(stream_media["portrait"], chunks, crop="center", **options)))
 
 
 @pytest.fixture(scope="module")
-def whole(animator, media):
-    return streamed(animator, media, [media["speech"]])
+def whole(animator, stream_media):
+    return streamed(animator, stream_media, [stream_media["speech"]])
 
 
-def test_chunk_sizes_do_not_matter(animator, media, whole):
-    speech = media["speech"]
+def test_chunk_sizes_do_not_matter(animator, stream_media, whole):
+    speech = stream_media["speech"]
     assert whole.shape == (23, 3, 32, 32)
     for size in (1, 320, 3200):
-        assert torch.equal(streamed(animator, media, chunked(speech, size)), whole), size
+        assert torch.equal(streamed(animator, stream_media, chunked(speech, size)), whole), size
     # empty chunks anywhere, torch chunks, float64 chunks: the same samples
     mixed = [speech[:1000], np.zeros(0, np.float32), torch.from_numpy(speech[1000:5000]), speech[5000:].astype(np.float64)]
-    assert torch.equal(streamed(animator, media, mixed), whole)
+    assert torch.equal(streamed(animator, stream_media, mixed), whole)
 
 
-def test_equals_animate_where_the_global_feature_is_the_same(animator, media):
+def test_equals_animate_where_the_global_feature_is_the_same(animator, stream_media):
     """With the denoiser's F_ag projection zeroed F_ag has no effect, and the stream gives animate's
     frames bit for bit over three windows (features, draws, carried motion, render windows)."""
     deaf = Animator(animator.renderer, copy.deepcopy(animator.motion), animator.config, "cpu")
     with torch.no_grad():
         deaf.motion.denoiser.global_in.weight.zero_()
         deaf.motion.denoiser.global_in.bias.zero_()
-    reference = deaf.animate(media["portrait"], media["speech"], crop="center")
-    assert torch.equal(streamed(deaf, media, chunked(media["speech"], 320)), reference)
+    reference = deaf.animate(stream_media["portrait"], stream_media["speech"], crop="center")
+    assert torch.equal(streamed(deaf, stream_media, chunked(stream_media["speech"], 320)), reference)
 
 
-def test_one_window_clip_equals_animate(animator, media):
+def test_one_window_clip_equals_animate(animator, stream_media):
     """A clip of one motion window (0.25 s: 7 frames) is sampled at the stream's end, where F_ag is
     the clip's mean: animate's frames exactly."""
-    clip = media["speech"][:4000]
-    reference = animator.animate(media["portrait"], clip, crop="center")
+    clip = stream_media["speech"][:4000]
+    reference = animator.animate(stream_media["portrait"], clip, crop="center")
     assert reference.shape[0] == 7
-    assert torch.equal(streamed(animator, media, chunked(clip, 333)), reference)
+    assert torch.equal(streamed(animator, stream_media, chunked(clip, 333)), reference)
 
 
-def test_causal_global_feature_is_the_running_mean(animator, media):
+def test_causal_global_feature_is_the_running_mean(animator, stream_media):
     """Window k's F_ag is Mamba-g's mean over mel frames 0 … 4((k+1)·8 + 2) − 1 (the last window:
     all of them), the whole clip's Mamba-g tokens averaged over that prefix."""
-    speech = media["speech"]
+    speech = stream_media["speech"]
     front = AudioWindows(animator.motion, torch.device("cpu"))
     windows = [w for chunk in chunked(speech, 500) for w in front.push(chunk)]
     assert [w.index for w in windows] == [0, 1]
@@ -125,18 +109,18 @@ def test_causal_global_feature_is_the_running_mean(animator, media):
                      tokens[:, :window.mel_frames].mean(dim=1), FORWARD_TOLERANCE[torch.float32])
 
 
-def test_frames_come_as_soon_as_their_window_is_in(animator, media):
+def test_frames_come_as_soon_as_their_window_is_in(animator, stream_media):
     """Window k (8 frames, render windows of 4) needs 640·((k+1)·8 + 2) + 96 samples: window 0's
     frames come right after the chunk holding sample 6496 (chunk 20 of 320), window 1's after
     sample 11616 (chunk 36), the last window's at the end; state goes from window to window."""
     pulled = []
 
     def chunks():
-        for index, chunk in enumerate(chunked(media["speech"], 320)):
+        for index, chunk in enumerate(chunked(stream_media["speech"], 320)):
             pulled.append(index)
             yield chunk
 
-    seen = [len(pulled) for _ in animator.stream(media["portrait"], chunks(), crop="center")]
+    seen = [len(pulled) for _ in animator.stream(stream_media["portrait"], chunks(), crop="center")]
     assert seen == [21] * 8 + [37] * 8 + [45] * 7
 
 
@@ -154,17 +138,17 @@ def test_memory_does_not_grow_with_the_stream(animator):
     assert max(held) <= 640 * (8 + 2 * 2 + 1) + 96 + 320
 
 
-def test_other_sample_rates_are_resampled_in_chunks(animator, media, tmp_path):
+def test_other_sample_rates_are_resampled_in_chunks(animator, stream_media, tmp_path):
     """44.1 kHz chunks go through libswresample chunk by chunk: the frames of the same audio read
     from a file (resampled whole on reading, as animate's files are)."""
-    speech = media["speech"]
+    speech = stream_media["speech"]
     fine = np.interp(np.arange(round(len(speech) * 44100 / RATE)) * RATE / 44100, np.arange(len(speech)),
                      speech).astype(np.float32)
     path = tmp_path / "speech44k.wav"
     write_wav(str(path), fine, 44100, subtype="FLOAT")
-    reference = streamed(animator, media, [read_audio(path, RATE)])
-    assert torch.equal(streamed(animator, media, chunked(fine, 441), sample_rate=44100), reference)
-    assert torch.equal(streamed(animator, media, chunked(fine, 17), sample_rate=44100), reference)
+    reference = streamed(animator, stream_media, [read_audio(path, RATE)])
+    assert torch.equal(streamed(animator, stream_media, chunked(fine, 441), sample_rate=44100), reference)
+    assert torch.equal(streamed(animator, stream_media, chunked(fine, 17), sample_rate=44100), reference)
 
 
 @pytest.mark.parametrize("chunks, message", [
@@ -178,15 +162,15 @@ def test_other_sample_rates_are_resampled_in_chunks(animator, media, tmp_path):
     ([np.zeros(0, np.float32)] * 3, "the audio stream is empty"),
     ([np.zeros(100, np.float32)], "the audio stream holds 100 samples; at least 257"),
 ])
-def test_bad_chunks_are_named(animator, media, chunks, message):
+def test_bad_chunks_are_named(animator, stream_media, chunks, message):
     with pytest.raises(ValueError, match=message):
-        list(animator.stream(media["portrait"], iter(chunks), crop="center"))
+        list(animator.stream(stream_media["portrait"], iter(chunks), crop="center"))
 
 
 @pytest.mark.parametrize("rate", [0, -16000, 16000.5, True, "16k", 999, 400000])
-def test_bad_sample_rate_is_named_on_the_call(animator, media, rate):
+def test_bad_sample_rate_is_named_on_the_call(animator, stream_media, rate):
     with pytest.raises(ValueError, match=r"sample_rate must be an int in \[1000, 384000\]"):
-        animator.stream(media["portrait"], [media["speech"]], sample_rate=rate, crop="center")
+        animator.stream(stream_media["portrait"], [stream_media["speech"]], sample_rate=rate, crop="center")
 
 
 def decode(path):
@@ -197,10 +181,10 @@ def decode(path):
     return frames, size, has_audio
 
 
-def test_cli_stream_writes_the_video_and_reports(media, tmp_path, capsys):
+def test_cli_stream_writes_the_video_and_reports(stream_media, tmp_path, capsys):
     out = tmp_path / "live.mp4"
-    argv = ["animate", "--stream", "--chunk-ms", "100", "--image", media["portrait"], "--crop", "center",
-            "--audio", str(media["root"] / "speech.wav"), "--out", str(out), "--checkpoint", media["checkpoint"],
+    argv = ["animate", "--stream", "--chunk-ms", "100", "--image", stream_media["portrait"], "--crop", "center",
+            "--audio", str(stream_media["root"] / "stream.wav"), "--out", str(out), "--checkpoint", stream_media["checkpoint"],
             "--device", "cpu"]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -216,16 +200,16 @@ def test_cli_stream_writes_the_video_and_reports(media, tmp_path, capsys):
     assert "chunk_ms must be a number in (0, 60000]" in capsys.readouterr().err
 
 
-def test_a_killed_stream_leaves_no_file_at_out(media, tmp_path):
+def test_a_killed_stream_leaves_no_file_at_out(stream_media, tmp_path):
     """6 s of speech streamed live, stopped once frames are out: SIGTERM removes the temporary file
     and exits 130; SIGKILL leaves only the hidden temporary; never a file at --out."""
     runs = {}
     for name in ("SIGTERM", "SIGKILL"):
         folder = tmp_path / name
         folder.mkdir()
-        command = [sys.executable, "-m", "mim", "animate", "--stream", "--image", media["portrait"], "--crop", "center",
-                   "--audio", str(media["root"] / "long.wav"), "--out", str(folder / "live.mp4"),
-                   "--checkpoint", media["checkpoint"], "--device", "cpu"]
+        command = [sys.executable, "-m", "mim", "animate", "--stream", "--image", stream_media["portrait"], "--crop", "center",
+                   "--audio", str(stream_media["root"] / "long.wav"), "--out", str(folder / "live.mp4"),
+                   "--checkpoint", stream_media["checkpoint"], "--device", "cpu"]
         runs[name] = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, "PYTHONPATH": str(ROOT)})
     for name, run in runs.items():
