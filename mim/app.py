@@ -22,24 +22,26 @@ from __future__ import annotations
 
 import html
 import logging
+import queue
 import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from mim.audio import MIN_AUDIO_SAMPLES, SAMPLE_RATE, VIDEO_FPS, load_audio
+from mim.audio import MIN_AUDIO_SAMPLES, SAMPLE_RATE, VIDEO_FPS, load_audio, num_video_frames
 from mim.io import MediaError, read_image
 
 __all__ = ["AppUnavailableError", "DEFAULT_HOST", "DEFAULT_MAX_SECONDS", "DEFAULT_MAX_UPLOAD_MB",
-           "DEFAULT_PORT", "INSTALL_HINT", "examples", "Limits", "Session", "build_page", "free_port",
+           "DEFAULT_PORT", "INSTALL_HINT", "examples", "Job", "Limits", "Session", "build_page", "free_port",
            "read_portrait", "read_speech", "require_gradio", "serve"]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -148,6 +150,30 @@ def _whole(value, name: str, lowest: int) -> int:
     return int(value)
 
 
+@dataclass
+class Job:
+    """One generation's checked inputs: the portrait (3, H, W), the speech (16 kHz), the
+    sampling and framing options, and the mp4 to write."""
+    image: torch.Tensor
+    samples: np.ndarray
+    options: dict
+    out: Path
+
+    @property
+    def frames(self) -> int:
+        return num_video_frames(self.samples.size)
+
+    def summary(self, started: float, first_frame: Optional[float] = None) -> str:
+        seconds = time.perf_counter() - started
+        first = "" if first_frame is None else f", the first frame after {first_frame - started:.1f} s"
+        return (f"{self.frames} frames at {VIDEO_FPS} fps ({self.samples.size / SAMPLE_RATE:.2f} s of "
+                f"speech), made in {seconds:.1f} s{first}")
+
+
+class _Stopped(Exception):
+    """The visitor left or cancelled: the streamed video is not finished (nor kept)."""
+
+
 class Session:
     """What the page runs: an Animator, the limits, and a folder for the videos it writes (each
     generation in its own subfolder; the previous ones are removed when a new one starts, as
@@ -159,15 +185,11 @@ class Session:
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mim-app-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
 
-    def generate(self, portrait, speech, steps, guidance, seed, crop, face, crop_scale,
-                 progress=None) -> Tuple[Path, str]:
-        """Validate the inputs, animate, write the mp4: (its path, a one-line summary).
-        ``progress(fraction, desc=...)``, when given, is told what is being done."""
+    def job(self, portrait, speech, steps, guidance, seed, crop, face, crop_scale) -> Job:
+        """Check the options and read the uploads (the errors of ``mim animate``, see the module's
+        docstring); the mp4 goes to a fresh subfolder."""
         from mim.portrait import CROP_MODES
 
-        started = time.perf_counter()
-        note = progress if progress is not None else (lambda *args, **kwargs: None)
-        note(0.0, desc="reading the inputs")
         most = self.animator.config.motion.diffusion_steps
         steps = _whole(steps, "steps", 1)
         if steps > most:
@@ -186,14 +208,67 @@ class Session:
             shutil.rmtree(old, ignore_errors=True)
         folder = self.workdir / uuid.uuid4().hex
         folder.mkdir()
-        out = folder / f"{Path(portrait).stem}_talking.mp4"
-        frames = self.animator.animate_to_file(image, samples, out, steps=steps, seed=seed,
-                                               guidance_scale=float(guidance), progress=True, crop=crop,
-                                               face=face, crop_scale=float(crop_scale))
-        seconds = time.perf_counter() - started
-        summary = (f"{frames} frames at {VIDEO_FPS} fps ({samples.size / SAMPLE_RATE:.2f} s of speech), "
-                   f"made in {seconds:.1f} s")
-        return out, summary
+        options = dict(steps=steps, seed=seed, guidance_scale=float(guidance), crop=crop, face=face,
+                       crop_scale=float(crop_scale))
+        return Job(image, samples, options, folder / f"{Path(portrait).stem}_talking.mp4")
+
+    def generate(self, portrait, speech, steps, guidance, seed, crop, face, crop_scale) -> Tuple[Path, str]:
+        """The whole clip at once (:meth:`mim.animate.Animator.animate_to_file`, as ``mim
+        animate``; its progress bars are tqdm's): (the mp4, a one-line summary)."""
+        started = time.perf_counter()
+        job = self.job(portrait, speech, steps, guidance, seed, crop, face, crop_scale)
+        self.animator.animate_to_file(job.image, job.samples, job.out, progress=True, **job.options)
+        return job.out, job.summary(started)
+
+    def stream(self, portrait, speech, steps, guidance, seed, crop, face, crop_scale,
+               chunk_seconds: float = 0.2) -> Iterator[Tuple[str, object]]:
+        """The speech fed to :meth:`mim.animate.Animator.stream` in ``chunk_seconds`` chunks:
+        yields ("frame", (index, total, frame (3, H, W))) as frames are made (the newest one
+        when the caller falls behind), then ("done", (the mp4, a one-line summary)). The frames are written to the mp4 as they come (by a
+        thread: the encoder pulls them), so memory does not grow with the clip. Closing the
+        generator early stops the generation and leaves no file."""
+        from mim.io import write_video
+
+        started = time.perf_counter()
+        job = self.job(portrait, speech, steps, guidance, seed, crop, face, crop_scale)
+        step = max(1, int(chunk_seconds * SAMPLE_RATE))
+        chunks = (job.samples[start:start + step] for start in range(0, job.samples.size, step))
+        frames = self.animator.stream(job.image, chunks, **job.options)
+        made: "queue.Queue" = queue.Queue()
+        stop = threading.Event()
+
+        def passed_on():
+            for index, frame in enumerate(frames):
+                if stop.is_set():
+                    raise _Stopped()
+                made.put(("frame", (index, job.frames, frame)))
+                yield frame
+
+        def write():
+            try:
+                write_video(job.out, passed_on(), fps=VIDEO_FPS, audio=job.samples, sample_rate=SAMPLE_RATE)
+                made.put(("written", None))
+            except BaseException as error:   # handed to the page's thread, which raises it
+                made.put(("failed", error))
+
+        writer = threading.Thread(target=write, name="mim-app-writer", daemon=True)
+        writer.start()
+        first_frame = None
+        try:
+            while True:
+                kind, value = made.get()
+                while kind == "frame" and not made.empty():   # behind: only the newest frame is shown
+                    kind, value = made.get()
+                if kind == "failed":
+                    raise value
+                if kind == "written":
+                    break
+                first_frame = first_frame if first_frame is not None else time.perf_counter()
+                yield kind, value
+        finally:
+            stop.set()
+            writer.join()
+        yield "done", (job.out, job.summary(started, first_frame))
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -205,28 +280,43 @@ def _one_line(error: BaseException) -> str:
     return html.escape(" ".join(str(error).split()) or type(error).__name__)
 
 
+def _shown(pixels: np.ndarray, side: int = 256) -> np.ndarray:
+    """A small frame (H, W, 3) enlarged by a whole factor (pixel copies) to about ``side``."""
+    factor = max(1, side // max(pixels.shape[:2]))
+    return pixels.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else pixels
+
+
 def build_page(session: Session):
     """The Gradio Blocks page over ``session`` (not launched)."""
     from mim.face import DEFAULT_CROP_SCALE
-    from mim.portrait import CROP_MODES
+    from mim.portrait import CROP_MODES, to_uint8_image
 
     gr = require_gradio()
     config = session.animator.config
     example = [str(path) for path in examples()]
     has_example = all(Path(path).is_file() for path in example)
 
-    def run(portrait, speech, steps, guidance, seed, crop, face, crop_scale,
+    def run(portrait, speech, streamed, steps, guidance, seed, crop, face, crop_scale,
             progress=gr.Progress(track_tqdm=True)):
         try:
-            out, summary = session.generate(portrait, speech, steps, guidance, seed, crop, face, crop_scale,
-                                            progress)
+            if streamed:
+                for kind, value in session.stream(portrait, speech, steps, guidance, seed, crop, face, crop_scale):
+                    if kind == "done":
+                        out, summary = value
+                    else:
+                        index, total, frame = value
+                        progress((index + 1) / total, desc="frames", unit="frame")
+                        yield _shown(to_uint8_image(frame)), gr.skip(), gr.skip(), gr.skip()
+            else:
+                progress(0.0, desc="reading the inputs")
+                out, summary = session.generate(portrait, speech, steps, guidance, seed, crop, face, crop_scale)
         except (ValueError, TypeError, OSError) as error:   # the CLI's user errors: MediaError, NoFaceError, ...
             raise gr.Error(_one_line(error), print_exception=False, duration=None) from error
         except Exception as error:
             log.exception("mim app: generation failed")
             raise gr.Error(f"generation failed: {type(error).__name__}: {_one_line(error)} "
                            f"(the server's log has the traceback)", print_exception=False, duration=None) from error
-        return str(out), gr.DownloadButton(value=str(out), visible=True), summary
+        yield gr.skip(), str(out), gr.DownloadButton(value=str(out), visible=True), summary
 
     def preview(portrait):
         if portrait is None:
@@ -250,6 +340,11 @@ def build_page(session: Session):
                                   elem_id="speech")
                 if has_example:
                     gr.Examples(examples=[example], inputs=[portrait, speech], label="Example")
+                streamed = gr.Checkbox(value=False, label="Stream: show the frames as they are made",
+                                       elem_id="stream",
+                                       info="the speech is fed in 200 ms chunks (Animator.stream); the "
+                                            "speech's global feature is then its mean so far, so the "
+                                            "frames differ slightly from a whole-clip generation")
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Accordion("Options", open=True):
                     with gr.Row():
@@ -267,12 +362,15 @@ def build_page(session: Session):
                         crop_scale = gr.Number(value=DEFAULT_CROP_SCALE, minimum=0.1,
                                                label="Crop scale (face-box sides)", elem_id="crop-scale")
             with gr.Column():
+                live = gr.Image(label="Frames as they are made", interactive=False, visible=False,
+                                height=256, elem_id="live")
                 video = gr.Video(label="Result", interactive=False, elem_id="result")
                 download = gr.DownloadButton("Download the video", visible=False, elem_id="download")
                 summary = gr.Markdown(elem_id="summary")
         portrait.change(preview, inputs=portrait, outputs=shown)
-        generate.click(run, inputs=[portrait, speech, steps, guidance, seed, crop, face, crop_scale],
-                       outputs=[video, download, summary])
+        streamed.change(lambda on: gr.Image(visible=on), inputs=streamed, outputs=live)
+        generate.click(run, inputs=[portrait, speech, streamed, steps, guidance, seed, crop, face, crop_scale],
+                       outputs=[live, video, download, summary])
     return page
 
 

@@ -107,3 +107,27 @@ def test_the_other_commands_load_neither_gradio_nor_the_model():
             "print(sorted(m for m in ('gradio', 'mim.animate', 'mim.app') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['mim.app']", out   # mim.app's constants for `mim app --help`, nothing more
+
+
+def test_stream_yields_frames_then_the_video(animator, tmp_path, speech):
+    from mim.io import read_video
+
+    session = Session(animator, workdir=tmp_path / "work")
+    events = list(session.stream(str(DEMO / "portrait.png"), str(speech), 2, 2.0, 0, "center", 0, 1.7))
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "done" and set(kinds[:-1]) == {"frame"} and len(kinds) >= 2
+    indices = [value[0] for kind, value in events[:-1]]
+    assert indices == sorted(set(indices)) and all(value[1] == 25 for _, value in events[:-1])
+    assert all(tuple(value[2].shape) == (3, 64, 64) for _, value in events[:-1])
+    out, summary = events[-1][1]
+    frames, _ = read_video(out)
+    assert frames.shape == (25, 3, 64, 64)
+    assert "25 frames" in summary and "the first frame after" in summary
+
+
+def test_a_stream_closed_early_leaves_no_video(animator, tmp_path, speech):
+    session = Session(animator, workdir=tmp_path / "work")
+    events = session.stream(str(DEMO / "portrait.png"), str(speech), 2, 2.0, 0, "center", 0, 1.7)
+    assert next(events)[0] == "frame"
+    events.close()   # the visitor left: the writer thread stops and its temporary file goes
+    assert [path.name for path in (tmp_path / "work").rglob("*") if path.is_file()] == []

@@ -41,6 +41,15 @@ WATCH_PROGRESS = """() => {
     }).observe(document.body, {subtree: true, childList: true, characterData: true});
 }"""
 
+# Records each distinct image the live frame shows (by its src).
+WATCH_FRAMES = """() => {
+    window.framesSeen = [];
+    new MutationObserver(() => {
+        const image = document.querySelector('#live img');
+        if (image && image.src && !window.framesSeen.includes(image.src)) window.framesSeen.push(image.src);
+    }).observe(document.body, {subtree: true, childList: true, attributes: true});
+}"""
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -153,3 +162,26 @@ def test_text_file_as_portrait_shows_the_error(page, short_speech, tmp_path):
     message = page.get_by_text("notes.txt: not an image Pillow can read").first
     message.wait_for()
     assert "Traceback" not in page.content()
+
+
+def test_streamed_frames_then_the_video(page, short_speech, tmp_path):
+    page.locator("#portrait input[type=file]").set_input_files(str(DEMO / "portrait.png"))
+    page.locator("#speech input[type=file]").set_input_files(str(short_speech))
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("2")
+    steps.press("Enter")
+    page.locator("#crop").get_by_label("center").check()
+    page.locator("#stream").get_by_label("Stream: show the frames as they are made").check()
+    page.evaluate(WATCH_FRAMES)
+    page.locator("#generate").click()
+    page.locator("#result video").wait_for(timeout=GENERATE_S * 1000)
+    page.screenshot(path=str(tmp_path / "app_streamed.png"), full_page=True)
+    shown = page.evaluate("window.framesSeen")
+    assert len(shown) >= 2, shown   # frames were shown one after another before the video came
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    frames, fps = read_video(saved)
+    assert frames.shape == (num_video_frames(int(SPEECH_SECONDS * SAMPLE_RATE)), 3, 64, 64) and fps == VIDEO_FPS
+    assert "the first frame after" in page.locator("#summary").inner_text()
