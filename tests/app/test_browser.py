@@ -5,8 +5,9 @@ browser download needs the network).
 
 One test does what a visitor does (upload the example portrait and a 1 s speech clip, 2 DDIM
 steps, the centre crop, generate, wait for the video, download it) and checks the downloaded
-video's frame count and duration; it saves a screenshot (docs/app.png is one). The other
-uploads a text file as the portrait and finds the CLI's error on the page."""
+video's frame count and duration; it saves a screenshot (docs/app.png is one). The others do
+the same with streamed frames and with speech recorded from Chromium's fake microphone, and
+upload a text file as the portrait to find the CLI's error on the page."""
 import os
 import queue
 import signal
@@ -95,14 +96,17 @@ def browser():
     except ImportError as error:
         pytest.fail(f"the browser tests need playwright ({error}): `make venv` installs it (the dev extra)")
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        # a fake microphone (a beeping tone) that needs no permission prompt
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         yield chromium
         chromium.close()
 
 
 @pytest.fixture()
 def page(browser, server):
-    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 1000})
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 1000},
+                                  permissions=["microphone"])
     tab = context.new_page()
     tab.set_default_timeout(30_000)
     tab.goto(server)
@@ -151,6 +155,32 @@ def test_generate_and_download(page, short_speech, tmp_path):
     assert "frames at" in page.locator("#summary").inner_text()
     progress = page.evaluate("window.progressSeen")
     assert progress, "no progress bar (motion or render) was shown while generating"
+
+
+def test_speech_from_the_microphone(page, tmp_path):
+    page.locator("#portrait input[type=file]").set_input_files(str(DEMO / "portrait.png"))
+    page.locator('#speech [aria-label="Record audio"]').click()
+    page.locator("#speech button", has_text="Record").first.click()
+    page.wait_for_timeout(1200)
+    page.locator("#speech button", has_text="Stop").first.click()
+    page.locator('#speech [aria-label="Play"]').wait_for()   # the recording is the speech now
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("2")
+    steps.press("Enter")
+    page.locator("#crop").get_by_label("center").check()
+    page.locator("#generate").click()
+    page.locator("#result video").wait_for(timeout=GENERATE_S * 1000)
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    frames, _ = read_video(saved)
+    with av.open(str(saved)) as container:
+        assert container.streams.audio, "the recorded speech is not muxed in"
+        seconds = float(container.streams.audio[0].duration * container.streams.audio[0].time_base)
+    # about the 1.2 s recorded (the browser's recorder adds or drops a little at either end)
+    assert 0.8 < seconds < 2.5, seconds
+    assert abs(frames.shape[0] - seconds * VIDEO_FPS) <= 2, (frames.shape, seconds)
 
 
 def test_text_file_as_portrait_shows_the_error(page, short_speech, tmp_path):
