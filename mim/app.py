@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import queue
 import shutil
 import signal
@@ -65,7 +66,9 @@ class AppUnavailableError(RuntimeError):
 
 
 def require_gradio():
-    """The ``gradio`` module, or :class:`AppUnavailableError` naming the extra to install."""
+    """The ``gradio`` module, or :class:`AppUnavailableError` naming the extra to install.
+    Gradio's analytics (requests to its servers) are switched off first."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio
     except ImportError as error:
