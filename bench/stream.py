@@ -8,7 +8,8 @@ the machine and the load average at its start and end)::
     python -m bench.stream memory     # peak RSS of a 1-minute and a 10-minute stream (micro model)
     python -m bench.stream modeled    # base on an H100, from the profile's modeled stage costs
 
-Results go to ``bench/results/cpu/stream.json``. Memory is the process's peak resident set size
+Results go to ``bench/results/cpu/stream.json``, an entry per part (``<part>-<n>-threads`` with
+``--threads n`` other than 1). Memory is the process's peak resident set size
 (``ru_maxrss``: Python, numpy and torch's CPU allocations, and the libraries), each duration in a
 fresh process; RSS is also sampled after every motion window.
 """
@@ -151,6 +152,7 @@ def part_memory_child(args) -> dict:
     wall = time.perf_counter() - began
     at_minute = [rss for count, rss in samples if count <= 60 * 25]
     return {"seconds": args.seconds, "frames": frames, "wall_s": wall, "real_time_factor": wall / args.seconds,
+            "torch_threads_end": torch.get_num_threads(),
             "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "rss_kb_first_window": samples[0][1], "rss_kb_at_1_min": at_minute[-1] if at_minute else None,
             "rss_kb_end": samples[-1][1], "rss_kb_max_sampled": max(rss for _, rss in samples)}
@@ -176,6 +178,7 @@ def part_modeled(args) -> dict:
     """A motion window at base on an H100, from the base profile's modeled per-stage costs of one
     second of audio (25 frames, one motion window, a partial one: base's window is 80 frames),
     scaled by frames; the source encoding is once per stream. Modeled, not measured."""
+    from mim.audio import HOP_LENGTH, N_FFT
     from mim.config import get_config
 
     run = json.loads(PROFILE.read_text())["runs"][0]
@@ -189,7 +192,7 @@ def part_modeled(args) -> dict:
     sampling = (per_second["audio features"] + per_second["Mamba-g/l"] + per_second["diffusion sampling"]) \
         * seconds_per_window
     render_per_frame = (per_second["DIT"] + per_second["LMDD"] + per_second["warp"] + per_second["decoder"]) / 25
-    wait_s = (window + context) / 25 + 0.016
+    wait_s = (window + context) / 25 + (N_FFT // 2 - HOP_LENGTH) / RATE
     return {"source": str(PROFILE.relative_to(ROOT)), "profile_note": run["model"]["note"],
             "plan_note": run["plan_note"], "config": "base", "sample_steps": run["sample_steps"],
             "guidance_scale": run["guidance_scale"], "motion_window_frames": window,
@@ -204,7 +207,7 @@ def part_modeled(args) -> dict:
                     "graphs) times a window's seconds; a window's cost is taken as proportional to its "
                     "frames (the profile samples one 25-frame window). audio_wait_s is the stream's "
                     "algorithmic wait: a window's first frame needs the audio to the window's end plus "
-                    "local_context frames and the STFT's 16 ms"}
+                    "local_context frames and the STFT's 6 ms (96 samples)"}
 
 
 PARTS = {"latency": part_latency, "equality": part_equality, "memory": part_memory,
@@ -226,6 +229,9 @@ def main(argv=None) -> int:
                              "barriers stall on every small op)")
     args = parser.parse_args(argv)
     args.steps = [steps or None for steps in args.steps]
+    # numba's OpenMP layer sets the process's OpenMP threads to its own count at its first parallel
+    # launch (the Mamba scan's fast path), which torch then uses: give both the same count.
+    os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     path = Path(args.out)
@@ -237,9 +243,9 @@ def main(argv=None) -> int:
             print(json.dumps(entry), flush=True)
             continue
         entry.update({"metadata": run_metadata(), "load_average_start": load, "load_average_end": load_average(),
-                      "torch_threads": torch.get_num_threads(), "wall_s": time.perf_counter() - began,
+                      "torch_threads_end": torch.get_num_threads(), "wall_s": time.perf_counter() - began,
                       "argv": sys.argv[1:]})
-        report[part] = entry
+        report[part if args.threads == 1 else f"{part}-{args.threads}-threads"] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(str(path)) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=2) + "\n")

@@ -366,7 +366,7 @@ class Animator:
         ``sample_rate``, any length (0 included); another rate than 16 kHz is resampled chunk by
         chunk with libswresample (:class:`mim.stream.ChunkResampler`, the resampler files are
         read with). Motion window k's frames come as soon as the audio its features read has
-        arrived (its own frames plus ``local_context`` video frames and the STFT's 16 ms after
+        arrived (its own frames plus ``local_context`` video frames and the STFT's 6 ms after
         them: :class:`mim.stream.AudioWindows`), rendered render window by render window; the
         last, partial window at the end of the stream. All state is carried from chunk to chunk
         (the samples still needed, Mamba-g's states and running sum, the previous frames'
