@@ -9,6 +9,7 @@ the machine and the load average at its start and end)::
     python -m bench.precision train       # tiny stage-1: fp32, bf16, fp32 with another seed
     python -m bench.precision speed       # render window / denoiser step: eager/inductor x fp32/bf16
     python -m bench.precision layout      # the LMDD's 3-D convs: contiguous vs channels_last_3d
+    python -m bench.precision plot        # redraw results/plots/precision_train.png from the JSON
 
 Results go to ``bench/results/cpu/precision.json``. Each entry records ``bf16_cpu_route``: on a CPU
 without bf16 instructions "fp32" (``mim.precision.bf16_compute``, the default: convolutions and
@@ -155,10 +156,51 @@ def part_train(args) -> dict:
                       "loss_last_quarter_mean": statistics.fmean(r["loss"] for r in log[-max(1, len(log) // 4):]),
                       "l1_last_quarter_mean": statistics.fmean(r["l1"] for r in log[-max(1, len(log) // 4):])}
         print(name, runs[name]["heldout"], f"{seconds:.0f} s", flush=True)
-    return {"what": f"tiny stage-1 from scratch on synthetic data, {args.train_steps} steps, batch "
+    entry = {"what": f"tiny stage-1 from scratch on synthetic data, {args.train_steps} steps, batch "
                     f"{args.train_batch or 'of the config'}, CPU; bf16 = autocast with fp32 master weights; "
                     f"held-out figures from evaluate_reconstruction in fp32 at the end",
-            "steps": args.train_steps, "runs": runs}
+             "steps": args.train_steps, "runs": runs}
+    entry["curve_gap_from_fp32_seed0"] = plot_train(entry)
+    return entry
+
+
+PLOT = Path(__file__).resolve().parent / "results" / "plots" / "precision_train.png"
+
+
+def _running_mean(values: list, window: int = 25) -> list:
+    return [statistics.fmean(values[max(0, i - window + 1):i + 1]) for i in range(len(values))]
+
+
+def plot_train(entry: dict, path: Path = PLOT) -> dict:
+    """The train part's loss curves (a running mean of 25 steps) in one PNG, written atomically;
+    returns the mean absolute gap of each run's curve from fp32 seed 0's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {name: _running_mean([row["loss"] for row in run["log"]])
+              for name, run in entry["runs"].items()}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, label=name.replace("_", ", "))
+    date = entry.get("metadata", {}).get("date", "")[:10]
+    ax.set(xlabel="step", ylabel="training loss (mean of the last 25 steps)",
+           title=f"tiny stage-1, {entry['steps']} steps, CPU {date} (bench/precision.py train)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(str(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    ref = curves.get("fp32_seed0")
+    return {name: statistics.fmean(abs(a - b) for a, b in zip(curve, ref))
+            for name, curve in curves.items() if ref is not None and name != "fp32_seed0"}
+
+
+def part_plot(args) -> dict:
+    """Redraw the train part's plot from the JSON (no training)."""
+    gaps = plot_train(json.loads(Path(args.out).read_text())["train"])
+    return {"what": f"plot of the train part's loss curves: {PLOT.relative_to(ROOT)}", "gaps": gaps}
 
 
 def _median_time(fn, repeats: int, warmup: int) -> float:
@@ -333,7 +375,7 @@ def part_weights(args) -> dict:
                     f"fp32-encoded source, median of {args.repeats}", "runs": out}
 
 
-PARTS = {"weights": part_weights, "layout": part_layout, "demo": part_demo, "base": part_base, "lipsync": part_lipsync, "train": part_train,
+PARTS = {"plot": part_plot, "weights": part_weights, "layout": part_layout, "demo": part_demo, "base": part_base, "lipsync": part_lipsync, "train": part_train,
          "speed": part_speed}
 
 

@@ -54,9 +54,8 @@ from mim.audio import (
     normalize_log_mel,
     num_video_frames,
 )
-from mim.diffusion import ddim_draws
 from mim.io import write_video
-from mim.models.motion import MotionGenerator
+from mim.models.motion import MotionGenerator, WindowSampling
 from mim.precision import autocast
 
 __all__ = ["AudioWindows", "ChunkResampler", "MotionWindows", "StreamInterrupted", "StreamMeter", "WindowFeatures",
@@ -240,29 +239,22 @@ class AudioWindows:
 
 
 class MotionWindows:
-    """Motion window after motion window, as ``MotionGenerator.generate`` samples them: DDIM
-    (``steps``, ``guidance_scale``; the config's by default) from the draws of ``generator``
-    in window order, each window conditioned on the last ``prev_frames`` normalized frames
-    before it (zeros at the start). ``wrap`` swaps in a captured or compiled sampler
-    (``mim.graphs``). Called with (F_ag (1, audio_dim), F_al (1, w, audio_dim)) -> the window's
+    """Motion window after motion window, as ``MotionGenerator.generate`` samples them (both run
+    ``mim.models.motion.WindowSampling``: DDIM with ``steps``, ``guidance_scale``, the config's
+    by default, from the draws of ``generator`` in window order, each window conditioned on the
+    last ``prev_frames`` normalized frames before it), under ``precision``'s autocast and
+    denormalized. ``wrap`` swaps in a captured or compiled sampler (``mim.graphs``). Called with (F_ag (1, audio_dim), F_al (1, w, audio_dim)) -> the window's
     motion features (1, w, motion_dim), denormalized, fp32."""
 
     def __init__(self, motion: MotionGenerator, appearance: torch.Tensor, generator: torch.Generator,
                  steps: Optional[int] = None, guidance_scale: Optional[float] = None,
                  wrap: Optional[Callable] = None, precision: str = "fp32"):
-        sampler = motion.window_sampler(steps, None, guidance_scale)
-        self.plan = sampler.keywords["plan"]
-        self.sampler = sampler if wrap is None else wrap(sampler)
-        self.motion, self.appearance, self.generator, self.precision = motion, appearance, generator, precision
-        self.previous = appearance.new_zeros(1, motion.config.prev_frames, motion.motion_dim, dtype=torch.float32)
+        self.sampling = WindowSampling(motion, appearance, generator, steps, None, guidance_scale, wrap)
+        self.motion, self.precision = motion, precision
 
     def __call__(self, audio_global: torch.Tensor, audio_local: torch.Tensor) -> torch.Tensor:
-        shape = (1, audio_local.shape[1], self.motion.motion_dim)
-        x_T, noises = ddim_draws(self.plan, shape, self.generator, torch.float32, audio_local.device)
         with autocast(self.precision, audio_local.device):
-            sample = self.sampler(x_T, noises, audio_global, audio_local, self.previous, self.appearance)
-        joined = torch.cat([self.previous, sample], dim=1)
-        self.previous = joined[:, joined.shape[1] - self.previous.shape[1]:]
+            sample = self.sampling(audio_global, audio_local)
         return self.motion.denormalize(sample)
 
 

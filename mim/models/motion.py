@@ -40,7 +40,7 @@ from mim.diffusion import (
 from mim.models.dit import sinusoidal_embedding
 
 __all__ = ["MambaGlobalExtractor", "MambaLocalExtractor", "MotionDenoiser", "MotionGenerator",
-           "attention", "X0_LOSS_MIN_ALPHA_BAR"]
+           "WindowSampling", "attention", "X0_LOSS_MIN_ALPHA_BAR"]
 
 # With ε-prediction, eqs. 4-6 are computed on x̂_0 = predict_x0(x_t, t, ε̂), whose error is the ε
 # error times √((1 − ᾱ_t)/ᾱ_t). Only samples with ᾱ_t ≥ this floor (SNR ≥ 1) enter them then, so
@@ -494,7 +494,7 @@ class MotionGenerator(nn.Module):
         self.schedule.alpha_bars_on(self.motion_mean.device)
         return functools.partial(self.sample_window, plan=plan, guidance_scale=scale)
 
-    def _previous_frames(self, generated: torch.Tensor) -> torch.Tensor:
+    def previous_frames(self, generated: torch.Tensor) -> torch.Tensor:
         """The last ``prev_frames`` frames of ``generated`` (B, n, D), left-padded with zeros
         when n < prev_frames."""
         count = self.config.prev_frames
@@ -539,22 +539,13 @@ class MotionGenerator(nn.Module):
         if wrap is not None and not callable(wrap):
             raise TypeError(f"wrap must be a callable (sampler -> sampler) or None, "
                             f"got {type(wrap).__name__}")
-        sampler = self.window_sampler(steps, eta, guidance_scale)
-        plan = sampler.keywords["plan"]
-        if wrap is not None:
-            sampler = wrap(sampler)
+        dtype = torch.promote_types(audio_local.dtype, torch.float32)   # the sampler's x_t: fp32 at least
+        sampling = WindowSampling(self, appearance, generator, steps, eta, guidance_scale, wrap, dtype)
         window = self.config.window
         starts = range(0, frames, window)
         generated = []
-        dtype = torch.promote_types(audio_local.dtype, torch.float32)   # the sampler's x_t: fp32 at least
-        previous = audio_local.new_zeros(batch, self.config.prev_frames, self.motion_dim, dtype=dtype)
         for k, start in enumerate(starts):
-            local = audio_local[:, start:start + window]
-            x_T, noises = ddim_draws(plan, (batch, local.shape[1], self.motion_dim), generator,
-                                     dtype, audio_local.device)
-            sample = sampler(x_T, noises, audio_global, local, previous, appearance)
-            generated.append(sample)
-            previous = self._previous_frames(torch.cat([previous, sample], dim=1))
+            generated.append(sampling(audio_global, audio_local[:, start:start + window]))
             if progress is not None:
                 progress(k, len(starts))
         return self.denormalize(torch.cat(generated, dim=1))
@@ -623,3 +614,33 @@ class MotionGenerator(nn.Module):
                 terms[name] = eps_hat.new_zeros(())
         terms["total"] = sum(w * terms[name] for w, name in zip(weights, LOSS_TERMS))
         return terms
+
+
+class WindowSampling:
+    """Sampling motion window after window, as :meth:`MotionGenerator.generate` does, one call
+    per window: ``sampling(F_ag (B, audio_dim), F_al (B, w, audio_dim))`` -> the window's
+    normalized motion ``(B, w, motion_dim)`` in ``dtype``. It carries what crosses windows: the
+    last ``prev_frames`` sampled frames (zeros at the start) and ``generator``, whose draws are
+    taken window after window (the same noise as ``generate`` for the same windows). ``steps``,
+    ``eta``, ``guidance_scale``: :meth:`MotionGenerator.window_sampler`'s; ``wrap`` (sampler ->
+    a function of the same arguments) swaps in a captured or compiled sampler (``mim.graphs``).
+    ``generate`` runs one over a clip; ``mim.stream`` over windows as their audio arrives."""
+
+    def __init__(self, model: MotionGenerator, appearance: torch.Tensor,
+                 generator: Optional[torch.Generator] = None, steps: Optional[int] = None,
+                 eta: Optional[float] = None, guidance_scale: Optional[float] = None,
+                 wrap: Optional[Callable[[Callable], Callable]] = None,
+                 dtype: torch.dtype = torch.float32):
+        sampler = model.window_sampler(steps, eta, guidance_scale)
+        self.plan = sampler.keywords["plan"]
+        self.sampler = sampler if wrap is None else wrap(sampler)
+        self.model, self.appearance, self.generator, self.dtype = model, appearance, generator, dtype
+        self.previous = appearance.new_zeros(appearance.shape[0], model.config.prev_frames,
+                                             model.motion_dim, dtype=dtype)
+
+    def __call__(self, audio_global: torch.Tensor, audio_local: torch.Tensor) -> torch.Tensor:
+        shape = (audio_local.shape[0], audio_local.shape[1], self.model.motion_dim)
+        x_T, noises = ddim_draws(self.plan, shape, self.generator, self.dtype, audio_local.device)
+        sample = self.sampler(x_T, noises, audio_global, audio_local, self.previous, self.appearance)
+        self.previous = self.model.previous_frames(torch.cat([self.previous, sample], dim=1))
+        return sample
