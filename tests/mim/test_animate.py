@@ -283,11 +283,14 @@ def test_evaluate_lipsync_traces_and_their_plot(tmp_path):
 def test_evaluate_lipsync_command(media, tmp_path, capsys):
     import json
 
-    out = tmp_path / "sync.json"
+    out, plot = tmp_path / "sync.json", tmp_path / "sync.png"
     assert main(["evaluate", "--checkpoint", media["stage2"], "--lipsync", "--clips", "1",
-                 "--json", str(out), "--no-progress"]) == 0
+                 "--json", str(out), "--plot", str(plot), "--no-progress"]) == 0
     result = json.loads(out.read_text())
     assert result["num_clips"] == 1 and result["frames"] == 100
+    assert "traces" not in result["clips"][0]      # the plot's traces stay out of the JSON
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
     for key in ("sync", "sync_shuffled", "sync_truth", "sync_reconstruction"):
         assert -1 <= result[key] <= 1
     assert result["sync_truth"] > 0.8
@@ -295,18 +298,6 @@ def test_evaluate_lipsync_command(media, tmp_path, capsys):
     assert "procedural clips only" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", media["stage2"], "--plot", str(tmp_path / "p.png")]) == 2
     assert "needs --lipsync" in capsys.readouterr().err and not (tmp_path / "p.png").exists()
-
-
-def test_evaluate_lipsync_command_plots(media, tmp_path, capsys):
-    import json
-
-    plot, out = tmp_path / "sync.png", tmp_path / "sync.json"
-    assert main(["evaluate", "--checkpoint", media["stage2"], "--lipsync", "--clips", "1",
-                 "--json", str(out), "--plot", str(plot), "--no-progress"]) == 0
-    result = json.loads(out.read_text())
-    assert "traces" not in result["clips"][0] and result["num_clips"] == 1
-    with Image.open(plot) as image:
-        assert image.format == "PNG"
 
 
 def test_the_package_exports_the_animator_lazily():
