@@ -71,16 +71,20 @@ def test_make_demo_writes_a_25_fps_video_with_the_speech(tmp_path):
 
 
 def test_the_demo_model_lip_syncs_on_held_out_clips():
-    """The issue's criterion, as examples/demo/README.md reports it: on the stage-2 config's 8
-    held-out procedural clips (100 frames each), videos animated from each clip's audio sync at
-    >= 0.5 with it, and those animated from shuffled audio at about 0."""
+    """The issue's criterion on the first 4 of the stage-2 config's 8 held-out procedural clips
+    (100 frames each): videos animated from each
+    clip's audio sync at >= 0.5 with it, and those animated from shuffled audio at about 0. All 8
+    (examples/demo/README.md's figure, 0.868) take twice as long; `python -m bench.precision
+    lipsync` measures them (bench/NOTES.md)."""
     from mim.animate import Animator
     from mim.evaluate import evaluate_lipsync, lipsync_clips
 
     # the torch backend: what `mim evaluate` uses on a CPU (the suite turns Triton's interpreter on)
     animator = Animator.from_pretrained(device="cpu", backend="torch")
-    result = evaluate_lipsync(animator, lipsync_clips(animator.config), seed=0)
-    assert result["num_clips"] == 8 and result["frames"] == 800
+    clips = lipsync_clips(animator.config)
+    assert len(clips) == 8
+    result = evaluate_lipsync(animator, [clips[index] for index in range(4)], seed=0)
+    assert result["num_clips"] == 4 and result["frames"] == 400
     assert result["sync"] >= 0.5, result
     assert abs(result["sync_shuffled"]) < 0.2, result
     assert result["sync_truth"] > 0.9, result

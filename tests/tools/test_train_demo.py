@@ -3,6 +3,7 @@ the files mim animate needs."""
 
 import os
 
+import pytest
 import soundfile
 from safetensors import safe_open
 
@@ -12,10 +13,19 @@ from mim.io import read_image
 from tools.train_demo import MOUTH_RECIPE, main
 
 
-def test_writes_a_loadable_demo(tmp_path):
-    out = str(tmp_path / "demo")
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One toy run of the whole recipe (its work folder and output), shared by the tests."""
+    root = tmp_path_factory.mktemp("train_demo")
     assert main(["--stage1-steps", "1", "--stage2-steps", "1", "--clips", "2", "--work",
-                 str(tmp_path / "work"), "--out", out, "--no-progress", "--recipe-scale", "0.001"]) == 0
+                 str(root / "work"), "--out", str(root / "demo"), "--no-progress",
+                 "--recipe-scale", "0.001"]) == 0
+    return root
+
+
+def test_writes_a_loadable_demo(demo_run):
+    tmp_path = demo_run
+    out = str(tmp_path / "demo")
     assert sorted(os.listdir(out)) == ["config.yaml", "mim_tiny.safetensors", "portrait.png", "speech.wav",
                                        "stage1_film2_log.csv", "stage1_film_log.csv", "stage1_log.csv",
                                        "stage1_readout_log.csv", "stage2_log.csv"]
@@ -35,10 +45,8 @@ def test_writes_a_loadable_demo(tmp_path):
     assert (info.samplerate, info.channels, round(info.duration, 3)) == (16000, 1, 4.0)
 
 
-def test_a_reused_stage1_checkpoint_brings_its_own_log(tmp_path):
-    first = tmp_path / "first"
-    assert main(["--stage1-steps", "1", "--stage2-steps", "1", "--clips", "2", "--work",
-                 str(first), "--out", str(tmp_path / "a"), "--no-progress", "--recipe-scale", "0.001"]) == 0
+def test_a_reused_stage1_checkpoint_brings_its_own_log(demo_run, tmp_path):
+    first = demo_run / "work"
     checkpoint = latest_checkpoint(str(first / "stage1" / "checkpoints"))
     out = tmp_path / "b"
     assert main(["--stage1", checkpoint, "--stage2-steps", "1", "--clips", "2", "--work",
