@@ -206,7 +206,8 @@ def test_a_shape_predictor_file_runs_end_to_end(tmp_path):
     labelled with the face model posed at a known pose and placed on the face mim.face's
     detector finds; the rest of the 68 points on a fixed curve in the box. Saved, loaded by
     path, run on the photo: it gives back the labelled landmarks to within dlib's integer
-    pixels, hence the pose within 2°; a plain frame has no face and is counted."""
+    pixels, hence the pose within 2°; a plain frame has no face and is counted; a 5-point
+    predictor is refused by name."""
     import dlib
     from skimage import data
 
@@ -214,7 +215,8 @@ def test_a_shape_predictor_file_runs_end_to_end(tmp_path):
 
     image = data.astronaut()
     height, width = image.shape[:2]
-    x0, y0, x1, y1 = make_detector().detect(image)[0].box
+    detector = make_detector()
+    x0, y0, x1, y1 = detector.detect(image)[0].box
     pose, distance, focal = (12.0, -6.0, 8.0), 500.0, float(max(width, height))
     # the model's origin on the ray through the box's centre, so its projection lands on the face
     offset = ((x0 + x1 - width) / 2 * distance / focal, (y0 + y1 - height) / 2 * distance / focal)
@@ -232,7 +234,8 @@ def test_a_shape_predictor_file_runs_end_to_end(tmp_path):
     path = tmp_path / PREDICTOR_FILE
     dlib.train_shape_predictor([image], [[shape]], options).save(str(path))
 
-    landmarker = DlibLandmarker(path)
+    landmarker = DlibLandmarker(path)  # on its own make_detector(), the default
+    assert landmarker.detector.name == "dlib-hog"
     found = landmarker(image)
     assert found.shape == (68, 2)
     model = list(FACE_MODEL_INDICES)
@@ -243,3 +246,9 @@ def test_a_shape_predictor_file_runs_end_to_end(tmp_path):
     result = headpose_error(np.stack([image, plain]), np.stack([image, image]), landmarker)
     assert result["headpose"] == 0.0 and result["frames"] == 1
     assert result["no_face_generated"] == [1] and result["no_face_truth"] == []
+    # a predictor of another layout (5 points) loads but is refused when it runs
+    five = tmp_path / "five_points.dat"
+    corners = dlib.full_object_detection(box, [dlib.point(int(round(x)), int(round(y))) for x, y in labels[[36, 39, 42, 45, 33]]])
+    dlib.train_shape_predictor([image], [[corners]], options).save(str(five))
+    with pytest.raises(ValueError, match="predicts 5 landmarks per face; headpose needs the 68-point"):
+        DlibLandmarker(five, detector=detector)(image)
