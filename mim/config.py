@@ -2,9 +2,10 @@
 motion generator and trainer (the paper's settings), and the recipe (what a training recipe adds
 outside the paper: :class:`RecipeConfig`).
 
-Two named configs ship: ``tiny`` (64×64 frames, small widths: trains on a CPU in minutes) and
+Four named configs ship: ``tiny`` (64×64 frames, small widths: trains on a CPU in minutes) and
 ``base`` (256×256, the paper's setting: C = 32, S_d = 16, a 64×64 volume, λ = 10, 768-d motion,
-512-d F_A). A config is saved to and loaded from YAML or JSON (by suffix); unknown keys and
+512-d F_A); ``gesture`` and ``gesture-tiny`` are base and tiny on the procedural co-speech
+gesture data (``train.procedural: gestures``, docs/gesture.md). A config is saved to and loaded from YAML or JSON (by suffix); unknown keys and
 wrong types are errors naming the key. Mappings of earlier forms (flat recipe knobs, no
 ``motion.prediction``) are brought to the current one by :func:`migrate_config`.
 
@@ -26,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 __all__ = ["RendererConfig", "Stage1LossConfig", "Stage1TrainConfig", "MotionConfig", "Stage2TrainConfig",
            "RecipeConfig", "Config", "get_config", "load_config", "save_config", "config_to_dict",
            "config_from_dict", "migrate_config", "CONFIG_NAMES", "RECIPE_NAMES", "FREEZABLE_PARTS",
-           "PREDICTIONS", "estimate_memory", "machine_memory", "check_memory"]
+           "PREDICTIONS", "PROCEDURAL_DATA", "estimate_memory", "machine_memory", "check_memory"]
 
 
 @dataclass
@@ -130,10 +131,14 @@ class Stage1TrainConfig:
     frames_per_clip: int = 50
     log_every: int = 10
     checkpoint_every: int = 200
+    # what --data synthetic renders, for stage 1, stage 2 and evaluation: one of PROCEDURAL_DATA,
+    # "heads" (mim.data.synthetic, talking heads) or "gestures" (mim.data.gesture, upper bodies)
+    procedural: str = "heads"
     eval_every: int = 0              # 0: evaluate only at the end
 
 
 PREDICTIONS = ("eps", "v")
+PROCEDURAL_DATA = ("heads", "gestures")
 FREEZABLE_PARTS = ("image_encoder", "appearance_extractor", "motion_encoder", "dit", "lmdd", "decoder")
 
 
@@ -284,6 +289,9 @@ class Config:
         if unknown or len(set(recipe.freeze)) != len(recipe.freeze):
             raise ValueError(f"recipe.freeze must name distinct renderer parts among "
                              f"{', '.join(FREEZABLE_PARTS)}; got {list(recipe.freeze)}")
+        if not isinstance(self.train.procedural, str) or self.train.procedural not in PROCEDURAL_DATA:
+            raise ValueError(f"config key train.procedural must be one of {', '.join(PROCEDURAL_DATA)}, "
+                             f"got {self.train.procedural!r}")
         if self.loss.gan_kind not in ("lsgan", "hinge"):
             raise ValueError(f"loss.gan_kind must be 'lsgan' or 'hinge', got {self.loss.gan_kind!r}")
         check_memory(self)
@@ -540,7 +548,24 @@ def _base() -> Config:
     return Config(name="base")
 
 
-_FACTORIES = {"tiny": _tiny, "base": _base}
+def _gesture() -> Config:
+    """The paper's second task (Table II: PATS, 256², 25 fps): base's model on the procedural
+    upper bodies of mim.data.gesture."""
+    config = _base()
+    config.name = "gesture"
+    config.train.procedural = "gestures"
+    return config
+
+
+def _gesture_tiny() -> Config:
+    """tiny's model (trains on a CPU) on the procedural upper bodies, 64²."""
+    config = _tiny()
+    config.name = "gesture-tiny"
+    config.train.procedural = "gestures"
+    return config
+
+
+_FACTORIES = {"tiny": _tiny, "base": _base, "gesture": _gesture, "gesture-tiny": _gesture_tiny}
 CONFIG_NAMES = tuple(_FACTORIES)
 
 
@@ -684,7 +709,7 @@ def get_config(name: str) -> Config:
 
 
 def load_config(name_or_path: str) -> Config:
-    """A shipped config by name (``tiny``, ``base``) or a YAML/JSON file by path."""
+    """A shipped config by name (:data:`CONFIG_NAMES`) or a YAML/JSON file by path."""
     if name_or_path in _FACTORIES:
         return get_config(name_or_path)
     if not os.path.isfile(name_or_path):

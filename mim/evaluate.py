@@ -60,12 +60,14 @@ def _mean(values):
 
 def lipsync_clips(config):
     """The procedural clips :func:`evaluate_lipsync` scores a model of ``config`` on: stage 2's
-    held-out split (``config.stage2``: count, frames, seed) at the renderer's image size."""
-    from mim.data import SyntheticTalkingHeads
+    held-out split (``config.stage2``: count, frames, seed) at the renderer's image size, of the
+    kind ``config.train.procedural`` names (talking heads, or gesturing upper bodies)."""
+    from mim.data import SyntheticGestures, SyntheticTalkingHeads
 
     s2 = config.stage2
-    return SyntheticTalkingHeads(s2.heldout_clips, num_frames=s2.frames_per_clip,
-                                 size=config.renderer.image_size, seed=s2.seed, split="heldout")
+    clips = SyntheticGestures if config.train.procedural == "gestures" else SyntheticTalkingHeads
+    return clips(s2.heldout_clips, num_frames=s2.frames_per_clip,
+                 size=config.renderer.image_size, seed=s2.seed, split="heldout")
 
 
 # the score of each video evaluate_lipsync measures the mouth of

@@ -27,8 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from mim.checkpoint import (RENDERER_KINDS, CheckpointError, check_same_renderer, checkpoint_config,
                             load_checkpoint, read_metadata)
 from mim.config import Config, config_to_dict
-from mim.data import (ShardClips, ShardSet, SourceDrivingPairs, Stage1Stream, SyntheticTalkingHeads,
-                      VideoFolderDataset, expand_shards, heldout_split, is_shard_spec, usable_workers)
+from mim.data import (ShardClips, ShardSet, SourceDrivingPairs, Stage1Stream, SyntheticGestures,
+                      SyntheticTalkingHeads, VideoFolderDataset, expand_shards, heldout_split, is_shard_spec,
+                      usable_workers)
 from mim.evaluate import evaluate_reconstruction
 from mim.losses import (MultiScalePatchDiscriminator, PerceptualLoss, crop_boxes, discriminator_loss,
                         feature_matching_loss, generator_adversarial_loss, threshold_mask_loss,
@@ -47,7 +48,8 @@ OPTIONAL_BRANCHES = {"decoder_motion_film": "decoder.motion_films."}
 
 
 def build_stage1_data(config: Config, data: str, heldout: Optional[str] = None):
-    """(training clips, held-out clips) for ``data`` = "synthetic", a folder of real clips, or
+    """(training clips, held-out clips) for ``data`` = "synthetic" (procedural clips of the kind
+    ``train.procedural`` names: talking heads or gesturing upper bodies), a folder of real clips, or
     shards (a folder of ``*.tar``, a glob or a brace pattern: :func:`mim.data.is_shard_spec`).
 
     A folder's clips are split by sorted name: the last ``train.heldout_clips`` (at most half)
@@ -60,10 +62,11 @@ def build_stage1_data(config: Config, data: str, heldout: Optional[str] = None):
     if heldout is not None and not shards:
         raise ValueError("heldout names held-out shards; it applies only when data names shards")
     if data == "synthetic":
-        return (SyntheticTalkingHeads(train.train_clips, num_frames=train.frames_per_clip, size=size,
-                                      seed=train.seed, split="train"),
-                SyntheticTalkingHeads(train.heldout_clips, num_frames=train.frames_per_clip,
-                                      size=size, seed=train.seed, split="heldout"))
+        clips = SyntheticGestures if train.procedural == "gestures" else SyntheticTalkingHeads
+        return (clips(train.train_clips, num_frames=train.frames_per_clip, size=size,
+                      seed=train.seed, split="train"),
+                clips(train.heldout_clips, num_frames=train.frames_per_clip,
+                      size=size, seed=train.seed, split="heldout"))
     if shards:
         urls = expand_shards(data)
         if heldout is None:

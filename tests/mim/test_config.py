@@ -95,7 +95,7 @@ def test_unparsable_file(tmp_path):
 def test_the_recipe_holds_every_knob_outside_the_paper():
     """The shipped configs follow the paper (recipe ``paper``: every knob off); the paper's
     sections hold none of the recipe's knobs."""
-    for name in ("tiny", "base"):
+    for name in ("tiny", "base", "gesture", "gesture-tiny"):
         config = get_config(name)
         assert config.recipe == RecipeConfig() and config.recipe.name == "paper"
         data = config_to_dict(config)
