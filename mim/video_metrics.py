@@ -5,16 +5,18 @@
   logits for FVD; Heusel et al. 2017, Unterthiner et al. 2018):
   ``|μ₁ − μ₂|² + tr(Σ₁) + tr(Σ₂) − 2 tr((Σ₁ Σ₂)^½)``. :func:`feature_statistics` fits (μ, Σ).
 - :func:`sync_scores` — LSE-D and LSE-C from per-frame video and audio embeddings (a SyncNet's;
-  Chung & Zisserman 2016, as Prajwal et al. 2020 report them): for every offset in
-  ``[-max_offset, max_offset]`` the mean, over the frames where both exist, of the Euclidean
-  distance between each video embedding and the audio embedding shifted by that offset; LSE-D
-  is the smallest mean distance, LSE-C the median of the means minus that smallest one, and the
-  offset is where the smallest lies. How ``syncnet_python`` treats the clip's first and last
-  ``max_offset`` frames (padding or not) is not yet checked against its code: until it is,
-  figures from here are comparable with each other, not with published LSE values.
+  Chung & Zisserman 2016, as Prajwal et al. 2020 report them), computed as ``syncnet_python``'s
+  ``calc_pdist`` and ``evaluate`` do: for every offset in ``[-max_offset, max_offset]`` the mean,
+  over all T video frames, of the distance between each video embedding and the audio embedding
+  shifted by that offset, where the audio is zero-padded by ``max_offset`` embeddings at both
+  ends (so near the ends a video embedding is compared with a zero vector) and each distance is
+  ``torch.nn.functional.pairwise_distance``'s ``‖v − a + 1e−6‖``; LSE-D is the smallest mean
+  distance, LSE-C the median of the means minus that smallest one, and the offset is where the
+  smallest lies. ``edges="overlap"`` instead averages over the frames where both embeddings
+  exist, with the plain Euclidean distance (not comparable with published values).
 
-The networks and their weights (given by path, never downloaded) are issue 22's next part; these
-functions take their outputs.
+The networks and their weights (given by path, never downloaded) are in :mod:`mim.metric_nets`
+(layer 2), whose feature functions give these functions their inputs.
 """
 from __future__ import annotations
 
@@ -73,12 +75,21 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * cross)
 
 
-def sync_scores(video, audio, max_offset: int = 15) -> dict:
+SYNCNET_EPS = 1e-6   # torch.nn.functional.pairwise_distance's eps, added to every difference
+
+
+def sync_scores(video, audio, max_offset: int = 15, edges: str = "pad") -> dict:
     """LSE-D, LSE-C and the offset (module docstring) of per-frame embeddings ``video`` and
-    ``audio`` (T, d). At offset k frame t of the video is compared with frame t + k of the audio,
-    over the frames where both exist (at least one for every k: T > max_offset). Returns
-    ``{"lse_d", "lse_c", "offset", "mean_distances"}``; a positive offset means the audio runs
-    ahead (the video shows at t what is heard at t + offset)."""
+    ``audio`` (T, d). At offset k frame t of the video is compared with frame t + k of the audio.
+
+    ``edges="pad"`` (syncnet_python's, the default): audio frames outside 0..T-1 are zero
+    vectors, every mean is over all T frames and each distance is ``‖v − a + 1e−6‖``; any
+    T >= 1 works. ``edges="overlap"``: each mean is over the frames where both exist (T >
+    max_offset needed), plain Euclidean distances.
+
+    Returns ``{"lse_d", "lse_c", "offset", "mean_distances"}`` (means for k = −max_offset ..
+    max_offset); a positive offset means the audio runs ahead (the video shows at t what is heard
+    at t + offset). syncnet_python prints −offset as its "AV offset"."""
     video = np.asarray(video, dtype=np.float64)
     audio = np.asarray(audio, dtype=np.float64)
     if video.ndim != 2 or video.shape != audio.shape:
@@ -86,18 +97,29 @@ def sync_scores(video, audio, max_offset: int = 15) -> dict:
                          f"{video.shape} and {audio.shape}")
     if isinstance(max_offset, bool) or not isinstance(max_offset, (int, np.integer)) or max_offset < 0:
         raise ValueError(f"max_offset must be an integer >= 0, got {max_offset!r}")
+    if edges not in ("pad", "overlap"):
+        raise ValueError(f"edges must be 'pad' (syncnet_python's) or 'overlap', got {edges!r}")
     frames = video.shape[0]
-    if frames <= max_offset:
+    if frames == 0:
+        raise ValueError("the embeddings hold no frames")
+    if edges == "overlap" and frames <= max_offset:
         raise ValueError(f"{frames} frames do not cover offsets up to ±{max_offset}: need more than "
-                         f"{max_offset}")
+                         f"{max_offset} (or edges='pad')")
     if not (np.isfinite(video).all() and np.isfinite(audio).all()):
         raise ValueError("the embeddings hold NaN or infinite values")
     offsets = np.arange(-max_offset, max_offset + 1)
     means = []
-    for k in offsets:
-        shown = video[max(0, -k):frames - max(0, k)]
-        heard = audio[max(0, k):frames - max(0, -k)]
-        means.append(float(np.linalg.norm(shown - heard, axis=1).mean()))
+    if edges == "pad":
+        padded = np.concatenate([np.zeros((max_offset, video.shape[1])), audio,
+                                 np.zeros((max_offset, video.shape[1]))])
+        for k in offsets:
+            heard = padded[max_offset + k:max_offset + k + frames]
+            means.append(float(np.linalg.norm(video - heard + SYNCNET_EPS, axis=1).mean()))
+    else:
+        for k in offsets:
+            shown = video[max(0, -k):frames - max(0, k)]
+            heard = audio[max(0, k):frames - max(0, -k)]
+            means.append(float(np.linalg.norm(shown - heard, axis=1).mean()))
     means = np.asarray(means)
     best = int(np.argmin(means))
     return {"lse_d": float(means[best]), "lse_c": float(np.median(means) - means[best]),
