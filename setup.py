@@ -41,8 +41,9 @@ setup(
         # setuptools: tests/test_packaging.py builds the wheel without build isolation (offline);
         # 70.1 has bdist_wheel built in
         # scikit-image: its astronaut photo is the real face tests/mim/test_face.py detects
+        # python_speech_features: the MFCC tests/mim/test_metric_nets.py checks SyncNet's against
         # playwright: tests/app drives Debian's chromium (`make test` installs it) through it
-        "dev": ["pytest", "pytest-benchmark", "pytest-xdist", "scikit-image", "matplotlib",
+        "dev": ["pytest", "pytest-benchmark", "pytest-xdist", "scikit-image", "matplotlib", "python_speech_features",
                 "onnx", "onnxruntime", "onnxscript", "playwright",
                 "setuptools>=70.1"],
         # the web page, `mim app` (mim/app.py, docs/app.md)

