@@ -34,7 +34,7 @@ LAYERS = {
     "kernels": 0,
     "mim.models": 1, "mim.config": 1, "mim.io": 1, "mim.audio": 1, "mim.diffusion": 1,
     "mim.checkpoint": 1, "mim.graphs": 1, "mim.runinfo": 1, "mim.face": 1, "mim.portrait": 1, "mim.precision": 1,
-    "mim.train": 2, "mim.losses": 2, "mim.data": 2, "mim.metrics": 2, "mim.sync": 2, "mim.evaluate": 2, "mim.video_metrics": 2, "mim.metric_nets": 2, "mim.video_eval": 2, "mim.headpose": 2,
+    "mim.train": 2, "mim.losses": 2, "mim.data": 2, "mim.metrics": 2, "mim.sync": 2, "mim.evaluate": 2, "mim.video_metrics": 2, "mim.metric_nets": 2, "mim.video_eval": 2, "mim.headpose": 2, "mim.gesture_metrics": 2,
     "mim.animate": 3, "mim.stream": 3, "mim.reenact": 3, "mim.export": 3, "mim.profile": 3, "mim.cli": 3,
     "mim": 3, "mim.__main__": 3, "mim.prepare": 3, "mim.app": 3,
     "bench": 4, "tools": 4,
