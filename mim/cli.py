@@ -482,9 +482,11 @@ def _evaluate_metrics(args) -> int:
         print("note: " + note)
     if args.json:
         _write_json(result, args.json)
-    for metric, reason in result["errors"].items():
-        print(f"error: {metric}: {reason}", file=sys.stderr)
-    return 1 if result["errors"] else 0
+    if result["errors"]:
+        print(f"error: {len(result['errors'])} metric(s) not computed: {', '.join(result['errors'])} "
+              f"(each reason is under the table)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _write_json(result, json_path) -> None:

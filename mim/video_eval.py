@@ -247,26 +247,44 @@ class _Lse(_Metric):
 
 
 class _Headpose(_Metric):
+    """Mean absolute yaw/pitch/roll error (mim.headpose) over every frame where both videos show
+    a face; frames and whole videos without one are counted, not scored."""
+
     def __init__(self, weights_dir, device):
         from mim.headpose import DlibLandmarker
 
         self.landmarker = DlibLandmarker(_weights("headpose", weights_dir))
-        self.results: List[dict] = []
+        self.sums = {"yaw": 0.0, "pitch": 0.0, "roll": 0.0}
+        self.frames = self.no_face = self.faceless_videos = 0
 
     def update(self, generated, truth, pair):
-        from mim.headpose import headpose_error
+        from mim.headpose import NoFaceError, headpose_error
 
-        self.results.append(headpose_error(generated, truth, self.landmarker))
+        try:
+            error = headpose_error(generated, truth, self.landmarker)
+        except NoFaceError:
+            self.faceless_videos += 1
+            return
+        for key in self.sums:
+            self.sums[key] += error[key] * error["frames"]
+        self.frames += error["frames"]
+        self.no_face += generated.shape[0] - error["frames"]
 
     def compute(self):
-        from mim.headpose import combine_headpose
-
-        return {"generated": combine_headpose(self.results), "truth": {}}
+        if self.frames == 0:
+            raise ValueError(f"headpose: no frame of any of the {self.faceless_videos} videos shows a face in "
+                             f"both the generated and the true video")
+        angles = {f"headpose_{key}": value / self.frames for key, value in self.sums.items()}
+        return {"generated": {"headpose": float(np.mean(list(angles.values()))), **angles,
+                              "headpose_frames": float(self.frames),
+                              "headpose_frames_without_face": float(self.no_face),
+                              "headpose_videos_without_face": float(self.faceless_videos)},
+                "truth": {}}
 
 
 class _Gestures(_Metric):
-    """DIV and TGD from keypoints read off the generated frames, against the truth's exact
-    keypoints."""
+    """DIV and TGD (mim.gesture_metrics) of the head and hands read off the generated frames
+    (``read_keypoints``), against the same parts of the truth's exact keypoints."""
 
     def __init__(self, wanted: Sequence[str]):
         self.wanted = tuple(wanted)
@@ -274,14 +292,14 @@ class _Gestures(_Metric):
         self.truth: List[np.ndarray] = []
 
     def update(self, generated, truth, pair):
-        from mim.gesture_metrics import read_keypoints
+        from mim.gesture_metrics import read_keypoints, readout_subset
 
         if pair.keypoints is None:
             raise ValueError("div/tgd need the true clip's known body keypoints (the procedural "
                              "gesture clips carry them); for real videos a pose estimator would be "
                              "needed, and the engine ships none")
-        self.generated.append(np.asarray(read_keypoints(generated), dtype=np.float64))
-        self.truth.append(np.asarray(pair.keypoints[:generated.shape[0]], dtype=np.float64))
+        self.generated.append(read_keypoints(generated)[0])
+        self.truth.append(readout_subset(pair.keypoints[:generated.shape[0]]))
 
     def compute(self):
         from mim.gesture_metrics import diversity, temporal_gesture_distance
@@ -399,5 +417,5 @@ def format_table(result: Dict[str, object], metrics: Optional[Sequence[str]] = N
     lines.append("")
     lines.append(f"{result.get('videos', 0)} videos, {result.get('frames', 0)} frames")
     for metric, reason in errors.items():
-        lines.append(f"not computed: {metric}: {reason}")
+        lines.append(f"not computed: {reason if reason.startswith(metric + ':') else metric + ': ' + reason}")
     return "\n".join(lines)

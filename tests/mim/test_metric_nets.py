@@ -11,8 +11,8 @@ import pytest
 import python_speech_features
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
+from safetensors.torch import load_file, save_file
 
 from mim.metric_nets import (
     I3D_MIN_FRAMES, METRIC_WEIGHTS, MissingMetricWeights, WeightFileError, build_metric_network,
@@ -21,34 +21,14 @@ from mim.metric_nets import (
 )
 
 
-def _randomise(net, seed):
-    """Weights that keep activations at a useful scale through the whole depth (PyTorch's default
-    init shrinks them to ~1e-8 by the Inception's pool), and batch-norm statistics that matter."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
-                fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * (2 / fan_in) ** 0.5)
-                if module.bias is not None:
-                    module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                n = module.num_features
-                module.weight.copy_(0.8 + 0.4 * torch.rand(n, generator=gen))
-                module.bias.copy_(0.1 * torch.randn(n, generator=gen))
-                module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-                module.running_var.copy_(0.8 + 0.4 * torch.rand(n, generator=gen))
-    return net
-
-
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
+def weights(tmp_path_factory, randomised_metric_net):
     """Per metric: the source state dict, a safetensors file and a torch.save'd state dict
     (SyncNet's in the legacy non-zip format of its 2018 file, without num_batches_tracked)."""
     folder = tmp_path_factory.mktemp("metric_weights")
     files = {}
     for seed, metric in enumerate(("fid", "fvd", "lse")):
-        state = {k: v.clone() for k, v in _randomise(build_metric_network(metric), seed).state_dict().items()}
+        state = {k: v.clone() for k, v in randomised_metric_net(build_metric_network(metric), seed).state_dict().items()}
         safe, pickled = folder / f"{metric}.safetensors", folder / METRIC_WEIGHTS[metric][1]
         save_file(state, str(safe))
         if metric == "lse":
