@@ -1,6 +1,7 @@
 """mim.video_eval: the paper's metric table over (generated, truth) video pairs, and the
 `mim evaluate --metrics` command around it."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,44 @@ def test_headpose_is_averaged_over_frames_with_a_face(tmp_path, monkeypatch):
     assert gen["headpose"] == pytest.approx(gen["headpose_yaw"] / 3, abs=1e-3)
     assert gen["headpose_frames"] == 3 and gen["headpose_frames_without_face"] == 1
     assert gen["headpose_videos_without_face"] == 1
+
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo" / "mim_tiny.safetensors"
+
+
+def test_cli_metrics_all_with_an_empty_weights_dir(tmp_path, capsys):
+    """The acceptance command on one held-out clip: every missing weight file is named with its
+    metric, PSNR/SSIM are still printed and written, the exit status says not all ran."""
+    from mim.cli import main
+
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    out = tmp_path / "table.json"
+    code = main(["evaluate", "--checkpoint", str(DEMO), "--metrics", "all", "--weights-dir", str(empty),
+                 "--clips", "1", "--frames", "30", "--sample-steps", "1", "--no-progress", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "| generated |" in captured.out and "PSNR ↑" in captured.out and "SSIM ↑" in captured.out
+    for metric, name in (("fid", "pt_inception-2015-12-05-6726825d.pth"), ("fvd", "rgb_imagenet.pt"),
+                         ("lse", "syncnet_v2.model"), ("headpose", "shape_predictor_68_face_landmarks.dat"),
+                         ("lpips", "lpips_vgg.safetensors")):
+        assert any(line.startswith(f"not computed: {metric}:") and name in line
+                   for line in captured.out.splitlines()), (metric, captured.out)
+    assert "5 metric(s) not computed" in captured.err
+    result = json.loads(out.read_text())
+    assert set(result["generated"]) == {"psnr", "ssim"} and result["frames"] == 30
+    assert 5 < result["generated"]["psnr"] < 60 and 0 < result["generated"]["ssim"] <= 1
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--metrics", "psnr,nope", "--checkpoint", "x"], "nope"),
+    (["--metrics", "psnr", "--generated", "g"], "--generated and --truth go together"),
+    (["--metrics", "psnr"], "--metrics needs a stage-2 --checkpoint"),
+    (["--metrics", "psnr", "--weights-dir", "/no/such/dir", "--checkpoint", "x"], "--weights-dir"),
+    (["--weights-dir", "w", "--checkpoint", "x"], "--weights-dir goes with --metrics"),
+])
+def test_cli_metrics_bad_arguments(argv, named, capsys):
+    from mim.cli import main
+
+    assert main(["evaluate", *argv]) == 2
+    assert named in capsys.readouterr().err
