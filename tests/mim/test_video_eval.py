@@ -214,3 +214,27 @@ def test_cli_metrics_bad_arguments(argv, named, capsys):
 
     assert main(["evaluate", *argv]) == 2
     assert named in capsys.readouterr().err
+
+
+def test_div_tgd_read_gesture_bodies_against_their_keypoints():
+    """On procedural gesture clips the generated frames' head and hands are read off and compared
+    with the clip's exact keypoints: the true frames score TGD about 0 (the read-out's offsets
+    are constant) and their own DIV; a still video scores DIV 0 and TGD the truth's mean speed."""
+    from mim.data.gesture import make_gesture_clip
+    from mim.gesture_metrics import diversity, readout_subset, temporal_gesture_distance
+
+    clips = [make_gesture_clip(seed, num_frames=30, size=64) for seed in (3, 4)]
+    truth_pairs = [VideoPair(f"g{i}", c["frames"], c["frames"], keypoints=c["keypoints"])
+                   for i, c in enumerate(clips)]
+    still_pairs = [VideoPair(p.name, p.truth[:1].expand_as(p.truth), p.truth, keypoints=p.keypoints)
+                   for p in truth_pairs]
+    exact = [readout_subset(c["keypoints"]) for c in clips]
+    same = evaluate_videos(truth_pairs, ["div", "tgd"])
+    still = evaluate_videos(still_pairs, ["div", "tgd"])
+    assert same["errors"] == {} and still["errors"] == {}
+    assert same["truth"]["div"] == pytest.approx(diversity(exact)) and same["truth"]["div"] > 0.01
+    assert same["generated"]["div"] == pytest.approx(same["truth"]["div"], rel=0.1)
+    assert same["generated"]["tgd"] < 0.1 * still["generated"]["tgd"]
+    assert still["generated"]["div"] < 1e-12
+    moving = temporal_gesture_distance(exact, [e[:1].repeat(len(e), 0) for e in exact])
+    assert still["generated"]["tgd"] == pytest.approx(moving, rel=0.05)
