@@ -176,7 +176,7 @@ def _draw_style(rng):
             "sway_freq": rng.uniform(0.15, 0.4), "sway_phase": rng.uniform(0, 2 * np.pi)}
 
 
-def _keypoints(body, style, drive, envelope, beats_frames, times):
+def _keypoints(body, style, drive, beats_frames, times):
     """(T, 8, 2) float64 keypoints in GESTURE_KEYPOINTS order (frame coordinates)."""
     num_frames = len(times)
     sway = 0.015 * np.sin(2 * np.pi * style["sway_freq"] * times + style["sway_phase"])
@@ -316,7 +316,7 @@ def make_gesture_clip(seed, num_frames=50, size=64, fps=25, sample_rate=16000):
     drive = _arm_drive(np.random.default_rng(gesture_seed), frame_envelope, fps, style)
     beats = speech_beats(frame_envelope)
     times = (np.arange(num_frames) + 0.5) / fps
-    keypoints = _keypoints(body, style, drive, frame_envelope, beats, times)
+    keypoints = _keypoints(body, style, drive, beats, times)
     frames = _render(body, keypoints, size)
     return {
         "frames": torch.from_numpy(frames),

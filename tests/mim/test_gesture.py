@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mim.cli import main
-from mim.config import config_from_dict, config_to_dict, get_config, load_config, save_config
+from mim.config import config_from_dict, config_to_dict, get_config, load_config
 from mim.data import GESTURE_KEYPOINTS, SyntheticGestures, SyntheticTalkingHeads, make_gesture_clip
 from mim.data.gesture import gesture_activity, speech_beats
 from mim.evaluate import lipsync_clips
