@@ -5,6 +5,7 @@ Run from the repository root (docs/gesture.md gives the training commands and th
 
     python -m bench.gesture readout                       # read-out vs exact keypoints, GT frames
     python -m bench.gesture evaluate --stage1-run RUN1 --stage2-run RUN2   # DIV/TGD on held-out clips
+    python -m bench.gesture evaluate ... --entry NAME     # the same, kept under another key
     python -m bench.gesture plot                          # redraw results/plots/gesture.png
 
 Each part adds its entry to ``bench/results/cpu/gesture.json`` (written atomically) with the date,
@@ -24,7 +25,8 @@ keypoint sequences of:
 
 For each: DIV (:func:`mim.gesture_metrics.diversity`), TGD against the exact keypoints
 (:func:`mim.gesture_metrics.temporal_gesture_distance`), both on head and hands in frame units
-(× 32 for pixels at 64²), and ``speed_activity_r``: the Pearson correlation of the hands' summed
+(× 32 for pixels at 64²), the same per part (``per_part``: head, each hand, on the clips where
+the read-out ever found that part), and ``speed_activity_r``: the Pearson correlation of the hands' summed
 speed with the clip's speech activity (:func:`mim.data.gesture.gesture_activity`), mean over clips.
 """
 from __future__ import annotations
@@ -108,7 +110,8 @@ def _run_summary(run: Path) -> dict:
 def part_evaluate(args) -> dict:
     from mim.animate import Animator
     from mim.evaluate import lipsync_clips
-    from mim.gesture_metrics import diversity, read_keypoints, readout_subset, temporal_gesture_distance
+    from mim.gesture_metrics import (READOUT_KEYPOINTS, diversity, read_keypoints, readout_subset,
+                                     temporal_gesture_distance)
     from mim.sync import pearson, shuffled_audio
 
     if not args.stage2_run:
@@ -165,6 +168,14 @@ def part_evaluate(args) -> dict:
             row["tgd"] = temporal_gesture_distance([sequences[name][i] for i in usable],
                                                    [references[i] for i in usable])
             row["speed_activity_r"] = float(np.mean(correlations[name]))
+        row["per_part"] = {}
+        for k, part in enumerate(READOUT_KEYPOINTS):   # each part on the clips where it was ever found
+            kept = [i for i, seq in enumerate(sequences[name]) if np.isfinite(seq[:, k]).all()]
+            if kept:
+                row["per_part"][part] = {
+                    "clips": len(kept), "div": diversity([sequences[name][i][:, k:k + 1] for i in kept]),
+                    "tgd": temporal_gesture_distance([sequences[name][i][:, k:k + 1] for i in kept],
+                                                     [references[i][:, k:k + 1] for i in kept])}
         table[name] = row
     entry = {"checkpoint": str(checkpoint), "config": config.name, "clips": count,
              "frames_per_clip": int(clips[0]["frames"].shape[0]), "image_size": config.renderer.image_size,
@@ -180,22 +191,31 @@ def part_evaluate(args) -> dict:
 
 
 def plot(report: dict, path: Path = PLOT) -> dict:
-    """Bars of DIV and TGD per variant (from the evaluate entry), written atomically."""
+    """Bars of DIV and TGD per variant and part (head, each hand; from the evaluate entry's
+    ``per_part``), a part the read-out never found marked "not found"; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     table = report["evaluate"]["table"]
-    names = [name for name in VARIANTS if "div" in table[name]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    parts, colours = ("head", "left_hand", "right_hand"), ("#c8a27a", "#d21fc8", "#1fb02e")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, key, title in ((axes[0], "div", "DIV (higher: more motion)"),
                            (axes[1], "tgd", "TGD vs ground truth (lower: closer motion)")):
-        ax.bar(range(len(names)), [32 * table[n][key] for n in names], color="#4a7ab5")
-        ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
+        for v, name in enumerate(VARIANTS):
+            for k, part in enumerate(parts):
+                x = v + (k - 1) * 0.27
+                values = table[name]["per_part"].get(part)
+                if values is None:
+                    ax.text(x, 0.0, "not found", rotation=90, fontsize=6, ha="center", va="bottom")
+                else:
+                    ax.bar(x, 32 * values[key], width=0.25, color=colours[k], label=part if v == 0 else None)
+        ax.set_xticks(range(len(VARIANTS)), [n.replace("_", "\n") for n in VARIANTS], fontsize=7)
         ax.set_ylabel("pixels at 64²")
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"gesture-tiny, {report['evaluate']['clips']} held-out clips", fontsize=10)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{report['evaluate']['config']}, {report['evaluate']['clips']} held-out clips", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(str(path)) as tmp:
@@ -224,6 +244,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stage2-wall-s", type=float, help="the stage-2 command's wall time, to record")
     parser.add_argument("--clips", type=int, default=0, help="held-out clips to score (0: the config's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--entry", help="the JSON key of an evaluate result (default: evaluate); the plot "
+                                        "draws the evaluate entry")
     args = parser.parse_args(argv)
     path = Path(args.out)
     for part in args.parts:
@@ -235,11 +257,12 @@ def main(argv=None) -> int:
             continue
         entry.update({"metadata": run_metadata(), "load_average_start": load, "load_average_end": load_average(),
                       "wall_s": time.perf_counter() - began, "argv": sys.argv[1:]})
-        report[part] = entry
+        key = args.entry if part == "evaluate" and args.entry else part
+        report[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(str(path)) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
-        if part == "evaluate":
+        if key == "evaluate":
             print(json.dumps(plot(report)))
         printable = entry.get("table", entry.get("sizes"))
         print(json.dumps(printable, indent=2), flush=True)
