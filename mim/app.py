@@ -47,6 +47,7 @@ __all__ = ["AppUnavailableError", "DEFAULT_HOST", "DEFAULT_MAX_SECONDS", "DEFAUL
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+CLOSE_TIMEOUT_S = 3.0       # how long Ctrl-C waits for open browser connections before exiting
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_SECONDS = 60.0
 INSTALL_HINT = "pip install mim-engine[app]"
@@ -410,6 +411,10 @@ def serve(checkpoint=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, d
         page.block_thread()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        page.close()
+        # Gradio's close waits for every open connection to end, and a browser tab keeps one open:
+        # give it a few seconds, then exit anyway (its server thread is a daemon)
+        closer = threading.Thread(target=page.close, daemon=True)
+        closer.start()
+        closer.join(timeout=CLOSE_TIMEOUT_S)
         session.close()
     return 0
