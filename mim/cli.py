@@ -456,14 +456,10 @@ def _evaluate_metrics(args) -> int:
         if args.data != "synthetic":
             raise ValueError("--metrics with --checkpoint animates the held-out procedural clips (--data "
                              "synthetic); score your own videos with --generated/--truth")
-        from mim.animate import Animator
         from mim.evaluate import lipsync_clips
         from mim.video_eval import animated_pairs
 
-        if args.sample_steps is not None and args.sample_steps < 1:
-            raise ValueError(f"--sample-steps must be >= 1, got {args.sample_steps}")
-        animator = Animator.from_pretrained(args.checkpoint, device=device, backend=args.backend,
-                                            precision=args.precision)
+        animator = _stage2_animator(args, device)
         config = animator.config
         if args.clips is not None:
             config.stage2.heldout_clips = args.clips
@@ -509,17 +505,23 @@ def _print_result(result, json_path) -> None:
         _write_json(result, json_path)
 
 
-def _evaluate_lipsync(args, config, device):
+def _stage2_animator(args, device):
+    """The Animator of ``--checkpoint`` for evaluate's animated clips (``--sample-steps`` checked)."""
     from mim.animate import Animator
+
+    if args.sample_steps is not None and args.sample_steps < 1:
+        raise ValueError(f"--sample-steps must be >= 1, got {args.sample_steps}")
+    return Animator.from_pretrained(args.checkpoint, device=device, backend=args.backend,
+                                    precision=args.precision)
+
+
+def _evaluate_lipsync(args, config, device):
     from mim.evaluate import evaluate_lipsync, lipsync_clips
 
     if args.data != "synthetic":
         raise ValueError("--lipsync scores procedural clips only (--data synthetic): its mouth reading "
                          "relies on how they are painted")
-    if args.sample_steps is not None and args.sample_steps < 1:
-        raise ValueError(f"--sample-steps must be >= 1, got {args.sample_steps}")
-    animator = Animator.from_pretrained(args.checkpoint, device=device, backend=args.backend,
-                                        precision=args.precision)
+    animator = _stage2_animator(args, device)
     return evaluate_lipsync(animator, lipsync_clips(config), steps=args.sample_steps, seed=args.seed,
                             progress=not getattr(args, "no_progress", False), traces=bool(args.plot))
 

@@ -15,6 +15,7 @@ row against.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
@@ -131,15 +132,17 @@ def _aligned(pair: VideoPair):
     return generated.clamp(0, 1), truth.clamp(0, 1), frames, trimmed
 
 
-class _Metric:
+class _Metric(ABC):
     """An accumulator: ``update(generated, truth, pair)`` per video, ``compute()`` ->
     {"generated": {...}, "truth": {...}} (either may be empty)."""
 
+    @abstractmethod
     def update(self, generated, truth, pair):
-        raise NotImplementedError
+        """Take one aligned video pair."""
 
+    @abstractmethod
     def compute(self):
-        raise NotImplementedError
+        """The rows of the table this metric fills."""
 
 
 class _FrameMeans(_Metric):

@@ -21,12 +21,11 @@ skin is the only other colour with red well above blue; shirt, sleeves, hair and
 are drawn from blue/grey hues that are told from all three by :func:`mim.gesture_metrics`'s
 read-out (colour segmentation, centroids).
 """
-from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from mim.data.synthetic import envelope_per_frame, speech_like_audio
+from mim.data.synthetic import ProceduralClips, envelope_per_frame, speech_like_audio
 
 __all__ = [
     "GESTURE_KEYPOINTS",
@@ -42,7 +41,6 @@ GESTURE_KEYPOINTS = ("head", "neck", "left_shoulder", "right_shoulder", "left_el
                      "left_hand", "right_hand")
 # RGB of the hands, image-left then image-right.
 HAND_COLOURS = ((0.92, 0.10, 0.85), (0.10, 0.85, 0.18))
-_SPLITS = ("train", "heldout")
 
 _RELEASE_S = 0.12      # activity's fall time constant (s)
 _LAG_S = 0.04          # the arms' lag behind their target (s)
@@ -330,54 +328,11 @@ def make_gesture_clip(seed, num_frames=50, size=64, fps=25, sample_rate=16000):
     }
 
 
-class SyntheticGestures(torch.utils.data.Dataset):
-    """``num_clips`` procedural gesture clips; item i is :func:`make_gesture_clip` of
-    :meth:`clip_seed` (i). The same interface as :class:`mim.data.SyntheticTalkingHeads`
-    (splits "train" and "heldout" that never share a clip seed, an LRU cache of
-    ``cache_size`` rendered clips per process; items share tensors with the cache)."""
+class SyntheticGestures(ProceduralClips):
+    """``num_clips`` procedural gesture clips: :class:`mim.data.synthetic.ProceduralClips` of
+    :func:`make_gesture_clip` (the interface of :class:`mim.data.SyntheticTalkingHeads`: splits
+    "train" and "heldout" that never share a clip seed, an LRU cache of ``cache_size`` rendered
+    clips per process; items share tensors with the cache)."""
 
     def __init__(self, num_clips, num_frames=50, size=64, seed=0, split="train", cache_size=1024):
-        self.num_clips = _check_positive_int(num_clips, "num_clips")
-        self.num_frames = _check_positive_int(num_frames, "num_frames")
-        self.size = _check_positive_int(size, "size")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        if split not in _SPLITS:
-            raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-        if isinstance(cache_size, bool) or not isinstance(cache_size, (int, np.integer)) or cache_size < 0:
-            raise ValueError(f"cache_size must be a non-negative int, got {cache_size!r}")
-        self.seed = int(seed)
-        self.split = split
-        self.cache_size = int(cache_size)
-        self._cache = OrderedDict()
-
-    def __len__(self):
-        return self.num_clips
-
-    def clip_seed(self, index):
-        """The seed :func:`make_gesture_clip` renders item ``index`` from: the lowest bit is the
-        split (0 train, 1 heldout), the rest comes from ``SeedSequence(seed, spawn_key=(split, i))``."""
-        index = self._check_index(index)
-        split_bit = _SPLITS.index(self.split)
-        state = np.random.SeedSequence(self.seed, spawn_key=(split_bit, index)).generate_state(1, np.uint64)[0]
-        return (int(state) & ~1) | split_bit
-
-    def _check_index(self, index):
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {type(index).__name__}")
-        if not 0 <= index < self.num_clips:
-            raise IndexError(f"index {index} out of range for {self.num_clips} clips")
-        return int(index)
-
-    def __getitem__(self, index):
-        index = self._check_index(index)
-        clip = self._cache.get(index)
-        if clip is None:
-            clip = make_gesture_clip(self.clip_seed(index), num_frames=self.num_frames, size=self.size)
-            if self.cache_size:
-                self._cache[index] = clip
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(index)
-        return dict(clip)
+        super().__init__(make_gesture_clip, num_clips, num_frames, size, seed, split, cache_size)

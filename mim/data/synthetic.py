@@ -552,8 +552,10 @@ def write_clip(clip, mp4_path, wav_path=None):
         write_wav(wav_path, clip["audio"], clip["sample_rate"])
 
 
-class SyntheticTalkingHeads(torch.utils.data.Dataset):
-    """``num_clips`` procedural clips; item i is :func:`make_clip` of :meth:`clip_seed` (i).
+class ProceduralClips(torch.utils.data.Dataset):
+    """``num_clips`` procedural clips; item i is ``render(clip_seed(i), num_frames=, size=)``
+    (:func:`make_clip` for :class:`SyntheticTalkingHeads`, ``make_gesture_clip`` for
+    ``SyntheticGestures``).
 
     Clip seeds come from ``np.random.SeedSequence(seed, spawn_key=(split, i))`` with the lowest
     bit replaced by the split (0 train, 1 heldout), so "train" and "heldout" never share a clip
@@ -562,7 +564,8 @@ class SyntheticTalkingHeads(torch.utils.data.Dataset):
     with the cache: do not modify them in place.
     """
 
-    def __init__(self, num_clips, num_frames=50, size=64, seed=0, split="train", cache_size=1024):
+    def __init__(self, render, num_clips, num_frames=50, size=64, seed=0, split="train", cache_size=1024):
+        self.render = render
         self.num_clips = _check_positive_int(num_clips, "num_clips")
         self.num_frames = _check_positive_int(num_frames, "num_frames")
         self.size = _check_positive_int(size, "size")
@@ -581,7 +584,7 @@ class SyntheticTalkingHeads(torch.utils.data.Dataset):
         return self.num_clips
 
     def clip_seed(self, index):
-        """The seed :func:`make_clip` renders item ``index`` from."""
+        """The seed item ``index`` is rendered from."""
         index = self._check_index(index)
         split_bit = _SPLITS.index(self.split)
         sequence = np.random.SeedSequence(self.seed, spawn_key=(split_bit, index))
@@ -599,7 +602,7 @@ class SyntheticTalkingHeads(torch.utils.data.Dataset):
         index = self._check_index(index)
         clip = self._cache.get(index)
         if clip is None:
-            clip = make_clip(self.clip_seed(index), num_frames=self.num_frames, size=self.size)
+            clip = self.render(self.clip_seed(index), num_frames=self.num_frames, size=self.size)
             if self.cache_size:
                 self._cache[index] = clip
                 if len(self._cache) > self.cache_size:
@@ -607,3 +610,10 @@ class SyntheticTalkingHeads(torch.utils.data.Dataset):
         else:
             self._cache.move_to_end(index)
         return dict(clip)
+
+
+class SyntheticTalkingHeads(ProceduralClips):
+    """Procedural talking heads: :class:`ProceduralClips` of :func:`make_clip`."""
+
+    def __init__(self, num_clips, num_frames=50, size=64, seed=0, split="train", cache_size=1024):
+        super().__init__(make_clip, num_clips, num_frames, size, seed, split, cache_size)
